@@ -1,0 +1,1 @@
+"""roomline SIP bridge: pjsua2 worker processes that join callers to rooms."""

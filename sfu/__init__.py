@@ -1,0 +1,1 @@
+"""roomline SFU: room model, LiveKit-compatible signalling and RTP forwarding."""
