@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class ParticipantUpdated:
-    """Tell ``recipients`` the current state of ``participant`` (joined, changed or disconnected)."""
+    """Tell ``recipients`` the current state of ``participant`` (joined, changed, left)."""
 
     room: Room
     participant: Participant
@@ -43,7 +43,7 @@ class Disconnect:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionChanged:
-    """Start (``subscribed``) or stop forwarding ``track_sid`` of ``publisher_sid`` to ``subscriber_sid``."""
+    """Start or stop forwarding ``track_sid`` of ``publisher_sid`` to ``subscriber_sid``."""
 
     room: Room
     subscriber_sid: str

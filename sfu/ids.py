@@ -1,7 +1,7 @@
 """Identifiers in LiveKit's format: a type prefix plus 12 base62 characters.
 
-Clients parse the prefixes (the Rust SDK ``unwrap()``s ``PA_``/``TR_``/``RM_``), so they are part of the
-wire contract, not decoration.
+Clients parse the prefixes (the Rust SDK ``unwrap()``s ``PA_``/``TR_``/``RM_``), so they are
+part of the wire contract, not decoration.
 """
 
 from __future__ import annotations

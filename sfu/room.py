@@ -1,7 +1,7 @@
 """The room: participants, their tracks and who receives what. Sans-I/O.
 
-Every mutating method returns the list of :mod:`sfu.events` it caused. Nothing here does I/O or reads the
-clock: callers pass ``now`` (seconds since the epoch) where time matters.
+Every mutating method returns the list of :mod:`sfu.events` it caused. Nothing here does I/O or
+reads the clock: callers pass ``now`` (seconds since the epoch) where time matters.
 """
 
 from __future__ import annotations
@@ -290,7 +290,7 @@ class Room:
         attributes: dict[str, str] | None = None,
         permission: Permission | None = None,
     ) -> list[Event]:
-        """Change name/metadata, merge attributes (an empty value deletes the key), set permissions."""
+        """Change name/metadata, merge attributes (empty value deletes a key), set permissions."""
         participant = self.get(sid)
         if name is not None and len(name) > self.limits.max_name_length:
             raise LimitExceeded(f"name longer than {self.limits.max_name_length} characters")

@@ -1,7 +1,8 @@
 """All rooms of this node: creation on demand, explicit creation and deletion, timeouts. Sans-I/O.
 
-LiveKit has a local and a distributed (Redis) room store behind one interface; roomline is one node, so
-this local manager is the implementation, and :class:`RoomStore` is the seam a distributed one would fill.
+LiveKit has a local and a distributed (Redis) room store behind one interface; roomline is one
+node, so this local manager is the implementation, and :class:`RoomStore` is the seam a
+distributed one would fill.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class RoomStore(Protocol):
     """What the service edge needs from a room registry."""
 
     def get(self, name: str) -> Room: ...
-    def list(self, names: list[str] | None = None) -> list[Room]: ...
+    def list_rooms(self, names: list[str] | None = None) -> list[Room]: ...
 
 
 @dataclass(slots=True)
@@ -46,7 +47,7 @@ class RoomManager:
             raise RoomNotFound(name)
         return room
 
-    def list(self, names: list[str] | None = None) -> list[Room]:
+    def list_rooms(self, names: list[str] | None = None) -> list[Room]:
         if names:
             return [self.rooms[n] for n in names if n in self.rooms]
         return list(self.rooms.values())
@@ -84,7 +85,7 @@ class RoomManager:
     def join(
         self, room_name: str, init: ParticipantInit, now: float
     ) -> tuple[Room, Participant, list[Event], bool]:
-        """Join ``room_name``, creating it on demand. Returns ``(room, participant, events, created)``."""
+        """Join ``room_name``, creating it on demand: ``(room, participant, events, created)``."""
         created = False
         room = self.rooms.get(room_name)
         if room is None:
