@@ -1,0 +1,17 @@
+"""The optional parts of the appliance, in start order.
+
+Each factory takes the :class:`~sfu.app.Appliance` and returns an :class:`~sfu.app.Extension` (or None
+when disabled by config). Keeping the list here lets parts be added without editing ``app.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sfu.app import Appliance, Extension
+
+Factory = Callable[["Appliance"], "Extension | None"]
+
+FACTORIES: list[Factory] = []

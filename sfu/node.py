@@ -1,0 +1,172 @@
+"""The node: the rooms of this appliance plus the live sessions attached to their participants.
+
+The room model (sans-I/O) returns events; the node delivers each to the session of every recipient.
+A session is anything that implements :class:`Session` — a WebSocket/WebRTC client (``sfu.rtc``) or a
+local participant (``sfu.local``: SIP callers and in-appliance agents). The node is the only place that
+applies model events to the outside world, so RoomService calls and signalling share one path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+import structlog
+
+from sfu.events import Event, RoomClosed, SubscriptionChanged
+from sfu.participant import DisconnectReason, Participant, ParticipantInit
+from sfu.room import Room
+from sfu.roommanager import RoomManager
+
+log = structlog.get_logger(__name__)
+
+#: How often room timeouts are checked. Timeouts are whole seconds, so 1 s resolution is enough.
+TICK_INTERVAL = 1.0
+
+
+class Session(Protocol):
+    """A connected participant, as the node sees it."""
+
+    participant: Participant
+
+    def on_event(self, event: Event) -> None:
+        """Deliver one model event addressed to this participant (never blocks)."""
+
+    def send_data(self, packet: bytes, reliable: bool) -> None:
+        """Deliver a serialized ``DataPacket`` (never blocks)."""
+
+    def close(self, reason: DisconnectReason) -> None:
+        """Tear the session down (after a ``Disconnect`` event, or at shutdown)."""
+
+
+RoomListener = Callable[[Room, bool], None]
+
+
+class Node:
+    """Rooms + sessions + event delivery."""
+
+    def __init__(self, rooms: RoomManager, clock: Callable[[], float] = time.time) -> None:
+        self.rooms = rooms
+        self.clock = clock
+        self.sessions: dict[str, Session] = {}
+        #: Called with (room, created) whenever a room is created (True) or closed (False).
+        self.room_listeners: list[RoomListener] = []
+        self._tick_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop())
+
+    async def stop(self) -> None:
+        if self._tick_task:
+            self._tick_task.cancel()
+        for session in list(self.sessions.values()):
+            session.close(DisconnectReason.SERVER_SHUTDOWN)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            try:
+                self.dispatch(self.rooms.tick(self.clock()))
+            except Exception:  # a bug here must not stop room expiry for good
+                log.exception("room tick failed")
+
+    # ------------------------------------------------------------------ rooms
+
+    def create_room(self, name: str, **options: object) -> Room:
+        room, created = self.rooms.create_room(name, self.clock(), **options)  # type: ignore[arg-type]
+        if created:
+            self._room_changed(room, True)
+        return room
+
+    def delete_room(self, name: str) -> None:
+        self.dispatch(self.rooms.delete_room(name, self.clock()))
+
+    def _room_changed(self, room: Room, created: bool) -> None:
+        log.info("room created" if created else "room closed", room=room.name, room_sid=room.sid)
+        for listener in list(self.room_listeners):
+            try:
+                listener(room, created)
+            except Exception:
+                log.exception("room listener failed", room=room.name)
+
+    # ------------------------------------------------------------------ participants
+
+    def join(self, room_name: str, init: ParticipantInit) -> tuple[Room, Participant, list[Event]]:
+        """Admit a participant; the caller attaches its session, then calls :meth:`dispatch`."""
+        room, participant, events, created = self.rooms.join(room_name, init, self.clock())
+        if created:
+            self._room_changed(room, True)
+        return room, participant, events
+
+    def attach(self, session: Session) -> None:
+        self.sessions[session.participant.sid] = session
+
+    def detach(self, session: Session, reason: DisconnectReason) -> None:
+        """The session ended on its own (client left, socket closed): remove the participant."""
+        sid = session.participant.sid
+        if self.sessions.get(sid) is session:
+            del self.sessions[sid]
+        room = self.room_of(session.participant)
+        if room is not None and sid in room.participants:
+            self.dispatch(room.leave(sid, reason, self.clock()))
+
+    def room_of(self, participant: Participant) -> Room | None:
+        for room in self.rooms.rooms.values():
+            if room.participants.get(participant.sid) is participant:
+                return room
+        return None
+
+    # ------------------------------------------------------------------ delivery
+
+    def dispatch(self, events: Iterable[Event]) -> None:
+        """Deliver model events to the sessions they name."""
+        for event in events:
+            if isinstance(event, RoomClosed):
+                self._room_changed(event.room, False)
+                continue
+            for sid in recipients(event):
+                session = self.sessions.get(sid)
+                if session is None:
+                    continue
+                try:
+                    session.on_event(event)
+                except Exception:  # one broken session must not stop delivery to the others
+                    log.exception("session failed to handle event", participant=sid)
+
+    def send_data(
+        self,
+        room: Room,
+        sender_sid: str | None,
+        packet: bytes,
+        reliable: bool,
+        destination_identities: list[str],
+    ) -> int:
+        """Relay a serialized DataPacket; returns the number of recipients."""
+        count = 0
+        for sid in room.data_recipients(sender_sid, destination_identities):
+            session = self.sessions.get(sid)
+            if session is not None:
+                session.send_data(packet, reliable)
+                count += 1
+        return count
+
+
+def recipients(event: Event) -> tuple[str, ...]:
+    """The participant sids an event must reach."""
+    if isinstance(event, SubscriptionChanged):
+        # The subscriber's session adds/removes the downtrack; the publisher's learns nothing.
+        return (event.subscriber_sid,)
+    found = getattr(event, "recipients", None)
+    if found is not None:
+        return tuple(found)
+    recipient = getattr(event, "recipient", None)
+    if recipient is not None:
+        return (recipient,)
+    participant = getattr(event, "participant", None)
+    if participant is not None:
+        return (participant.sid,)
+    return ()

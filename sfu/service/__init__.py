@@ -1,0 +1,1 @@
+"""Service edge: aiohttp handlers (Twirp, signalling, web page, metrics)."""
