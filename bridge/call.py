@@ -1,0 +1,208 @@
+"""Per-call state machine (sans-I/O): ringing → active → hangup, with the reasons.
+
+The worker feeds it what happened (the supervisor's decision, room joined, first room audio, SIP
+state, RTP counters, the clock) and executes the returned actions against pjsua2 and the local
+channel. Policies (sip-bridge.md §1, §4):
+
+* ``ringing=False`` ("immediate"): 200 OK as soon as the room JoinResponse arrives.
+* ``ringing=True`` ("wait_for_audio"): 180, keep ringing until the first remote audio arrives (or
+  another SIP participant is in the room), bounded by ``ringing_timeout`` → 486.
+* Media timeout: no RTP from the phone for ``media_timeout`` s (``media_timeout_initial`` before the
+  first packet) → BYE. Suspended while the phone holds the call (it may legitimately stop RTP).
+* ``max_call_duration`` → BYE. Room leave / channel loss → BYE, or 486 before the answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from bridge.control import InviteResult
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"  # INVITE received, asking the supervisor
+    RINGING = "ringing"  # accepted, joining the room / waiting for audio
+    ACTIVE = "active"  # 200 OK sent
+    ENDED = "ended"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Send a provisional (180) or final 200 response."""
+
+    status: int
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Final non-2xx response before the answer (silently if ``drop``)."""
+
+    status: int
+    reason: str
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False
+
+
+@dataclass(frozen=True)
+class Bye:
+    reason: str
+
+
+@dataclass(frozen=True)
+class JoinRoom:
+    pass
+
+
+@dataclass(frozen=True)
+class LeaveRoom:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """``sip.callStatus`` changed (ringing / active / hangup)."""
+
+    status: str
+    reason: str = ""
+
+
+Action = Answer | Reject | Bye | JoinRoom | LeaveRoom | Status
+
+
+class CallMachine:
+    """State of one inbound call; every method returns the actions to carry out, in order."""
+
+    def __init__(self, call_id: str, now: float) -> None:
+        self.call_id = call_id
+        self.phase = Phase.WAITING
+        self.created = now
+        self.decision: InviteResult | None = None
+        self.ringing_since = now
+        self.answered_at: float | None = None
+        self.last_rx_at: float | None = None
+        self.rx_packets = 0
+        self.held = False
+        self.in_room = False
+        self.end_reason = ""
+        self.end_status = 0
+
+    # --- inputs -------------------------------------------------------------------------------
+    def on_decision(self, res: InviteResult, now: float) -> list[Action]:
+        if self.phase is not Phase.WAITING:
+            return []
+        self.decision = res
+        if res.status != 200 or res.drop:
+            return self._end_before_answer(res.status, "rejected", res.headers, drop=res.drop)
+        self.phase = Phase.RINGING
+        self.ringing_since = now
+        acts: list[Action] = [JoinRoom()]
+        if res.ringing:
+            acts.insert(0, Answer(180))
+        return acts
+
+    def on_room_joined(self, now: float) -> list[Action]:
+        if self.phase is not Phase.RINGING:
+            return []
+        self.in_room = True
+        assert self.decision is not None
+        if not self.decision.ringing:
+            return self._answer(now)
+        return [Status("ringing")]
+
+    def on_room_audio(self, now: float) -> list[Action]:
+        """A remote audio track delivered media (or another SIP participant is present)."""
+        if self.phase is Phase.RINGING and self.in_room:
+            return self._answer(now)
+        return []
+
+    def on_room_left(self, reason: str) -> list[Action]:
+        """The room side ended the participant (leave, ERROR frame, channel closed)."""
+        self.in_room = False
+        if self.phase is Phase.ACTIVE:
+            self.phase = Phase.ENDED
+            self.end_reason = reason
+            return [Bye(reason), Status("hangup", reason)]
+        if self.phase in (Phase.WAITING, Phase.RINGING):
+            return self._end_before_answer(486, reason)
+        return []
+
+    def on_sip_disconnected(self, status: int, reason: str) -> list[Action]:
+        """pjsua reports DISCONNECTED (BYE, CANCEL, or our own hangup completing)."""
+        if self.phase is Phase.ENDED:
+            return []
+        self.phase = Phase.ENDED
+        self.end_status = status
+        self.end_reason = reason or "caller hung up"
+        acts: list[Action] = [Status("hangup", self.end_reason)]
+        if self.in_room:
+            self.in_room = False
+            acts.append(LeaveRoom(self.end_reason))
+        return acts
+
+    def on_hold(self, held: bool, now: float) -> None:
+        self.held = held
+        if not held:
+            self.last_rx_at = now  # restart the media timeout window after resume
+
+    def on_rx_packets(self, total: int, now: float) -> None:
+        """Cumulative RTP packets received from the phone (pjsua stream stats)."""
+        if total > self.rx_packets:
+            self.rx_packets = total
+            self.last_rx_at = now
+
+    def tick(self, now: float) -> list[Action]:
+        res = self.decision
+        if res is None or self.phase is Phase.ENDED:
+            return []
+        if self.phase is Phase.RINGING:
+            if now - self.ringing_since >= res.ringing_timeout:
+                return self._end_before_answer(486, "ringing-timeout")
+            return []
+        if self.phase is not Phase.ACTIVE:
+            return []
+        assert self.answered_at is not None
+        if now - self.answered_at >= res.max_call_duration:
+            return self._bye("max-call-duration")
+        if not self.held:
+            if self.last_rx_at is None:
+                if now - self.answered_at >= res.media_timeout_initial:
+                    return self._bye("media-timeout")
+            elif now - self.last_rx_at >= res.media_timeout:
+                return self._bye("media-timeout")
+        return []
+
+    def hangup(self, reason: str) -> list[Action]:
+        """Supervisor or worker shutdown asked to end the call."""
+        if self.phase is Phase.ACTIVE:
+            return self._bye(reason)
+        if self.phase in (Phase.WAITING, Phase.RINGING):
+            return self._end_before_answer(486, reason)
+        return []
+
+    # --- helpers ------------------------------------------------------------------------------
+    def _answer(self, now: float) -> list[Action]:
+        self.phase = Phase.ACTIVE
+        self.answered_at = now
+        return [Answer(200), Status("active")]
+
+    def _bye(self, reason: str) -> list[Action]:
+        self.phase = Phase.ENDED
+        self.end_reason = reason
+        acts: list[Action] = [Bye(reason), Status("hangup", reason)]
+        if self.in_room:
+            self.in_room = False
+            acts.append(LeaveRoom(reason))
+        return acts
+
+    def _end_before_answer(
+        self, status: int, reason: str, headers: dict[str, str] | None = None, drop: bool = False
+    ) -> list[Action]:
+        self.phase = Phase.ENDED
+        self.end_status = status
+        self.end_reason = reason
+        acts: list[Action] = [Reject(status, reason, dict(headers or {}), drop)]
+        if self.in_room:
+            self.in_room = False
+            acts.append(LeaveRoom(reason))
+        return acts
