@@ -14,4 +14,11 @@ if TYPE_CHECKING:
 
 Factory = Callable[["Appliance"], "Extension | None"]
 
-FACTORIES: list[Factory] = []
+
+def _rtc(appliance: Appliance) -> Extension | None:
+    from sfu import rtc
+
+    return rtc.install(appliance)
+
+
+FACTORIES: list[Factory] = [_rtc]

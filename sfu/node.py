@@ -17,6 +17,7 @@ import structlog
 
 from sfu.events import Event, RoomClosed, SubscriptionChanged
 from sfu.participant import DisconnectReason, Participant, ParticipantInit
+from sfu.relay import TrackRelay
 from sfu.room import Room
 from sfu.roommanager import RoomManager
 
@@ -51,6 +52,8 @@ class Node:
         self.rooms = rooms
         self.clock = clock
         self.sessions: dict[str, Session] = {}
+        #: Published tracks with media, by track sid (see :mod:`sfu.relay`).
+        self.relays: dict[str, TrackRelay] = {}
         #: Called with (room, created) whenever a room is created (True) or closed (False).
         self.room_listeners: list[RoomListener] = []
         self._tick_task: asyncio.Task[None] | None = None

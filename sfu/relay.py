@@ -1,0 +1,115 @@
+"""Fan-out of one published track to its subscribers, whatever transport each side uses.
+
+A publisher's transport (a WebRTC receiver tap, or a local participant's RTP frames) pushes each packet
+once; the relay hands the parsed packet to every subscriber's sink (a WebRTC ``SubscriberSender`` that
+rewrites SSRC/seq/ts, or a local participant's socket). The room model decides who is subscribed; the
+node turns ``SubscriptionChanged`` events into :meth:`TrackRelay.add_sink` / :meth:`remove_sink`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from sfu.media.forwarder import SourceInfo, SourcePacket
+from sfu.media.rtp import RtpError, ntp_now
+
+log = structlog.get_logger(__name__)
+
+
+class Sink(Protocol):
+    """One subscriber's end of a track (``sfu.media.aiortc_adapter.SubscriberSender`` is one)."""
+
+    async def send(self, pkt: SourcePacket, now_ntp: int | None = None) -> bool:
+        """Forward one packet; ``now_ntp`` is computed once per packet for all sinks."""
+
+    @property
+    def needs_keyframe(self) -> bool:
+        """True while the sink drops video waiting for a keyframe."""
+
+    def close(self) -> None:
+        """The subscription ended."""
+
+
+class TrackRelay:
+    """One published track: its source description, its sinks, and keyframe requests upstream."""
+
+    __slots__ = (
+        "track_sid",
+        "publisher_sid",
+        "source",
+        "sinks",
+        "_fanout",
+        "request_keyframe",
+        "audio_level",
+        "audio_level_at",
+        "packets",
+        "malformed",
+    )
+
+    def __init__(
+        self,
+        track_sid: str,
+        publisher_sid: str,
+        source: SourceInfo,
+        request_keyframe: Callable[[], None] | None = None,
+    ) -> None:
+        self.track_sid = track_sid
+        self.publisher_sid = publisher_sid
+        self.source = source
+        self.sinks: dict[str, Sink] = {}
+        #: Snapshot of the sinks, replaced on change so a send loop never sees a mutating dict.
+        self._fanout: tuple[Sink, ...] = ()
+        self.request_keyframe = request_keyframe or (lambda: None)
+        #: Last RFC 6464 level (0 = loudest, 127 = silence) and when it was seen, for speakers.
+        self.audio_level = 127
+        self.audio_level_at = 0.0
+        self.packets = 0
+        self.malformed = 0
+
+    async def push(self, data: bytes, arrival_ms: int = 0) -> None:
+        """A raw packet from the publisher: parse once, hand to every sink."""
+        try:
+            packet = SourcePacket(self.source, data)
+        except RtpError:
+            self.malformed += 1  # counted, never fatal: one bad packet must not stop the track
+            return
+        await self.on_rtp(packet, arrival_ms)
+
+    async def on_rtp(self, packet: SourcePacket, arrival_ms: int = 0) -> None:
+        """A parsed packet from the publisher (the WebRTC tap calls this directly)."""
+        self.packets += 1
+        if packet.audio_level is not None:
+            self.audio_level = packet.audio_level & 0x7F
+            self.audio_level_at = time.monotonic()
+        sinks = self._fanout
+        if not sinks:
+            return
+        now = ntp_now()
+        for sink in sinks:
+            await sink.send(packet, now)
+        if self.source.kind == "video":
+            for sink in sinks:
+                if sink.needs_keyframe:
+                    self.request_keyframe()
+                    break
+
+    def add_sink(self, subscriber_sid: str, sink: Sink) -> None:
+        self.remove_sink(subscriber_sid)
+        self.sinks[subscriber_sid] = sink
+        self._fanout = tuple(self.sinks.values())
+        if self.source.kind == "video":
+            self.request_keyframe()  # a late joiner needs a keyframe to start decoding
+
+    def remove_sink(self, subscriber_sid: str) -> None:
+        sink = self.sinks.pop(subscriber_sid, None)
+        if sink is not None:
+            self._fanout = tuple(self.sinks.values())
+            sink.close()
+
+    def close(self) -> None:
+        for sid in list(self.sinks):
+            self.remove_sink(sid)

@@ -1,0 +1,184 @@
+"""The ``/rtc`` endpoints: token checks before the upgrade, then an :class:`RTCSession`.
+
+Only classic (v0) signalling is served. ``/rtc/v1`` and ``/rtc/v1/validate`` answer 404 (with CORS) so
+that both SDKs fall back to ``/rtc`` (livekit-protocol.md §1.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+from livekit.protocol import rtc
+
+from sfu.auth import Claims, verify_token
+from sfu.config import Config
+from sfu.errors import InvalidRequest, RoomFull, RoomlineError, RoomNotFound, TokenError
+from sfu.media.aiortc_adapter import configure_ice
+from sfu.node import Node
+from sfu.participant import DisconnectReason, ParticipantInit, ParticipantKind
+from sfu.proto import permission_from_info
+from sfu.rtc.session import RTCSession
+
+log = structlog.get_logger(__name__)
+
+CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Allow-Headers": "*"}
+
+
+def _truthy(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.lower() in ("1", "true", "yes")
+
+
+def _text(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=message, headers=CORS)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinParams:
+    claims: Claims
+    room: str
+    auto_subscribe: bool
+    reconnect: bool
+    client_protocol: int
+
+
+def participant_init(claims: Claims, auto_subscribe: bool, client_protocol: int) -> ParticipantInit:
+    permission = permission_from_info(claims.video.permission())
+    kind = (
+        ParticipantKind(claims.kind)
+        if claims.kind in ParticipantKind._value2member_map_
+        else ParticipantKind.STANDARD
+    )
+    return ParticipantInit(
+        identity=claims.identity,
+        name=claims.name,
+        metadata=claims.metadata,
+        attributes=dict(claims.attributes),
+        kind=kind,
+        permission=permission,
+        auto_subscribe=auto_subscribe,
+        client_protocol=client_protocol,
+    )
+
+
+class RTCService:
+    """aiohttp handlers for signalling."""
+
+    def __init__(self, node: Node, cfg: Config) -> None:
+        self.node = node
+        self.cfg = cfg
+        port_range = (cfg.rtc.port_range_start, cfg.rtc.port_range_end)
+        configure_ice(list(cfg.rtc.interfaces), port_range)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/rtc", self.rtc),
+            web.get("/rtc/validate", self.validate),
+            web.get("/rtc/v1", self.v1),
+            web.get("/rtc/v1/validate", self.v1),
+        ]
+
+    async def v1(self, request: web.Request) -> web.Response:
+        return _text(404, "single peer connection signalling (v1) is not served here; use /rtc")
+
+    def _params(self, request: web.Request) -> JoinParams:
+        header = request.headers.get("Authorization", "")
+        token = ""
+        if header.lower().startswith("bearer "):
+            token = header[7:].strip()
+        token = token or request.query.get("access_token", "")
+        if not token:
+            raise TokenError("missing access token")
+        claims = verify_token(token, self.cfg.keys)
+        if not claims.video.room_join:
+            raise TokenError("token does not grant roomJoin")
+        if not claims.identity:
+            raise InvalidRequest("token has no identity")
+        if not claims.video.room:
+            raise InvalidRequest("token names no room")
+        try:
+            protocol = int(request.query.get("client_protocol", "0") or 0)
+        except ValueError:
+            raise InvalidRequest("client_protocol must be an integer") from None
+        return JoinParams(
+            claims=claims,
+            room=claims.video.room,
+            auto_subscribe=_truthy(request.query.get("auto_subscribe"), True),
+            reconnect=_truthy(request.query.get("reconnect"), False),
+            client_protocol=protocol,
+        )
+
+    def _check_room(self, params: JoinParams) -> None:
+        room = self.node.rooms.rooms.get(params.room)
+        if room is None:
+            if not self.node.rooms.defaults.auto_create:
+                raise RoomNotFound(params.room)
+            return
+        init = participant_init(params.claims, params.auto_subscribe, params.client_protocol)
+        room.check_init(init)
+
+    @staticmethod
+    def _error(exc: RoomlineError) -> web.Response:
+        if isinstance(exc, TokenError):
+            return _text(401, exc.message)
+        if isinstance(exc, RoomNotFound):
+            return _text(404, "requested room does not exist")
+        if isinstance(exc, RoomFull):
+            return _text(403, exc.message)
+        return _text(400, exc.message)
+
+    async def validate(self, request: web.Request) -> web.Response:
+        try:
+            params = self._params(request)
+            self._check_room(params)
+        except RoomlineError as exc:
+            return self._error(exc)
+        return _text(200, "success")
+
+    async def rtc(self, request: web.Request) -> web.StreamResponse:
+        try:
+            params = self._params(request)
+            if not params.reconnect:
+                self._check_room(params)
+        except RoomlineError as exc:
+            log.info("join refused", status=self._error(exc).status, reason=exc.message)
+            return self._error(exc)
+        ws = web.WebSocketResponse(
+            max_msg_size=self.cfg.limits.max_signal_message_size, heartbeat=None, autoping=True
+        )
+        if not ws.can_prepare(request).ok:
+            return _text(404, "not a WebSocket upgrade")
+        await ws.prepare(request)
+        if params.reconnect:
+            # aiortc cannot restart ICE, so a resume becomes a full reconnect (§1.10).
+            leave = rtc.LeaveRequest(
+                reason=int(DisconnectReason.STATE_MISMATCH),  # type: ignore[arg-type]
+                action=rtc.LeaveRequest.Action.RECONNECT,
+            )
+            await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
+            await ws.close()
+            return ws
+        init = participant_init(params.claims, params.auto_subscribe, params.client_protocol)
+        try:
+            room, participant, events = self.node.join(params.room, init)
+        except RoomlineError as exc:
+            # Lost a race with another join (room filled meanwhile): tell the client and close.
+            log.info("join failed after upgrade", reason=exc.message)
+            leave = rtc.LeaveRequest(
+                reason=int(DisconnectReason.JOIN_FAILURE),  # type: ignore[arg-type]
+                action=rtc.LeaveRequest.Action.DISCONNECT,
+            )
+            await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
+            await ws.close()
+            return ws
+        session = RTCSession(self.node, self.cfg, room, participant, ws)
+        session.log.info("participant joined", kind=participant.kind.name)
+        # JoinResponse first, then the events of the join (which may add subscriptions).
+        session.send_signal(rtc.SignalResponse(join=session.join_response()))
+        self.node.attach(session)
+        self.node.dispatch(events)
+        await session.run()
+        return ws

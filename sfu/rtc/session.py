@@ -1,0 +1,455 @@
+"""A LiveKit client over ``/rtc``: WebSocket signalling plus two aiortc PeerConnections.
+
+Classic (v0) two-PeerConnection mode, subscriber-primary like LiveKit server: the client offers on its
+publisher PC, the server offers on the subscriber PC (which also carries the server-created
+``_reliable``/``_lossy`` data channels). Media is never decoded: publisher RTP is tapped before aiortc's
+jitter buffer and forwarded through :class:`sfu.relay.TrackRelay` (see ``sfu.media.aiortc_adapter``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.rtcdatachannel import RTCDataChannel
+from aiortc.sdp import candidate_from_sdp
+from google.protobuf import json_format
+from livekit.protocol import rtc
+
+from sfu.config import Config
+from sfu.errors import InvalidRequest, RoomlineError
+from sfu.events import SubscriptionChanged
+from sfu.media.aiortc_adapter import PublishedTrackTap, SubscriberSender, add_subscriber_track
+from sfu.node import Node
+from sfu.participant import DisconnectReason, Participant, ParticipantState
+from sfu.relay import TrackRelay
+from sfu.room import Room
+from sfu.rtc.sdp import MediaSection, SdpError, parse_media_sections
+from sfu.signal import SignalSession
+
+#: Codecs the SFU forwards (aiortc can negotiate them; JoinResponse restricts clients to them).
+FORWARDABLE = {"opus", "vp8", "h264"}
+#: Trickled candidates kept while no remote description exists; a client sends a handful.
+MAX_QUEUED_CANDIDATES = 64
+#: Outgoing signal messages buffered for a slow client before it is disconnected.
+MAX_SIGNAL_BACKLOG = 1024
+
+_REASONS = rtc.RequestResponse.Reason
+PUBLISHER = rtc.SignalTarget.PUBLISHER
+SUBSCRIBER = rtc.SignalTarget.SUBSCRIBER
+
+
+class RTCSession(SignalSession):
+    """One WebRTC participant."""
+
+    def __init__(
+        self,
+        node: Node,
+        cfg: Config,
+        room: Room,
+        participant: Participant,
+        ws: web.WebSocketResponse,
+    ) -> None:
+        super().__init__(node, cfg, room, participant)
+        self.ws = ws
+        self._out: asyncio.Queue[bytes | None] = asyncio.Queue(MAX_SIGNAL_BACKLOG)
+        config = RTCConfiguration(
+            iceServers=[
+                RTCIceServer(
+                    urls=list(s.urls), username=s.username or None, credential=s.credential or None
+                )
+                for s in cfg.rtc.ice_servers
+            ]
+        )
+        self.publisher = RTCPeerConnection(config)
+        self.subscriber = RTCPeerConnection(config)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pending_candidates: dict[int, list[dict[str, Any]]] = {PUBLISHER: [], SUBSCRIBER: []}
+        # Subscriber negotiation: one offer in flight, re-offer if something changed meanwhile.
+        self._offer_id = 0
+        self._offer_in_flight = False
+        self._renegotiate = False
+        self._negotiation_scheduled = False
+        self._senders: dict[str, SubscriberSender] = {}
+        # Publisher side: mid -> track sid of tracks whose media is bound.
+        self._published_mids: dict[str, str] = {}
+        self._reliable: RTCDataChannel = self.subscriber.createDataChannel(
+            "_reliable", ordered=True
+        )
+        self._lossy: RTCDataChannel = self.subscriber.createDataChannel(
+            "_lossy", ordered=False, maxRetransmits=0
+        )
+        self.publisher.on("datachannel", self._on_datachannel)
+        self.subscriber.on("connectionstatechange", self._on_subscriber_state)
+        self.publisher.on("connectionstatechange", self._on_publisher_state)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._guard(coro, what))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _guard(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except RoomlineError as exc:
+            self.log.info(f"{what} failed", error=exc.message)
+            self.send_signal(
+                rtc.SignalResponse(
+                    request_response=rtc.RequestResponse(
+                        reason=_REASONS.INVALID_REQUEST, message=f"{what}: {exc.message}"
+                    )
+                )
+            )
+        except Exception as exc:
+            self.log.exception(f"{what} failed")
+            self.send_signal(
+                rtc.SignalResponse(
+                    request_response=rtc.RequestResponse(
+                        reason=_REASONS.UNCLASSIFIED_ERROR, message=f"{what}: {exc}"
+                    )
+                )
+            )
+
+    def send_signal(self, response: rtc.SignalResponse) -> None:
+        if self.closed:
+            return
+        try:
+            self._out.put_nowait(response.SerializeToString())
+        except asyncio.QueueFull:
+            self.log.warning("signal backlog full, disconnecting slow client")
+            self.node.detach(self, DisconnectReason.SIGNAL_CLOSE)
+            self.close(DisconnectReason.SIGNAL_CLOSE)
+
+    async def run(self) -> None:
+        """Serve the WebSocket until it closes. The JoinResponse was queued before."""
+        writer = asyncio.get_running_loop().create_task(self._writer())
+        self._schedule_negotiation()  # subscriber-primary: offer at once, even without tracks
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.BINARY:
+                    self._on_frame(msg.data, binary=True)
+                elif msg.type == WSMsgType.TEXT:
+                    self._on_frame(msg.data.encode(), binary=False)
+                elif msg.type == WSMsgType.ERROR:
+                    self.log.info("websocket error", error=str(self.ws.exception()))
+                    break
+        finally:
+            if not self.closed:
+                self.node.detach(self, DisconnectReason.SIGNAL_CLOSE)
+                self.close(DisconnectReason.SIGNAL_CLOSE)
+            await writer
+            await self._shutdown()
+
+    async def _writer(self) -> None:
+        while True:
+            data = await self._out.get()
+            if data is None:
+                break
+            try:
+                await self.ws.send_bytes(data)
+            except (ConnectionError, RuntimeError):
+                break
+        if not self.ws.closed:
+            await self.ws.close()
+
+    def _on_frame(self, data: bytes, binary: bool) -> None:
+        req = rtc.SignalRequest()
+        try:
+            if binary:
+                req.ParseFromString(data)
+            else:
+                json_format.Parse(data.decode("utf-8"), req, ignore_unknown_fields=True)
+        except Exception as exc:
+            self.log.info("malformed signal message", size=len(data), error=str(exc)[:200])
+            self.send_signal(
+                rtc.SignalResponse(
+                    request_response=rtc.RequestResponse(
+                        reason=_REASONS.INVALID_REQUEST,
+                        message=f"malformed signal message ({len(data)} bytes): not a SignalRequest",
+                    )
+                )
+            )
+            return
+        self.handle_request(req)
+
+    # ------------------------------------------------------------------ negotiation
+
+    def on_offer(self, sd: rtc.SessionDescription) -> None:
+        self._spawn(self._answer_publisher(sd), "publisher offer")
+
+    def on_answer(self, sd: rtc.SessionDescription) -> None:
+        self._spawn(self._apply_subscriber_answer(sd), "subscriber answer")
+
+    def on_trickle(self, trickle: rtc.TrickleRequest) -> None:
+        try:
+            init = json.loads(trickle.candidateInit or "{}")
+        except ValueError:
+            raise InvalidRequest("trickle candidateInit is not JSON") from None
+        if not isinstance(init, dict) or not init.get("candidate"):
+            return  # end-of-candidates or an empty candidate: nothing to add
+        pc = self.subscriber if trickle.target == SUBSCRIBER else self.publisher
+        if pc.remoteDescription is None:
+            queue = self._pending_candidates[trickle.target]
+            if len(queue) < MAX_QUEUED_CANDIDATES:
+                queue.append(init)
+            return
+        self._spawn(self._add_candidate(pc, init), "trickle")
+
+    async def _add_candidate(self, pc: RTCPeerConnection, init: dict[str, Any]) -> None:
+        text = str(init["candidate"])
+        try:
+            candidate = candidate_from_sdp(
+                text.split(":", 1)[1] if text.startswith("candidate:") else text
+            )
+        except (ValueError, IndexError):
+            raise InvalidRequest(f"malformed ICE candidate {text[:80]!r}") from None
+        candidate.sdpMid = init.get("sdpMid")
+        index = init.get("sdpMLineIndex")
+        candidate.sdpMLineIndex = index if isinstance(index, int) else None
+        if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
+            candidate.sdpMLineIndex = 0
+        try:
+            await pc.addIceCandidate(candidate)
+        except ValueError as exc:  # aioice refuses candidates after end-of-candidates
+            self.log.debug("candidate ignored", error=str(exc))
+
+    async def _flush_candidates(self, target: int) -> None:
+        pc = self.subscriber if target == SUBSCRIBER else self.publisher
+        queued, self._pending_candidates[target] = self._pending_candidates[target], []
+        for init in queued:
+            await self._add_candidate(pc, init)
+
+    def _schedule_negotiation(self) -> None:
+        """Coalesce subscription changes of one event batch into one subscriber offer."""
+        self._renegotiate = True
+        if self._offer_in_flight or self._negotiation_scheduled or self.closed:
+            return
+        self._negotiation_scheduled = True
+        self._spawn(self._offer_subscriber(), "subscriber offer")
+
+    async def _offer_subscriber(self) -> None:
+        self._negotiation_scheduled = False
+        if self._offer_in_flight or self.closed:
+            return
+        self._offer_in_flight = True
+        self._renegotiate = False
+        offer = await self.subscriber.createOffer()
+        await self.subscriber.setLocalDescription(offer)
+        self._offer_id += 1
+        local = self.subscriber.localDescription
+        self.send_signal(
+            rtc.SignalResponse(
+                offer=rtc.SessionDescription(type="offer", sdp=local.sdp, id=self._offer_id)
+            )
+        )
+
+    async def _apply_subscriber_answer(self, sd: rtc.SessionDescription) -> None:
+        if sd.type != "answer" or not self._offer_in_flight:
+            raise InvalidRequest("unexpected subscriber answer")
+        if sd.id and sd.id != self._offer_id:
+            self.log.info("stale subscriber answer ignored", id=sd.id, expected=self._offer_id)
+            return
+        parse_media_sections(sd.sdp)
+        await self.subscriber.setRemoteDescription(RTCSessionDescription(sdp=sd.sdp, type="answer"))
+        self._offer_in_flight = False
+        await self._flush_candidates(SUBSCRIBER)
+        self.node.dispatch(self.room.set_state(self.participant.sid, ParticipantState.JOINED))
+        if self._renegotiate:
+            self._schedule_negotiation()
+
+    async def _answer_publisher(self, sd: rtc.SessionDescription) -> None:
+        if sd.type != "offer":
+            raise InvalidRequest(f"expected an offer, got {sd.type!r}")
+        sections = parse_media_sections(sd.sdp)
+        refused = [
+            s
+            for s in sections
+            if s.kind in ("audio", "video") and s.sending and not FORWARDABLE.intersection(s.codecs)
+        ]
+        try:
+            await self.publisher.setRemoteDescription(
+                RTCSessionDescription(sdp=sd.sdp, type="offer")
+            )
+            answer = await self.publisher.createAnswer()
+            await self.publisher.setLocalDescription(answer)
+        except (ValueError, SdpError) as exc:
+            raise InvalidRequest(f"offer rejected: {exc}") from None
+        local = self.publisher.localDescription
+        self.send_signal(
+            rtc.SignalResponse(
+                answer=rtc.SessionDescription(type="answer", sdp=local.sdp, id=sd.id)
+            )
+        )
+        await self._flush_candidates(PUBLISHER)
+        for section in refused:
+            self.send_signal(
+                rtc.SignalResponse(
+                    request_response=rtc.RequestResponse(
+                        reason=_REASONS.UNSUPPORTED_TYPE,
+                        message=(
+                            f"m-section {section.mid or section.index} offers only unsupported codecs "
+                            f"({', '.join(section.codecs) or 'none'}); roomline forwards opus, VP8, H264"
+                        ),
+                    )
+                )
+            )
+        self._reconcile_publications([s for s in sections if s not in refused])
+
+    def _reconcile_publications(self, sections: list[MediaSection]) -> None:
+        """Bind new sending m-sections to AddTrack'ed publications; unpublish stopped ones."""
+        transceivers = {t.mid: t for t in self.publisher.getTransceivers() if t.mid is not None}
+        for section in sections:
+            if section.kind not in ("audio", "video"):
+                continue
+            bound = self._published_mids.get(section.mid)
+            if bound is not None:
+                if not section.sending:
+                    self._unpublish(section.mid, bound)
+                continue
+            if not section.sending:
+                continue
+            transceiver = transceivers.get(section.mid)
+            if transceiver is None:
+                continue
+            track = self.participant.track_by_cid(section.track_id) if section.track_id else None
+            if track is None or track.bound:
+                # Rust SDK / unknown msid: the first unbound publication of the same kind (as SV).
+                kind = 0 if section.kind == "audio" else 1
+                track = next(
+                    (
+                        t
+                        for t in self.participant.tracks.values()
+                        if not t.bound and int(t.type) == kind
+                    ),
+                    None,
+                )
+            if track is None:
+                self.log.info(
+                    "media without AddTrack ignored", mid=section.mid, cid=section.track_id
+                )
+                continue
+            tap = PublishedTrackTap(transceiver)
+            relay = TrackRelay(track.sid, self.participant.sid, tap.source, tap.request_keyframe)
+            tap.on_rtp = relay.on_rtp
+            self.node.relays[track.sid] = relay
+            self._published_mids[section.mid] = track.sid
+            self.node.dispatch(
+                self.room.bind_track(self.participant.sid, track.sid, tap.source.mime, section.mid)
+            )
+
+    def _unpublish(self, mid: str, track_sid: str) -> None:
+        del self._published_mids[mid]
+        if track_sid in self.participant.tracks:
+            self.node.dispatch(self.room.unpublish_track(self.participant.sid, track_sid))
+        relay = self.node.relays.pop(track_sid, None)
+        if relay is not None:
+            relay.close()
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def subscribe(self, event: SubscriptionChanged) -> None:
+        relay = self.node.relays.get(event.track_sid)
+        if relay is None:
+            self.log.warning("subscription to a track without media", track=event.track_sid)
+            return
+        sender = add_subscriber_track(
+            self.subscriber,
+            relay.source,
+            track_id=event.track_sid,
+            stream_id=f"{event.publisher_sid}|{event.track_sid}",
+            on_keyframe_request=relay.request_keyframe,
+        )
+        self._senders[event.track_sid] = sender
+        relay.add_sink(self.participant.sid, sender)
+        self._schedule_negotiation()
+
+    def unsubscribe(self, event: SubscriptionChanged) -> None:
+        sender = self._senders.pop(event.track_sid, None)
+        relay = self.node.relays.get(event.track_sid)
+        if relay is not None:
+            relay.remove_sink(self.participant.sid)
+        elif sender is not None:
+            sender.close()
+        if sender is not None and not self.closed:
+            sender.transceiver.direction = "inactive"
+            self._schedule_negotiation()
+
+    def set_track_settings(self, track_sids: list[str], disabled: bool) -> None:
+        for track_sid in track_sids:
+            sender = self._senders.get(track_sid)
+            if sender is None:
+                continue
+            if disabled:
+                sender.pause()
+            else:
+                sender.resume()
+                relay = self.node.relays.get(track_sid)
+                if relay is not None and relay.source.kind == "video":
+                    relay.request_keyframe()
+
+    # ------------------------------------------------------------------ data
+
+    def _on_datachannel(self, channel: RTCDataChannel) -> None:
+        reliable = channel.label != "_lossy"
+
+        @channel.on("message")
+        def on_message(message: bytes | str) -> None:
+            if isinstance(message, str):
+                message = message.encode()
+            self.handle_data(message, reliable)
+
+    def send_data(self, packet: bytes, reliable: bool) -> None:
+        channel = self._reliable if reliable else self._lossy
+        if channel.readyState == "open":
+            channel.send(packet)
+
+    # ------------------------------------------------------------------ state
+
+    async def _on_subscriber_state(self) -> None:
+        state = self.subscriber.connectionState
+        self.log.debug("subscriber pc", state=state)
+        if state == "connected":
+            self.node.dispatch(self.room.set_state(self.participant.sid, ParticipantState.ACTIVE))
+        elif state == "failed" and not self.closed:
+            self.node.detach(self, DisconnectReason.CONNECTION_TIMEOUT)
+            self.close(DisconnectReason.CONNECTION_TIMEOUT)
+
+    async def _on_publisher_state(self) -> None:
+        self.log.debug("publisher pc", state=self.publisher.connectionState)
+
+    def close(self, reason: DisconnectReason) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.log.info("session closed", reason=reason.name)
+        for track_sid in list(self._published_mids.values()):
+            relay = self.node.relays.pop(track_sid, None)
+            if relay is not None:
+                relay.close()
+        self._published_mids.clear()
+        for track_sid, sender in list(self._senders.items()):
+            relay = self.node.relays.get(track_sid)
+            if relay is not None:
+                relay.remove_sink(self.participant.sid)
+            else:
+                sender.close()
+        self._senders.clear()
+        try:
+            self._out.put_nowait(None)
+        except asyncio.QueueFull:
+            self._spawn(self.ws.close(), "close websocket")
+
+    async def _shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(
+            self.publisher.close(), self.subscriber.close(), return_exceptions=True
+        )
