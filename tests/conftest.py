@@ -49,8 +49,6 @@ def free_udp_range(size: int) -> tuple[int, int]:
 
 
 def roomline_command() -> list[str]:
-    if os.environ.get("ROOMLINE_TEST_CLI"):
-        return [sys.executable, os.environ["ROOMLINE_TEST_CLI"]]
     script = Path(sys.executable).parent / "roomline"
     if script.exists():
         return [str(script)]
