@@ -389,6 +389,8 @@ class InviteDecider:
             ttl=SIP_TOKEN_TTL,
             attributes=dict(ev.attributes),
             metadata=ev.participant_metadata,
+            # LiveKit's SIP participant grants: join, publish, subscribe, data, own metadata.
+            can_update_own_metadata=True,
         )
 
 
