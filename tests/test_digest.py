@@ -128,9 +128,7 @@ def test_parse_rfc2617_header() -> None:
 
 
 def test_parse_escaped_quote_and_case_insensitive_names() -> None:
-    cred = parse_digest(
-        r'digest USERNAME="a\"b", Realm="r", NONCE="n", uri="sip:x", response="00"'
-    )
+    cred = parse_digest(r'digest USERNAME="a\"b", Realm="r", NONCE="n", uri="sip:x", response="00"')
     assert cred.username == 'a"b' and cred.realm == "r" and cred.nonce == "n"
 
 
