@@ -21,4 +21,10 @@ def _rtc(appliance: Appliance) -> Extension | None:
     return rtc.install(appliance)
 
 
-FACTORIES: list[Factory] = [_rtc]
+def _web(appliance: Appliance) -> Extension | None:
+    from sfu.service import web
+
+    return web.install(appliance)
+
+
+FACTORIES: list[Factory] = [_rtc, _web]

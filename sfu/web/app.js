@@ -1,0 +1,350 @@
+// roomline built-in page: join a room with livekit-client, publish mic + camera, play remote media,
+// list participants. Plain JS on purpose (no build step). State for tests lives on window.roomline.
+'use strict';
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const LK = window.LivekitClient;
+
+  // Kind badges; livekit-client exposes participant.kind as the protobuf enum number.
+  const KIND_SIP = 3;
+  const KIND_AGENT = 4;
+  // RMS level (0..1) above which a participant is shown as speaking. The server does not send
+  // speakers_changed (livekit-client's isSpeaking stays false), so the page measures levels itself.
+  const SPEAKING_LEVEL = 0.01;
+
+  let room = null;
+  let audioCtx = null;
+  const meters = new Map(); // identity -> {analyser, buffer} for every audio track we can hear/see
+  const log = [];
+
+  function note(message) {
+    log.push(`${new Date().toISOString()} ${message}`);
+    if (log.length > 200) log.shift();
+    console.log(`[roomline] ${message}`);
+  }
+
+  function showError(message) {
+    const el = $('error');
+    el.textContent = message;
+    el.hidden = !message;
+    state.error = message || null;
+    if (message) note(`error: ${message}`);
+  }
+
+  function setStatus(text, kind) {
+    const el = $('status');
+    el.textContent = text;
+    el.dataset.state = kind;
+  }
+
+  // ------------------------------------------------------------------ participants
+
+  function kindName(p) {
+    if (p.kind === KIND_SIP) return 'sip';
+    if (p.kind === KIND_AGENT) return 'agent';
+    return 'standard';
+  }
+
+  const BADGES = { sip: 'phone', agent: 'bot', standard: 'person' };
+
+  function allParticipants() {
+    if (!room) return [];
+    return [room.localParticipant, ...room.remoteParticipants.values()];
+  }
+
+  function level(identity) {
+    const meter = meters.get(identity);
+    if (!meter) return 0;
+    meter.analyser.getFloatTimeDomainData(meter.buffer);
+    let sum = 0;
+    for (const v of meter.buffer) sum += v * v;
+    return Math.sqrt(sum / meter.buffer.length);
+  }
+
+  function isSpeaking(p) {
+    return p.isSpeaking || level(p.identity) > SPEAKING_LEVEL;
+  }
+
+  function el(tag, className, text) {
+    const node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function renderParticipant(p) {
+    const kind = kindName(p);
+    const attrs = p.attributes || {};
+    const li = el('li', 'participant');
+    li.dataset.identity = p.identity;
+    li.dataset.kind = kind;
+
+    const head = el('div', 'head');
+    const badge = el('span', 'badge', BADGES[kind]);
+    badge.dataset.kind = kind;
+    head.append(badge, el('strong', 'name', p.name || p.identity));
+    head.append(el('span', 'identity', p === room.localParticipant ? `${p.identity} (you)` : p.identity));
+    const dot = el('span', 'speaking');
+    dot.dataset.speaking = String(isSpeaking(p));
+    dot.title = 'speaking';
+    head.append(dot);
+    li.append(head);
+
+    if (kind === 'agent') li.append(el('div', 'detail agent-state', `agent state: ${attrs['lk.agent.state'] || 'unknown'}`));
+    if (kind === 'sip') li.append(el('div', 'detail sip-number', `phone: ${attrs['sip.phoneNumber'] || 'unknown'}`));
+
+    const tracks = [...p.trackPublications.values()].map((t) => `${t.source}${t.isMuted ? ' (muted)' : ''}`);
+    li.append(el('div', 'detail tracks', tracks.length ? `tracks: ${tracks.join(', ')}` : 'no tracks'));
+
+    const keys = Object.keys(attrs).sort();
+    if (keys.length) {
+      const dl = el('dl', 'attributes');
+      for (const key of keys) dl.append(el('dt', '', key), el('dd', '', attrs[key]));
+      li.append(dl);
+    }
+    return li;
+  }
+
+  function render() {
+    const list = $('participants');
+    list.replaceChildren(...allParticipants().map(renderParticipant));
+  }
+
+  // ------------------------------------------------------------------ media
+
+  function ensureAudioContext() {
+    if (!audioCtx) audioCtx = new AudioContext();
+    if (audioCtx.state === 'suspended') audioCtx.resume().catch(() => {});
+    return audioCtx;
+  }
+
+  function addMeter(identity, mediaStreamTrack) {
+    const ctx = ensureAudioContext();
+    const source = ctx.createMediaStreamSource(new MediaStream([mediaStreamTrack]));
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 2048;
+    source.connect(analyser); // not connected to the destination: the <audio> element plays it
+    meters.set(identity, { analyser, source, buffer: new Float32Array(analyser.fftSize), track: mediaStreamTrack });
+  }
+
+  function removeMeter(identity) {
+    const meter = meters.get(identity);
+    if (meter) meter.source.disconnect();
+    meters.delete(identity);
+  }
+
+  function videoTile(track, label, id) {
+    const tile = el('div', 'tile');
+    tile.id = id;
+    const video = track.attach();
+    video.muted = true;
+    tile.append(video, el('span', '', label));
+    $('videos').append(tile);
+  }
+
+  function onTrackSubscribed(track, publication, participant) {
+    note(`subscribed ${track.kind} from ${participant.identity}`);
+    if (track.kind === 'audio') {
+      const audio = track.attach();
+      audio.dataset.identity = participant.identity;
+      $('audio').append(audio);
+      // Chromium only feeds a remote WebRTC track into WebAudio while it is also played by an element.
+      addMeter(participant.identity, track.mediaStreamTrack);
+    } else if (track.kind === 'video') {
+      videoTile(track, participant.name || participant.identity, `video-${track.sid}`);
+    }
+    render();
+  }
+
+  function onTrackUnsubscribed(track, publication, participant) {
+    track.detach().forEach((node) => node.remove());
+    if (track.kind === 'audio') removeMeter(participant.identity);
+    const tile = $(`video-${track.sid}`);
+    if (tile) tile.remove();
+    render();
+  }
+
+  function onLocalTrackPublished(publication) {
+    const track = publication.track;
+    if (track && track.kind === 'video' && !$('video-local')) videoTile(track, 'you', 'video-local');
+    if (track && track.kind === 'audio') addMeter(room.localParticipant.identity, track.mediaStreamTrack);
+    render();
+  }
+
+  // ------------------------------------------------------------------ join / leave
+
+  async function fetchToken(roomName, identity, name) {
+    const q = new URLSearchParams({ room: roomName, identity, name });
+    const resp = await fetch(`/dev/token?${q}`, { cache: 'no-store' });
+    if (resp.status === 404) {
+      throw new Error('this appliance has real API keys, so /dev/token is off: paste a token instead');
+    }
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) throw new Error(body.error || `token request failed (HTTP ${resp.status})`);
+    return body.token;
+  }
+
+  async function join(event) {
+    event.preventDefault();
+    showError('');
+    if (!LK) return showError('livekit-client is not installed: run .ci/setup');
+    ensureAudioContext(); // created inside the click, so autoplay policies allow it
+    const url = $('url').value.trim();
+    const roomName = $('room').value.trim();
+    const identity = $('identity').value.trim();
+    $('join').disabled = true;
+    setStatus('connecting', 'connecting');
+    state.state = 'connecting';
+    try {
+      const token = $('token').value.trim() || (await fetchToken(roomName, identity, $('name').value.trim()));
+      room = new LK.Room({ adaptiveStream: false, dynacast: false });
+      room
+        .on(LK.RoomEvent.ParticipantConnected, (p) => { note(`joined: ${p.identity}`); render(); })
+        .on(LK.RoomEvent.ParticipantDisconnected, (p) => { note(`left: ${p.identity}`); removeMeter(p.identity); render(); })
+        .on(LK.RoomEvent.ParticipantAttributesChanged, (changed, p) => { note(`attributes of ${p.identity}: ${JSON.stringify(changed)}`); render(); })
+        .on(LK.RoomEvent.ParticipantMetadataChanged, render)
+        .on(LK.RoomEvent.ParticipantNameChanged, render)
+        .on(LK.RoomEvent.ActiveSpeakersChanged, render)
+        .on(LK.RoomEvent.TrackSubscribed, onTrackSubscribed)
+        .on(LK.RoomEvent.TrackUnsubscribed, onTrackUnsubscribed)
+        .on(LK.RoomEvent.TrackPublished, render)
+        .on(LK.RoomEvent.TrackUnpublished, render)
+        .on(LK.RoomEvent.TrackMuted, render)
+        .on(LK.RoomEvent.TrackUnmuted, render)
+        .on(LK.RoomEvent.LocalTrackPublished, onLocalTrackPublished)
+        .on(LK.RoomEvent.MediaDevicesError, (e) => showError(`media device error: ${e.message}`))
+        .on(LK.RoomEvent.Disconnected, (reason) => onDisconnected(reason));
+      await room.connect(url, token);
+      state.connected = true;
+      state.state = 'connected';
+      setStatus(`connected to ${room.name} as ${identity}`, 'connected');
+      note(`connected to ${room.name}`);
+      $('join-form').hidden = true;
+      $('controls').hidden = false;
+      render();
+      await room.localParticipant.setMicrophoneEnabled(true);
+      await room.localParticipant.setCameraEnabled(true);
+      updateButtons();
+    } catch (err) {
+      showError(`could not join: ${err.message || err}`);
+      if (room) await room.disconnect();
+      room = null;
+      state.state = 'idle';
+      setStatus('not connected', 'idle');
+    } finally {
+      $('join').disabled = false;
+    }
+  }
+
+  function onDisconnected(reason) {
+    note(`disconnected (reason ${reason})`);
+    state.connected = false;
+    state.state = 'disconnected';
+    setStatus('disconnected', 'idle');
+    for (const identity of [...meters.keys()]) removeMeter(identity);
+    $('videos').replaceChildren();
+    $('audio').replaceChildren();
+    $('join-form').hidden = false;
+    $('controls').hidden = true;
+    room = null;
+    render();
+  }
+
+  function updateButtons() {
+    if (!room) return;
+    const lp = room.localParticipant;
+    $('toggle-mic').textContent = lp.isMicrophoneEnabled ? 'Mute microphone' : 'Unmute microphone';
+    $('toggle-cam').textContent = lp.isCameraEnabled ? 'Stop camera' : 'Start camera';
+  }
+
+  async function toggle(which) {
+    if (!room) return;
+    const lp = room.localParticipant;
+    try {
+      if (which === 'mic') await lp.setMicrophoneEnabled(!lp.isMicrophoneEnabled);
+      else await lp.setCameraEnabled(!lp.isCameraEnabled);
+    } catch (err) {
+      showError(`${which}: ${err.message || err}`);
+    }
+    updateButtons();
+    render();
+  }
+
+  // ------------------------------------------------------------------ state for tests and tools
+
+  async function inboundAudioStats() {
+    // getStats() view of what the browser receives: max audioLevel over inbound audio RTP streams.
+    const out = { audioLevel: 0, packetsReceived: 0, totalSamplesReceived: 0 };
+    if (!room) return out;
+    for (const p of room.remoteParticipants.values()) {
+      for (const pub of p.audioTrackPublications.values()) {
+        if (!pub.track || !pub.track.receiver) continue;
+        const report = await pub.track.receiver.getStats();
+        report.forEach((s) => {
+          if (s.type !== 'inbound-rtp' || s.kind !== 'audio') return;
+          out.audioLevel = Math.max(out.audioLevel, s.audioLevel || 0);
+          out.packetsReceived += s.packetsReceived || 0;
+          out.totalSamplesReceived += s.totalSamplesReceived || 0;
+        });
+      }
+    }
+    return out;
+  }
+
+  const state = {
+    connected: false,
+    state: 'idle',
+    error: null,
+    log,
+    get room() { return room ? room.name : null; },
+    get participants() {
+      return allParticipants().map((p) => ({
+        identity: p.identity,
+        name: p.name,
+        kind: kindName(p),
+        local: p === room.localParticipant,
+        attributes: { ...(p.attributes || {}) },
+        speaking: isSpeaking(p),
+        tracks: [...p.trackPublications.values()].map((t) => ({ source: t.source, kind: t.kind, muted: t.isMuted, subscribed: !!t.track })),
+      }));
+    },
+    // RMS (0..1) of the loudest remote audio track, measured by a WebAudio AnalyserNode.
+    remoteAudioLevel() {
+      let max = 0;
+      for (const identity of meters.keys()) {
+        if (room && identity !== room.localParticipant.identity) max = Math.max(max, level(identity));
+      }
+      return max;
+    },
+    inboundAudioStats,
+  };
+  window.roomline = state;
+
+  // ------------------------------------------------------------------ start-up
+
+  const params = new URLSearchParams(location.search);
+  $('url').value = params.get('url') || `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}`;
+  $('room').value = params.get('room') || '';
+  $('identity').value = params.get('identity') || '';
+  $('name').value = params.get('name') || '';
+  $('join-form').addEventListener('submit', join);
+  $('toggle-mic').addEventListener('click', () => toggle('mic'));
+  $('toggle-cam').addEventListener('click', () => toggle('cam'));
+  $('leave').addEventListener('click', () => room && room.disconnect());
+  // Speaking dots follow measured levels, so refresh them a few times a second while connected.
+  setInterval(() => {
+    if (!room) return;
+    for (const p of allParticipants()) {
+      const dot = document.querySelector(`li[data-identity="${CSS.escape(p.identity)}"] .speaking`);
+      if (dot) dot.dataset.speaking = String(isSpeaking(p));
+    }
+  }, 250);
+
+  if (!LK) {
+    showError('livekit-client is not installed: run .ci/setup');
+    $('join').disabled = true;
+  } else {
+    note(`livekit-client ${LK.version}`);
+  }
+})();
