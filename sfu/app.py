@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 from contextlib import suppress
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -59,6 +60,8 @@ class Appliance:
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/metrics", self.metrics.handle)
         self._extensions: list[Extension] = []
+        #: Set by the local-channel extension (sfu.local.server.LocalChannelServer).
+        self.local_channel: Any = None
         self._install_extensions()
         self.runner: web.AppRunner | None = None
 

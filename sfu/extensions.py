@@ -21,10 +21,16 @@ def _rtc(appliance: Appliance) -> Extension | None:
     return rtc.install(appliance)
 
 
+def _local(appliance: Appliance) -> Extension | None:
+    from sfu import local
+
+    return local.install(appliance)
+
+
 def _web(appliance: Appliance) -> Extension | None:
     from sfu.service import web
 
     return web.install(appliance)
 
 
-FACTORIES: list[Factory] = [_rtc, _web]
+FACTORIES: list[Factory] = [_rtc, _local, _web]

@@ -156,7 +156,8 @@ def _wrap_loop(loop: asyncio.AbstractEventLoop) -> None:
                     **kwargs,
                 )
             except OSError as exc:
-                if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                # uvloop reports a taken port as OSError with errno None ("could not bind").
+                if exc.errno in (errno.EADDRINUSE, errno.EACCES, None):
                     continue
                 raise
             settings.next_port_index = (index + 1) % count

@@ -245,6 +245,7 @@ class RTCSession(SignalSession):
         await self.subscriber.setLocalDescription(offer)
         self._offer_id += 1
         local = self.subscriber.localDescription
+        self.log.debug("subscriber offer", id=self._offer_id, sdp=local.sdp)
         self.send_signal(
             rtc.SignalResponse(
                 offer=rtc.SessionDescription(type="offer", sdp=local.sdp, id=self._offer_id)
