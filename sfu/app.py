@@ -62,6 +62,8 @@ class Appliance:
         self._extensions: list[Extension] = []
         #: Set by the local-channel extension (sfu.local.server.LocalChannelServer).
         self.local_channel: Any = None
+        #: Set by the SIP extension (bridge.store.SIPStore).
+        self.sip_store: Any = None
         self._install_extensions()
         self.runner: web.AppRunner | None = None
 

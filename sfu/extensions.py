@@ -33,4 +33,10 @@ def _web(appliance: Appliance) -> Extension | None:
     return web.install(appliance)
 
 
-FACTORIES: list[Factory] = [_rtc, _local, _web]
+def _sip(appliance: Appliance) -> Extension | None:
+    from bridge import appliance as sip
+
+    return sip.install(appliance)
+
+
+FACTORIES: list[Factory] = [_rtc, _local, _web, _sip]
