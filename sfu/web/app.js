@@ -317,6 +317,23 @@
       }
       return max;
     },
+    // Frequency (Hz) of the strongest spectral bin of the loudest remote audio track (0 if none).
+    remoteAudioPeakHz() {
+      let best = null;
+      for (const [identity, meter] of meters) {
+        if (room && identity !== room.localParticipant.identity && (!best || level(identity) > level(best[0]))) best = [identity, meter];
+      }
+      if (!best) return 0;
+      const analyser = best[1].analyser;
+      const bins = new Float32Array(analyser.frequencyBinCount);
+      analyser.getFloatFrequencyData(bins);
+      let k = 1;
+      for (let i = 2; i < bins.length - 1; i++) if (bins[i] > bins[k]) k = i;
+      // Parabolic interpolation on the dB values refines the peak to a fraction of a bin.
+      const [a, b, c] = [bins[k - 1], bins[k], bins[k + 1]];
+      const shift = a - 2 * b + c ? (0.5 * (a - c)) / (a - 2 * b + c) : 0;
+      return ((k + shift) * analyser.context.sampleRate) / analyser.fftSize;
+    },
     inboundAudioStats,
   };
   window.roomline = state;
