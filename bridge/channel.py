@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
 from livekit.protocol import models, rtc
 
 from sfu.errors import InvalidRequest
@@ -147,9 +148,8 @@ class ChannelClient:
                 self._on_data(models.DataPacket.FromString(payload))
             else:
                 self.bad_frames += 1
-        except (FrameError, ValueError, UnicodeDecodeError):
-            # protobuf's DecodeError is a ValueError subclass. One bad frame is skipped; the
-            # call continues.
+        except (FrameError, DecodeError, ValueError, UnicodeDecodeError):
+            # One undecodable frame is skipped; the call continues.
             self.bad_frames += 1
 
     def _finish(self, reason: str) -> None:

@@ -52,8 +52,8 @@ log = logging.getLogger("bridge.worker")
 #: Poll period of libHandleEvents and the media pump. 10 ms keeps tx topped up well inside the
 #: bridge's 20 ms tick and adds ≤10 ms to SIP/RTP handling.
 POLL_S = 0.010
-#: Frames kept queued towards the bridge (2 × 20 ms): enough to ride out one late poll.
-TX_TARGET = 2
+#: Frames kept queued towards the bridge (3 × 20 ms): rides out a poll delayed by a busy host.
+TX_TARGET = 3
 #: How long the supervisor may take to decide on an INVITE before we answer 503.
 DECISION_TIMEOUT_S = 10.0
 #: Grace before dropping Python refs of a finished call (the bridge removes ports asynchronously).
@@ -393,14 +393,7 @@ class Worker:
         elif isinstance(act, JoinRoom):
             asyncio.get_running_loop().create_task(self._join(rec))
         elif isinstance(act, LeaveRoom):
-            if rec.channel is not None:
-                leave = rtc.LeaveRequest(
-                    can_reconnect=False,
-                    reason=models.DisconnectReason.CLIENT_INITIATED,
-                    action=rtc.LeaveRequest.DISCONNECT,
-                )
-                rec.channel.send_signal(rtc.SignalRequest(leave=leave))
-                rec.channel.close()
+            self._leave_room(rec)
         elif isinstance(act, Status):
             if rec.channel is not None:
                 upd = rtc.UpdateParticipantMetadata(
@@ -408,6 +401,18 @@ class Worker:
                 )
                 rec.channel.send_signal(rtc.SignalRequest(update_metadata=upd))
             self._report(rec, act.status, act.reason, 200 if act.status == "active" else 0)
+
+    def _leave_room(self, rec: CallRecord) -> None:
+        """SignalRequest leave, then close (idempotent: a closed channel ignores writes)."""
+        if rec.channel is None:
+            return
+        leave = rtc.LeaveRequest(
+            can_reconnect=False,
+            reason=models.DisconnectReason.CLIENT_INITIATED,
+            action=rtc.LeaveRequest.DISCONNECT,
+        )
+        rec.channel.send_signal(rtc.SignalRequest(leave=leave))
+        rec.channel.close()
 
     def _report(self, rec: CallRecord, state: str, reason: str, status: int) -> None:
         res = rec.machine.decision
@@ -541,8 +546,17 @@ class Worker:
             return
         if rec.port is not None:
             rec.port.active = False  # before any reference drop (recipe §3.4.3)
-        if rec.channel is not None:
-            rec.channel.close()
+            log.info(
+                "call %s ended: port rx=%d tx=%d underruns=%d; room inputs %s",
+                rec.invite.call_id,
+                rec.port.rx_frames,
+                rec.port.tx_frames,
+                rec.port.underruns,
+                {sid: vars(i.jitter.stats) for sid, i in rec.mixer.inputs.items()},
+            )
+        # pjsua may report DISCONNECTED synchronously inside our own hangup(), before the
+        # LeaveRoom action of the same batch runs: leave here so the room always hears it.
+        self._leave_room(rec)
         self.graveyard.append((time.monotonic(), [rec.pj_call, rec.port]))
 
     async def _poller(self) -> None:
