@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -57,13 +58,19 @@ def dev_token_url(server: Server, **params: str) -> str:
     return f"{server.http_url}/dev/token?{urllib.parse.urlencode(params)}"
 
 
-def sdk_token(identity: str, room: str) -> str:
-    """An agent-kind token for the Python client: publish, subscribe, update own attributes."""
-    return (
+def sdk_token(
+    identity: str,
+    room: str,
+    kind: Literal["standard", "sip", "agent"] = "agent",
+    name: str = "Py Bot",
+    attributes: dict[str, str] | None = None,
+) -> str:
+    """A token for a Python SDK client: publish, subscribe, update own attributes."""
+    token = (
         api.AccessToken(API_KEY, API_SECRET)
         .with_identity(identity)
-        .with_name("Py Bot")
-        .with_kind("agent")
+        .with_name(name)
+        .with_kind(kind)
         .with_grants(
             api.VideoGrants(
                 room_join=True,
@@ -73,8 +80,34 @@ def sdk_token(identity: str, room: str) -> str:
                 can_update_own_metadata=True,
             )
         )
-        .to_jwt()
     )
+    if attributes:
+        token = token.with_attributes(attributes)
+    return token.to_jwt()
+
+
+def remote_track(room: rtc.Room, identity: str, kind: rtc.TrackKind.ValueType) -> rtc.Track | None:
+    participant = room.remote_participants.get(identity)
+    if participant is None:
+        return None
+    for pub in participant.track_publications.values():
+        if pub.kind == kind and pub.track is not None:
+            return pub.track
+    return None
+
+
+async def first_video_frame(track: rtc.Track, skip: int = 5) -> rtc.VideoFrame:
+    """An RGBA frame from ``track`` (the first few are skipped: the decoder may start grey)."""
+    stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGBA)
+    try:
+        n = 0
+        async for ev in stream:
+            n += 1
+            if n > skip:
+                return ev.frame
+    finally:
+        await stream.aclose()
+    raise AssertionError("video stream ended")
 
 
 @contextlib.asynccontextmanager
@@ -156,13 +189,25 @@ async def until(predicate: object, timeout: float, what: str) -> None:
 
 
 def remote_audio(room: rtc.Room, identity: str) -> rtc.Track | None:
-    participant = room.remote_participants.get(identity)
-    if participant is None:
-        return None
-    for pub in participant.track_publications.values():
-        if pub.kind == rtc.TrackKind.KIND_AUDIO and pub.track is not None:
-            return pub.track
-    return None
+    return remote_track(room, identity, rtc.TrackKind.KIND_AUDIO)
+
+
+@contextlib.asynccontextmanager
+async def sip_caller(server: Server, room_name: str) -> AsyncIterator[rtc.Room]:
+    """A participant of kind SIP (as the SIP bridge creates them), here simply an SDK client."""
+    room = rtc.Room()
+    token = sdk_token(
+        "sip-caller",
+        room_name,
+        kind="sip",
+        name="Caller",
+        attributes={"sip.phoneNumber": "+15550100"},
+    )
+    await asyncio.wait_for(room.connect(server.ws_url, token), 20)
+    try:
+        yield room
+    finally:
+        await room.disconnect()
 
 
 async def diagnostics(browser: Browser, server: Server | None) -> str:
@@ -231,6 +276,23 @@ async def test_browser_joins_hears_and_lists_python_agent(
                 assert floor_db > 40, floor_db
                 assert harmonic_db > 10, harmonic_db
 
+                # The SDK also receives the browser's fake camera: a green test pattern.
+                await until(
+                    lambda: remote_track(sdk, "web-alice", rtc.TrackKind.KIND_VIDEO) is not None,
+                    20,
+                    "browser video track",
+                )
+                video = remote_track(sdk, "web-alice", rtc.TrackKind.KIND_VIDEO)
+                assert video is not None
+                frame = await asyncio.wait_for(first_video_frame(video), 30)
+                rgba = np.frombuffer(frame.data, dtype=np.uint8).reshape(-1, 4).astype(float)
+                r, g, b = rgba[:, :3].mean(axis=0)
+                print(
+                    f"browser camera at the SDK: {frame.width}x{frame.height}, mean RGB {r:.0f} {g:.0f} {b:.0f}"
+                )
+                assert frame.width >= 160 and frame.height >= 120
+                assert g > 2 * r and g > 2 * b and g > 60, (r, g, b)
+
                 # (b) The browser hears the SDK's 440 Hz tone (WebAudio analyser and getStats).
                 level = await browser.wait(
                     "window.roomline.remoteAudioLevel() > 0.01 && window.roomline.remoteAudioLevel()",
@@ -272,6 +334,16 @@ async def test_browser_joins_hears_and_lists_python_agent(
                     "lk.agent.state": "speaking",
                     "color": "blue-speaking",
                 }
+                # A SIP caller gets a phone badge and its number.
+                async with sip_caller(dev_server, room_name) as _:
+                    phone = "document.querySelector('li[data-identity=\"sip-caller\"]')"
+                    await browser.wait(
+                        f"{phone} && {phone}.querySelector('.badge').textContent === 'phone'", 15
+                    )
+                    assert (
+                        await browser.eval(f"{phone}.querySelector('.sip-number').textContent")
+                        == "phone: +15550100"
+                    )
                 # The browser's own entry is a person.
                 assert (
                     await browser.eval(
@@ -281,6 +353,27 @@ async def test_browser_joins_hears_and_lists_python_agent(
                 )
 
                 await browser.screenshot(SCREENSHOT)
+
+                # The mute button mutes the published microphone, and the SDK client sees it.
+                await browser.click("#toggle-mic")
+                await browser.wait(
+                    "window.roomline.participants.find(p => p.local).tracks"
+                    ".find(t => t.kind === 'audio').muted",
+                    10,
+                )
+                alice = sdk.remote_participants["web-alice"]
+                await until(
+                    lambda: any(
+                        p.muted
+                        for p in alice.track_publications.values()
+                        if p.kind == rtc.TrackKind.KIND_AUDIO
+                    ),
+                    10,
+                    "mute seen by the SDK",
+                )
+                assert await browser.eval("document.getElementById('toggle-mic').textContent") == (
+                    "Unmute microphone"
+                )
         except BaseException:
             print(await diagnostics(browser, dev_server))
             raise
