@@ -73,8 +73,8 @@ class JitterBuffer:
                 self._frames.clear()
                 self._next = None
                 self._playing = False
-            elif d < 0:
-                self.stats.late += 1
+            elif d < 0 and self._playing:
+                self.stats.late += 1  # its slot was already played or concealed
                 return
         if seq in self._frames:
             self.stats.duplicate += 1
