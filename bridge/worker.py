@@ -514,7 +514,12 @@ class Worker:
         """Phone → room: encode what the bridge delivered. Room → phone: keep tx topped up."""
         for rec in self.calls.values():
             port = rec.port
-            if port is None or rec.machine.phase is not Phase.ACTIVE:
+            if port is None:
+                continue
+            if rec.machine.phase is not Phase.ACTIVE:
+                # Early media (pjsua puts the SDP answer in the 180): drop what the phone sends
+                # while ringing instead of bursting up to 2 s of stale audio into the room later.
+                port.rx.clear()
                 continue
             ch, sid = rec.channel, rec.track_sid
             while port.rx:
