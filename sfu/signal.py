@@ -147,6 +147,8 @@ class SignalSession(abc.ABC):
     def handle_request(self, req: rtc.SignalRequest) -> None:
         """Dispatch one client request; model errors become request_response, never exceptions."""
         kind = req.WhichOneof("message")
+        if kind not in ("ping", "ping_req"):
+            self.log.debug("signal request", kind=kind)
         handler = getattr(self, f"on_{kind}", None) if kind else None
         if handler is None:
             self.log.debug("ignored signal request", kind=kind)

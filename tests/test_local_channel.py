@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import urllib.request
 
 import av
 import numpy as np
@@ -126,17 +127,29 @@ async def test_local_publisher_heard_by_sdk_and_sdk_heard_locally(server: Server
         remote = listener.remote_participants["sip_+15550001"]
         assert remote.kind == 3 and remote.name == "Local sip_+15550001"
 
+        payloads = opus_packets(1000.0, 8.0)
+
         async def send() -> None:
-            for i, payload in enumerate(opus_packets(1000.0, 4.0)):
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            for i, payload in enumerate(payloads):  # paced on a 20 ms clock, like a phone leg
                 header = struct.pack("!BBHII", 0x80, 111, i & 0xFFFF, i * 960, 0x1234)
                 peer.writer.write(encode_rtp(sid, header + payload))
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
 
         sender = asyncio.create_task(send())
         track = subscribed_audio(listener, "sip_+15550001")
         assert track is not None
         pcm = await record(track, 2.0, skip=1.0)
         sender.cancel()
+        with urllib.request.urlopen(server.http_url + "/metrics", timeout=5) as resp:
+            metrics = resp.read().decode()
+        forwarded = next(
+            line
+            for line in metrics.splitlines()
+            if line.startswith('roomline_rtp_forwarded_packets_total{kind="audio"}')
+        )
+        assert float(forwarded.split()[1]) > 50  # the SFU forwarded the phone's packets itself
         assert abs(dominant_frequency(pcm, 48000) - 1000.0) < 5
         assert snr_db(pcm, 48000, 1000.0) >= 25
 

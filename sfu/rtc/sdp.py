@@ -34,11 +34,14 @@ class MediaSection:
     stream_id: str
     codecs: tuple[str, ...]
     port: int
+    #: ``a=bundle-only``: port 0 then means "use the bundle transport", not "rejected" (RFC 8843).
+    bundle_only: bool = False
 
     @property
     def sending(self) -> bool:
         """True if the offerer sends media in this section (it publishes a track)."""
-        return self.direction in ("sendrecv", "sendonly") and self.port != 0
+        active = self.port != 0 or self.bundle_only
+        return self.direction in ("sendrecv", "sendonly") and active
 
 
 def parse_media_sections(sdp: str) -> list[MediaSection]:
@@ -64,6 +67,7 @@ def parse_media_sections(sdp: str) -> list[MediaSection]:
                     stream_id=str(current.get("stream_id", "")),
                     codecs=tuple(current.get("codecs", ())),  # type: ignore[arg-type]
                     port=int(current["port"]),  # type: ignore[call-overload]
+                    bundle_only=bool(current.get("bundle_only", False)),
                 )
             )
 
@@ -94,6 +98,8 @@ def parse_media_sections(sdp: str) -> list[MediaSection]:
             continue
         if name in _DIRECTIONS:
             current["direction"] = name
+        elif name == "bundle-only":
+            current["bundle_only"] = True
         elif name == "mid":
             current["mid"] = value.strip()
         elif name == "msid":

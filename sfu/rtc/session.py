@@ -9,12 +9,19 @@ jitter buffer and forwarded through :class:`sfu.relay.TrackRelay` (see ``sfu.med
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import WSMsgType, web
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCSessionDescription,
+)
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 from google.protobuf import json_format
@@ -35,6 +42,8 @@ from sfu.signal import SignalSession
 FORWARDABLE = {"opus", "vp8", "h264"}
 #: Trickled candidates kept while no remote description exists; a client sends a handful.
 MAX_QUEUED_CANDIDATES = 64
+#: Seconds a publisher offer waits for the previous DTLS handshake (clients give up after 15 s).
+PUBLISHER_CONNECT_TIMEOUT = 10.0
 #: Outgoing signal messages buffered for a slow client before it is disconnected.
 MAX_SIGNAL_BACKLOG = 1024
 
@@ -57,16 +66,18 @@ class RTCSession(SignalSession):
         super().__init__(node, cfg, room, participant)
         self.ws = ws
         self._out: asyncio.Queue[bytes | None] = asyncio.Queue(MAX_SIGNAL_BACKLOG)
-        config = RTCConfiguration(
-            iceServers=[
-                RTCIceServer(
-                    urls=list(s.urls), username=s.username or None, credential=s.credential or None
-                )
-                for s in cfg.rtc.ice_servers
-            ]
+        ice_servers = [
+            RTCIceServer(
+                urls=list(s.urls), username=s.username or None, credential=s.credential or None
+            )
+            for s in cfg.rtc.ice_servers
+        ]
+        # Publisher (client offers): MAX_BUNDLE, because with aiortc's default (BALANCED) a
+        # second video m-line in one offer keeps a discarded transport and never receives RTP.
+        self.publisher = RTCPeerConnection(
+            RTCConfiguration(iceServers=ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
-        self.publisher = RTCPeerConnection(config)
-        self.subscriber = RTCPeerConnection(config)
+        self.subscriber = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
         self._tasks: set[asyncio.Task[Any]] = set()
         self._pending_candidates: dict[int, list[dict[str, Any]]] = {PUBLISHER: [], SUBSCRIBER: []}
         # Subscriber negotiation: one offer in flight, re-offer if something changed meanwhile.
@@ -75,6 +86,12 @@ class RTCSession(SignalSession):
         self._renegotiate = False
         self._negotiation_scheduled = False
         self._senders: dict[str, SubscriberSender] = {}
+        # Tracks join the subscriber PC only once its transport is connected: aiortc starts a
+        # sender only if DTLS is already up when the answer adding it is applied, so a track
+        # negotiated while the first handshake is still running would never be sent.
+        self._transport_ready = False
+        self._deferred: dict[str, SubscriptionChanged] = {}
+        self._publisher_settled = asyncio.Event()
         # Publisher side: mid -> track sid of tracks whose media is bound.
         self._published_mids: dict[str, str] = {}
         self._reliable: RTCDataChannel = self.subscriber.createDataChannel(
@@ -216,8 +233,18 @@ class RTCSession(SignalSession):
         candidate.sdpMLineIndex = index if isinstance(index, int) else None
         if candidate.sdpMid is None and candidate.sdpMLineIndex is None:
             candidate.sdpMLineIndex = 0
+        # With MAX_BUNDLE every m-line shares one ICE transport. aiortc's addIceCandidate skips
+        # "bundled" m-lines by sdpMid, which drops candidates a client trickles for its first mid,
+        # so hand them to the bundle transport directly (public ORTC-style objects).
+        if pc.sctp is not None:
+            ice = pc.sctp.transport.transport
+        else:
+            transceivers = pc.getTransceivers()
+            if not transceivers:
+                return
+            ice = transceivers[0].receiver.transport.transport
         try:
-            await pc.addIceCandidate(candidate)
+            await ice.addRemoteCandidate(candidate)
         except ValueError as exc:  # aioice refuses candidates after end-of-candidates
             self.log.debug("candidate ignored", error=str(exc))
 
@@ -270,11 +297,17 @@ class RTCSession(SignalSession):
         if sd.type != "offer":
             raise InvalidRequest(f"expected an offer, got {sd.type!r}")
         sections = parse_media_sections(sd.sdp)
+        self.log.debug("publisher offer", id=sd.id, sdp=sd.sdp)
         refused = [
             s
             for s in sections
             if s.kind in ("audio", "video") and s.sending and not FORWARDABLE.intersection(s.codecs)
         ]
+        if self.publisher.connectionState == "connecting":
+            # Same aiortc limit on the receive side: a receiver added while DTLS is connecting is
+            # never started. Let the handshake finish first (bounded, like the clients' timeout).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._publisher_settled.wait(), PUBLISHER_CONNECT_TIMEOUT)
         try:
             await self.publisher.setRemoteDescription(
                 RTCSessionDescription(sdp=sd.sdp, type="offer")
@@ -347,6 +380,7 @@ class RTCSession(SignalSession):
             )
 
     def _unpublish(self, mid: str, track_sid: str) -> None:
+        self.log.info("track unpublished by renegotiation", mid=mid, track=track_sid)
         del self._published_mids[mid]
         if track_sid in self.participant.tracks:
             self.node.dispatch(self.room.unpublish_track(self.participant.sid, track_sid))
@@ -357,6 +391,9 @@ class RTCSession(SignalSession):
     # ------------------------------------------------------------------ subscriptions
 
     def subscribe(self, event: SubscriptionChanged) -> None:
+        if not self._transport_ready:
+            self._deferred[event.track_sid] = event
+            return
         relay = self.node.relays.get(event.track_sid)
         if relay is None:
             self.log.warning("subscription to a track without media", track=event.track_sid)
@@ -373,6 +410,7 @@ class RTCSession(SignalSession):
         self._schedule_negotiation()
 
     def unsubscribe(self, event: SubscriptionChanged) -> None:
+        self._deferred.pop(event.track_sid, None)
         sender = self._senders.pop(event.track_sid, None)
         relay = self.node.relays.get(event.track_sid)
         if relay is not None:
@@ -418,13 +456,21 @@ class RTCSession(SignalSession):
         state = self.subscriber.connectionState
         self.log.debug("subscriber pc", state=state)
         if state == "connected":
+            if not self._transport_ready:
+                self._transport_ready = True
+                deferred, self._deferred = self._deferred, {}
+                for event in deferred.values():
+                    self.subscribe(event)
             self.node.dispatch(self.room.set_state(self.participant.sid, ParticipantState.ACTIVE))
         elif state == "failed" and not self.closed:
             self.node.detach(self, DisconnectReason.CONNECTION_TIMEOUT)
             self.close(DisconnectReason.CONNECTION_TIMEOUT)
 
     async def _on_publisher_state(self) -> None:
-        self.log.debug("publisher pc", state=self.publisher.connectionState)
+        state = self.publisher.connectionState
+        self.log.debug("publisher pc", state=state)
+        if state in ("connected", "failed", "closed"):
+            self._publisher_settled.set()
 
     def close(self, reason: DisconnectReason) -> None:
         if self.closed:

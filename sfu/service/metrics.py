@@ -36,7 +36,7 @@ class Metrics:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.api_requests: Counter[tuple[str, str]] = Counter()
-        self.collectors: list[Collector] = [self._model]
+        self.collectors: list[Collector] = [self._model, self._media]
 
     def count_api_request(self, method: str, code: str) -> None:
         self.api_requests[(method, code)] += 1
@@ -68,6 +68,45 @@ class Metrics:
             "Twirp API requests, by method and result code.",
             "counter",
             [({"method": m, "code": c}, v) for (m, c), v in sorted(self.api_requests.items())],
+        )
+
+    def _media(self) -> Iterable[Family]:
+        received: Counter[str] = Counter({"audio": 0, "video": 0})
+        sent: Counter[str] = Counter({"audio": 0, "video": 0})
+        dropped: Counter[str] = Counter({"audio": 0, "video": 0})
+        sinks: Counter[str] = Counter({"audio": 0, "video": 0})
+        for relay in self.node.relays.values():
+            kind = relay.source.kind
+            received[kind] += relay.packets
+            for sink in relay.sinks.values():
+                sinks[kind] += 1
+                stats = getattr(getattr(sink, "downtrack", None), "stats", None)
+                if stats is not None:
+                    sent[kind] += stats.packets
+                dropped[kind] += getattr(sink, "dropped_not_ready", 0) + getattr(sink, "dropped", 0)
+        yield (
+            "roomline_rtp_received_packets_total",
+            "RTP packets received from publishers (since the tracks were published).",
+            "counter",
+            [({"kind": k}, v) for k, v in sorted(received.items())],
+        )
+        yield (
+            "roomline_rtp_forwarded_packets_total",
+            "RTP packets forwarded to WebRTC subscribers.",
+            "counter",
+            [({"kind": k}, v) for k, v in sorted(sent.items())],
+        )
+        yield (
+            "roomline_rtp_dropped_packets_total",
+            "RTP packets not forwarded (subscriber not ready yet, or too slow).",
+            "counter",
+            [({"kind": k}, v) for k, v in sorted(dropped.items())],
+        )
+        yield (
+            "roomline_subscriptions",
+            "Active forwarding subscriptions, by kind.",
+            "gauge",
+            [({"kind": k}, v) for k, v in sorted(sinks.items())],
         )
 
     def render(self) -> str:
