@@ -2,20 +2,176 @@
 
 The store of trunks and dispatch rules and the INVITE decisions live in the main process (they are
 control plane); workers only carry signalling and media and ask the supervisor what to do with each
-INVITE (docs/bridge.md).
+INVITE (docs/bridge.md). An accepted caller joins its room over the local participant channel.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import structlog
+
+from bridge import control
+from bridge.decide import DecideOptions, Decision, InviteDecider
 from bridge.sip_service import METHODS, SERVICE, SIPService
 from bridge.store import SIPStore
+from bridge.supervisor import WorkerHandle, WorkerSpec, WorkerSupervisor
+from bridge.trunks import InboundCall
+from sfu.local import socket_path
+from sfu.service.metrics import Family
 from sfu.service.twirp import Method
 
 if TYPE_CHECKING:
     from sfu.app import Appliance, Extension
+
+log = structlog.get_logger(__name__)
+
+
+def inbound_call(req: control.InviteRequest) -> InboundCall:
+    return InboundCall(
+        call_id=req.call_id,
+        from_user=req.from_user,
+        from_host=req.from_host,
+        to_user=req.to_user,
+        to_host=req.to_host,
+        src_ip=req.src_ip,
+        src_port=req.src_port,
+        user_agent=req.user_agent,
+        headers=dict(req.headers),
+        authorization=req.authorization,
+        from_tag=req.from_tag,
+        transport=req.transport,
+    )
+
+
+class SIPBridge:
+    """Supervised bridge workers plus the INVITE decisions they ask for."""
+
+    def __init__(self, appliance: Appliance, store: SIPStore) -> None:
+        self.appliance = appliance
+        cfg = appliance.cfg
+        self.cfg = cfg
+        self.decider = InviteDecider(
+            store,
+            cfg.keys,
+            DecideOptions(
+                blocked_user_agents=tuple(cfg.sip.blocked_user_agents),
+                hide_inbound_port=cfg.sip.hide_inbound_port,
+            ),
+        )
+        self.socket = socket_path(cfg.server.data_dir)
+        specs = [
+            WorkerSpec(
+                sip_port=w.sip_port,
+                rtp_start=w.rtp_port_start,
+                rtp_end=w.rtp_port_end,
+                sip_host=cfg.sip.bind_address,
+                public_ip=cfg.sip.public_ip,
+            )
+            for w in cfg.sip.workers
+        ]
+        self.supervisor = WorkerSupervisor(specs, self.decide, self.on_call_state)
+        self.rejected: dict[int, int] = {}
+
+    def decide(self, req: control.InviteRequest) -> control.InviteResult:
+        call = inbound_call(req)
+        decision = self.decider.decide(call, time.time())
+        if decision.accepted and decision.pin_required:
+            # PIN collection needs a worker-side DTMF prompt that is not built yet: refuse
+            # clearly rather than let the caller into a PIN-protected room.
+            self.decider.call_ended(call.call_id)
+            log.warning("PIN dispatch rules are not supported yet", rule=decision.pin_required)
+            decision = Decision(status=503, reason="PIN dispatch rules are not supported")
+        if not decision.accepted:
+            self.rejected[decision.status] = self.rejected.get(decision.status, 0) + 1
+            log.info(
+                "sip call rejected",
+                call_id=call.call_id,
+                status=decision.status,
+                reason=decision.reason,
+                dropped=decision.drop,
+                src_ip=call.src_ip,
+            )
+            return control.InviteResult(
+                id=req.id,
+                status=decision.status if decision.status in control.INVITE_STATUSES else 403,
+                headers=dict(decision.extra_headers),
+                drop=decision.drop,
+            )
+        self._prepare_room(decision)
+        log.info(
+            "sip call accepted",
+            call_id=call.call_id,
+            room=decision.room_name,
+            identity=decision.participant_identity,
+            trunk=decision.trunk_id,
+            rule=decision.rule_id,
+        )
+        return control.InviteResult(
+            id=req.id,
+            status=200,
+            token=decision.token,
+            room=decision.room_name,
+            identity=decision.participant_identity,
+            attributes=dict(decision.attributes),
+            socket=self.socket,
+            ringing=self.cfg.sip.answer == "wait_for_audio",
+            ringing_timeout=decision.ringing_timeout or self.cfg.sip.ringing_timeout,
+            max_call_duration=decision.max_call_duration or self.cfg.sip.max_call_duration,
+            media_timeout=self.cfg.sip.media_timeout,
+        )
+
+    def _prepare_room(self, decision: Decision) -> None:
+        """Create the rule's room with its metadata and agents before the caller joins it."""
+        node = self.appliance.node
+        if decision.room_name not in node.rooms.rooms:
+            node.create_room(
+                decision.room_name,
+                metadata=decision.room_metadata,
+                agents=list(decision.agents),
+            )
+
+    def on_call_state(self, worker: WorkerHandle, state: control.CallState) -> None:
+        log.info(
+            "sip call state",
+            call_id=state.call_id,
+            state=state.state,
+            reason=state.reason,
+            room=state.room,
+            worker_pid=worker.pid,
+        )
+        if state.state in ("hangup", "rejected"):
+            self.decider.call_ended(state.call_id)
+
+    def metrics(self) -> Iterable[Family]:
+        workers = self.supervisor.workers
+        yield (
+            "roomline_sip_worker_max_calls",
+            "Concurrent call cap of each bridge worker (detected from the installed pjsua2).",
+            "gauge",
+            [({"sip_port": str(w.spec.sip_port)}, w.max_calls) for w in workers],
+        )
+        yield (
+            "roomline_sip_active_calls",
+            "Calls ringing or active, by worker.",
+            "gauge",
+            [({"sip_port": str(w.spec.sip_port)}, w.active_calls) for w in workers],
+        )
+        yield (
+            "roomline_sip_worker_restarts_total",
+            "Bridge worker restarts after a crash.",
+            "counter",
+            [({"sip_port": str(w.spec.sip_port)}, w.restarts) for w in workers],
+        )
+        yield (
+            "roomline_sip_rejected_calls_total",
+            "INVITEs rejected (or dropped), by SIP status.",
+            "counter",
+            [({"status": str(k)}, v) for k, v in sorted(self.rejected.items())],
+        )
 
 
 def install(appliance: Appliance) -> Extension | None:
@@ -37,9 +193,19 @@ def install(appliance: Appliance) -> Extension | None:
         },
     )
     appliance.sip_store = store
+    bridge = SIPBridge(appliance, store) if cfg.sip.enabled else None
+    appliance.sip_bridge = bridge
+    if bridge is not None:
+        appliance.metrics.collectors.append(bridge.metrics)
 
     class _SIP(Extension):
+        async def start(self) -> None:
+            if bridge is not None:
+                await bridge.supervisor.start()
+
         async def stop(self) -> None:
+            if bridge is not None:
+                await bridge.supervisor.stop()
             store.close()
 
     return _SIP()

@@ -64,6 +64,8 @@ class Appliance:
         self.local_channel: Any = None
         #: Set by the SIP extension (bridge.store.SIPStore).
         self.sip_store: Any = None
+        #: Set by the SIP extension when sip.enabled (bridge.appliance.SIPBridge).
+        self.sip_bridge: Any = None
         self._install_extensions()
         self.runner: web.AppRunner | None = None
 
