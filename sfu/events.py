@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sfu.participant import DisconnectReason, Participant
     from sfu.room import Room
+    from sfu.speakers import Speaker
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,15 @@ class RoomClosed:
     reason: DisconnectReason
 
 
+@dataclass(frozen=True, slots=True)
+class SpeakersChanged:
+    """Tell ``recipients`` who started or stopped speaking."""
+
+    room: Room
+    speakers: tuple[Speaker, ...]
+    recipients: tuple[str, ...]
+
+
 Event = (
     ParticipantUpdated
     | RoomUpdated
@@ -99,4 +109,5 @@ Event = (
     | MuteRequested
     | TrackUnpublished
     | RoomClosed
+    | SpeakersChanged
 )

@@ -15,16 +15,19 @@ from typing import Protocol
 
 import structlog
 
-from sfu.events import Event, RoomClosed, SubscriptionChanged
+from sfu.events import Event, RoomClosed, SpeakersChanged, SubscriptionChanged
 from sfu.participant import DisconnectReason, Participant, ParticipantInit
 from sfu.relay import TrackRelay
 from sfu.room import Room
 from sfu.roommanager import RoomManager
+from sfu.speakers import SpeakerDetector
 
 log = structlog.get_logger(__name__)
 
 #: How often room timeouts are checked. Timeouts are whole seconds, so 1 s resolution is enough.
 TICK_INTERVAL = 1.0
+#: How often speaking state is sampled: fast enough for a UI indicator, cheap (O(tracks)).
+SPEAKER_INTERVAL = 0.3
 
 
 class Session(Protocol):
@@ -57,15 +60,20 @@ class Node:
         #: Called with (room, created) whenever a room is created (True) or closed (False).
         self.room_listeners: list[RoomListener] = []
         self._tick_task: asyncio.Task[None] | None = None
+        self._speaker_task: asyncio.Task[None] | None = None
+        self._speakers: dict[str, SpeakerDetector] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._tick_task = asyncio.get_running_loop().create_task(self._tick_loop())
+        loop = asyncio.get_running_loop()
+        self._tick_task = loop.create_task(self._tick_loop())
+        self._speaker_task = loop.create_task(self._speaker_loop())
 
     async def stop(self) -> None:
-        if self._tick_task:
-            self._tick_task.cancel()
+        for task in (self._tick_task, self._speaker_task):
+            if task:
+                task.cancel()
         for session in list(self.sessions.values()):
             session.close(DisconnectReason.SERVER_SHUTDOWN)
 
@@ -76,6 +84,35 @@ class Node:
                 self.dispatch(self.rooms.tick(self.clock()))
             except Exception:  # a bug here must not stop room expiry for good
                 log.exception("room tick failed")
+
+    async def _speaker_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SPEAKER_INTERVAL)
+            try:
+                self.dispatch(self.sample_speakers(time.monotonic()))
+            except Exception:
+                log.exception("speaker detection failed")
+
+    def sample_speakers(self, now: float) -> list[Event]:
+        """Compare the publishers' latest audio levels with the last sample, per room."""
+        levels: dict[str, tuple[int, float]] = {}
+        for relay in self.relays.values():
+            if relay.source.kind != "audio" or not relay.audio_level_at:
+                continue
+            best = levels.get(relay.publisher_sid)
+            if best is None or relay.audio_level < best[0]:
+                levels[relay.publisher_sid] = (relay.audio_level, relay.audio_level_at)
+        events: list[Event] = []
+        for name, room in self.rooms.rooms.items():
+            detector = self._speakers.setdefault(name, SpeakerDetector())
+            in_room = {sid: v for sid, v in levels.items() if sid in room.participants}
+            changes = detector.update(in_room, now)
+            if changes:
+                events.append(SpeakersChanged(room, tuple(changes), tuple(room.participants)))
+        for name in list(self._speakers):
+            if name not in self.rooms.rooms:
+                del self._speakers[name]
+        return events
 
     # ------------------------------------------------------------------ rooms
 

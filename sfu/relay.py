@@ -48,6 +48,7 @@ class TrackRelay:
         "audio_level_at",
         "packets",
         "malformed",
+        "sink_errors",
     )
 
     def __init__(
@@ -69,6 +70,7 @@ class TrackRelay:
         self.audio_level_at = 0.0
         self.packets = 0
         self.malformed = 0
+        self.sink_errors = 0
 
     async def push(self, data: bytes, arrival_ms: int = 0) -> None:
         """A raw packet from the publisher: parse once, hand to every sink."""
@@ -90,7 +92,12 @@ class TrackRelay:
             return
         now = ntp_now()
         for sink in sinks:
-            await sink.send(packet, now)
+            try:
+                await sink.send(packet, now)
+            except Exception:  # one broken subscriber must not starve the others
+                self.sink_errors += 1
+                if self.sink_errors == 1:
+                    log.exception("forwarding to a subscriber failed", track=self.track_sid)
         if self.source.kind == "video":
             for sink in sinks:
                 if sink.needs_keyframe:

@@ -21,6 +21,7 @@ from sfu.events import (
     MuteRequested,
     ParticipantUpdated,
     RoomUpdated,
+    SpeakersChanged,
     SubscriptionChanged,
     SubscriptionPermissionUpdate,
     TrackUnpublished,
@@ -364,6 +365,19 @@ class SignalSession(abc.ABC):
             self.send_signal(
                 rtc.SignalResponse(
                     track_unpublished=rtc.TrackUnpublishedResponse(track_sid=event.track_sid)
+                )
+            )
+        elif isinstance(event, SpeakersChanged):
+            self.send_signal(
+                rtc.SignalResponse(
+                    speakers_changed=rtc.SpeakersChanged(
+                        speakers=[
+                            models.SpeakerInfo(
+                                sid=s.participant_sid, level=s.level, active=s.active
+                            )
+                            for s in event.speakers
+                        ]
+                    )
                 )
             )
         elif isinstance(event, SubscriptionPermissionUpdate):
