@@ -108,6 +108,7 @@ class SignalSession(abc.ABC):
 
     def set_track_settings(self, track_sids: list[str], disabled: bool) -> None:
         """UpdateTrackSettings: pause/resume forwarding (transport-specific; default: ignore)."""
+        return None
 
     # ------------------------------------------------------------------ join
 
@@ -207,6 +208,7 @@ class SignalSession(abc.ABC):
 
     def track_added(self, track_sid: str) -> None:
         """A track was registered by AddTrack; transports bind media to it."""
+        return None
 
     def on_mute(self, req: rtc.MuteTrackRequest) -> None:
         try:
