@@ -172,20 +172,26 @@ class Room:
         self._check_metadata(init.metadata)
         self._check_attributes(init.attributes)
 
-    def join(self, init: ParticipantInit, now: float) -> tuple[Participant, list[Event]]:
-        """Admit a participant. A second join with the same identity replaces the first."""
+    def check_join(self, init: ParticipantInit) -> None:
+        """Everything :meth:`join` checks, without joining (``/rtc/validate``, pre-upgrade)."""
         if self.closed:
             raise InvalidRequest("room is closed")
         self.check_init(init)
-        events: list[Event] = []
+        if init.permission.hidden:
+            return  # recorders and other hidden participants do not take a seat
         previous = self.by_identity.get(init.identity)
         count = self.num_participants - (1 if previous and not previous.hidden else 0)
-        if not init.permission.hidden:
-            cap = self.limits.max_participants_per_room
-            if self.max_participants:
-                cap = min(cap, self.max_participants)
-            if cap and count >= cap:
-                raise RoomFull(f"room {self.name} is full ({cap} participants)")
+        cap = self.limits.max_participants_per_room
+        if self.max_participants:
+            cap = min(cap, self.max_participants)
+        if cap and count >= cap:
+            raise RoomFull(f"room {self.name} is full ({cap} participants)")
+
+    def join(self, init: ParticipantInit, now: float) -> tuple[Participant, list[Event]]:
+        """Admit a participant. A second join with the same identity replaces the first."""
+        self.check_join(init)
+        events: list[Event] = []
+        previous = self.by_identity.get(init.identity)
         if previous is not None:
             events += self._remove(previous, DisconnectReason.DUPLICATE_IDENTITY, tell_self=True)
         participant = Participant(

@@ -118,7 +118,7 @@ class RTCService:
                 raise RoomNotFound(params.room)
             return
         init = participant_init(params.claims, params.auto_subscribe, params.client_protocol)
-        room.check_init(init)
+        room.check_join(init)
 
     @staticmethod
     def _error(exc: RoomlineError) -> web.Response:

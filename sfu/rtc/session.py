@@ -22,6 +22,7 @@ from aiortc import (
     RTCPeerConnection,
     RTCSessionDescription,
 )
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 from aiortc.rtcdatachannel import RTCDataChannel
 from aiortc.sdp import candidate_from_sdp
 from google.protobuf import json_format
@@ -308,13 +309,29 @@ class RTCSession(SignalSession):
             # never started. Let the handshake finish first (bounded, like the clients' timeout).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._publisher_settled.wait(), PUBLISHER_CONNECT_TIMEOUT)
+        for section in refused:
+            self.send_signal(
+                rtc.SignalResponse(
+                    request_response=rtc.RequestResponse(
+                        reason=_REASONS.UNSUPPORTED_TYPE,
+                        message=(
+                            f"m-section {section.mid or section.index} offers only unsupported "
+                            f"codecs ({', '.join(section.codecs) or 'none'}); "
+                            "roomline forwards opus, VP8 and H264"
+                        ),
+                    )
+                )
+            )
+        media = [s for s in sections if s.kind in ("audio", "video") and s.sending]
+        if refused and len(refused) == len(media):
+            return  # nothing to receive; aiortc would fail on the codec-less m-lines anyway
         try:
             await self.publisher.setRemoteDescription(
                 RTCSessionDescription(sdp=sd.sdp, type="offer")
             )
             answer = await self.publisher.createAnswer()
             await self.publisher.setLocalDescription(answer)
-        except (ValueError, SdpError) as exc:
+        except (ValueError, SdpError, InvalidAccessError, InvalidStateError, OperationError) as exc:
             raise InvalidRequest(f"offer rejected: {exc}") from None
         local = self.publisher.localDescription
         self.send_signal(
@@ -323,18 +340,6 @@ class RTCSession(SignalSession):
             )
         )
         await self._flush_candidates(PUBLISHER)
-        for section in refused:
-            self.send_signal(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        reason=_REASONS.UNSUPPORTED_TYPE,
-                        message=(
-                            f"m-section {section.mid or section.index} offers only unsupported codecs "
-                            f"({', '.join(section.codecs) or 'none'}); roomline forwards opus, VP8, H264"
-                        ),
-                    )
-                )
-            )
         self._reconcile_publications([s for s in sections if s not in refused])
 
     def _reconcile_publications(self, sections: list[MediaSection]) -> None:
