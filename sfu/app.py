@@ -47,6 +47,9 @@ class Appliance:
             max_participants=cfg.room.max_participants,
         )
         self.node = Node(RoomManager(limits=limits_from_config(cfg), defaults=defaults))
+        from sfu.signal import encode_broadcast
+
+        self.node.encode_broadcast = encode_broadcast
         self.metrics = Metrics(self.node)
         self.twirp = TwirpRouter(
             cfg.keys, cfg.limits.max_api_body_size, on_request=self.metrics.count_api_request

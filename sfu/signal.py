@@ -330,8 +330,15 @@ class SignalSession(abc.ABC):
 
     # ------------------------------------------------------------------ events
 
-    def on_event(self, event: Event) -> None:
+    def send_wire(self, wire: bytes) -> None:
+        """Write an already serialized ``SignalResponse`` (see :func:`encode_broadcast`)."""
+        self.send_signal(rtc.SignalResponse.FromString(wire))
+
+    def on_event(self, event: Event, wire: bytes | None = None) -> None:
         if self.closed:
+            return
+        if wire is not None:
+            self.send_wire(wire)
             return
         if isinstance(event, ParticipantUpdated):
             self.send_signal(
@@ -392,3 +399,25 @@ class SignalSession(abc.ABC):
                     )
                 )
             )
+
+
+def encode_broadcast(event: Event) -> bytes | None:
+    """The ``SignalResponse`` bytes of an event that reads the same for every recipient."""
+    if isinstance(event, ParticipantUpdated):
+        response = rtc.SignalResponse(
+            update=rtc.ParticipantUpdate(participants=[participant_info(event.participant)])
+        )
+    elif isinstance(event, RoomUpdated):
+        response = rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room_info(event.room)))
+    elif isinstance(event, SpeakersChanged):
+        response = rtc.SignalResponse(
+            speakers_changed=rtc.SpeakersChanged(
+                speakers=[
+                    models.SpeakerInfo(sid=s.participant_sid, level=s.level, active=s.active)
+                    for s in event.speakers
+                ]
+            )
+        )
+    else:
+        return None
+    return response.SerializeToString()

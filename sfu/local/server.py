@@ -104,6 +104,10 @@ class LocalSession(SignalSession):
         if not self.closed:
             self._write(encode_frame(Kind.SIGNAL, response.SerializeToString()))
 
+    def send_wire(self, wire: bytes) -> None:
+        if not self.closed:
+            self._write(encode_frame(Kind.SIGNAL, wire))
+
     def send_data(self, packet: bytes, reliable: bool) -> None:
         if not self.closed:
             self._write(encode_frame(Kind.DATA, packet))

@@ -146,6 +146,14 @@ class RTCSession(SignalSession):
             self.node.detach(self, DisconnectReason.SIGNAL_CLOSE)
             self.close(DisconnectReason.SIGNAL_CLOSE)
 
+    def send_wire(self, wire: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            self._out.put_nowait(wire)
+        except asyncio.QueueFull:
+            self.send_signal(rtc.SignalResponse())  # takes the slow-client path
+
     async def run(self) -> None:
         """Serve the WebSocket until it closes. The JoinResponse was queued before."""
         writer = asyncio.get_running_loop().create_task(self._writer())
