@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from livekit.protocol import models
 
-from bridge.channel import encode_frame
+from sfu.local.framing import encode_frame
 from tests.audio_utils import dominant_frequency, read_wav, snr_db
 from tests.bridge.conftest import Bridge, free_port, rtp_range
 from tests.bridge.standin_room import Conn, StandinRoom, garbage_frames

@@ -10,7 +10,6 @@ import pytest
 
 from bridge import control
 from bridge.call import Answer, Bye, CallMachine, JoinRoom, LeaveRoom, Phase, Reject, Status
-from bridge.channel import FrameDecoder, FrameError, Kind, decode_rtp, encode_frame, encode_rtp
 from bridge.codec import (
     FRAME_BYTES,
     OpusDecoder,
@@ -32,6 +31,7 @@ from bridge.jitter import JitterBuffer
 from bridge.jitter import Kind as JKind
 from bridge.mixer import Mixer, mix
 from bridge.sipmsg import SipParseError, parse_headers, parse_name_addr, via_transport
+from sfu.local.framing import FrameDecoder, FrameError, Kind, decode_rtp, encode_frame, encode_rtp
 from tests.audio_utils import dominant_frequency, snr_db, tone
 
 # --- control -------------------------------------------------------------------------------
