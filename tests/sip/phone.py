@@ -110,7 +110,10 @@ class Phone:
 
         if a.tone:
             wav = os.path.join(a.workdir, f"phone_tone_{a.port}.wav")
-            write_wav(wav, tone(a.tone, 2.0, RATE, a.amplitude), RATE)
+            # One WAV covering the whole call: pjmedia's WAV player leaves a ~20 ms hole at
+            # every loop point, which costs a 2 s window ~15 dB of SNR at the far end.
+            seconds = min(a.duration, a.max_wait) + 5.0
+            write_wav(wav, tone(a.tone, seconds, RATE, a.amplitude), RATE)
             self.player = pj.AudioMediaPlayer()
             self.player.createPlayer(wav, 0)
         if a.record:
