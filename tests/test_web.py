@@ -26,7 +26,6 @@ from livekit import api, rtc
 from sfu.auth import verify_token
 from sfu.config import DEV_KEYS, Config
 from sfu.service.web import WebService
-from tests.audio_utils import dominant_frequency
 from tests.conftest import API_KEY, API_SECRET, ROOT, Server, free_port, start_server, stop_server
 from tests.web.browser import Browser, missing_requirements
 
@@ -154,23 +153,38 @@ async def record(track: rtc.Track, seconds: float, skip: float = 1.0) -> np.ndar
 
 
 def beep_spectrum(pcm: np.ndarray) -> tuple[float, float, float]:
-    """(peak Hz, peak over median spectral floor in dB, fundamental over 2nd harmonic in dB).
+    """(beep Hz, peak over median spectral floor in dB, fundamental over 2nd harmonic in dB).
 
-    Only the 10 ms frames of the beeps are analysed (the silence between them carries no information).
+    Only the loudest beeps are analysed: once the page plays remote audio, Chromium's echo canceller
+    and noise suppressor attenuate later beeps and tilt them towards their odd harmonics, and the
+    silence between beeps carries no information. The frequency is the median over single beeps, each
+    zero-padded to a 1 Hz grid (a concatenation of ~50 ms bursts has phase jumps that smear the peak).
     """
     frames = pcm[: len(pcm) // 480 * 480].astype(np.float64).reshape(-1, 480)
     env = np.sqrt(np.mean(frames**2, axis=1))
     assert env.max() > 300, f"no beep in the browser's audio (max 10 ms RMS {env.max():.0f})"
-    x = frames[env > 0.1 * env.max()].reshape(-1)
+    loud = env > 0.1 * env.max()
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], loud.astype(int), [0]))))
+    bursts = [
+        frames[first:last].reshape(-1)
+        for first, last in zip(edges[::2], edges[1::2], strict=True)
+        if last - first >= 2 and env[first:last].max() >= 0.7 * env.max()
+    ]
+    assert bursts, "no beep long enough to analyse"
+
+    peaks = []
+    for burst in bursts:
+        spectrum = np.abs(np.fft.rfft((burst - burst.mean()) * np.hanning(len(burst)), n=RATE))
+        spectrum[:150] = 0.0  # 1 Hz bins: nothing of interest below 150 Hz (DC, onset thump)
+        peaks.append(float(np.argmax(spectrum)))
+    peak = float(np.median(peaks))
+
+    x = np.concatenate(bursts)
     x = x - x.mean()
     power = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2
     freqs = np.fft.rfftfreq(len(x), 1.0 / RATE)
-    power[freqs < 150] = (
-        0.0  # below any tone of interest; keeps DC and rumble out of the peak search
-    )
-    peak = dominant_frequency(x, RATE)
-    k = int(np.argmax(power))
-    floor_db = 10 * np.log10(power[k] / np.median(power[freqs >= 150]))
+    power[freqs < 150] = 0.0
+    floor_db = 10 * np.log10(power.max() / np.median(power[freqs >= 150]))
 
     def band(f: float) -> float:
         return float(power[np.abs(freqs - f) <= 30].sum())
