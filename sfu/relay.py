@@ -56,7 +56,7 @@ class TrackRelay:
         track_sid: str,
         publisher_sid: str,
         source: SourceInfo,
-        request_keyframe: Callable[[], None] | None = None,
+        request_keyframe: Callable[[], object] | None = None,
     ) -> None:
         self.track_sid = track_sid
         self.publisher_sid = publisher_sid
@@ -64,7 +64,7 @@ class TrackRelay:
         self.sinks: dict[str, Sink] = {}
         #: Snapshot of the sinks, replaced on change so a send loop never sees a mutating dict.
         self._fanout: tuple[Sink, ...] = ()
-        self.request_keyframe = request_keyframe or (lambda: None)
+        self.request_keyframe: Callable[[], object] = request_keyframe or (lambda: None)
         #: Last RFC 6464 level (0 = loudest, 127 = silence) and when it was seen, for speakers.
         self.audio_level = 127
         self.audio_level_at = 0.0

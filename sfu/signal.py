@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import time
+from typing import Any
 
 import structlog
 from livekit.protocol import models, rtc
@@ -63,7 +64,7 @@ def track_request(req: rtc.AddTrackRequest) -> TrackRequest:
     )
 
 
-def reason_for(exc: RoomlineError) -> int:
+def reason_for(exc: RoomlineError) -> Any:
     if isinstance(exc, PermissionDenied):
         return _REASONS.NOT_ALLOWED
     if isinstance(exc, LimitExceeded):
@@ -262,7 +263,7 @@ class SignalSession(abc.ABC):
                 self.send_signal(
                     rtc.SignalResponse(
                         subscription_response=rtc.SubscriptionResponse(
-                            track_sid=track_sid, err=rtc.SubscriptionError.SE_TRACK_NOTFOUND
+                            track_sid=track_sid, err=models.SubscriptionError.SE_TRACK_NOTFOUND
                         )
                     )
                 )
@@ -290,7 +291,7 @@ class SignalSession(abc.ABC):
             )
         )
 
-    def _request_error(self, exc: RoomlineError, request_id: int = 0, **which: object) -> None:
+    def _request_error(self, exc: RoomlineError, request_id: int = 0, **which: Any) -> None:
         self.send_signal(
             rtc.SignalResponse(
                 request_response=rtc.RequestResponse(
@@ -359,7 +360,8 @@ class SignalSession(abc.ABC):
             self.send_signal(
                 rtc.SignalResponse(
                     leave=rtc.LeaveRequest(
-                        reason=int(event.reason), action=rtc.LeaveRequest.Action.DISCONNECT
+                        reason=int(event.reason),  # type: ignore[arg-type]  # same enum values
+                        action=rtc.LeaveRequest.Action.DISCONNECT,
                     )
                 )
             )

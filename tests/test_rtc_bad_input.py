@@ -102,6 +102,17 @@ async def test_bad_signalling_while_audio_flows(small_server: Server) -> None:
                     trickle=rtc_pb.TrickleRequest(candidateInit="{not json", target=0)
                 )
             )
+            await raw.send(
+                rtc_pb.SignalRequest(
+                    subscription=rtc_pb.UpdateSubscription(track_sids=["TR_nope"], subscribe=True)
+                )
+            )
+            await wait_for(
+                lambda: any(r.HasField("subscription_response") for r in raw.responses), 10, "sub"
+            )
+            sub = next(r for r in raw.responses if r.HasField("subscription_response"))
+            assert sub.subscription_response.track_sid == "TR_nope"
+            assert sub.subscription_response.err == 2  # SE_TRACK_NOTFOUND
             await wait_for(lambda: len(raw.errors()) >= 5, 10, "five errors")
             messages = [e.message for e in raw.errors()]
             assert sum("malformed signal message" in m for m in messages) == 2
