@@ -119,3 +119,24 @@ def parse_media_sections(sdp: str) -> list[MediaSection]:
         # A description without media is legal (data-only offers always have m=application).
         return []
     return sections
+
+
+def advertise_ip(sdp: str, ip: str) -> str:
+    """Replace the address of every host candidate (and ``c=`` line) with ``ip``.
+
+    For a server behind 1:1 NAT (``rtc.node_ip``): aioice binds the private address, clients must
+    be told the public one. Connectivity checks arriving at the public address reach the same
+    socket, so nothing else changes.
+    """
+    family = "IP6" if ":" in ip else "IP4"
+    out: list[str] = []
+    for line in sdp.split("\r\n"):
+        if line.startswith("c=IN ") and not line.endswith(" 0.0.0.0"):
+            line = f"c=IN {family} {ip}"
+        elif line.startswith("a=candidate:") and " typ host" in line:
+            parts = line.split(" ")
+            if len(parts) > 5:
+                parts[4] = ip
+                line = " ".join(parts)
+        out.append(line)
+    return "\r\n".join(out)

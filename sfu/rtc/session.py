@@ -36,7 +36,7 @@ from sfu.node import Node
 from sfu.participant import DisconnectReason, Participant, ParticipantState
 from sfu.relay import TrackRelay
 from sfu.room import Room
-from sfu.rtc.sdp import MediaSection, SdpError, parse_media_sections
+from sfu.rtc.sdp import MediaSection, SdpError, advertise_ip, parse_media_sections
 from sfu.signal import SignalSession
 
 #: Codecs the SFU forwards (aiortc can negotiate them; JoinResponse restricts clients to them).
@@ -208,6 +208,10 @@ class RTCSession(SignalSession):
 
     # ------------------------------------------------------------------ negotiation
 
+    def _advertised(self, sdp: str) -> str:
+        node_ip = self.cfg.rtc.node_ip
+        return advertise_ip(sdp, node_ip) if node_ip else sdp
+
     def on_offer(self, sd: rtc.SessionDescription) -> None:
         self._spawn(self._answer_publisher(sd), "publisher offer")
 
@@ -280,11 +284,11 @@ class RTCSession(SignalSession):
         offer = await self.subscriber.createOffer()
         await self.subscriber.setLocalDescription(offer)
         self._offer_id += 1
-        local = self.subscriber.localDescription
-        self.log.debug("subscriber offer", id=self._offer_id, sdp=local.sdp)
+        sdp = self._advertised(self.subscriber.localDescription.sdp)
+        self.log.debug("subscriber offer", id=self._offer_id, sdp=sdp)
         self.send_signal(
             rtc.SignalResponse(
-                offer=rtc.SessionDescription(type="offer", sdp=local.sdp, id=self._offer_id)
+                offer=rtc.SessionDescription(type="offer", sdp=sdp, id=self._offer_id)
             )
         )
 
@@ -341,11 +345,9 @@ class RTCSession(SignalSession):
             await self.publisher.setLocalDescription(answer)
         except (ValueError, SdpError, InvalidAccessError, InvalidStateError, OperationError) as exc:
             raise InvalidRequest(f"offer rejected: {exc}") from None
-        local = self.publisher.localDescription
+        sdp = self._advertised(self.publisher.localDescription.sdp)
         self.send_signal(
-            rtc.SignalResponse(
-                answer=rtc.SessionDescription(type="answer", sdp=local.sdp, id=sd.id)
-            )
+            rtc.SignalResponse(answer=rtc.SessionDescription(type="answer", sdp=sdp, id=sd.id))
         )
         await self._flush_candidates(PUBLISHER)
         self._reconcile_publications([s for s in sections if s not in refused])
