@@ -213,3 +213,33 @@ async def test_join_rejections_before_upgrade(small_server: Server) -> None:
         await ws.close()
     assert first.remote_participants == {} and server.alive()
     await first.disconnect()
+
+
+async def test_ping_both_forms_and_client_leave(small_server: Server) -> None:
+    server = small_server
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{server.ws_url}/rtc?access_token={token('pinger', 'pings')}")
+        raw = RawClient(ws)
+        await wait_for(lambda: bool(raw.responses), 5, "join")
+        join = raw.responses[0].join
+        assert join.ping_interval > 0 and join.ping_timeout > 0  # the Rust SDK panics on 0
+        assert join.server_info.version and join.room.sid.startswith("RM_")
+        assert join.subscriber_primary
+        await raw.send(rtc_pb.SignalRequest(ping=1234))
+        await raw.send(rtc_pb.SignalRequest(ping_req=rtc_pb.Ping(timestamp=5678, rtt=3)))
+        await wait_for(
+            lambda: (
+                any(r.HasField("pong_resp") for r in raw.responses)
+                and any(r.WhichOneof("message") == "pong" for r in raw.responses)
+            ),
+            5,
+            "pongs",
+        )
+        pong_resp = next(r.pong_resp for r in raw.responses if r.HasField("pong_resp"))
+        assert pong_resp.last_ping_timestamp == 5678 and pong_resp.timestamp > 0
+        await raw.send(rtc_pb.SignalRequest(leave=rtc_pb.LeaveRequest(reason=1)))
+        await asyncio.wait_for(raw.task, 5)  # the server closes the socket after a client leave
+    async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lk:
+        await asyncio.sleep(0.2)
+        parts = await lk.room.list_participants(api.ListParticipantsRequest(room="pings"))
+        assert list(parts.participants) == []
