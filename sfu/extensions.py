@@ -39,4 +39,10 @@ def _sip(appliance: Appliance) -> Extension | None:
     return sip.install(appliance)
 
 
-FACTORIES: list[Factory] = [_rtc, _local, _web, _sip]
+def _agents(appliance: Appliance) -> Extension | None:
+    from sfu import agents
+
+    return agents.install(appliance)
+
+
+FACTORIES: list[Factory] = [_rtc, _local, _web, _sip, _agents]

@@ -113,7 +113,10 @@ class Phone:
             # One WAV covering the whole call: pjmedia's WAV player leaves a ~20 ms hole at
             # every loop point, which costs a 2 s window ~15 dB of SNR at the far end.
             seconds = min(a.duration, a.max_wait) + 5.0
-            write_wav(wav, tone(a.tone, seconds, RATE, a.amplitude), RATE)
+            samples = tone(a.tone, seconds, RATE, a.amplitude)
+            if a.tone_seconds:  # tone, then silence (a caller who speaks and pauses)
+                samples[int(a.tone_seconds * RATE) :] = 0
+            write_wav(wav, samples, RATE)
             self.player = pj.AudioMediaPlayer()
             self.player.createPlayer(wav, 0)
         if a.record:
@@ -180,6 +183,7 @@ def main() -> None:
     ap.add_argument("--codec", default="PCMU/8000")
     ap.add_argument("--tone", type=float, default=0.0)
     ap.add_argument("--amplitude", type=float, default=8000.0)
+    ap.add_argument("--tone-seconds", type=float, default=0.0, help="then silence (0 = whole call)")
     ap.add_argument("--record", default="")
     ap.add_argument("--duration", type=float, default=6.0, help="hang up this long after answer")
     ap.add_argument("--max-wait", type=float, default=60.0)
