@@ -114,22 +114,21 @@ async def entrypoint(ctx: JobContext) -> None:
     log.info("ivr answering %s in %s", caller.identity, ctx.room.name)
     while True:
         key = await ivr.menu_until_key()
-        await ctx.room.local_participant.set_attributes({"ivr.choice": key})
-        if key == "1":
-            await ctx.room.local_participant.set_attributes({"ivr.menu": "echo"})
+        menu = {"1": "echo", "2": "transfer", "9": "hangup"}.get(key)
+        changes = {"ivr.choice": key, **({"ivr.menu": menu} if menu else {})}
+        if menu == "transfer":
+            changes["ivr.transfer_to"] = opts["transfer_to"]
+        await ctx.room.local_participant.set_attributes(changes)
+        if menu == "echo":
             await ivr.say("echo")
             track = await first_audio_track(ctx, caller)
             await Echo(ctx, source).run(track)
             return
-        if key == "2":
-            await ctx.room.local_participant.set_attributes(
-                {"ivr.menu": "transfer", "ivr.transfer_to": opts["transfer_to"]}
-            )
+        if menu == "transfer":
             await ivr.say("transfer")
             ctx.shutdown("caller transferred")
             return
-        if key == "9":
-            await ctx.room.local_participant.set_attributes({"ivr.menu": "hangup"})
+        if menu == "hangup":
             await ivr.say("goodbye")
             await ctx.remove_participant(caller.identity)
             ctx.shutdown("caller hung up by the IVR")
