@@ -22,8 +22,9 @@ import signal
 import socket
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pjsua2 as pj
 from livekit.protocol import models, rtc
@@ -58,11 +59,18 @@ TX_TARGET = 3
 DECISION_TIMEOUT_S = 10.0
 #: Grace before dropping Python refs of a finished call (the bridge removes ports asynchronously).
 GRAVEYARD_S = 2.0
+#: ``sys.getrefcount`` of a finished Call held only by ``Worker.dead_calls`` while it is swept
+#: (the list's tuple, the loop variable and the getrefcount argument).
+_SOLE_OWNER_REFS = 3
 
 
 @dataclass
 class CallRecord:
-    """Everything the worker holds for one call (pj objects are released only from the loop)."""
+    """Everything the worker holds for one call (pj objects are released only from the loop).
+
+    ``pj_call`` is a weak proxy: the worker alone owns the ``pj.Call`` (``Worker.live_calls``),
+    so closures and reference cycles around a record can never decide when it is destroyed.
+    """
 
     pj_call: WorkerCall
     machine: CallMachine
@@ -78,6 +86,7 @@ class CallRecord:
     room_audio_seen: bool = False
     codec: str = ""
     request_id: int = 0
+    call_key: int = 0
 
 
 class WorkerCall(pj.Call):  # type: ignore[misc]
@@ -128,6 +137,9 @@ class Worker:
         self.acc: WorkerAccount | None = None
         self.calls: dict[int, CallRecord] = {}
         self.graveyard: list[tuple[float, list[Any]]] = []
+        # Strong refs to every pj.Call (see _slot_reused for why their destruction is managed).
+        self.live_calls: dict[int, WorkerCall] = {}
+        self.dead_calls: list[tuple[float, WorkerCall]] = []
         self.max_calls = 0
         self._pending: dict[int, asyncio.Future[control.InviteResult]] = {}
         self._next_id = 1
@@ -215,6 +227,8 @@ class Worker:
                 rec.channel.close()
         self.calls.clear()
         self.graveyard.clear()
+        self.live_calls.clear()
+        self.dead_calls.clear()
         if self.acc is not None:
             self.acc.shutdown()
             self.acc = None
@@ -258,6 +272,7 @@ class Worker:
     # --- SIP events (asyncio thread, from libHandleEvents) ------------------------------------
     def on_incoming_call(self, acc: WorkerAccount, prm: Any) -> None:
         call = WorkerCall(self, acc, prm.callId)
+        self.live_calls[id(call)] = call
         rdata = prm.rdata
         src = str(rdata.srcAddress)
         try:
@@ -286,7 +301,12 @@ class Worker:
             headers=headers,
             authorization=get_header(headers, "Proxy-Authorization"),
         )
-        rec = CallRecord(call, CallMachine(invite.call_id, time.monotonic()), invite)
+        rec = CallRecord(
+            cast(WorkerCall, weakref.proxy(call)),
+            CallMachine(invite.call_id, time.monotonic()),
+            invite,
+        )
+        rec.call_key = id(call)
         rec.request_id = req_id
         self.calls[prm.callId] = rec
         loop = asyncio.get_running_loop()
@@ -316,7 +336,7 @@ class Worker:
             call.hangup(prm)
         except pj.Error:
             pass
-        self.graveyard.append((time.monotonic(), [call]))
+        self._bury_call(id(call))
 
     def on_call_state(self, call: WorkerCall) -> None:
         ci = call.getInfo()
@@ -544,6 +564,25 @@ class Worker:
                     pass
             self._run(rec, rec.machine.tick(now))
         self.graveyard = [(t, objs) for t, objs in self.graveyard if now - t < GRAVEYARD_S]
+        self._sweep_dead_calls(now)
+
+    def _bury_call(self, key: int) -> None:
+        call = self.live_calls.pop(key, None)
+        if call is not None:
+            self.dead_calls.append((time.monotonic(), call))
+
+    def _sweep_dead_calls(self, now: float) -> None:
+        """Destroy finished Calls, but only while their pjsua slot is free and we hold the
+        last reference, so that ``Call::~Call()`` can only touch its own, finished call."""
+        keep: list[tuple[float, WorkerCall]] = []
+        for ended, call in self.dead_calls:
+            if (
+                now - ended < GRAVEYARD_S
+                or _slot_reused(call)
+                or sys.getrefcount(call) > _SOLE_OWNER_REFS
+            ):
+                keep.append((ended, call))
+        self.dead_calls = keep
 
     def _release(self, pj_id: int) -> None:
         rec = self.calls.pop(pj_id, None)
@@ -562,7 +601,8 @@ class Worker:
         # pjsua may report DISCONNECTED synchronously inside our own hangup(), before the
         # LeaveRoom action of the same batch runs: leave here so the room always hears it.
         self._leave_room(rec)
-        self.graveyard.append((time.monotonic(), [rec.pj_call, rec.port]))
+        self.graveyard.append((time.monotonic(), [rec.port]))
+        self._bury_call(rec.call_key)
 
     async def _poller(self) -> None:
         assert self.ep is not None
@@ -607,6 +647,21 @@ def detect_max_calls() -> int:
     fn = lib.pjsua_call_get_max_count
     fn.restype = ctypes.c_uint
     return int(fn())
+
+
+def _slot_reused(call: WorkerCall) -> bool:
+    """Whether destroying this finished ``pj.Call`` now would hit somebody else's call.
+
+    pjsua2 never resets ``Call.id`` when a call ends, and ``Call::~Call()`` clears the user data
+    of slot ``id`` and hangs it up (603 before the answer, BYE after) if that slot is active.
+    pjsua reuses slots at once (4 per process), so a dead Call freed while a newer call holds
+    its slot would end that newer call and orphan its callbacks. Seen in the full-stack tests
+    when cyclic GC freed a finished call's record at a random moment.
+    """
+    try:
+        return bool(call.isActive())
+    except pj.Error:
+        return False
 
 
 def _stream_codec(call: WorkerCall, idx: int) -> str:
