@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from livekit.protocol import sip as sip_pb
 
-from sfu.errors import InvalidRequest, NotFound, PermissionDenied, RoomlineError
+from sfu.errors import InvalidRequest, NotFound, PermissionDenied, Unimplemented
 
 from .dispatch import validate_rule, validate_rule_conflicts
 from .store import SIPStore, new_rule_id, new_trunk_id
@@ -44,12 +44,6 @@ MAX_BODY_BYTES = 1 << 20
 MAX_PAGE = 1000
 
 M = TypeVar("M", bound=Message)
-
-
-class Unimplemented(RoomlineError):
-    """The RPC exists in the LiveKit API but roomline does not implement it (yet)."""
-
-    twirp_code = "unimplemented"
 
 
 class MalformedRequest(InvalidRequest):

@@ -16,7 +16,8 @@ them to wire errors (Twirp codes, signalling ``request_response`` reasons, SIP s
     │   ├── ParticipantNotFound
     │   └── TrackNotFound
     ├── AlreadyExists
-    └── Unavailable              a worker or resource is down or at capacity
+    ├── Unavailable              a worker or resource is down or at capacity
+    └── Unimplemented            a LiveKit API roomline does not offer (yet)
 """
 
 from __future__ import annotations
@@ -101,3 +102,9 @@ class Unavailable(RoomlineError):
     """A worker or resource is down or at capacity; retrying later may succeed."""
 
     twirp_code = "unavailable"
+
+
+class Unimplemented(RoomlineError):
+    """The request is valid LiveKit API, but roomline does not implement it."""
+
+    twirp_code = "unimplemented"

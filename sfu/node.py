@@ -15,6 +15,7 @@ from typing import Protocol
 
 import structlog
 
+from sfu.errors import InvalidRequest, Unimplemented
 from sfu.events import Event, RoomClosed, SpeakersChanged, SubscriptionChanged
 from sfu.participant import DisconnectReason, Participant, ParticipantInit
 from sfu.relay import TrackRelay
@@ -160,6 +161,21 @@ class Node:
         room = self.room_of(session.participant)
         if room is not None and sid in room.participants:
             self.dispatch(room.leave(sid, reason, self.clock()))
+
+    def move_participant(self, room: Room, identity: str, destination: str) -> None:
+        """RoomService.MoveParticipant. Only sessions that can re-join in place support it."""
+        participant = room.get_by_identity(identity)
+        if destination == room.name:
+            raise InvalidRequest("destination_room is the participant's current room")
+        session = self.sessions.get(participant.sid)
+        move_to = getattr(session, "move_to", None)
+        if move_to is None:
+            # A WebRTC client would have to renegotiate both PeerConnections with a new identity
+            # sid; LiveKit clients do that only against LiveKit Cloud's migration path.
+            raise Unimplemented(
+                "MoveParticipant is supported for SIP and agent participants (local channel) only"
+            )
+        move_to(destination)
 
     def room_of(self, participant: Participant) -> Room | None:
         for room in self.rooms.rooms.values():

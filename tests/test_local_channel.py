@@ -9,6 +9,7 @@ import urllib.request
 
 import av
 import numpy as np
+import pytest
 from livekit.protocol import models
 from livekit.protocol import rtc as rtc_pb
 
@@ -194,3 +195,57 @@ async def test_local_bad_input_refused_and_server_keeps_serving(server: Server) 
     sid = await peer.publish()
     assert sid.startswith("TR_A")
     assert server.alive()
+
+
+async def test_move_local_participant_keeps_its_call_going(server: Server) -> None:
+    from livekit import api
+
+    peer = LocalPeer()
+    await peer.join(server, "move-a", "sip_+1555000777")
+    sid = await peer.publish()
+    a = await connect(server.ws_url, token("watch-a", "move-a"))
+    b = await connect(server.ws_url, token("watch-b", "move-b"))
+    left: list[str] = []
+    a.on("participant_disconnected", lambda p: left.append(p.identity))
+    payloads = opus_packets(1000.0, 10.0)
+
+    async def send() -> None:  # keeps using the sid it got before the move, like a bridge call
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, payload in enumerate(payloads):
+            header = struct.pack("!BBHII", 0x80, 111, i & 0xFFFF, i * 960, 0x4321)
+            peer.writer.write(encode_rtp(sid, header + payload))
+            await asyncio.sleep(max(0.0, start + (i + 1) * 0.02 - loop.time()))
+
+    sender = asyncio.create_task(send())
+    try:
+        await wait_for(lambda: subscribed_audio(a, "sip_+1555000777") is not None, 10, "in A")
+        async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lk:
+            await lk.room.move_participant(
+                api.MoveParticipantRequest(
+                    room="move-a", identity="sip_+1555000777", destination_room="move-b"
+                )
+            )
+            with pytest.raises(api.TwirpError) as err:  # WebRTC clients cannot be moved
+                await lk.room.move_participant(
+                    api.MoveParticipantRequest(
+                        room="move-a", identity="watch-a", destination_room="move-b"
+                    )
+                )
+            assert err.value.code == "unimplemented"
+        await wait_for(lambda: "sip_+1555000777" in left, 5, "left A")
+        await wait_for(lambda: subscribed_audio(b, "sip_+1555000777") is not None, 10, "in B")
+        moved = b.remote_participants["sip_+1555000777"]
+        assert moved.kind == 3 and moved.name == "Local sip_+1555000777"
+        assert any(s.HasField("room_moved") for s in peer.signals)
+        room_moved = next(s.room_moved for s in peer.signals if s.HasField("room_moved"))
+        assert room_moved.room.name == "move-b"
+        track = subscribed_audio(b, "sip_+1555000777")
+        assert track is not None
+        pcm = await record(track, 1.5, skip=0.5)
+        assert abs(dominant_frequency(pcm, 48000) - 1000.0) < 5
+        assert snr_db(pcm, 48000, 1000.0) >= 25
+    finally:
+        sender.cancel()
+        await a.disconnect()
+        await b.disconnect()

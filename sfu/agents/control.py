@@ -112,11 +112,15 @@ class JobStatus:
 
 @dataclass(frozen=True)
 class RemoveParticipant:
-    """RoomService.RemoveParticipant for the job's own room (e.g. an IVR hanging up a caller)."""
+    """RoomService.RemoveParticipant for the job's own room (e.g. an IVR hanging up a caller).
+
+    With ``destination`` set it is MoveParticipant instead: the participant goes to that room.
+    """
 
     TYPE: ClassVar[str] = "remove_participant"
     request_id: int
     identity: str
+    destination: str = ""
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ class JobContext:
         job: JobInfo,
         token: str,
         open_channel: Callable[[], Awaitable[socket.socket]],
-        remove_participant: Callable[[str], Awaitable[None]],
+        remove_participant: Callable[..., Awaitable[None]],
     ) -> None:
         self.job = job
         self.room = Room()
@@ -123,6 +123,13 @@ class JobContext:
     async def remove_participant(self, identity: str) -> None:
         """RoomService.RemoveParticipant in this job's room (a SIP caller gets a BYE)."""
         await self._remove_participant(identity)
+
+    async def move_participant(self, identity: str, destination_room: str) -> None:
+        """RoomService.MoveParticipant from this job's room to ``destination_room``.
+
+        Supported for SIP callers and other local participants: the call goes on in the new room.
+        """
+        await self._remove_participant(identity, destination_room)
 
     def add_shutdown_callback(self, callback: Callable[[], Awaitable[Any]]) -> None:
         self._callbacks.append(callback)

@@ -34,7 +34,14 @@ from sfu.agents.dispatch import (
 from sfu.agents.job import AGENT_STATE_ATTRIBUTE
 from sfu.agents.supervisor import JobSpec, JobSupervisor
 from sfu.auth import Claims, mint_token
-from sfu.errors import InvalidRequest, LimitExceeded, NotFound, PermissionDenied, Unavailable
+from sfu.errors import (
+    InvalidRequest,
+    LimitExceeded,
+    NotFound,
+    PermissionDenied,
+    RoomlineError,
+    Unavailable,
+)
 from sfu.local import socket_path
 from sfu.participant import DisconnectReason, ParticipantKind
 from sfu.room import Room
@@ -235,8 +242,9 @@ class AgentManager:
             return
         self.node.dispatch(room.leave(participant.sid, reason, self.node.clock(), tell_self=True))
 
-    async def remove_for_job(self, job_id: str, identity: str) -> str:
-        """An agent asked to remove ``identity`` from its room (an IVR hanging up)."""
+    async def remove_for_job(self, job_id: str, identity: str, destination: str = "") -> str:
+        """An agent asked to remove ``identity`` from its room (an IVR hanging up), or to move it
+        to ``destination`` (an IVR transferring a caller)."""
         job = self.table.jobs.get(job_id)
         if job is None or not job.active:
             return "job is not running"
@@ -245,6 +253,19 @@ class AgentManager:
             return f"room {job.room!r} is closed"
         if identity not in room.by_identity:
             return f"no participant {identity!r} in room {job.room!r}"
+        if destination:
+            log.info(
+                "agent moves participant",
+                job=job.id,
+                room=job.room,
+                identity=identity,
+                destination=destination,
+            )
+            try:
+                self.node.move_participant(room, identity, destination)
+            except RoomlineError as exc:
+                return exc.message
+            return ""
         log.info("agent removes participant", job=job.id, room=job.room, identity=identity)
         self.node.dispatch(room.remove_by_identity(identity, self.node.clock()))
         return ""

@@ -42,7 +42,7 @@ SPAWN_BACKOFF_MAX = 30.0
 #: "exited" when its process is gone (error set if it ended without reporting, crashed or hung).
 OnStatus = Callable[[str, str, str], None]
 #: (job id, participant identity) → error text or "" on success
-OnRemove = Callable[[str, str], Awaitable[str]]
+OnRemove = Callable[[str, str, str], Awaitable[str]]
 
 
 @dataclass
@@ -281,7 +281,7 @@ class JobSupervisor:
     async def _remove(self, jp: JobProc, msg: control.RemoveParticipant) -> None:
         assert jp.job is not None
         try:
-            error = await self._on_remove(jp.job.job_id, msg.identity)
+            error = await self._on_remove(jp.job.job_id, msg.identity, msg.destination)
         except Exception as exc:  # the agent gets an error, the supervisor lives on
             log.exception("remove_participant for agent job failed")
             error = str(exc) or type(exc).__name__

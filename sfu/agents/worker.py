@@ -153,11 +153,15 @@ class JobProcess:
             raise ConnectionError("supervisor sent no channel socket")
         return socket.socket(fileno=fds[0])
 
-    async def _remove_participant(self, identity: str) -> None:
+    async def _remove_participant(self, identity: str, destination: str = "") -> None:
         request_id = next(self._request_ids)
         fut: asyncio.Future[control.Result] = asyncio.get_running_loop().create_future()
         self._requests[request_id] = fut
-        self.send(control.RemoveParticipant(request_id=request_id, identity=identity))
+        self.send(
+            control.RemoveParticipant(
+                request_id=request_id, identity=identity, destination=destination
+            )
+        )
         result = await asyncio.wait_for(fut, 10.0)
         if not result.ok:
             raise RuntimeError(result.error)

@@ -31,9 +31,10 @@ from sfu.local.framing import (
 )
 from sfu.media.forwarder import SourceInfo, SourcePacket
 from sfu.node import Node
-from sfu.participant import DisconnectReason, Participant, ParticipantState
+from sfu.participant import DisconnectReason, Participant, ParticipantInit, ParticipantState
+from sfu.proto import participant_info, room_info
 from sfu.relay import TrackRelay
-from sfu.room import Room
+from sfu.room import Room, TrackRequest
 from sfu.signal import SignalSession
 
 log = structlog.get_logger(__name__)
@@ -87,6 +88,8 @@ class LocalSession(SignalSession):
         self.subscribe_kinds = subscribe_kinds
         self._published: set[str] = set()
         self._sinks: set[str] = set()
+        #: Track sids the client still uses after a move → the sids of the moved tracks.
+        self._aliases: dict[str, str] = {}
 
     def _write(self, frame: bytes) -> None:
         if not self.writer.is_closing():
@@ -132,8 +135,73 @@ class LocalSession(SignalSession):
         if relay is not None:
             relay.remove_sink(self.participant.sid)
 
+    def move_to(self, destination: str) -> None:
+        """MoveParticipant: leave this room and join ``destination`` as the same participant.
+
+        The participant keeps its identity, kind, name, metadata, attributes and permissions, gets
+        a new sid, and its tracks are re-published in the new room. RTP the client keeps sending
+        under the old track sids is routed to the new tracks, so a phone call continues without
+        the bridge renegotiating anything; the client is told with ``room_moved``.
+        """
+        old = self.participant
+        init = ParticipantInit(
+            identity=old.identity,
+            name=old.name,
+            metadata=old.metadata,
+            attributes=dict(old.attributes),
+            kind=old.kind,
+            permission=old.permission,
+            auto_subscribe=old.auto_subscribe,
+            client_protocol=old.client_protocol,
+        )
+        destination_room = self.node.rooms.rooms.get(destination)
+        if destination_room is not None:
+            destination_room.check_join(init)
+        tracks = [(sid, t) for sid, t in old.tracks.items() if sid in self._published]
+        # Leave first (others see MIGRATION); our own stopped subscriptions still reach us.
+        self.node.dispatch(self.room.leave(old.sid, DisconnectReason.MIGRATION, self.node.clock()))
+        self.node.sessions.pop(old.sid, None)
+        for sid in list(self._published):
+            relay = self.node.relays.pop(sid, None)
+            if relay is not None:
+                relay.close()
+        self._published.clear()
+        room, participant, events = self.node.join(destination, init)
+        self.room, self.participant = room, participant
+        self.log = self.log.bind(room=room.name, sid=participant.sid)
+        self.node.attach(self)
+        aliases: dict[str, str] = {}
+        for old_sid, track in tracks:
+            new_track, more = room.publish_track(
+                participant.sid,
+                TrackRequest(cid=track.cid, type=track.type, source=track.source, name=track.name),
+            )
+            events += more
+            aliases[old_sid] = new_track.sid
+            for alias, target in list(self._aliases.items()):
+                if target == old_sid:
+                    aliases[alias] = new_track.sid
+        self._aliases = aliases
+        self.send_signal(
+            rtc.SignalResponse(
+                room_moved=rtc.RoomMovedResponse(
+                    room=room_info(room),
+                    participant=participant_info(participant, bound_only=False),
+                    other_participants=[
+                        participant_info(p) for p in room.visible_to(participant.sid)
+                    ],
+                )
+            )
+        )
+        self.node.dispatch(events)
+        for new_sid in aliases.values():
+            self.track_added(new_sid)
+        self.node.dispatch(room.set_state(participant.sid, ParticipantState.ACTIVE))
+        self.log.info("participant moved", destination=destination)
+
     async def on_rtp_frame(self, payload: bytes) -> None:
         track_sid, packet = decode_rtp(payload)
+        track_sid = self._aliases.get(track_sid, track_sid)
         if track_sid not in self._published:
             raise InvalidRequest(
                 f"RTP for track {track_sid!r}, which this participant did not publish"

@@ -53,6 +53,7 @@ class RoomService:
                 room_pb.UpdateSubscriptionsRequest, self.update_subscriptions
             ),
             "SendData": Method(room_pb.SendDataRequest, self.send_data),
+            "MoveParticipant": Method(room_pb.MoveParticipantRequest, self.move_participant),
             "UpdateRoomMetadata": Method(room_pb.UpdateRoomMetadataRequest, self.update_metadata),
         }
 
@@ -160,3 +161,16 @@ class RoomService:
         room = self.node.rooms.get(req.room)
         self.node.dispatch(room.set_metadata(req.metadata))
         return room_info(room)
+
+    async def move_participant(self, req: room_pb.MoveParticipantRequest, claims: Claims) -> Any:
+        _require_admin(claims, req.room)
+        if not req.destination_room:
+            raise InvalidRequest("destination_room is required")
+        destination = claims.video.destination_room
+        _require(
+            destination == req.destination_room or (claims.video.room_create and not destination),
+            f"destinationRoom {req.destination_room!r}",
+        )
+        room = self.node.rooms.get(req.room)
+        self.node.move_participant(room, req.identity, req.destination_room)
+        return room_pb.MoveParticipantResponse()

@@ -151,8 +151,10 @@ async def ivr_call(srv: Server, tmp_path: Path, digit: str, duration: float) -> 
     room_name = await new_room(srv, before)
     assert room_name.startswith("call-")
     web = await connect(srv.ws_url, token("web", room_name))
+    front = await connect(srv.ws_url, token("front-desk-staff", "front-desk"))
     left: list[str] = []
     web.on("participant_disconnected", lambda p: left.append(p.identity))
+    caller_in_front_desk = False
     try:
         await wait_for(lambda: agent_of(web) is not None, 20, "ivr agent in the room")
         agent = agent_of(web)
@@ -161,13 +163,21 @@ async def ivr_call(srv: Server, tmp_path: Path, digit: str, duration: float) -> 
         attributes = dict(agent.attributes)
         await wait_for(lambda: agent.identity in left, 30, "ivr agent leaves")
         caller_present = f"sip_{CALLER}" in web.remote_participants
+        if digit == "2":
+            await wait_for(
+                lambda: f"sip_{CALLER}" in front.remote_participants, 15, "caller moved"
+            )
+            moved = front.remote_participants[f"sip_{CALLER}"]
+            caller_in_front_desk = moved.kind == 3 and "sip.callID" in moved.attributes
         events = await phone
     finally:
         await web.disconnect()
+        await front.disconnect()
     x, rate = read_wav(tmp_path / "heard.wav")
     return {
         "attributes": attributes,
         "caller_present_after_agent_left": caller_present,
+        "caller_in_front_desk": caller_in_front_desk,
         "events": events,
         "greeting": np.asarray(x[: 4 * rate], dtype=np.float64),
     }
@@ -182,8 +192,10 @@ async def test_default_config_ivr_greets_and_transfers_on_2(
     attrs = got["attributes"]
     assert attrs["ivr.menu"] == "transfer" and attrs["ivr.transfer_to"] == "front-desk"
     assert attrs["ivr.caller"] == f"sip_{CALLER}"
-    # Room state: the agent has left, the caller is still there (the phone hangs up itself).
-    assert got["caller_present_after_agent_left"]
+    # Room state: the caller was moved (MoveParticipant) to the front-desk room, still a SIP
+    # participant with its sip.* attributes, and the call went on (the phone hangs up itself).
+    assert got["caller_in_front_desk"]
+    assert not got["caller_present_after_agent_left"]
     end = disconnected(got["events"])
     assert end is not None and end["local_hangup"]
 

@@ -3,9 +3,8 @@
 Menu (the prompts are spoken with espeak-ng when installed, tone patterns otherwise):
 
 * **1** — echo test: the agent becomes the ``echo`` agent for the rest of the call.
-* **2** — transfer: the agent records ``ivr.transfer_to`` (the destination room), says so and
-  leaves the room; the caller stays in the room for whoever picks up there. Moving the caller into
-  another room is not implemented (see docs/agents.md, "What the IVR cannot do yet").
+* **2** — transfer: the agent records ``ivr.transfer_to`` (the destination room), says so, moves
+  the caller there (MoveParticipant: the call goes on in that room) and leaves.
 * **9** — hang up: the agent says goodbye and removes the caller (RemoveParticipant → the bridge
   sends BYE), then leaves.
 * **\\*** — repeat the menu; any other key: "not an option" and the menu again.
@@ -126,6 +125,7 @@ async def entrypoint(ctx: JobContext) -> None:
             return
         if menu == "transfer":
             await ivr.say("transfer")
+            await ctx.move_participant(caller.identity, opts["transfer_to"])
             ctx.shutdown("caller transferred")
             return
         if menu == "hangup":
