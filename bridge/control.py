@@ -12,14 +12,11 @@ Supervisor → worker: :class:`InviteResult`, :class:`Hangup`, :class:`Shutdown`
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from sfu.errors import InvalidRequest
+from sfu.jsonlines import JsonLinesCodec
 
 #: A control line longer than this is refused (a whole INVITE's headers fit in a few KiB; the cap
 #: stops a confused peer from making the other side buffer without bound).
@@ -140,72 +137,10 @@ class Shutdown:
 
 Message = Ready | InviteRequest | InviteResult | CallState | Hangup | Shutdown
 
-_TYPES: dict[str, type[Any]] = {
-    cls.TYPE: cls for cls in (Ready, InviteRequest, InviteResult, CallState, Hangup, Shutdown)
-}
-
-
-def encode(msg: Message) -> bytes:
-    """One JSON line (with trailing newline) for ``msg``."""
-    body = {"type": msg.TYPE, **dataclasses.asdict(msg)}
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
-
-
-def _check(value: Any, tp: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is float:
-        # JSON has one number type; accept ints for float fields but never bools.
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is int or tp is bool or tp is str:
-        if type(value) is tp:
-            return value
-    elif origin is dict:
-        if isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            return dict(value)
-    elif origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        for arg in typing.get_args(tp):
-            if arg is not type(None):
-                try:
-                    return _check(value, arg, where)
-                except ControlError:
-                    pass
-    raise ControlError(f"field {where}: bad type {type(value).__name__}")
-
-
-def decode(line: bytes | str) -> Message:
-    """Parse one control line; raises :class:`ControlError` on anything unexpected."""
-    if isinstance(line, bytes):
-        if len(line) > MAX_LINE_BYTES:
-            raise ControlError("control line too long")
-        try:
-            line = line.decode()
-        except UnicodeDecodeError as exc:
-            raise ControlError("control line is not UTF-8") from exc
-    try:
-        obj = json.loads(line)
-    except ValueError as exc:
-        raise ControlError("control line is not JSON") from exc
-    if not isinstance(obj, dict):
-        raise ControlError("control message must be a JSON object")
-    cls = _TYPES.get(obj.pop("type", None))  # type: ignore[arg-type]
-    if cls is None:
-        raise ControlError("unknown control message type")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(obj) - set(fields)
-    if unknown:
-        raise ControlError(f"{cls.TYPE}: unknown fields {sorted(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name not in obj:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ControlError(f"{cls.TYPE}: missing field {name}")
-            continue
-        kwargs[name] = _check(obj[name], hints[name], f"{cls.TYPE}.{name}")
-    msg: Message = cls(**kwargs)
-    return msg
+_CODEC: JsonLinesCodec[Message] = JsonLinesCodec(
+    (Ready, InviteRequest, InviteResult, CallState, Hangup, Shutdown), ControlError, MAX_LINE_BYTES
+)
+#: One JSON line (with trailing newline) for a message.
+encode = _CODEC.encode
+#: Parse one control line; raises :class:`ControlError` on anything unexpected.
+decode = _CODEC.decode

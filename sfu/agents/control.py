@@ -15,14 +15,11 @@ Supervisor → job: :class:`StartJob`, :class:`StopJob`, :class:`ConnectFailed`,
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from sfu.errors import InvalidRequest
+from sfu.jsonlines import JsonLinesCodec
 
 #: A control line longer than this is refused: a StartJob carries a token plus metadata bounded by
 #: ``limits.max_metadata_size`` (64 KiB by default); the cap stops a confused peer from making the
@@ -153,9 +150,8 @@ Message = (
     | Shutdown
 )
 
-_TYPES: dict[str, type[Any]] = {
-    cls.TYPE: cls
-    for cls in (
+_CODEC: JsonLinesCodec[Message] = JsonLinesCodec(
+    (
         Ready,
         Heartbeat,
         StartJob,
@@ -166,64 +162,11 @@ _TYPES: dict[str, type[Any]] = {
         RemoveParticipant,
         Result,
         Shutdown,
-    )
-}
-
-
-def encode(msg: Message) -> bytes:
-    """One JSON line (with trailing newline) for ``msg``."""
-    body = {"type": msg.TYPE, **dataclasses.asdict(msg)}
-    return json.dumps(body, separators=(",", ":")).encode() + b"\n"
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    if tp in (int, bool, str) and type(value) is tp:  # bool is not an int here
-        return value
-    if typing.get_origin(tp) is dict and isinstance(value, dict):
-        if all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            return dict(value)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            if value is None and arg is type(None):
-                return None
-            if arg is not type(None):
-                try:
-                    return _coerce(value, arg, where)
-                except ControlError:
-                    continue
-    raise ControlError(f"field {where}: bad type {type(value).__name__}")
-
-
-def decode(line: bytes | str) -> Message:
-    """Parse one control line; raises :class:`ControlError` on anything unexpected."""
-    if isinstance(line, bytes):
-        if len(line) > MAX_LINE_BYTES:
-            raise ControlError("control line too long")
-        try:
-            line = line.decode()
-        except UnicodeDecodeError as exc:
-            raise ControlError("control line is not UTF-8") from exc
-    try:
-        obj = json.loads(line)
-    except ValueError as exc:
-        raise ControlError("control line is not JSON") from exc
-    if not isinstance(obj, dict):
-        raise ControlError("control message must be a JSON object")
-    kind = obj.pop("type", None)
-    cls = _TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ControlError("unknown control message type")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(obj) - set(fields)
-    if unknown:
-        raise ControlError(f"{cls.TYPE}: unknown fields {sorted(unknown)}")
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        if name not in obj:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ControlError(f"{cls.TYPE}: missing field {name}")
-            continue
-        kwargs[name] = _coerce(obj[name], hints[name], f"{cls.TYPE}.{name}")
-    msg: Message = cls(**kwargs)
-    return msg
+    ),
+    ControlError,
+    MAX_LINE_BYTES,
+)
+#: One JSON line (with trailing newline) for a message.
+encode = _CODEC.encode
+#: Parse one control line; raises :class:`ControlError` on anything unexpected.
+decode = _CODEC.decode
