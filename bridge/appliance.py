@@ -16,13 +16,12 @@ import structlog
 
 from bridge import control
 from bridge.decide import DecideOptions, Decision, InviteDecider
-from bridge.sip_service import METHODS, SERVICE, SIPService
+from bridge.sip_service import SERVICE, SIPService
 from bridge.store import SIPStore
 from bridge.supervisor import WorkerHandle, WorkerSpec, WorkerSupervisor
 from bridge.trunks import InboundCall
 from sfu.local import socket_path
 from sfu.service.metrics import Family
-from sfu.service.twirp import Method
 
 if TYPE_CHECKING:
     from sfu.app import Appliance, Extension
@@ -185,13 +184,7 @@ def install(appliance: Appliance) -> Extension | None:
         config_rules=cfg.sip.dispatch_rules,
     )
     service = SIPService(store)
-    appliance.twirp.register(
-        SERVICE,
-        {
-            name: Method(req, getattr(service, handler))
-            for name, (req, _resp, handler) in METHODS.items()
-        },
-    )
+    appliance.twirp.register(SERVICE, service.methods())
     appliance.sip_store = store
     bridge = SIPBridge(appliance, store) if cfg.sip.enabled else None
     appliance.sip_bridge = bridge

@@ -14,15 +14,15 @@ whose ``twirp_code`` the edge puts on the wire; validation messages name the off
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from livekit.protocol import sip as sip_pb
 
-from sfu.errors import InvalidRequest, NotFound, PermissionDenied, Unimplemented
+from sfu.errors import InvalidRequest, PermissionDenied, Unimplemented
+from sfu.service.twirp import Method
 
 from .dispatch import validate_rule, validate_rule_conflicts
 from .store import SIPStore, new_rule_id, new_trunk_id
@@ -35,21 +35,13 @@ from .trunks import (
     validate_trunk_conflicts,
 )
 
-__all__ = ["METHODS", "SERVICE", "MalformedRequest", "SIPService", "Unimplemented"]
+__all__ = ["METHODS", "SERVICE", "SIPService", "Unimplemented"]
 
 SERVICE = "livekit.SIP"
-#: Largest request body accepted; a trunk with 1000 numbers is ~30 KiB.
-MAX_BODY_BYTES = 1 << 20
 #: Default and maximum page size for List* calls.
 MAX_PAGE = 1000
 
 M = TypeVar("M", bound=Message)
-
-
-class MalformedRequest(InvalidRequest):
-    """The request body is not a valid protobuf/JSON encoding of the request type."""
-
-    twirp_code = "malformed"
 
 
 class _SIPGrant(Protocol):
@@ -117,39 +109,12 @@ class SIPService:
     def __init__(self, store: SIPStore) -> None:
         self.store = store
 
-    # --- bytes in, bytes out --------------------------------------------------------------
-
-    async def handle(
-        self, method: str, body: bytes, content_type: str, claims: Any
-    ) -> tuple[bytes, str]:
-        """Decode ``body`` (protobuf or JSON), run ``method``, encode the reply the same way.
-
-        Raises :class:`NotFound` (``bad_route`` is the edge's job for unknown services) for an
-        unknown method, :class:`MalformedRequest` for an undecodable body, and whatever the
-        method raises.
-        """
-        entry = METHODS.get(method)
-        if entry is None:
-            raise NotFound(f"unknown SIP method {method!r}")
-        req_type, _, handler_name = entry
-        if len(body) > MAX_BODY_BYTES:
-            raise MalformedRequest(f"request body larger than {MAX_BODY_BYTES} bytes")
-        is_json = content_type.split(";")[0].strip().lower() == "application/json"
-        req = req_type()
-        try:
-            if is_json:
-                json_format.Parse(body.decode("utf-8"), req, ignore_unknown_fields=True)
-            else:
-                req.ParseFromString(body)
-        except (json_format.ParseError, DecodeError, UnicodeDecodeError, RecursionError) as exc:
-            kind = "JSON" if is_json else "protobuf"
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise MalformedRequest(f"invalid {kind} {req_type.__name__}: {msg}") from None
-        handler: Callable[[Any, Any], Awaitable[Message]] = getattr(self, handler_name)
-        resp = await handler(req, claims)
-        if is_json:
-            return json_format.MessageToJson(resp, indent=None).encode(), "application/json"
-        return resp.SerializeToString(), "application/protobuf"
+    def methods(self) -> dict[str, Method]:
+        """The RPCs for the appliance's Twirp edge (``sfu.service.twirp.TwirpRouter``)."""
+        return {
+            name: Method(req_type, getattr(self, handler_name))
+            for name, (req_type, _resp, handler_name) in METHODS.items()
+        }
 
     # --- inbound trunks -------------------------------------------------------------------
 

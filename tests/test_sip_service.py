@@ -1,8 +1,7 @@
 """The Twirp SIP service driven by the real ``livekit-api`` client over loopback HTTP.
 
-The test builds a minimal aiohttp Twirp edge around :class:`SIPService` (the production edge is
-``sfu/service/twirp.py``): Bearer token verified with ``sfu.auth.verify_token``, body handed to
-``SIPService.handle``, :class:`RoomlineError` mapped to a Twirp JSON error.
+The test serves :class:`SIPService` through the production Twirp edge (``sfu/service/twirp.py``)
+on its own aiohttp app, without the rest of the appliance.
 """
 
 from __future__ import annotations
@@ -19,49 +18,22 @@ from livekit import api
 from livekit.protocol import models as models_pb
 from livekit.protocol import sip as sip_pb
 
-from bridge.sip_service import METHODS, SIPService
+from bridge.sip_service import METHODS, SERVICE, SIPService
 from bridge.store import SIPStore
-from sfu.auth import verify_token
-from sfu.errors import RoomlineError
+from sfu.service.twirp import TwirpRouter
 
 KEY, SECRET = "APItestkey", "a-test-secret-that-is-long-enough-0123"
 KEYS = {KEY: SECRET}
+MAX_BODY = 1024 * 1024
 CALLED = "+15559870000"
-TWIRP_STATUS = {
-    "invalid_argument": 400,
-    "malformed": 400,
-    "not_found": 404,
-    "already_exists": 409,
-    "permission_denied": 403,
-    "unauthenticated": 401,
-    "failed_precondition": 412,
-    "unimplemented": 501,
-    "internal": 500,
-}
 
 
 def make_app(service: SIPService) -> web.Application:
-    async def twirp(request: web.Request) -> web.Response:
-        try:
-            auth = request.headers.get("Authorization", "")
-            if not auth.startswith("Bearer "):
-                raise RoomlineError("missing token")
-            claims = verify_token(auth[len("Bearer ") :], KEYS)
-            body, ctype = await service.handle(
-                request.match_info["method"],
-                await request.read(),
-                request.headers.get("Content-Type", ""),
-                claims,
-            )
-            return web.Response(body=body, content_type=ctype)
-        except RoomlineError as exc:
-            code = exc.twirp_code
-            return web.json_response(
-                {"code": code, "msg": exc.message}, status=TWIRP_STATUS.get(code, 500)
-            )
-
-    app = web.Application()
-    app.router.add_post("/twirp/livekit.SIP/{method}", twirp)
+    """The production Twirp edge with only the SIP service registered."""
+    router = TwirpRouter(KEYS, MAX_BODY)
+    router.register(SERVICE, service.methods())
+    app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_routes(router.routes())
     return app
 
 

@@ -133,7 +133,7 @@ class TwirpRouter:
         if content_type in ("application/protobuf", "application/x-protobuf"):
             try:
                 message.ParseFromString(body)
-            except (DecodeError, RuntimeWarning, ValueError) as exc:
+            except (DecodeError, RuntimeWarning, ValueError, RecursionError) as exc:
                 raise TwirpError(
                     "malformed", f"the protobuf body could not be parsed: {exc}"
                 ) from None
@@ -141,7 +141,7 @@ class TwirpRouter:
         elif content_type == "application/json":
             try:
                 json_format.Parse(body.decode("utf-8") or "{}", message, ignore_unknown_fields=True)
-            except (json_format.ParseError, UnicodeDecodeError, ValueError) as exc:
+            except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError) as exc:
                 raise TwirpError("malformed", f"the JSON body could not be parsed: {exc}") from None
             as_json = True
         else:
