@@ -53,8 +53,12 @@ log = logging.getLogger("bridge.worker")
 #: Poll period of libHandleEvents and the media pump. 10 ms keeps tx topped up well inside the
 #: bridge's 20 ms tick and adds ≤10 ms to SIP/RTP handling.
 POLL_S = 0.010
-#: Frames kept queued towards the bridge (3 × 20 ms): rides out a poll delayed by a busy host.
-TX_TARGET = 3
+#: Frames kept queued towards the bridge (2 × 20 ms): rides out a poll delayed by ~20 ms. With
+#: the room jitter buffer (target 2 frames) this is the room -> phone buffering; 3 + 3 frames
+#: measured ~35 ms more one-way latency (bench/bench_sip.py) for no audible gain.
+TX_TARGET = 2
+#: Room-side jitter buffer start level (frames): the local channel adds no network jitter.
+ROOM_JITTER_TARGET = 2
 #: How long the supervisor may take to decide on an INVITE before we answer 503.
 DECISION_TIMEOUT_S = 10.0
 #: Grace before dropping Python refs of a finished call (the bridge removes ports asynchronously).
@@ -78,7 +82,7 @@ class CallRecord:
     port: BridgePort | None = None
     media_index: int = -1
     channel: ChannelClient | None = None
-    mixer: Mixer = field(default_factory=lambda: Mixer(OpusDecoder))
+    mixer: Mixer = field(default_factory=lambda: Mixer(OpusDecoder, ROOM_JITTER_TARGET))
     encoder: OpusEncoder | None = None
     packetizer: RtpPacketizer = field(default_factory=RtpPacketizer)
     track_sid: str = ""
@@ -167,6 +171,11 @@ class Worker:
         cfg.medConfig.ptime = 20
         cfg.medConfig.ecTailLen = 0
         cfg.medConfig.noVad = True
+        # Phone-leg jitter buffer: start at 1 frame and let pjmedia's adaptive prefetch grow to
+        # 8 (160 ms) on a jittery trunk; the defaults held more on clean links (~10 ms p50).
+        cfg.medConfig.jbInit = 1
+        cfg.medConfig.jbMinPre = 1
+        cfg.medConfig.jbMaxPre = 8
         ep.libInit(cfg)
         self.max_calls = detect_max_calls()
 
