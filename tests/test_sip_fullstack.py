@@ -93,10 +93,15 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    section, workers = sip_section(list(NUMBERS.values()), workers=2)
-    server = start_server(
-        tmp_path_factory.mktemp("sipfs"), sip=section, logging={"level": "info", "format": "json"}
-    )
+    tmp = tmp_path_factory.mktemp("sipfs")
+    for attempt in range(3):  # free ports are picked independently and may collide
+        section, workers = sip_section(list(NUMBERS.values()), workers=2)
+        try:
+            server = start_server(tmp, sip=section, logging={"level": "info", "format": "json"})
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
     try:
         for port in workers.sip_ports:  # workers report their cap once pjsua is up
             _wait_sync(lambda p=port: worker_metric(server, "roomline_sip_worker_max_calls", p) > 0)
