@@ -53,12 +53,12 @@ log = logging.getLogger("bridge.worker")
 #: Poll period of libHandleEvents and the media pump. 10 ms keeps tx topped up well inside the
 #: bridge's 20 ms tick and adds ≤10 ms to SIP/RTP handling.
 POLL_S = 0.010
-#: Frames kept queued towards the bridge (2 × 20 ms): rides out a poll delayed by ~20 ms. With
-#: the room jitter buffer (target 2 frames) this is the room -> phone buffering; 3 + 3 frames
-#: measured ~35 ms more one-way latency (bench/bench_sip.py) for no audible gain.
+#: Frames kept queued towards the bridge (2 × 20 ms): rides out a poll delayed by ~20 ms. 3 frames
+#: measured ~20 ms more room -> phone latency (bench/bench_sip.py) for no fewer glitches.
 TX_TARGET = 2
-#: Room-side jitter buffer start level (frames): the local channel adds no network jitter.
-ROOM_JITTER_TARGET = 2
+#: Room-side jitter buffer start level (frames). 2 saved another ~20 ms but under a loaded host
+#: (SFU and SDK publisher stalls of 80+ ms) it re-buffered audibly in the full-stack tests.
+ROOM_JITTER_TARGET = 3
 #: How long the supervisor may take to decide on an INVITE before we answer 503.
 DECISION_TIMEOUT_S = 10.0
 #: Grace before dropping Python refs of a finished call (the bridge removes ports asynchronously).

@@ -25,7 +25,15 @@ import pytest
 from livekit import api, rtc
 
 from tests.audio_utils import read_wav
-from tests.conftest import API_KEY, API_SECRET, Server, free_port, start_server, stop_server
+from tests.conftest import (
+    API_KEY,
+    API_SECRET,
+    Server,
+    free_port,
+    free_udp_range,
+    start_server,
+    stop_server,
+)
 from tests.lk import connect, record, subscribed_audio, token, tone_publisher, wait_for
 from tests.sip.fullstack import (
     PBX_PASSWORD,
@@ -154,8 +162,9 @@ def sipp(
         scenario,
         stack.target(port),
         service=number,
-        local_port=free_port(),
-        media_port=free_port(),
+        # SIPp binds UDP: probe UDP ports (its RTP uses media_port and the next few)
+        local_port=free_port(socket.SOCK_DGRAM),
+        media_port=free_udp_range(8)[0],
         **kw,  # type: ignore[arg-type]
     )
 
@@ -499,7 +508,13 @@ async def test_fifth_call_is_busy_and_four_keep_audio(stack: Stack, short_dir: P
         calls = asyncio.create_task(
             run_sipp(sipp(stack, four, number, calls=4, concurrent=4, rate=20), short_dir)
         )
-        tracks = [await caller_track(web, i, 20) for i in idents]
+        try:
+            tracks = [await caller_track(web, i, 20) for i in idents]
+        except AssertionError:
+            if calls.done():  # SIPp gave up: show why instead of a bare timeout
+                rc, out = calls.result()
+                raise AssertionError(f"SIPp ended early (rc {rc}): {out[-2000:]}") from None
+            raise
         busy = uac_scenario(short_dir / "busy.xml", expect=486, caller="+15550009999")
         rc5, out5 = await run_sipp(sipp(stack, busy, number), short_dir)
         assert rc5 == 0, out5[-2000:]
