@@ -169,6 +169,16 @@ def sipp(
     )
 
 
+def on_left(room: rtc.Room, identity: str, event: asyncio.Event) -> None:
+    """Set ``event`` when ``identity`` disconnects from ``room``."""
+
+    def handler(p: rtc.RemoteParticipant) -> None:
+        if p.identity == identity:
+            event.set()
+
+    room.on("participant_disconnected", handler)
+
+
 async def caller_track(room: rtc.Room, identity: str, timeout: float = 15.0) -> rtc.Track:
     await wait_for(lambda: subscribed_audio(room, identity) is not None, timeout, identity)
     track = subscribed_audio(room, identity)
@@ -200,7 +210,7 @@ async def test_sipp_tone_reaches_room_as_sip_participant(stack: Stack, short_dir
     )
     async with sdk(stack, "web", number) as web:
         left: asyncio.Event = asyncio.Event()
-        web.on("participant_disconnected", lambda p: p.identity == ident and left.set())
+        on_left(web, ident, left)
         call = asyncio.create_task(run_sipp(sipp(stack, sc, number), short_dir))
         track = await caller_track(web, ident)
         p = web.remote_participants[ident]
@@ -370,7 +380,7 @@ async def test_bye_from_phone_removes_participant(stack: Stack, tmp_path: Path) 
     ident = f"sip_{caller}"
     async with sdk(stack, "web", number) as web:
         left: asyncio.Event = asyncio.Event()
-        web.on("participant_disconnected", lambda p: p.identity == ident and left.set())
+        on_left(web, ident, left)
         phone = await PhoneProcess.start(
             phone_args(stack.a, number, tmp_path, caller, "--tone", "1000", "--duration", "3")
         )
@@ -408,7 +418,7 @@ async def test_hold_and_resume_keep_the_call(stack: Stack, tmp_path: Path) -> No
     rec = tmp_path / "heard.wav"
     async with sdk(stack, "web", number) as web, tone_publisher(web, 440.0):
         left: asyncio.Event = asyncio.Event()
-        web.on("participant_disconnected", lambda p: p.identity == ident and left.set())
+        on_left(web, ident, left)
         phone = await PhoneProcess.start(
             phone_args(
                 stack.a, number, tmp_path, caller,
@@ -443,7 +453,7 @@ async def test_session_timer_refresh_keeps_the_call(stack: Stack, short_dir: Pat
     )
     async with sdk(stack, "web", number) as web:
         left: asyncio.Event = asyncio.Event()
-        web.on("participant_disconnected", lambda p: p.identity == ident and left.set())
+        on_left(web, ident, left)
         call = asyncio.create_task(run_sipp(sipp(stack, sc, number), short_dir))
         track = await caller_track(web, ident)
         await asyncio.sleep(3.0)  # the re-INVITE goes out ~2 s after the ACK
