@@ -97,6 +97,7 @@ class SIPBridge:
             return control.InviteResult(
                 id=req.id,
                 status=decision.status if decision.status in control.INVITE_STATUSES else 403,
+                reason=decision.reason,
                 headers=dict(decision.extra_headers),
                 drop=decision.drop,
             )

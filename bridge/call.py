@@ -93,7 +93,8 @@ class CallMachine:
             return []
         self.decision = res
         if res.status != 200 or res.drop:
-            return self._end_before_answer(res.status, "rejected", res.headers, drop=res.drop)
+            reason = res.reason or "rejected"
+            return self._end_before_answer(res.status, reason, res.headers, drop=res.drop)
         self.phase = Phase.RINGING
         self.ringing_since = now
         acts: list[Action] = [JoinRoom()]

@@ -77,6 +77,8 @@ class InviteResult:
     TYPE: ClassVar[str] = "invite_result"
     id: int
     status: int
+    #: SIP reason phrase for a rejection (LiveKit's wording, e.g. "No trunk found").
+    reason: str = ""
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
     token: str = ""

@@ -468,6 +468,42 @@ async def test_session_timer_refresh_keeps_the_call(stack: Stack, short_dir: Pat
 
 
 # --- 5. rejections -----------------------------------------------------------------------------
+def raw_invite_status(port: int, number: str) -> str:
+    """Send one minimal INVITE over UDP and return the final response's status line."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(5)
+        local = sock.getsockname()[1]
+        sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        sdp += "m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+        invite = (
+            f"INVITE sip:{number}@127.0.0.1:{port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bKraw{local}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:+15557770009@127.0.0.1:{local}>;tag=raw\r\n"
+            f"To: <sip:{number}@127.0.0.1:{port}>\r\n"
+            f"Call-ID: raw-{local}@127.0.0.1\r\n"
+            "CSeq: 1 INVITE\r\n"
+            f"Contact: <sip:+15557770009@127.0.0.1:{local}>\r\n"
+            "Content-Type: application/sdp\r\n"
+            f"Content-Length: {len(sdp)}\r\n\r\n{sdp}"
+        )
+        sock.sendto(invite.encode(), ("127.0.0.1", port))
+        while True:
+            data, _ = sock.recvfrom(65535)
+            line = data.split(b"\r\n", 1)[0].decode()
+            code = int(line.split()[1])
+            if code >= 200:
+                ack = invite.replace("INVITE sip:", "ACK sip:", 1).replace(
+                    "CSeq: 1 INVITE", "CSeq: 1 ACK"
+                )
+                sock.sendto(
+                    ack.split("Content-Type")[0].encode() + b"Content-Length: 0\r\n\r\n",
+                    ("127.0.0.1", port),
+                )
+                return line
+
+
 async def test_rejected_calls_get_status_and_no_participant(stack: Stack, short_dir: Path) -> None:
     before = metrics(stack.server)
 
@@ -487,9 +523,14 @@ async def test_rejected_calls_get_status_and_no_participant(stack: Stack, short_
     norule = uac_scenario(short_dir / "norule.xml", expect=404, caller="+15557770003")
     rc, out = await run_sipp(sipp(stack, norule, "+15550400"), short_dir)
     assert rc == 0, out[-2000:]
+    # The final response carries LiveKit's reason phrase (a bare UDP INVITE, read by hand).
+    status_line = await asyncio.get_running_loop().run_in_executor(
+        None, raw_invite_status, stack.a, "+15550300"
+    )
+    assert status_line == "SIP/2.0 404 No trunk found", status_line
     for room in ("+15550200", "+15550300", "+15550400"):
         assert await participants(stack, room_for(room)) == []
-    assert rejected(407) == 1 and rejected(401) == 1 and rejected(404) == 2
+    assert rejected(407) == 1 and rejected(401) == 1 and rejected(404) == 3
     # the right password gets through the same challenge (the 407 above was not a dead end)
     right = auth_scenario(short_dir / "right.xml", PBX_PASSWORD, hold_ms=2500)
     call = asyncio.create_task(run_sipp(sipp(stack, right, "+15550200"), short_dir))
