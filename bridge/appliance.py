@@ -133,6 +133,10 @@ class SIPBridge:
                 metadata=decision.room_metadata,
                 agents=list(decision.agents),
             )
+        elif decision.agents and getattr(self.appliance, "agents", None) is not None:
+            # A direct rule's room may already exist (someone joined first): its agents still
+            # belong to the call.
+            self.appliance.agents.ensure(decision.room_name, list(decision.agents))
 
     def on_call_state(self, worker: WorkerHandle, state: control.CallState) -> None:
         log.info(

@@ -69,6 +69,8 @@ class Appliance:
         self.sip_store: Any = None
         #: Set by the SIP extension when sip.enabled (bridge.appliance.SIPBridge).
         self.sip_bridge: Any = None
+        #: Set by the agents extension (sfu.agents.service.AgentManager).
+        self.agents: Any = None
         self._install_extensions()
         self.runner: web.AppRunner | None = None
 

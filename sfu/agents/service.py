@@ -134,6 +134,22 @@ class AgentManager:
         self._start_job(d)
         return d
 
+    def ensure(self, room: str, agent_names: list[str]) -> None:
+        """Start each named agent in ``room`` unless one of that name is already dispatched there.
+
+        For rooms that already exist when a SIP dispatch rule names agents (rooms created by the
+        rule get theirs through :meth:`on_room`).
+        """
+        if not self.enabled:
+            return
+        present = {d.agent_name for d in self.table.find(room) if not d.deleted_at}
+        for name in agent_names:
+            if name not in present:
+                try:
+                    self.dispatch(room, name)
+                except RoomlineError as exc:  # a bad rule must not stop the call
+                    log.warning("agent dispatch failed", room=room, agent=name, error=exc.message)
+
     def _start_job(self, d: Dispatch) -> Job:
         job = self.table.new_job(d, time.time())
         attributes = {**d.attributes, AGENT_STATE_ATTRIBUTE: "initializing"}
@@ -410,7 +426,7 @@ def install(appliance: Appliance) -> Extension | None:
     manager = AgentManager(appliance)
     appliance.twirp.register(SERVICE, AgentDispatchService(manager).methods())
     appliance.metrics.collectors.append(manager.metrics)
-    appliance.agents = manager  # type: ignore[attr-defined]
+    appliance.agents = manager
 
     class _Agents(Extension):
         async def start(self) -> None:

@@ -19,6 +19,7 @@ from sfu.agents import (
     AudioStream,
     JobContext,
     LocalAudioTrack,
+    ParticipantKind,
     RemoteAudioTrack,
     RemoteParticipant,
     RemoteTrackPublication,
@@ -109,6 +110,30 @@ async def first_audio_track(ctx: JobContext, participant: RemoteParticipant) -> 
         ctx.room.off("track_subscribed", on_sub)
 
 
+#: How long a phone-oriented agent that found only non-phone participants waits for a SIP caller
+#: (the call that dispatched it is usually joining at that moment).
+CALLER_GRACE_S = 3.0
+
+
+async def find_caller(ctx: JobContext) -> RemoteParticipant:
+    """The participant to serve: a SIP caller if there is one, else the first non-agent.
+
+    A room can hold web users when a call arrives (a direct dispatch rule into a shared room), and
+    the phone caller is the one the agent was dispatched for.
+    """
+    sip = ParticipantKind.PARTICIPANT_KIND_SIP
+    for p in ctx.room.remote_participants.values():
+        if p.kind == sip:
+            return p
+    first = await ctx.wait_for_participant()
+    if first.kind == sip:
+        return first
+    try:
+        return await asyncio.wait_for(ctx.wait_for_participant(kind=sip), CALLER_GRACE_S)
+    except TimeoutError:
+        return first
+
+
 def leave_with(ctx: JobContext, participant: RemoteParticipant) -> None:
     """End the job when ``participant`` leaves (a call agent has nobody left to talk to)."""
 
@@ -122,7 +147,7 @@ def leave_with(ctx: JobContext, participant: RemoteParticipant) -> None:
 async def entrypoint(ctx: JobContext) -> None:
     await ctx.connect()
     source = await publish_voice(ctx)
-    caller = await ctx.wait_for_participant()
+    caller = await find_caller(ctx)
     leave_with(ctx, caller)
     log.info("echo agent serving %s in %s", caller.identity, ctx.room.name)
     track = await first_audio_track(ctx, caller)

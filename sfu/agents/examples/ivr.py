@@ -30,7 +30,13 @@ import numpy as np
 
 from sfu.agents import AgentState, AudioSource, JobContext, SipDTMF
 from sfu.agents.examples import play
-from sfu.agents.examples.echo import Echo, first_audio_track, leave_with, publish_voice
+from sfu.agents.examples.echo import (
+    Echo,
+    find_caller,
+    first_audio_track,
+    leave_with,
+    publish_voice,
+)
 from sfu.agents.tts import prompt
 
 log = logging.getLogger("sfu.agents.ivr")
@@ -105,7 +111,7 @@ async def entrypoint(ctx: JobContext) -> None:
     prompts = await rendering
     ivr = IVR(ctx, source, prompts)
     ctx.room.on("sip_dtmf_received", ivr.on_dtmf)
-    caller = await ctx.wait_for_participant()
+    caller = await find_caller(ctx)
     leave_with(ctx, caller)
     await ctx.room.local_participant.set_attributes(
         {"ivr.caller": caller.identity, "ivr.menu": "main"}
