@@ -186,15 +186,7 @@ class WorkerSupervisor:
             await asyncio.gather(reader_task, return_exceptions=True)
 
     async def _read(self, w: WorkerHandle, reader: asyncio.StreamReader) -> None:
-        while True:
-            line = await reader.readline()
-            if not line:
-                return
-            try:
-                msg = control.decode(line)
-            except control.ControlError as exc:
-                log.warning("bad control message from worker %d: %s", w.pid, exc.message)
-                continue
+        async for msg in control.messages(reader):
             if isinstance(msg, control.Ready):
                 w.max_calls, w.ready = msg.max_calls, True
                 w.ready_event.set()

@@ -254,15 +254,7 @@ class Worker:
 
     async def _control_reader(self, reader: asyncio.StreamReader) -> None:
         try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                try:
-                    msg = control.decode(line)
-                except control.ControlError as exc:
-                    log.warning("bad control message: %s", exc.message)
-                    continue
+            async for msg in control.messages(reader):
                 self._handle_control(msg)
         finally:
             # Supervisor gone: nobody can route calls any more, exit cleanly.

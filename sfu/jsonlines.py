@@ -9,16 +9,20 @@ between the two ends fails loudly instead of half-working.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
+import logging
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Generic, TypeVar
 
 from sfu.errors import InvalidRequest
 
 M = TypeVar("M")
+
+log = logging.getLogger(__name__)
 
 
 class JsonLinesCodec(Generic[M]):
@@ -60,6 +64,17 @@ class JsonLinesCodec(Generic[M]):
                     except self._error:
                         pass
         raise self._error(f"field {where}: bad type {type(value).__name__}")
+
+    async def messages(self, reader: asyncio.StreamReader) -> AsyncIterator[M]:
+        """The messages arriving on ``reader`` until EOF; a bad line is logged and skipped."""
+        while True:
+            line = await reader.readline()
+            if not line:
+                return
+            try:
+                yield self.decode(line)
+            except self._error as exc:
+                log.warning("bad control message: %s", exc.message)
 
     def decode(self, line: bytes | str) -> M:
         """Parse one control line; raises the channel's error class on anything unexpected."""

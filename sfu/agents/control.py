@@ -170,3 +170,5 @@ _CODEC: JsonLinesCodec[Message] = JsonLinesCodec(
 encode = _CODEC.encode
 #: Parse one control line; raises :class:`ControlError` on anything unexpected.
 decode = _CODEC.decode
+#: Async iterator over the messages of a stream (bad lines logged and skipped).
+messages = _CODEC.messages

@@ -239,29 +239,24 @@ class JobSupervisor:
         jp.fd_sock.close()
 
     async def _read(self, jp: JobProc, reader: asyncio.StreamReader) -> None:
-        while True:
-            try:
-                line = await reader.readline()
-            except (ConnectionError, ValueError):
-                return
-            if not line:
-                return
-            try:
-                msg = control.decode(line)
-            except control.ControlError as exc:
-                log.warning("bad control message from agent job %d: %s", jp.pid, exc.message)
-                continue
-            jp.last_beat = time.monotonic()
-            if isinstance(msg, control.Ready):
-                jp.ready.set()
-            elif isinstance(msg, control.ConnectRequest):
-                await self._connect(jp)
-            elif isinstance(msg, control.JobStatus) and jp.job is not None:
-                if msg.state in ("success", "failed"):
-                    jp.final = msg.state
-                self._on_status(jp.job.job_id, msg.state, msg.error)
-            elif isinstance(msg, control.RemoveParticipant) and jp.job is not None:
-                self._spawn_task(self._remove(jp, msg))
+        try:
+            async for msg in control.messages(reader):
+                await self._on_message(jp, msg)
+        except (ConnectionError, ValueError):
+            return
+
+    async def _on_message(self, jp: JobProc, msg: control.Message) -> None:
+        jp.last_beat = time.monotonic()
+        if isinstance(msg, control.Ready):
+            jp.ready.set()
+        elif isinstance(msg, control.ConnectRequest):
+            await self._connect(jp)
+        elif isinstance(msg, control.JobStatus) and jp.job is not None:
+            if msg.state in ("success", "failed"):
+                jp.final = msg.state
+            self._on_status(jp.job.job_id, msg.state, msg.error)
+        elif isinstance(msg, control.RemoveParticipant) and jp.job is not None:
+            self._spawn_task(self._remove(jp, msg))
 
     async def _connect(self, jp: JobProc) -> None:
         if jp.channel is not None:

@@ -95,15 +95,7 @@ class JobProcess:
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:
-            while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                try:
-                    msg = control.decode(line)
-                except control.ControlError as exc:
-                    log.warning("bad control message: %s", exc.message)
-                    continue
+            async for msg in control.messages(reader):
                 self._on_message(msg)
         except (ConnectionError, ValueError):
             pass
