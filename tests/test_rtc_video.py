@@ -7,6 +7,7 @@ import contextlib
 import time
 
 import numpy as np
+import pytest
 from livekit import rtc
 
 from tests.conftest import Server
@@ -27,11 +28,14 @@ def frame_rgba(i: int) -> rtc.VideoFrame:
 
 
 @contextlib.asynccontextmanager
-async def video_publisher(room: rtc.Room):  # type: ignore[no-untyped-def]
+async def video_publisher(room: rtc.Room, codec: int = rtc.VideoCodec.VP8):  # type: ignore[no-untyped-def]
     source = rtc.VideoSource(W, H)
     track = rtc.LocalVideoTrack.create_video_track("cam", source)
     await room.local_participant.publish_track(
-        track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
+        track,
+        rtc.TrackPublishOptions(
+            source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False, video_codec=codec
+        ),
     )
 
     async def feed() -> None:
@@ -87,16 +91,21 @@ def check_content(img: np.ndarray) -> None:
     assert right[2] > 150 and right[0] < 80, right  # blue half
 
 
-async def test_video_forwarded_and_late_subscriber_gets_keyframe(server: Server) -> None:
-    room = "sdk-video"
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_video_forwarded_and_late_subscriber_gets_keyframe(
+    server: Server, codec: str
+) -> None:
+    room = f"sdk-video-{codec}"
     pub = await connect(server.ws_url, token("cam", room))
     early = await connect(server.ws_url, token("early", room))
     late: rtc.Room | None = None
     try:
-        async with video_publisher(pub):
+        async with video_publisher(pub, getattr(rtc.VideoCodec, codec)):
             await wait_for(lambda: video_track(early, "cam") is not None, 10, "early subscribed")
             track = video_track(early, "cam")
             assert track is not None
+            (publication,) = early.remote_participants["cam"].track_publications.values()
+            assert publication.mime_type.lower() == f"video/{codec.lower()}"  # no transcoding
             _, frames = await asyncio.wait_for(first_frames(track, 10), 15)
             assert frames[-1].shape == (H, W, 4)
             check_content(frames[-1])
