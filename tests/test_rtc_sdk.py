@@ -206,3 +206,39 @@ async def test_same_identity_rejoin_replaces_old_session(server: Server) -> None
     finally:
         await first.disconnect()
         await watcher.disconnect()
+
+
+async def test_subscription_permissions_from_the_publisher(server: Server) -> None:
+    room = "sdk-perms"
+    a = await connect(server.ws_url, token("a", room))
+    b = await connect(server.ws_url, token("b", room))
+    c = await connect(server.ws_url, token("c", room))
+    try:
+        a.local_participant.set_track_subscription_permissions(
+            allow_all_participants=False,
+            participant_permissions=[
+                rtc.ParticipantTrackPermission(participant_identity="b", allow_all=True)
+            ],
+        )
+        await asyncio.sleep(0.5)
+        async with tone_publisher(a, 440.0):
+            await wait_for(lambda: subscribed_audio(b, "a") is not None, 10, "b subscribed")
+            await wait_for(
+                lambda: bool(c.remote_participants["a"].track_publications), 10, "c knows"
+            )
+            await asyncio.sleep(1.5)
+            assert subscribed_audio(c, "a") is None  # c sees the track but may not receive it
+            track = subscribed_audio(b, "a")
+            assert track is not None
+            pcm = await record(track, 1.0, skip=0.3)
+            assert abs(dominant_frequency(pcm, RATE) - 440.0) < 3
+            # Opening the track to everyone lets c subscribe (auto-subscribe resumes).
+            a.local_participant.set_track_subscription_permissions(allow_all_participants=True)
+            await wait_for(lambda: subscribed_audio(c, "a") is not None, 10, "c subscribed")
+            track = subscribed_audio(c, "a")
+            assert track is not None
+            pcm = await record(track, 1.0, skip=0.3)
+            assert abs(dominant_frequency(pcm, RATE) - 440.0) < 3
+    finally:
+        for r in (a, b, c):
+            await r.disconnect()
