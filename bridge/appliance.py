@@ -72,18 +72,27 @@ class SIPBridge:
             )
             for w in cfg.sip.workers
         ]
-        self.supervisor = WorkerSupervisor(specs, self.decide, self.on_call_state)
+        self.supervisor = WorkerSupervisor(
+            specs, self.decide, self.on_call_state, check_pin=self.check_pin
+        )
         self.rejected: dict[int, int] = {}
+        # Calls answered for PIN entry, by SIP Call-ID: check_pin re-evaluates the same INVITE.
+        self.pin_calls: dict[str, InboundCall] = {}
 
     def decide(self, req: control.InviteRequest) -> control.InviteResult:
         call = inbound_call(req)
         decision = self.decider.decide(call, time.time())
         if decision.accepted and decision.pin_required:
-            # PIN collection needs a worker-side DTMF prompt that is not built yet: refuse
-            # clearly rather than let the caller into a PIN-protected room.
-            self.decider.call_ended(call.call_id)
-            log.warning("PIN dispatch rules are not supported yet", rule=decision.pin_required)
-            decision = Decision(status=503, reason="PIN dispatch rules are not supported")
+            # Answer and let the worker collect the PIN; the room comes with check_pin.
+            self.pin_calls[call.call_id] = call
+            log.info("sip call needs a PIN", call_id=call.call_id, rule=decision.pin_required)
+            return control.InviteResult(
+                id=req.id,
+                status=200,
+                collect_pin=True,
+                max_call_duration=decision.max_call_duration or self.cfg.sip.max_call_duration,
+                media_timeout=self.cfg.sip.media_timeout,
+            )
         if not decision.accepted:
             self.rejected[decision.status] = self.rejected.get(decision.status, 0) + 1
             log.info(
@@ -124,6 +133,50 @@ class SIPBridge:
             media_timeout=self.cfg.sip.media_timeout,
         )
 
+    def check_pin(self, req: control.PinEntered) -> control.PinResult:
+        """The caller entered ``req.digits``: join the rule's room, or 403 "Wrong PIN"."""
+        call = self.pin_calls.pop(req.call_id, None)
+        if call is None:
+            return control.PinResult(
+                id=req.id, call_id=req.call_id, status=403, reason="No PIN expected"
+            )
+        decision = self.decider.check_pin(call, req.digits, time.time())
+        if not decision.accepted:
+            self.decider.call_ended(call.call_id)
+            self.rejected[decision.status] = self.rejected.get(decision.status, 0) + 1
+            # Never log the digits: they are the room's secret.
+            log.info(
+                "sip call PIN rejected",
+                call_id=call.call_id,
+                status=decision.status,
+                reason=decision.reason,
+            )
+            status = decision.status if decision.status in control.INVITE_STATUSES else 403
+            return control.PinResult(
+                id=req.id, call_id=req.call_id, status=status, reason=decision.reason
+            )
+        self._prepare_room(decision)
+        log.info(
+            "sip call accepted after PIN",
+            call_id=call.call_id,
+            room=decision.room_name,
+            identity=decision.participant_identity,
+            rule=decision.rule_id,
+        )
+        return control.PinResult(
+            id=req.id,
+            call_id=req.call_id,
+            status=200,
+            token=decision.token,
+            room=decision.room_name,
+            identity=decision.participant_identity,
+            attributes=dict(decision.attributes),
+            socket=self.socket,
+            ringing_timeout=decision.ringing_timeout or self.cfg.sip.ringing_timeout,
+            max_call_duration=decision.max_call_duration or self.cfg.sip.max_call_duration,
+            media_timeout=self.cfg.sip.media_timeout,
+        )
+
     def _prepare_room(self, decision: Decision) -> None:
         """Create the rule's room with its metadata and agents before the caller joins it."""
         node = self.appliance.node
@@ -148,6 +201,7 @@ class SIPBridge:
             worker_pid=worker.pid,
         )
         if state.state in ("hangup", "rejected"):
+            self.pin_calls.pop(state.call_id, None)
             self.decider.call_ended(state.call_id)
 
     def metrics(self) -> Iterable[Family]:

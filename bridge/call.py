@@ -10,18 +10,29 @@ channel. Policies (sip-bridge.md §1, §4):
 * Media timeout: no RTP from the phone for ``media_timeout`` s (``media_timeout_initial`` before the
   first packet) → BYE. Suspended while the phone holds the call (it may legitimately stop RTP).
 * ``max_call_duration`` → BYE. Room leave / channel loss → BYE, or 486 before the answer.
+* PIN (``collect_pin``, a dispatch rule with a ``pin``): answer at once, play the prompt, collect
+  DTMF digits until ``#`` (or :data:`PIN_DIGIT_TIMEOUT_S` after the last digit, or
+  :data:`PIN_TOTAL_TIMEOUT_S` in all), then ask the supervisor (:class:`SendPin`). Its 200 joins
+  the room like an accepted call (already answered, so no second 200); a rejection → BYE.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from bridge.control import InviteResult
+from bridge.control import MAX_PIN_DIGITS, PIN_CHARS, InviteResult, PinResult
+
+#: LiveKit-like PIN entry limits: a pause this long after a digit ends the entry (as if ``#``)...
+PIN_DIGIT_TIMEOUT_S = 8.0
+#: ... and the whole entry, digits or not, is bounded so a silent caller cannot hold a slot.
+PIN_TOTAL_TIMEOUT_S = 30.0
 
 
 class Phase(enum.Enum):
     WAITING = "waiting"  # INVITE received, asking the supervisor
+    PIN = "pin"  # answered, collecting the PIN digits
+    PIN_CHECK = "pin_check"  # PIN sent to the supervisor, waiting for its answer
     RINGING = "ringing"  # accepted, joining the room / waiting for audio
     ACTIVE = "active"  # 200 OK sent
     ENDED = "ended"
@@ -67,7 +78,19 @@ class Status:
     reason: str = ""
 
 
-Action = Answer | Reject | Bye | JoinRoom | LeaveRoom | Status
+@dataclass(frozen=True)
+class PlayPrompt:
+    """Play the "enter your PIN" prompt to the phone."""
+
+
+@dataclass(frozen=True)
+class SendPin:
+    """Ask the supervisor to check these digits (without the final ``#``)."""
+
+    digits: str
+
+
+Action = Answer | Reject | Bye | JoinRoom | LeaveRoom | Status | PlayPrompt | SendPin
 
 
 class CallMachine:
@@ -80,6 +103,11 @@ class CallMachine:
         self.decision: InviteResult | None = None
         self.ringing_since = now
         self.answered_at: float | None = None
+        # Start of the media-timeout window: the answer, or the room join after a PIN entry.
+        self.media_since = now
+        self.pin_digits = ""
+        self.pin_started = now
+        self.pin_last_digit: float | None = None
         self.last_rx_at: float | None = None
         self.rx_packets = 0
         self.held = False
@@ -95,6 +123,11 @@ class CallMachine:
         if res.status != 200 or res.drop:
             reason = res.reason or "rejected"
             return self._end_before_answer(res.status, reason, res.headers, drop=res.drop)
+        if res.collect_pin:
+            self.phase = Phase.PIN
+            self.pin_started = now
+            self.answered_at = now
+            return [Answer(200), PlayPrompt()]
         self.phase = Phase.RINGING
         self.ringing_since = now
         acts: list[Action] = [JoinRoom()]
@@ -102,11 +135,57 @@ class CallMachine:
             acts.insert(0, Answer(180))
         return acts
 
+    def on_pin_digit(self, digit: str, now: float) -> list[Action]:
+        """A DTMF digit from the phone while the PIN is being entered."""
+        if self.phase is not Phase.PIN:
+            return []
+        digit = digit.upper()
+        if digit == "#":
+            return self._send_pin()
+        if digit not in PIN_CHARS:
+            return []
+        self.pin_digits += digit
+        self.pin_last_digit = now
+        if len(self.pin_digits) > MAX_PIN_DIGITS:
+            # Longer than any PIN can be: stop listening; the check rejects it.
+            self.pin_digits = self.pin_digits[:MAX_PIN_DIGITS]
+            return self._send_pin()
+        return []
+
+    def on_pin_result(self, res: PinResult, now: float) -> list[Action]:
+        """The supervisor checked the PIN: join the room, or hang up."""
+        if self.phase is not Phase.PIN_CHECK:
+            return []
+        if res.status != 200:
+            return self._bye(res.reason or "wrong-pin")
+        assert self.decision is not None
+        self.decision = replace(
+            self.decision,
+            collect_pin=False,
+            ringing=False,
+            token=res.token,
+            room=res.room,
+            identity=res.identity,
+            attributes=dict(res.attributes),
+            socket=res.socket,
+            ringing_timeout=res.ringing_timeout,
+            max_call_duration=res.max_call_duration,
+            media_timeout=res.media_timeout,
+            media_timeout_initial=res.media_timeout_initial,
+        )
+        self.phase = Phase.RINGING
+        self.ringing_since = now
+        return [JoinRoom()]
+
     def on_room_joined(self, now: float) -> list[Action]:
         if self.phase is not Phase.RINGING:
             return []
         self.in_room = True
         assert self.decision is not None
+        if self.answered_at is not None:  # answered for the PIN prompt already
+            self.phase = Phase.ACTIVE
+            self.media_since = now
+            return [Status("active")]
         if not self.decision.ringing:
             return self._answer(now)
         return [Status("ringing")]
@@ -124,8 +203,8 @@ class CallMachine:
             self.phase = Phase.ENDED
             self.end_reason = reason
             return [Bye(reason), Status("hangup", reason)]
-        if self.phase in (Phase.WAITING, Phase.RINGING):
-            return self._end_before_answer(486, reason)
+        if self.phase in (Phase.WAITING, Phase.RINGING, Phase.PIN, Phase.PIN_CHECK):
+            return self._end_early(reason)
         return []
 
     def on_sip_disconnected(self, status: int, reason: str) -> list[Action]:
@@ -156,9 +235,16 @@ class CallMachine:
         res = self.decision
         if res is None or self.phase is Phase.ENDED:
             return []
+        if self.phase is Phase.PIN:
+            last = self.pin_last_digit
+            if last is not None and now - last >= PIN_DIGIT_TIMEOUT_S:
+                return self._send_pin()
+            if now - self.pin_started >= PIN_TOTAL_TIMEOUT_S:
+                return self._send_pin() if self.pin_digits else self._bye("pin-timeout")
+            return []
         if self.phase is Phase.RINGING:
             if now - self.ringing_since >= res.ringing_timeout:
-                return self._end_before_answer(486, "ringing-timeout")
+                return self._end_early("ringing-timeout")
             return []
         if self.phase is not Phase.ACTIVE:
             return []
@@ -167,7 +253,7 @@ class CallMachine:
             return self._bye("max-call-duration")
         if not self.held:
             if self.last_rx_at is None:
-                if now - self.answered_at >= res.media_timeout_initial:
+                if now - self.media_since >= res.media_timeout_initial:
                     return self._bye("media-timeout")
             elif now - self.last_rx_at >= res.media_timeout:
                 return self._bye("media-timeout")
@@ -177,15 +263,26 @@ class CallMachine:
         """Supervisor or worker shutdown asked to end the call."""
         if self.phase is Phase.ACTIVE:
             return self._bye(reason)
-        if self.phase in (Phase.WAITING, Phase.RINGING):
-            return self._end_before_answer(486, reason)
+        if self.phase in (Phase.WAITING, Phase.RINGING, Phase.PIN, Phase.PIN_CHECK):
+            return self._end_early(reason)
         return []
 
     # --- helpers ------------------------------------------------------------------------------
     def _answer(self, now: float) -> list[Action]:
         self.phase = Phase.ACTIVE
         self.answered_at = now
+        self.media_since = now
         return [Answer(200), Status("active")]
+
+    def _send_pin(self) -> list[Action]:
+        self.phase = Phase.PIN_CHECK
+        return [SendPin(self.pin_digits)]
+
+    def _end_early(self, reason: str) -> list[Action]:
+        """End a call that is not ACTIVE: 486 if never answered, BYE once answered (PIN)."""
+        if self.answered_at is not None:
+            return self._bye(reason)
+        return self._end_before_answer(486, reason)
 
     def _bye(self, reason: str) -> list[Action]:
         self.phase = Phase.ENDED

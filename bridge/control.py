@@ -6,8 +6,8 @@ dataclass here; :func:`encode` / :func:`decode` convert them. Decoding is strict
 missing or unknown field, or a field of the wrong type raises :class:`ControlError`, so a version skew
 between supervisor and worker fails loudly instead of half-working.
 
-Worker → supervisor: :class:`Ready`, :class:`InviteRequest`, :class:`CallState`.
-Supervisor → worker: :class:`InviteResult`, :class:`Hangup`, :class:`Shutdown`.
+Worker → supervisor: :class:`Ready`, :class:`InviteRequest`, :class:`PinEntered`, :class:`CallState`.
+Supervisor → worker: :class:`InviteResult`, :class:`PinResult`, :class:`Hangup`, :class:`Shutdown`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,11 @@ INVITE_STATUSES = frozenset({200, 400, 401, 403, 404, 407, 480, 486, 488, 500, 5
 
 #: Call states reported in :class:`CallState`.
 CALL_STATES = frozenset({"ringing", "active", "hangup", "rejected"})
+
+#: Longest PIN a caller may enter (LiveKit's check also stops at 16 digits).
+MAX_PIN_DIGITS = 16
+#: DTMF keys that may appear in a PIN (``#`` ends the entry and is never part of it).
+PIN_CHARS = frozenset("0123456789*ABCD")
 
 
 class ControlError(InvalidRequest):
@@ -71,7 +76,9 @@ class InviteResult:
     keeps the phone ringing (180) until a remote audio track arrives (``wait_for_audio``), False
     answers as soon as the room JoinResponse arrives. Any other status rejects the call with that
     code and ``headers`` (e.g. ``Proxy-Authenticate`` with 407). ``drop`` rejects without telling
-    the caller more than pjsua already did (see docs/bridge.md).
+    the caller more than pjsua already did (see docs/bridge.md). ``collect_pin`` (with 200, no
+    token yet): answer, prompt for a PIN by DTMF and send :class:`PinEntered`; the room details
+    come in the :class:`PinResult`.
     """
 
     TYPE: ClassVar[str] = "invite_result"
@@ -91,15 +98,67 @@ class InviteResult:
     max_call_duration: float = 24 * 3600.0
     media_timeout: float = 15.0
     media_timeout_initial: float = 30.0
+    collect_pin: bool = False
 
     def __post_init__(self) -> None:
         if self.status not in INVITE_STATUSES:
             raise ControlError(f"invite_result status {self.status} not allowed")
-        if self.status == 200 and not self.drop and (not self.token or not self.socket):
+        if self.collect_pin and self.status != 200:
+            raise ControlError("invite_result collect_pin needs status 200")
+        needs_room = self.status == 200 and not self.drop and not self.collect_pin
+        if needs_room and (not self.token or not self.socket):
             raise ControlError("invite_result 200 needs token and socket")
         for name in ("ringing_timeout", "max_call_duration", "media_timeout"):
             if getattr(self, name) <= 0:
                 raise ControlError(f"invite_result {name} must be positive")
+
+
+@dataclass(frozen=True)
+class PinEntered:
+    """The caller finished entering a PIN (``digits`` without the final ``#``; may be empty)."""
+
+    TYPE: ClassVar[str] = "pin_entered"
+    id: int
+    call_id: str
+    digits: str
+
+    def __post_init__(self) -> None:
+        # A PIN is a short digit string; anything else is a confused peer, not a caller.
+        if len(self.digits) > MAX_PIN_DIGITS or any(c not in PIN_CHARS for c in self.digits):
+            raise ControlError("pin_entered digits must be up to 16 of 0-9 * A-D")
+
+
+@dataclass(frozen=True)
+class PinResult:
+    """The supervisor's answer to :class:`PinEntered` ``id``.
+
+    200: join the room exactly like an accepted :class:`InviteResult` (same fields). Any other
+    status (403 "Wrong PIN") ends the already answered call with a BYE.
+    """
+
+    TYPE: ClassVar[str] = "pin_result"
+    id: int
+    call_id: str
+    status: int
+    reason: str = ""
+    token: str = ""
+    room: str = ""
+    identity: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+    socket: str = ""
+    ringing_timeout: float = 180.0
+    max_call_duration: float = 24 * 3600.0
+    media_timeout: float = 15.0
+    media_timeout_initial: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.status not in INVITE_STATUSES:
+            raise ControlError(f"pin_result status {self.status} not allowed")
+        if self.status == 200 and (not self.token or not self.socket):
+            raise ControlError("pin_result 200 needs token and socket")
+        for name in ("ringing_timeout", "max_call_duration", "media_timeout"):
+            if getattr(self, name) <= 0:
+                raise ControlError(f"pin_result {name} must be positive")
 
 
 @dataclass(frozen=True)
@@ -137,10 +196,14 @@ class Shutdown:
     TYPE: ClassVar[str] = "shutdown"
 
 
-Message = Ready | InviteRequest | InviteResult | CallState | Hangup | Shutdown
+Message = (
+    Ready | InviteRequest | InviteResult | PinEntered | PinResult | CallState | Hangup | Shutdown
+)
 
 _CODEC: JsonLinesCodec[Message] = JsonLinesCodec(
-    (Ready, InviteRequest, InviteResult, CallState, Hangup, Shutdown), ControlError, MAX_LINE_BYTES
+    (Ready, InviteRequest, InviteResult, PinEntered, PinResult, CallState, Hangup, Shutdown),
+    ControlError,
+    MAX_LINE_BYTES,
 )
 #: One JSON line (with trailing newline) for a message.
 encode = _CODEC.encode

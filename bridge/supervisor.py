@@ -25,6 +25,7 @@ log = logging.getLogger("bridge.supervisor")
 DecideInvite = Callable[
     [control.InviteRequest], control.InviteResult | Awaitable[control.InviteResult]
 ]
+CheckPin = Callable[[control.PinEntered], control.PinResult | Awaitable[control.PinResult]]
 OnCallState = Callable[["WorkerHandle", control.CallState], None]
 
 
@@ -65,7 +66,11 @@ class WorkerHandle:
 
 
 class WorkerSupervisor:
-    """Runs one worker per :class:`WorkerSpec`; ``decide_invite`` answers every INVITE."""
+    """Runs one worker per :class:`WorkerSpec`; ``decide_invite`` answers every INVITE.
+
+    ``check_pin`` answers every :class:`~bridge.control.PinEntered` (PIN dispatch rules); without
+    it a PIN entry is answered 503.
+    """
 
     def __init__(
         self,
@@ -73,6 +78,7 @@ class WorkerSupervisor:
         decide_invite: DecideInvite,
         on_call_state: OnCallState | None = None,
         python: str = sys.executable,
+        check_pin: CheckPin | None = None,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         stable_after: float = 30.0,
@@ -80,6 +86,7 @@ class WorkerSupervisor:
         self.workers = [WorkerHandle(s) for s in specs]
         self._decide = decide_invite
         self._on_call_state = on_call_state
+        self._check_pin = check_pin
         self._python = python
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
@@ -192,6 +199,8 @@ class WorkerSupervisor:
                 w.ready_event.set()
             elif isinstance(msg, control.InviteRequest):
                 asyncio.get_running_loop().create_task(self._answer(w, msg))
+            elif isinstance(msg, control.PinEntered):
+                asyncio.get_running_loop().create_task(self._answer_pin(w, msg))
             elif isinstance(msg, control.CallState):
                 if msg.state in ("hangup", "rejected"):
                     w.calls.pop(msg.call_id, None)
@@ -213,6 +222,21 @@ class WorkerSupervisor:
             res = control.InviteResult(id=req.id, status=503, headers={"Retry-After": "5"})
         if res.status == 200:
             w.calls[req.call_id] = "ringing"
+        w.send(res)
+
+    async def _answer_pin(self, w: WorkerHandle, req: control.PinEntered) -> None:
+        try:
+            if self._check_pin is None:
+                raise RuntimeError("no check_pin callback")
+            res = self._check_pin(req)
+            if inspect.isawaitable(res):
+                res = await res
+            assert isinstance(res, control.PinResult)
+            if res.id != req.id or res.call_id != req.call_id:
+                res = control.PinResult(**{**res.__dict__, "id": req.id, "call_id": req.call_id})
+        except Exception:  # as for INVITEs: the caller is hung up, the worker lives on
+            log.exception("check_pin failed")
+            res = control.PinResult(id=req.id, call_id=req.call_id, status=503)
         w.send(res)
 
 

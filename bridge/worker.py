@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 import weakref
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -38,14 +39,17 @@ from bridge.call import (
     JoinRoom,
     LeaveRoom,
     Phase,
+    PlayPrompt,
     Reject,
+    SendPin,
     Status,
 )
 from bridge.channel import ChannelClient
 from bridge.codec import OPUS_PT, OpusDecoder, OpusEncoder, RtpError, RtpPacketizer, parse_rtp
 from bridge.dtmf import DtmfError, digit_to_code
 from bridge.mixer import Mixer
-from bridge.port import BridgePort
+from bridge.port import FRAME_BYTES, BridgePort
+from bridge.prompt import pin_prompt
 from bridge.sipmsg import SipParseError, get_header, parse_headers, parse_name_addr, via_transport
 
 log = logging.getLogger("bridge.worker")
@@ -68,6 +72,7 @@ GRAVEYARD_S = 2.0
 #: ``sys.getrefcount`` of a finished Call held only by ``Worker.dead_calls`` while it is swept
 #: (the list's tuple, the loop variable and the getrefcount argument).
 _SOLE_OWNER_REFS = 3
+_SILENCE = bytes(FRAME_BYTES)
 
 
 @dataclass
@@ -93,6 +98,8 @@ class CallRecord:
     codec: str = ""
     request_id: int = 0
     call_key: int = 0
+    #: Prompt frames (48 kHz PCM) still to play to the phone during PIN entry.
+    prompt: deque[bytes] = field(default_factory=deque)
 
 
 class WorkerCall(pj.Call):  # type: ignore[misc]
@@ -148,6 +155,7 @@ class Worker:
         self.dead_calls: list[tuple[float, WorkerCall]] = []
         self.max_calls = 0
         self._pending: dict[int, asyncio.Future[control.InviteResult]] = {}
+        self._pending_pin: dict[int, asyncio.Future[control.PinResult]] = {}
         self._next_id = 1
         self._writer: asyncio.StreamWriter | None = None
         self._stop = asyncio.Event()
@@ -265,6 +273,10 @@ class Worker:
             fut = self._pending.pop(msg.id, None)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
+        elif isinstance(msg, control.PinResult):
+            pin_fut = self._pending_pin.pop(msg.id, None)
+            if pin_fut is not None and not pin_fut.done():
+                pin_fut.set_result(msg)
         elif isinstance(msg, control.Hangup):
             for rec in list(self.calls.values()):
                 if rec.invite.call_id == msg.call_id:
@@ -331,6 +343,31 @@ class Worker:
         rec.identity = res.identity
         self._run(rec, rec.machine.on_decision(res, time.monotonic()))
 
+    def _ask_pin(self, rec: CallRecord, digits: str) -> None:
+        req_id = self._next_id
+        self._next_id += 1
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[control.PinResult] = loop.create_future()
+        self._pending_pin[req_id] = fut
+        # The digits are the room's secret: log only how many there were.
+        log.info("call %s: PIN entered (%d digits)", rec.invite.call_id, len(digits))
+        self.send(control.PinEntered(id=req_id, call_id=rec.invite.call_id, digits=digits))
+        loop.create_task(self._await_pin(rec, req_id, fut))
+
+    async def _await_pin(
+        self, rec: CallRecord, req_id: int, fut: asyncio.Future[control.PinResult]
+    ) -> None:
+        try:
+            res = await asyncio.wait_for(fut, DECISION_TIMEOUT_S)
+        except TimeoutError:
+            self._pending_pin.pop(req_id, None)
+            res = control.PinResult(
+                id=req_id, call_id=rec.invite.call_id, status=503, reason="no pin decision"
+            )
+        if res.status == 200:
+            rec.identity = res.identity
+        self._run(rec, rec.machine.on_pin_result(res, time.monotonic()))
+
     def _hangup_now(self, call: WorkerCall, status: int, reason: str) -> None:
         prm = pj.CallOpParam()
         prm.statusCode = status
@@ -376,7 +413,13 @@ class Worker:
 
     def on_phone_dtmf(self, call: WorkerCall, digit: str) -> None:
         rec = self.calls.get(call.getId())
-        if rec is None or rec.channel is None:
+        if rec is None:
+            return
+        if rec.machine.phase in (Phase.PIN, Phase.PIN_CHECK):
+            # The PIN is for the bridge, not the room (there is no room channel yet anyway).
+            self._run(rec, rec.machine.on_pin_digit(digit, time.monotonic()))
+            return
+        if rec.channel is None:
             return
         try:
             code = digit_to_code(digit)
@@ -417,6 +460,11 @@ class Worker:
             asyncio.get_running_loop().create_task(self._join(rec))
         elif isinstance(act, LeaveRoom):
             self._leave_room(rec)
+        elif isinstance(act, PlayPrompt):
+            rec.prompt.extend(pin_prompt())
+        elif isinstance(act, SendPin):
+            rec.prompt.clear()
+            self._ask_pin(rec, act.digits)
         elif isinstance(act, Status):
             if rec.channel is not None:
                 upd = rtc.UpdateParticipantMetadata(
@@ -543,6 +591,10 @@ class Worker:
                 # Early media (pjsua puts the SDP answer in the 180): drop what the phone sends
                 # while ringing instead of bursting up to 2 s of stale audio into the room later.
                 port.rx.clear()
+                if rec.machine.phase in (Phase.PIN, Phase.PIN_CHECK):
+                    # Answered for PIN entry: the prompt, then silence (no underrun clicks).
+                    while len(port.tx) < TX_TARGET:
+                        port.tx.append(rec.prompt.popleft() if rec.prompt else _SILENCE)
                 continue
             ch, sid = rec.channel, rec.track_sid
             while port.rx:

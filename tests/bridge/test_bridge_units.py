@@ -9,7 +9,20 @@ import numpy as np
 import pytest
 
 from bridge import control
-from bridge.call import Answer, Bye, CallMachine, JoinRoom, LeaveRoom, Phase, Reject, Status
+from bridge.call import (
+    PIN_DIGIT_TIMEOUT_S,
+    PIN_TOTAL_TIMEOUT_S,
+    Answer,
+    Bye,
+    CallMachine,
+    JoinRoom,
+    LeaveRoom,
+    Phase,
+    PlayPrompt,
+    Reject,
+    SendPin,
+    Status,
+)
 from bridge.codec import (
     FRAME_BYTES,
     OpusDecoder,
@@ -30,6 +43,7 @@ from bridge.dtmf import (
 from bridge.jitter import JitterBuffer
 from bridge.jitter import Kind as JKind
 from bridge.mixer import Mixer, mix
+from bridge.prompt import pin_prompt
 from bridge.sipmsg import SipParseError, parse_headers, parse_name_addr, via_transport
 from sfu.local.framing import FrameDecoder, FrameError, Kind, decode_rtp, encode_frame, encode_rtp
 from tests.audio_utils import dominant_frequency, snr_db, tone
@@ -53,6 +67,11 @@ def test_control_roundtrip_all_messages() -> None:
         ),  # fmt: skip
         control.InviteResult(id=1, status=200, token="t", socket="/s", ringing=True),
         control.InviteResult(id=2, status=407, headers={"Proxy-Authenticate": "Digest x"}),
+        control.InviteResult(id=3, status=200, collect_pin=True),
+        control.PinEntered(id=4, call_id="c", digits="1234"),
+        control.PinEntered(id=5, call_id="c", digits=""),
+        control.PinResult(id=4, call_id="c", status=200, token="t", room="r", socket="/s"),
+        control.PinResult(id=5, call_id="c", status=403, reason="Wrong PIN"),
         control.CallState(call_id="c", state="active", active_calls=1),
         control.Hangup(call_id="c", reason="x"),
         control.Shutdown(),
@@ -77,6 +96,12 @@ def test_control_roundtrip_all_messages() -> None:
         b'{"type":"invite_result","id":1,"status":200}',  # no token/socket
         b'{"type":"invite_result","id":1,"status":404,"headers":{"a":1}}',
         b'{"type":"call_state","call_id":"c","state":"weird"}',
+        b'{"type":"invite_result","id":1,"status":404,"collect_pin":true}',
+        b'{"type":"pin_entered","id":1,"call_id":"c","digits":"12#"}',
+        b'{"type":"pin_entered","id":1,"call_id":"c","digits":"12345678901234567"}',
+        b'{"type":"pin_entered","id":1,"call_id":"c"}',
+        b'{"type":"pin_result","id":1,"call_id":"c","status":200}',  # no token/socket
+        b'{"type":"pin_result","id":1,"call_id":"c","status":299}',
         b"\xff\xfe",
     ],
 )
@@ -357,6 +382,76 @@ def test_call_media_timeout_hold_and_max_duration() -> None:
         m.on_rx_packets(t + 1, float(t))
         assert m.tick(float(t)) == []
     assert m.tick(100.0)[0] == Bye("max-call-duration")
+
+
+def pin_ok() -> control.PinResult:
+    return control.PinResult(id=2, call_id="c", status=200, token="t2", room="r", socket="/s")
+
+
+def test_call_pin_right_pin_joins_without_a_second_answer() -> None:
+    m = CallMachine("c", 0.0)
+    pin = control.InviteResult(id=1, status=200, collect_pin=True, media_timeout=15)
+    assert m.on_decision(pin, 0.0) == [Answer(200), PlayPrompt()]
+    assert m.phase is Phase.PIN
+    assert [m.on_pin_digit(d, 1.0 + i) for i, d in enumerate("12x3a")] == [[]] * 5
+    assert m.on_pin_digit("#", 6.0) == [SendPin("123A")]
+    assert m.phase is Phase.PIN_CHECK
+    assert m.on_pin_digit("4", 6.1) == []  # after "#": ignored
+    assert m.tick(100.0) == []  # waiting for the supervisor: the worker bounds that wait
+    assert m.on_pin_result(pin_ok(), 7.0) == [JoinRoom()]
+    assert m.decision is not None and m.decision.token == "t2" and not m.decision.collect_pin
+    assert m.on_room_joined(7.1) == [Status("active")]  # already answered: no second 200
+    assert m.phase is Phase.ACTIVE
+    assert m.tick(7.1 + 29.0) == []  # media timeout counts from the join, not the answer
+    assert m.tick(7.1 + 30.0)[0] == Bye("media-timeout")
+
+
+def test_call_pin_wrong_pin_timeouts_and_hangups() -> None:
+    m = CallMachine("c", 0.0)
+    m.on_decision(control.InviteResult(id=1, status=200, collect_pin=True), 0.0)
+    m.on_pin_digit("9", 1.0)
+    m.on_pin_digit("#", 1.5)
+    wrong = control.PinResult(id=2, call_id="c", status=403, reason="Wrong PIN")
+    assert m.on_pin_result(wrong, 2.0) == [Bye("Wrong PIN"), Status("hangup", "Wrong PIN")]
+    assert m.phase is Phase.ENDED
+    # Pause after the last digit ends the entry.
+    m = CallMachine("c", 0.0)
+    m.on_decision(control.InviteResult(id=1, status=200, collect_pin=True), 0.0)
+    assert m.tick(5.0) == []
+    m.on_pin_digit("1", 5.0)
+    assert m.tick(5.0 + PIN_DIGIT_TIMEOUT_S - 0.1) == []
+    assert m.tick(5.0 + PIN_DIGIT_TIMEOUT_S) == [SendPin("1")]
+    # Nothing typed: the total limit hangs up.
+    m = CallMachine("c", 0.0)
+    m.on_decision(control.InviteResult(id=1, status=200, collect_pin=True), 0.0)
+    assert m.tick(PIN_TOTAL_TIMEOUT_S)[0] == Bye("pin-timeout")
+    # Too many digits: sent at once (truncated; the check rejects it).
+    m = CallMachine("c", 0.0)
+    m.on_decision(control.InviteResult(id=1, status=200, collect_pin=True), 0.0)
+    acts = [a for d in "1" * 17 for a in m.on_pin_digit(d, 1.0)]
+    assert acts == [SendPin("1" * control.MAX_PIN_DIGITS)]
+    # Answered for the PIN, so every later end is a BYE, never a 486.
+    m = CallMachine("c", 0.0)
+    m.on_decision(control.InviteResult(id=1, status=200, collect_pin=True), 0.0)
+    assert m.hangup("shutdown") == [Bye("shutdown"), Status("hangup", "shutdown")]
+    m = CallMachine("c", 0.0)
+    m.on_decision(control.InviteResult(id=1, status=200, collect_pin=True), 0.0)
+    m.on_pin_digit("#", 1.0)
+    m.on_pin_result(pin_ok(), 2.0)
+    assert m.on_room_left("room unavailable")[0] == Bye("room unavailable")
+    m = CallMachine("c", 0.0)
+    m.on_decision(control.InviteResult(id=1, status=200, collect_pin=True), 0.0)
+    assert m.on_sip_disconnected(200, "") == [Status("hangup", "caller hung up")]
+
+
+def test_pin_prompt_is_two_440_hz_beeps() -> None:
+    frames = pin_prompt()
+    assert frames and all(len(f) == 1920 for f in frames)
+    pcm = np.frombuffer(b"".join(frames), dtype=np.int16)
+    assert abs(dominant_frequency(pcm, 48000) - 440.0) < 5
+    loud = np.abs(pcm.reshape(-1, 480)).max(axis=1) > 1000  # 10 ms blocks
+    bursts = int(np.sum(loud[1:] & ~loud[:-1]) + loud[0])
+    assert bursts == 2
 
 
 # --- SIP headers ---------------------------------------------------------------------------
