@@ -608,13 +608,15 @@ async def test_kill9_worker_ends_only_its_calls(
                 # the channel drops with the process: the room loses the caller only
                 await wait_for(lambda: ident not in web.remote_participants, 10, "caller gone")
                 assert stack.server.alive()
-                pcm = await record(await caller_track(web, "talker"), 1.5, skip=0.2)
+                # 3 s, judged by the median 0.5 s window: the kill and the worker's restart load
+                # the 2-core machine, and a transient stall must not count as a broken room.
+                pcm = await record(await caller_track(web, "talker"), 3.0, skip=0.5)
             finally:
                 phone.kill()
                 await phone.wait(5)
         chk = check_tone(pcm, RATE, 440.0)
         print(f"SDK -> SDK after kill -9 of the worker: {chk}")
-        assert abs(chk.freq - 440.0) < 5 and chk.snr >= ROOM_SNR
+        assert abs(chk.freq - 440.0) < 5 and chk.median_window >= ROOM_SNR
         # the supervisor restarts the worker, and it takes a new call
         loop = asyncio.get_running_loop()
         end = loop.time() + 20
