@@ -164,9 +164,7 @@ async def ivr_call(srv: Server, tmp_path: Path, digit: str, duration: float) -> 
         await wait_for(lambda: agent.identity in left, 30, "ivr agent leaves")
         caller_present = f"sip_{CALLER}" in web.remote_participants
         if digit == "2":
-            await wait_for(
-                lambda: f"sip_{CALLER}" in front.remote_participants, 15, "caller moved"
-            )
+            await wait_for(lambda: f"sip_{CALLER}" in front.remote_participants, 15, "caller moved")
             moved = front.remote_participants[f"sip_{CALLER}"]
             caller_in_front_desk = moved.kind == 3 and "sip.callID" in moved.attributes
         events = await phone
