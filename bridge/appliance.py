@@ -59,6 +59,7 @@ class SIPBridge:
             DecideOptions(
                 blocked_user_agents=tuple(cfg.sip.blocked_user_agents),
                 hide_inbound_port=cfg.sip.hide_inbound_port,
+                max_calls_per_trunk=cfg.sip.max_calls_per_trunk,
             ),
         )
         self.socket = socket_path(cfg.server.data_dir)

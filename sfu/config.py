@@ -162,6 +162,8 @@ class SIPConfig:
     media_timeout: float = 15.0
     max_call_duration: float = 10800.0
     hide_inbound_port: bool = False
+    #: Concurrent calls allowed per inbound trunk (0 = no limit); over it a call gets 486.
+    max_calls_per_trunk: int = 0
     blocked_user_agents: list[str] = field(default_factory=_default_blocked_user_agents)
     trunks: list[dict[str, Any]] = field(default_factory=list)
     dispatch_rules: list[dict[str, Any]] = field(default_factory=list)
@@ -667,6 +669,7 @@ def _validate_sip(cfg: Config, o: _Origins) -> None:
             "sip.answer", f"expected one of {', '.join(SIP_ANSWER_MODES)}, got {sip.answer!r}"
         )
     _check_positive(sip, "sip", ("ringing_timeout", "media_timeout", "max_call_duration"), o)
+    _check_non_negative(sip, "sip", ("max_calls_per_trunk",), o)
     if sip.enabled and not sip.workers:
         raise o.error("sip.workers", "at least one worker is required when sip.enabled is true")
 

@@ -344,3 +344,10 @@ def test_redacted_masks_every_secret(tmp_path: Path) -> None:
     # Redaction must not mutate the live config.
     assert cfg.keys == {"prodkey": "production-secret-xyz"}
     assert cfg.sip.trunks[0]["auth_password"] == "trunk-password"
+
+
+def test_max_calls_per_trunk(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "sip:\n  max_calls_per_trunk: 3\n"))
+    assert cfg.sip.max_calls_per_trunk == 3
+    with pytest.raises(ConfigError, match=r"x\.yaml: sip\.max_calls_per_trunk: must be >= 0"):
+        load_config(write(tmp_path, "sip:\n  max_calls_per_trunk: -1\n"))
