@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -123,16 +123,22 @@ class SIPBridge:
         return control.InviteResult(
             id=req.id,
             status=200,
-            token=decision.token,
-            room=decision.room_name,
-            identity=decision.participant_identity,
-            attributes=dict(decision.attributes),
-            socket=self.socket,
             ringing=self.cfg.sip.answer == "wait_for_audio",
-            ringing_timeout=decision.ringing_timeout or self.cfg.sip.ringing_timeout,
-            max_call_duration=decision.max_call_duration or self.cfg.sip.max_call_duration,
-            media_timeout=self.cfg.sip.media_timeout,
+            **self._join_fields(decision),
         )
+
+    def _join_fields(self, decision: Decision) -> dict[str, Any]:
+        """What a worker needs to join an accepted caller to its room."""
+        return {
+            "token": decision.token,
+            "room": decision.room_name,
+            "identity": decision.participant_identity,
+            "attributes": dict(decision.attributes),
+            "socket": self.socket,
+            "ringing_timeout": decision.ringing_timeout or self.cfg.sip.ringing_timeout,
+            "max_call_duration": decision.max_call_duration or self.cfg.sip.max_call_duration,
+            "media_timeout": self.cfg.sip.media_timeout,
+        }
 
     def check_pin(self, req: control.PinEntered) -> control.PinResult:
         """The caller entered ``req.digits``: join the rule's room, or 403 "Wrong PIN"."""
@@ -165,17 +171,7 @@ class SIPBridge:
             rule=decision.rule_id,
         )
         return control.PinResult(
-            id=req.id,
-            call_id=req.call_id,
-            status=200,
-            token=decision.token,
-            room=decision.room_name,
-            identity=decision.participant_identity,
-            attributes=dict(decision.attributes),
-            socket=self.socket,
-            ringing_timeout=decision.ringing_timeout or self.cfg.sip.ringing_timeout,
-            max_call_duration=decision.max_call_duration or self.cfg.sip.max_call_duration,
-            media_timeout=self.cfg.sip.media_timeout,
+            id=req.id, call_id=req.call_id, status=200, **self._join_fields(decision)
         )
 
     def _prepare_room(self, decision: Decision) -> None:
