@@ -88,8 +88,11 @@ class SignalSession(abc.ABC):
     # ------------------------------------------------------------------ transport hooks
 
     @abc.abstractmethod
+    def send_wire(self, wire: bytes) -> None:
+        """Write one serialized ``SignalResponse`` to the client (must not block)."""
+
     def send_signal(self, response: rtc.SignalResponse) -> None:
-        """Write one response to the client (must not block)."""
+        self.send_wire(response.SerializeToString())
 
     @abc.abstractmethod
     def subscribe(self, event: SubscriptionChanged) -> None:
@@ -330,10 +333,6 @@ class SignalSession(abc.ABC):
         )
 
     # ------------------------------------------------------------------ events
-
-    def send_wire(self, wire: bytes) -> None:
-        """Write an already serialized ``SignalResponse`` (see :func:`encode_broadcast`)."""
-        self.send_signal(rtc.SignalResponse.FromString(wire))
 
     def on_event(self, event: Event, wire: bytes | None = None) -> None:
         if self.closed:

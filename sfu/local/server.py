@@ -103,10 +103,6 @@ class LocalSession(SignalSession):
         self.writer.write(frame)
         return True
 
-    def send_signal(self, response: rtc.SignalResponse) -> None:
-        if not self.closed:
-            self._write(encode_frame(Kind.SIGNAL, response.SerializeToString()))
-
     def send_wire(self, wire: bytes) -> None:
         if not self.closed:
             self._write(encode_frame(Kind.SIGNAL, wire))

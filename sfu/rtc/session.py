@@ -136,23 +136,15 @@ class RTCSession(SignalSession):
                 )
             )
 
-    def send_signal(self, response: rtc.SignalResponse) -> None:
-        if self.closed:
-            return
-        try:
-            self._out.put_nowait(response.SerializeToString())
-        except asyncio.QueueFull:
-            self.log.warning("signal backlog full, disconnecting slow client")
-            self.node.detach(self, DisconnectReason.SIGNAL_CLOSE)
-            self.close(DisconnectReason.SIGNAL_CLOSE)
-
     def send_wire(self, wire: bytes) -> None:
         if self.closed:
             return
         try:
             self._out.put_nowait(wire)
         except asyncio.QueueFull:
-            self.send_signal(rtc.SignalResponse())  # takes the slow-client path
+            self.log.warning("signal backlog full, disconnecting slow client")
+            self.node.detach(self, DisconnectReason.SIGNAL_CLOSE)
+            self.close(DisconnectReason.SIGNAL_CLOSE)
 
     async def run(self) -> None:
         """Serve the WebSocket until it closes. The JoinResponse was queued before."""
