@@ -27,6 +27,7 @@ from sfu.auth import verify_token
 from sfu.config import DEV_KEYS, Config
 from sfu.service.web import WebService
 from tests.conftest import API_KEY, API_SECRET, ROOT, Server, free_port, start_server, stop_server
+from tests.lk import record, tone_publisher
 from tests.web.browser import Browser, missing_requirements
 
 RATE = 48000
@@ -107,49 +108,6 @@ async def first_video_frame(track: rtc.Track, skip: int = 5) -> rtc.VideoFrame:
     finally:
         await stream.aclose()
     raise AssertionError("video stream ended")
-
-
-@contextlib.asynccontextmanager
-async def tone(room: rtc.Room, freq: float) -> AsyncIterator[None]:
-    """Publish a sine (microphone source) from the SDK client for the duration of the block."""
-    source = rtc.AudioSource(RATE, 1)
-    track = rtc.LocalAudioTrack.create_audio_track("tone", source)
-    await room.local_participant.publish_track(
-        track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
-    )
-
-    async def feed() -> None:
-        n, t = 480, 0
-        while True:
-            x = 0.3 * 32767 * np.sin(2 * np.pi * freq * np.arange(t, t + n) / RATE)
-            t += n
-            await source.capture_frame(rtc.AudioFrame(x.astype(np.int16).tobytes(), RATE, 1, n))
-
-    task = asyncio.create_task(feed())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def record(track: rtc.Track, seconds: float, skip: float = 1.0) -> np.ndarray:
-    """Mono int16 PCM received on ``track`` (first ``skip`` seconds dropped: jitter buffer warm-up)."""
-    stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
-    chunks: list[np.ndarray] = []
-    need = int((seconds + skip) * RATE)
-    got = 0
-    try:
-        async for ev in stream:
-            chunk = np.frombuffer(ev.frame.data, dtype=np.int16)
-            chunks.append(chunk)
-            got += len(chunk)
-            if got >= need:
-                break
-    finally:
-        await stream.aclose()
-    return np.concatenate(chunks)[int(skip * RATE) :]
 
 
 def beep_spectrum(pcm: np.ndarray) -> tuple[float, float, float]:
@@ -273,14 +231,14 @@ async def test_browser_joins_hears_and_lists_python_agent(
             await asyncio.wait_for(
                 sdk.connect(dev_server.ws_url, sdk_token("py-bot", room_name)), 20
             )
-            async with tone(sdk, TONE_HZ):
+            async with tone_publisher(sdk, TONE_HZ):
                 # (a) The SDK client hears the browser's fake microphone: a clear beep tone.
                 await until(
                     lambda: remote_audio(sdk, "web-alice") is not None, 20, "browser audio track"
                 )
                 track = remote_audio(sdk, "web-alice")
                 assert track is not None
-                pcm = await asyncio.wait_for(record(track, 3.0), 30)
+                pcm = await asyncio.wait_for(record(track, 3.0, skip=1.0), 30)
                 peak_hz, floor_db, harmonic_db = beep_spectrum(pcm)
                 print(
                     f"browser mic at the SDK: peak {peak_hz:.1f} Hz, {floor_db:.1f} dB over the"
