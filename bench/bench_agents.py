@@ -64,7 +64,7 @@ def processes(root: int) -> dict[int, str]:
             continue
         role = (
             "agent"
-            if "sfu.agents.worker" in cmd
+            if "roomline_agents.sdk.worker" in cmd
             else "bridge"
             if "bridge.worker" in cmd
             else "main"

@@ -18,7 +18,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bridge.supervisor import WorkerSpec, WorkerSupervisor
+from bridge.service.supervisor import WorkerSpec, WorkerSupervisor
 from tests.bridge.conftest import Policy, free_port, rtp_range
 from tests.bridge.standin_room import StandinRoom
 from tests.sip.pcap import RtpStream

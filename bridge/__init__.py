@@ -1,1 +1,2 @@
-"""roomline SIP bridge: pjsua2 worker processes that join callers to rooms."""
+"""The SIP bridge: ``service`` runs in the main process, ``worker`` in each bridge worker process;
+``control`` is the channel between them."""

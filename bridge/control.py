@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from sfu.errors import InvalidRequest
-from sfu.jsonlines import JsonLinesCodec
+from roomline.errors import InvalidRequest
+from roomline.jsonlines import JsonLinesCodec
 
 #: A control line longer than this is refused (a whole INVITE's headers fit in a few KiB; the cap
 #: stops a confused peer from making the other side buffer without bound).

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sfu.participant import DisconnectReason, Participant
-    from sfu.room import Room
+    from sfu.roomstate import RoomState
     from sfu.speakers import Speaker
 
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class ParticipantUpdated:
     """Tell ``recipients`` the current state of ``participant`` (joined, changed, left)."""
 
-    room: Room
+    room: RoomState
     participant: Participant
     recipients: tuple[str, ...]
 
@@ -29,7 +29,7 @@ class ParticipantUpdated:
 class RoomUpdated:
     """Tell ``recipients`` the room's new metadata/counters."""
 
-    room: Room
+    room: RoomState
     recipients: tuple[str, ...]
 
 
@@ -37,7 +37,7 @@ class RoomUpdated:
 class Disconnect:
     """The server ends ``participant``'s session (signal ``leave`` with this reason)."""
 
-    room: Room
+    room: RoomState
     participant: Participant
     reason: DisconnectReason
 
@@ -46,7 +46,7 @@ class Disconnect:
 class SubscriptionChanged:
     """Start or stop forwarding ``track_sid`` of ``publisher_sid`` to ``subscriber_sid``."""
 
-    room: Room
+    room: RoomState
     subscriber_sid: str
     publisher_sid: str
     track_sid: str
@@ -57,7 +57,7 @@ class SubscriptionChanged:
 class SubscriptionPermissionUpdate:
     """Tell ``recipient`` whether it may receive ``track_sid`` of ``publisher_sid``."""
 
-    room: Room
+    room: RoomState
     recipient: str
     publisher_sid: str
     track_sid: str
@@ -68,7 +68,7 @@ class SubscriptionPermissionUpdate:
 class MuteRequested:
     """Server-initiated mute: ask the publisher (``recipient``) to (un)mute ``track_sid``."""
 
-    room: Room
+    room: RoomState
     recipient: str
     track_sid: str
     muted: bool
@@ -78,7 +78,7 @@ class MuteRequested:
 class TrackUnpublished:
     """Server-initiated unpublish, told to the publisher (``recipient``)."""
 
-    room: Room
+    room: RoomState
     recipient: str
     track_sid: str
 
@@ -87,7 +87,7 @@ class TrackUnpublished:
 class RoomClosed:
     """The room is gone (deleted, or a timeout passed); everyone in it has had a ``Disconnect``."""
 
-    room: Room
+    room: RoomState
     reason: DisconnectReason
 
 
@@ -95,7 +95,7 @@ class RoomClosed:
 class SpeakersChanged:
     """Tell ``recipients`` who started or stopped speaking."""
 
-    room: Room
+    room: RoomState
     speakers: tuple[Speaker, ...]
     recipients: tuple[str, ...]
 

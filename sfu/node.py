@@ -15,12 +15,13 @@ from typing import Protocol
 
 import structlog
 
-from sfu.errors import InvalidRequest, Unimplemented
+from roomline.errors import InvalidRequest, Unimplemented
 from sfu.events import Event, RoomClosed, SpeakersChanged, SubscriptionChanged
 from sfu.participant import DisconnectReason, Participant, ParticipantInit
 from sfu.relay import TrackRelay
 from sfu.room import Room
 from sfu.roommanager import RoomManager
+from sfu.roomstate import RoomState
 from sfu.speakers import SpeakerDetector
 
 log = structlog.get_logger(__name__)
@@ -51,13 +52,18 @@ class Session(Protocol):
         """Tear the session down (after a ``Disconnect`` event, or at shutdown)."""
 
 
-RoomListener = Callable[[Room, bool], None]
+RoomListener = Callable[[RoomState, bool], None]
 
 
 class Node:
     """Rooms + sessions + event delivery."""
 
-    def __init__(self, rooms: RoomManager, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        rooms: RoomManager,
+        clock: Callable[[], float] = time.time,
+        encode_broadcast: Callable[[Event], bytes | None] | None = None,
+    ) -> None:
         self.rooms = rooms
         self.clock = clock
         self.sessions: dict[str, Session] = {}
@@ -66,7 +72,11 @@ class Node:
         #: Called with (room, created) whenever a room is created (True) or closed (False).
         self.room_listeners: list[RoomListener] = []
         #: Serializes recipient-independent events once (set by the signalling layer).
-        self.encode_broadcast: Callable[[Event], bytes | None] = lambda event: None
+        #: Serializes an event once for many recipients (``sfu.signal.encode_broadcast``); passed in
+        #: because ``signal`` imports this module.
+        self.encode_broadcast: Callable[[Event], bytes | None] = encode_broadcast or (
+            lambda e: None
+        )
         self._tick_task: asyncio.Task[None] | None = None
         self._speaker_task: asyncio.Task[None] | None = None
         self._speakers: dict[str, SpeakerDetector] = {}
@@ -133,7 +143,7 @@ class Node:
     def delete_room(self, name: str) -> None:
         self.dispatch(self.rooms.delete_room(name, self.clock()))
 
-    def _room_changed(self, room: Room, created: bool) -> None:
+    def _room_changed(self, room: RoomState, created: bool) -> None:
         log.info("room created" if created else "room closed", room=room.name, room_sid=room.sid)
         for listener in list(self.room_listeners):
             try:

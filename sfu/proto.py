@@ -8,7 +8,7 @@ from __future__ import annotations
 from livekit.protocol import models
 
 from sfu.participant import Participant, Permission
-from sfu.room import Room
+from sfu.roomstate import RoomState
 from sfu.track import TrackPublication, TrackSource
 
 #: What we tell clients we are. JS requires a non-empty version; the Rust SDK parses it as semver
@@ -18,7 +18,7 @@ SERVER_VERSION = "1.9.0"
 PROTOCOL_VERSION = 17
 
 
-def room_info(room: Room) -> models.Room:
+def room_info(room: RoomState) -> models.Room:
     return models.Room(
         sid=room.sid,
         name=room.name,

@@ -6,13 +6,12 @@ reads the clock: callers pass ``now`` (seconds since the epoch) where time matte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from sfu import ids
-from sfu.errors import (
+from roomline import ids
+from roomline.errors import (
     InvalidRequest,
     LimitExceeded,
-    ParticipantNotFound,
     PermissionDenied,
     RoomFull,
     TrackNotFound,
@@ -35,21 +34,8 @@ from sfu.participant import (
     Permission,
     SubscriptionPermission,
 )
+from sfu.roomstate import Limits, RoomState
 from sfu.track import SOURCE_SID_LETTER, TrackPublication, TrackSource, TrackType
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """Resource caps enforced by the model (``limits.*`` in the config)."""
-
-    max_participants_per_room: int = 1000
-    max_tracks_per_participant: int = 16
-    #: LiveKit's default cap on metadata; bigger blobs belong in data packets.
-    max_metadata_size: int = 64 * 1024
-    max_attributes_size: int = 64 * 1024
-    max_identity_length: int = 256
-    max_name_length: int = 256
-    max_room_name_length: int = 256
 
 
 @dataclass(slots=True)
@@ -71,28 +57,8 @@ class TrackRequest:
 
 
 @dataclass(eq=False, slots=True)
-class Room:
-    """A room: a name, metadata, limits, timeouts and the participants in it."""
-
-    name: str
-    sid: str
-    created_at: float
-    limits: Limits = field(default_factory=Limits)
-    metadata: str = ""
-    #: 0 = no room-specific cap (the global ``limits.max_participants_per_room`` still applies).
-    max_participants: int = 0
-    #: Seconds the room waits for a first participant before closing.
-    empty_timeout: int = 300
-    #: Seconds the room stays open after the last participant left.
-    departure_timeout: int = 20
-    participants: dict[str, Participant] = field(default_factory=dict)
-    by_identity: dict[str, Participant] = field(default_factory=dict)
-    #: Set when the last participant left; None while someone is in the room.
-    last_left_at: float | None = None
-    ever_joined: bool = False
-    closed: bool = False
-    #: Names of agents to dispatch when the room is created (CreateRoom ``agents``).
-    agents: list[str] = field(default_factory=list)
+class Room(RoomState):
+    """A room with its rules: every mutation checks the limits and returns the events it caused."""
 
     @classmethod
     def create(cls, name: str, now: float, limits: Limits | None = None, **options: object) -> Room:
@@ -107,32 +73,6 @@ class Room:
         if len(room.metadata.encode()) > limits.max_metadata_size:
             raise LimitExceeded(f"room metadata larger than {limits.max_metadata_size} bytes")
         return room
-
-    # ------------------------------------------------------------------ views
-
-    @property
-    def num_participants(self) -> int:
-        return sum(1 for p in self.participants.values() if not p.hidden)
-
-    @property
-    def num_publishers(self) -> int:
-        return sum(1 for p in self.participants.values() if p.tracks and not p.hidden)
-
-    def get(self, sid: str) -> Participant:
-        try:
-            return self.participants[sid]
-        except KeyError:
-            raise ParticipantNotFound(sid) from None
-
-    def get_by_identity(self, identity: str) -> Participant:
-        try:
-            return self.by_identity[identity]
-        except KeyError:
-            raise ParticipantNotFound(identity) from None
-
-    def visible_to(self, viewer_sid: str) -> list[Participant]:
-        """Participants ``viewer_sid`` may know about: everyone else except hidden ones."""
-        return [p for sid, p in self.participants.items() if sid != viewer_sid and not p.hidden]
 
     def _others(self, sid: str) -> tuple[str, ...]:
         return tuple(other for other in self.participants if other != sid)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sfu.errors import InvalidRequest, RoomNotFound
+from roomline.errors import InvalidRequest, RoomNotFound
 from sfu.events import Disconnect, Event, RoomClosed, SubscriptionChanged
 from sfu.participant import DisconnectReason, Participant, ParticipantInit
 from sfu.room import Limits, Room

@@ -14,8 +14,8 @@ from typing import Any
 import structlog
 from livekit.protocol import models, rtc
 
-from sfu.config import Config
-from sfu.errors import LimitExceeded, PermissionDenied, RoomlineError
+from roomline.config import Config
+from roomline.errors import LimitExceeded, PermissionDenied, RoomlineError
 from sfu.events import (
     Disconnect,
     Event,

@@ -52,7 +52,7 @@ def roomline_command() -> list[str]:
     script = Path(sys.executable).parent / "roomline"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "import sys; from sfu.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from appliance.cli import main; sys.exit(main())"]
 
 
 @dataclass

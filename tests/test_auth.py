@@ -16,7 +16,7 @@ import pytest
 from livekit import api
 from livekit.protocol import models, room
 
-from sfu.auth import (
+from roomline.auth import (
     DEFAULT_TTL,
     Claims,
     SIPGrant,
@@ -27,7 +27,7 @@ from sfu.auth import (
     parse_duration,
     verify_token,
 )
-from sfu.errors import RoomlineError
+from roomline.errors import RoomlineError
 
 KEYS = {"devkey": "secret", "prodkey": "a-much-longer-production-secret-0123456789"}
 SECRET = KEYS["prodkey"]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sfu.auth import verify_token
-from sfu.config import DEV_KEYS
+from roomline.auth import verify_token
+from roomline.config import DEV_KEYS
 
 ROOMLINE = Path(sys.executable).parent / "roomline"
 pytestmark = pytest.mark.skipif(

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sfu.config import load_config
+from roomline.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = shutil.which("docker-compose")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sfu.config import (
+from roomline.config import (
     EMBEDDED_SOURCE,
     Config,
     ConfigError,
@@ -17,7 +17,7 @@ from sfu.config import (
     embedded_yaml,
     load_config,
 )
-from sfu.errors import RoomlineError
+from roomline.errors import RoomlineError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -54,9 +54,11 @@ def test_embedded_default_equals_code_defaults() -> None:
 
 
 def test_repo_config_file_is_the_packaged_default() -> None:
-    # config/roomline.yaml is the source; sfu/defaults/roomline.yaml ships in the wheel.
-    assert (REPO / "config" / "roomline.yaml").read_text() == embedded_yaml()
-    assert (REPO / "sfu" / "defaults" / "roomline.yaml").read_text() == embedded_yaml()
+    # One copy by construction: config/roomline.yaml is a link to the packaged default.
+    link = REPO / "config" / "roomline.yaml"
+    assert link.is_symlink()
+    assert link.resolve() == (REPO / "roomline" / "defaults" / "roomline.yaml").resolve()
+    assert link.read_text() == embedded_yaml()
     cfg = load_config(str(REPO / "config" / "roomline.yaml"), env={})
     assert _without_default_trunk(cfg) == Config(source=str(REPO / "config" / "roomline.yaml"))
 
@@ -216,7 +218,7 @@ def test_env_value_types() -> None:
         "ROOMLINE_SIP_ENABLED": "false",
         "ROOMLINE_SIP_MEDIA_TIMEOUT": "7",
         "ROOMLINE_SIP_WORKERS": "[{sip_port: 5070, rtp_port_start: 20000, rtp_port_end: 20099}]",
-        "ROOMLINE_AGENTS_REGISTRY": "echo=sfu.agents.echo:run",
+        "ROOMLINE_AGENTS_REGISTRY": "echo=roomline_agents.sdk.echo:run",
         "ROOMLINE_LOGGING_FORMAT": "json",
         "ROOMLINE_UNRELATED_THING": "ignored",
     }
@@ -226,7 +228,7 @@ def test_env_value_types() -> None:
     assert cfg.rtc.node_ip == "203.0.113.7"
     assert cfg.sip.enabled is False and cfg.sip.media_timeout == 7.0
     assert cfg.sip.workers == [SIPWorkerConfig(5070, 20000, 20099)]
-    assert cfg.agents.registry == {"echo": "sfu.agents.echo:run"}
+    assert cfg.agents.registry == {"echo": "roomline_agents.sdk.echo:run"}
     assert cfg.logging.format == "json"
     assert cfg.source == EMBEDDED_SOURCE
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from bridge.digest import (
+from bridge.service.digest import (
     AuthOutcome,
     DigestAuthenticator,
     DigestError,

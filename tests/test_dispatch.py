@@ -16,8 +16,8 @@ from livekit.protocol import agent_dispatch as agent_pb
 from livekit.protocol import room as room_pb
 from livekit.protocol import sip as sip_pb
 
-from bridge.decide import DecideOptions, InviteDecider
-from bridge.dispatch import (
+from bridge.service.decide import DecideOptions, InviteDecider
+from bridge.service.dispatch import (
     DispatchResult,
     evaluate_rule,
     header_attributes,
@@ -26,8 +26,8 @@ from bridge.dispatch import (
     validate_rule,
     validate_rule_conflicts,
 )
-from bridge.store import SIPStore
-from bridge.trunks import (
+from bridge.service.store import SIPStore
+from bridge.service.trunks import (
     InboundCall,
     TrunkConflict,
     TrunkMatch,
@@ -38,7 +38,7 @@ from bridge.trunks import (
     validate_trunk,
     validate_trunk_conflicts,
 )
-from sfu.errors import InvalidRequest
+from roomline.errors import InvalidRequest
 
 CALLER = "+15551230001"
 CALLED = "+15559870000"
@@ -478,7 +478,7 @@ def test_trunk_header_options_reach_evaluation() -> None:
 
 
 def lk_minter(api_key: str, secret: str, **kw: Any) -> str:
-    """The sfu.auth.mint_token contract, implemented with the livekit-api SDK for the tests."""
+    """The roomline.auth.mint_token contract, implemented with the livekit-api SDK for the tests."""
     tok = (
         api.AccessToken(api_key, secret)
         .with_identity(kw["identity"])
@@ -541,7 +541,7 @@ def test_decide_accepts_and_mints_sip_token(store: SIPStore) -> None:
 
 
 def test_decide_default_minter_uses_sfu_auth_when_present(store: SIPStore) -> None:
-    pytest.importorskip("sfu.auth")
+    pytest.importorskip("roomline.auth")
     store.put_inbound_trunk(trunk("ST_t", numbers=[CALLED]))
     store.put_dispatch_rule(direct("SDR_d", "lobby"))
     d = InviteDecider(store, KEYS).decide(call(), NOW)

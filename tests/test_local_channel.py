@@ -13,7 +13,7 @@ import pytest
 from livekit.protocol import models
 from livekit.protocol import rtc as rtc_pb
 
-from sfu.auth import mint_token
+from roomline.auth import mint_token
 from sfu.local import socket_path
 from sfu.local.framing import FrameDecoder, Kind, decode_rtp, encode_frame, encode_rtp
 from tests.audio_utils import dominant_frequency, snr_db

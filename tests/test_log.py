@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import structlog
 
-from sfu.auth import mint_token
-from sfu.config import LoggingConfig
-from sfu.log import REDACTED, configure_logging, get_logger, redact_secrets
+from roomline.auth import mint_token
+from roomline.config import LoggingConfig
+from roomline.log import REDACTED, configure_logging, get_logger, redact_secrets
 
 TOKEN = mint_token("devkey", "secret", identity="alice", room="r")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sfu.errors import (
+from roomline.errors import (
     InvalidRequest,
     LimitExceeded,
     ParticipantNotFound,

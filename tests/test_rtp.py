@@ -25,7 +25,7 @@ from aiortc.rtp import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfu.errors import InvalidRequest
+from roomline.errors import InvalidRequest
 from sfu.media.rtp import (
     EXT_URI_ABS_SEND_TIME,
     EXT_URI_AUDIO_LEVEL,

@@ -18,8 +18,8 @@ from livekit import api
 from livekit.protocol import models as models_pb
 from livekit.protocol import sip as sip_pb
 
-from bridge.sip_service import METHODS, SERVICE, SIPService
-from bridge.store import SIPStore
+from bridge.service.sip_service import METHODS, SERVICE, SIPService
+from bridge.service.store import SIPStore
 from sfu.service.twirp import TwirpRouter
 
 KEY, SECRET = "APItestkey", "a-test-secret-that-is-long-enough-0123"

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from livekit.protocol import sip as sip_pb
 
-from bridge.store import SIPStore, config_id, new_rule_id, new_trunk_id
-from sfu.errors import ConfigError, InvalidRequest, NotFound
+from bridge.service.store import SIPStore, config_id, new_rule_id, new_trunk_id
+from roomline.errors import ConfigError, InvalidRequest, NotFound
 
 CFG_TRUNK: dict[str, Any] = {
     "name": "carrier",

@@ -23,8 +23,8 @@ import pytest
 from aiohttp import web
 from livekit import api, rtc
 
-from sfu.auth import verify_token
-from sfu.config import DEV_KEYS, Config
+from roomline.auth import verify_token
+from roomline.config import DEV_KEYS, Config
 from sfu.service.web import WebService
 from tests.conftest import API_KEY, API_SECRET, ROOT, Server, free_port, start_server, stop_server
 from tests.lk import record, tone_publisher

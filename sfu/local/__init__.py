@@ -1,4 +1,9 @@
-"""Local participant channel: how SIP callers and in-appliance agents join rooms without WebRTC."""
+"""Local participant channel: how SIP callers and in-appliance agents join rooms without WebRTC.
+
+``server`` runs in the main process; ``client`` in the processes that join through it (bridge
+workers, agent jobs); ``protocol`` is the sans-I/O state machine both sides use; ``framing`` the
+byte format.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sfu.app import Appliance, Extension
+    from sfu.local.server import LocalChannelServer
+    from sfu.server import SFUServer
 
 
 def socket_path(data_dir: str) -> str:
@@ -14,20 +20,7 @@ def socket_path(data_dir: str) -> str:
     return os.path.join(os.path.abspath(data_dir), "local.sock")
 
 
-def install(appliance: Appliance) -> Extension | None:
-    from sfu.app import Extension
+def install(server: SFUServer) -> LocalChannelServer:
     from sfu.local.server import LocalChannelServer
 
-    server = LocalChannelServer(
-        appliance.node, appliance.cfg, socket_path(appliance.cfg.server.data_dir)
-    )
-    appliance.local_channel = server
-
-    class _Local(Extension):
-        async def start(self) -> None:
-            await server.start()
-
-        async def stop(self) -> None:
-            await server.stop()
-
-    return _Local()
+    return LocalChannelServer(server.node, server.cfg, socket_path(server.cfg.server.data_dir))

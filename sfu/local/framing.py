@@ -10,7 +10,7 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from sfu.errors import InvalidRequest
+from roomline.errors import InvalidRequest
 
 #: Largest frame accepted (1 MiB): a JoinResponse of a big room fits easily; anything larger is a
 #: broken or hostile peer and the connection is closed instead of buffering without bound.

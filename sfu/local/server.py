@@ -16,9 +16,10 @@ from typing import Any
 import structlog
 from livekit.protocol import rtc
 
-from sfu.auth import verify_token
-from sfu.config import Config
-from sfu.errors import InvalidRequest, RoomlineError
+from roomline.auth import verify_token
+from roomline.config import Config
+from roomline.errors import InvalidRequest, RoomlineError
+from roomline.lifecycle import Service
 from sfu.events import SubscriptionChanged
 from sfu.local.framing import (
     MAX_FRAME,
@@ -225,7 +226,7 @@ class LocalSession(SignalSession):
             self.writer.close()
 
 
-class LocalChannelServer:
+class LocalChannelServer(Service):
     """Accepts local participants on a Unix socket."""
 
     def __init__(self, node: Node, cfg: Config, path: str) -> None:

@@ -2,7 +2,7 @@
 
 Only what forwarding needs is parsed: the fixed header, CSRCs, header extensions (one-byte and
 two-byte forms, RFC 8285), payload bounds and padding. Every parser in this module raises exactly one
-exception type, :class:`RtpError` (an :class:`~sfu.errors.InvalidRequest`), for malformed or truncated
+exception type, :class:`RtpError` (an :class:`~roomline.errors.InvalidRequest`), for malformed or truncated
 input, so callers on the media path catch one class and keep serving everyone else.
 
 The hot path is :meth:`ExtensionWriter.build` + :func:`rewrite`: both use ``struct`` on precomputed
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from sfu.errors import InvalidRequest
+from roomline.errors import InvalidRequest
 
 __all__ = [
     "RtpError",

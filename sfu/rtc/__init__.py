@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from sfu.app import Appliance, Extension
+from roomline.lifecycle import Service
+from sfu.server import SFUServer
 
 
-def install(appliance: Appliance) -> Extension | None:
-    """Add the signalling routes to the appliance's HTTP app."""
-    from sfu.app import Extension
+def install(server: SFUServer) -> Service:
+    """Add the signalling routes to the server's HTTP app."""
     from sfu.rtc.service import RTCService
 
-    service = RTCService(appliance.node, appliance.cfg)
-    appliance.app.router.add_routes(service.routes())
-    return Extension()
+    service = RTCService(server.node, server.cfg)
+    server.app.router.add_routes(service.routes())
+    return Service()

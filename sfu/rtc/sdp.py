@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sfu.errors import InvalidRequest
+from roomline.errors import InvalidRequest
 
 #: Large enough for any real offer (Chrome with 6 m-lines is ~10 KB), small enough to bound work.
 MAX_SDP_SIZE = 256 * 1024

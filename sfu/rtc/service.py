@@ -12,9 +12,9 @@ import structlog
 from aiohttp import web
 from livekit.protocol import rtc
 
-from sfu.auth import Claims, verify_token
-from sfu.config import Config
-from sfu.errors import InvalidRequest, RoomFull, RoomlineError, RoomNotFound, TokenError
+from roomline.auth import Claims, verify_token
+from roomline.config import Config
+from roomline.errors import InvalidRequest, RoomFull, RoomlineError, RoomNotFound, TokenError
 from sfu.media.aiortc_adapter import configure_ice
 from sfu.node import Node
 from sfu.participant import DisconnectReason, ParticipantInit, ParticipantKind

@@ -28,8 +28,8 @@ from aiortc.sdp import candidate_from_sdp
 from google.protobuf import json_format
 from livekit.protocol import rtc
 
-from sfu.config import Config
-from sfu.errors import InvalidRequest, RoomlineError
+from roomline.config import Config
+from roomline.errors import InvalidRequest, RoomlineError
 from sfu.events import SubscriptionChanged
 from sfu.media.aiortc_adapter import PublishedTrackTap, SubscriberSender, add_subscriber_track
 from sfu.node import Node

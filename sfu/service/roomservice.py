@@ -11,8 +11,8 @@ from typing import Any
 from livekit.protocol import models
 from livekit.protocol import room as room_pb
 
-from sfu.auth import Claims
-from sfu.errors import InvalidRequest, LimitExceeded, PermissionDenied
+from roomline.auth import Claims
+from roomline.errors import InvalidRequest, LimitExceeded, PermissionDenied
 from sfu.node import Node
 from sfu.proto import participant_info, permission_from_info, room_info, track_info
 from sfu.service.twirp import Method

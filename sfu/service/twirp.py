@@ -2,7 +2,7 @@
 
 Services register typed handlers; this module does the wire work once: body size limit, content type,
 decoding (protobuf, or protobuf-JSON with either field naming), Bearer token verification, and mapping
-every :class:`~sfu.errors.RoomlineError` to Twirp's JSON error shape and HTTP status.
+every :class:`~roomline.errors.RoomlineError` to Twirp's JSON error shape and HTTP status.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
-from sfu.auth import Claims, verify_token
-from sfu.errors import RoomlineError
+from roomline.auth import Claims, verify_token
+from roomline.errors import RoomlineError
 
 log = structlog.get_logger(__name__)
 

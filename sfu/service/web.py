@@ -7,7 +7,7 @@ Routes:
 * ``GET /vendor/{name}`` — the livekit-client bundle that ``npm install`` copies to ``sfu/web/vendor/``
   (not in git). When it is missing the page still loads and says "run .ci/setup".
 * ``GET /dev/token?room=R&identity=I&name=N`` — mints a join token, but only while the public development
-  key pair is configured (:attr:`~sfu.config.Config.dev_mode`); with real keys it is 404, so a production
+  key pair is configured (:attr:`~roomline.config.Config.dev_mode`); with real keys it is 404, so a production
   appliance never hands out tokens to anonymous visitors.
 """
 
@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
-from sfu.auth import mint_token
-from sfu.config import Config
+from roomline.auth import mint_token
+from roomline.config import Config
+from roomline.lifecycle import Service
 
 if TYPE_CHECKING:
-    from sfu.app import Appliance, Extension
+    from sfu.server import SFUServer
 
 log = structlog.get_logger(__name__)
 
@@ -159,14 +160,12 @@ class WebService:
         )
 
 
-def install(appliance: Appliance) -> Extension | None:
-    """Add the page routes to the appliance's HTTP app."""
-    from sfu.app import Extension
-
-    service = WebService(appliance.cfg)
-    appliance.app.router.add_routes(service.routes())
-    if appliance.cfg.dev_mode:
+def install(server: SFUServer) -> Service:
+    """Add the page routes to the server's HTTP app."""
+    service = WebService(server.cfg)
+    server.app.router.add_routes(service.routes())
+    if server.cfg.dev_mode:
         log.warning("dev mode: GET /dev/token mints join tokens for anyone who asks")
     if not (service.vendor_dir / "livekit-client.umd.js").is_file():
         log.warning("livekit-client is not installed: the web page cannot join; run .ci/setup")
-    return Extension()
+    return Service()

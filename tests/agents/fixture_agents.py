@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from sfu.agents import (
+from roomline_agents.sdk import (
     AgentState,
     AudioFrame,
     AudioSource,

@@ -1,4 +1,4 @@
-"""Sans-I/O parts of sfu.agents: control protocol, VAD, dispatch table, the Room's signal/RTP/data
+"""Sans-I/O parts of roomline_agents.sdk: control protocol, VAD, dispatch table, the Room's signal/RTP/data
 handling (attribution of audio to speakers), prompts. No sockets, no processes."""
 
 from __future__ import annotations
@@ -10,22 +10,22 @@ import numpy as np
 import pytest
 from livekit.protocol import models, rtc
 
-from bridge.codec import OpusEncoder, RtpPacketizer
-from sfu.agents import (
+from roomline.errors import NotFound
+from roomline_agents import control
+from roomline_agents.sdk import (
     AudioFrame,
     AudioSource,
     AudioStream,
     ConnectionState,
     LocalParticipant,
     Room,
-    control,
 )
-from sfu.agents.audio import FRAME_BYTES, resample
-from sfu.agents.dispatch import MAX_RESTARTS, DispatchTable, JobState, dispatch_proto
-from sfu.agents.tts import parse_wav, tones
-from sfu.agents.vad import EnergyVAD, level_dbfs
-from sfu.agents.worker import load_entrypoint
-from sfu.errors import NotFound
+from roomline_agents.sdk.audio import FRAME_BYTES, resample
+from roomline_agents.sdk.tts import parse_wav, tones
+from roomline_agents.sdk.vad import EnergyVAD, level_dbfs
+from roomline_agents.sdk.worker import load_entrypoint
+from roomline_agents.service.dispatch import MAX_RESTARTS, DispatchTable, JobState, dispatch_proto
+from sfu.local.codec import OpusEncoder, RtpPacketizer
 from tests.audio_utils import dominant_frequency, tone
 
 # ------------------------------------------------------------------ control
@@ -296,10 +296,10 @@ def test_prompt_wav_parsing_and_fallback() -> None:
 
 
 def test_load_entrypoint_errors() -> None:
-    assert callable(load_entrypoint("sfu.agents.examples.echo:entrypoint"))
+    assert callable(load_entrypoint("roomline_agents.examples.echo:entrypoint"))
     with pytest.raises(ModuleNotFoundError):
         load_entrypoint("no.such.module:f")
     with pytest.raises(AttributeError):
-        load_entrypoint("sfu.agents.examples.echo:nope")
+        load_entrypoint("roomline_agents.examples.echo:nope")
     with pytest.raises(TypeError):
-        load_entrypoint("sfu.agents.examples.echo:MAX_TURN_SECONDS")
+        load_entrypoint("roomline_agents.examples.echo:MAX_TURN_SECONDS")

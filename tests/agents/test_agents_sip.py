@@ -14,7 +14,7 @@ import pytest
 import yaml
 from livekit import api, rtc
 
-from sfu.config import embedded_yaml
+from roomline.config import embedded_yaml
 from tests.audio_utils import dominant_frequency, read_wav, snr_db
 from tests.conftest import (
     API_KEY,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge import control
-from bridge.supervisor import WorkerSpec, WorkerSupervisor
+import bridge.control as control
+from bridge.service.supervisor import WorkerSpec, WorkerSupervisor
 from tests.bridge.standin_room import StandinRoom
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from livekit.protocol import models, rtc
 
-from bridge.codec import FRAME_SAMPLES, OpusDecoder, OpusEncoder, RtpPacketizer, parse_rtp
+from sfu.local.codec import FRAME_SAMPLES, OpusDecoder, OpusEncoder, RtpPacketizer, parse_rtp
 from sfu.local.framing import FrameDecoder, FrameError, Kind, decode_rtp, encode_frame, encode_rtp
 
 

@@ -7,7 +7,7 @@ import os
 import pjsua2 as pj
 import pytest
 
-from bridge.port import bv_to_bytes, bytes_into_bv
+from bridge.worker.port import bv_to_bytes, bytes_into_bv
 
 
 @pytest.mark.parametrize("size", [0, 1, 320, 1920, 4096])

@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from bridge import control
-from bridge.call import (
+import bridge.control as control
+from bridge.worker.call import (
     PIN_DIGIT_TIMEOUT_S,
     PIN_TOTAL_TIMEOUT_S,
     Answer,
@@ -23,15 +23,7 @@ from bridge.call import (
     SendPin,
     Status,
 )
-from bridge.codec import (
-    FRAME_BYTES,
-    OpusDecoder,
-    OpusEncoder,
-    RtpError,
-    RtpPacketizer,
-    parse_rtp,
-)
-from bridge.dtmf import (
+from bridge.worker.dtmf import (
     DtmfError,
     DtmfReceiver,
     TelephoneEvent,
@@ -40,11 +32,19 @@ from bridge.dtmf import (
     generate_digit,
     parse_dtmf_relay,
 )
-from bridge.jitter import JitterBuffer
-from bridge.jitter import Kind as JKind
-from bridge.mixer import Mixer, mix
-from bridge.prompt import pin_prompt
-from bridge.sipmsg import SipParseError, parse_headers, parse_name_addr, via_transport
+from bridge.worker.jitter import JitterBuffer
+from bridge.worker.jitter import Kind as JKind
+from bridge.worker.mixer import Mixer, mix
+from bridge.worker.prompt import pin_prompt
+from bridge.worker.sipmsg import SipParseError, parse_headers, parse_name_addr, via_transport
+from sfu.local.codec import (
+    FRAME_BYTES,
+    OpusDecoder,
+    OpusEncoder,
+    RtpError,
+    RtpPacketizer,
+    parse_rtp,
+)
 from sfu.local.framing import FrameDecoder, FrameError, Kind, decode_rtp, encode_frame, encode_rtp
 from tests.audio_utils import dominant_frequency, snr_db, tone
 

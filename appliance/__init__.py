@@ -1,0 +1,1 @@
+"""The composition root: which parts make the appliance and how they are wired (see app.py)."""

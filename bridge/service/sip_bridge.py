@@ -1,0 +1,277 @@
+"""How the SIP bridge plugs into the appliance: the SIP Twirp service and the bridge workers.
+
+The store of trunks and dispatch rules and the INVITE decisions live in the main process (they are
+control plane); workers only carry signalling and media and ask the supervisor what to do with each
+INVITE (docs/bridge.md). An accepted caller joins its room over the local participant channel.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+import bridge.control as control
+from bridge.service.decide import DecideOptions, Decision, InviteDecider
+from bridge.service.sip_service import SERVICE, SIPService
+from bridge.service.store import SIPStore
+from bridge.service.supervisor import WorkerHandle, WorkerSpec, WorkerSupervisor
+from bridge.service.trunks import InboundCall
+from roomline.lifecycle import Service
+from sfu.service.metrics import Family
+
+if TYPE_CHECKING:
+    from sfu.server import SFUServer
+
+log = structlog.get_logger(__name__)
+
+
+def inbound_call(req: control.InviteRequest) -> InboundCall:
+    return InboundCall(
+        call_id=req.call_id,
+        from_user=req.from_user,
+        from_host=req.from_host,
+        to_user=req.to_user,
+        to_host=req.to_host,
+        src_ip=req.src_ip,
+        src_port=req.src_port,
+        user_agent=req.user_agent,
+        headers=dict(req.headers),
+        authorization=req.authorization,
+        from_tag=req.from_tag,
+        transport=req.transport,
+    )
+
+
+class AgentStarter(Protocol):
+    """What the bridge needs from the agents part: start a rule's agents in an existing room."""
+
+    def ensure(self, room: str, agent_names: list[str]) -> None: ...
+
+
+class SIPBridge:
+    """Supervised bridge workers plus the INVITE decisions they ask for."""
+
+    def __init__(
+        self,
+        server: SFUServer,
+        store: SIPStore,
+        local_socket: str,
+        agent_starter: AgentStarter | None = None,
+    ) -> None:
+        self.node = server.node
+        self.agent_starter = agent_starter
+        cfg = server.cfg
+        self.cfg = cfg
+        self.decider = InviteDecider(
+            store,
+            cfg.keys,
+            DecideOptions(
+                blocked_user_agents=tuple(cfg.sip.blocked_user_agents),
+                hide_inbound_port=cfg.sip.hide_inbound_port,
+                max_calls_per_trunk=cfg.sip.max_calls_per_trunk,
+            ),
+        )
+        self.socket = local_socket
+        specs = [
+            WorkerSpec(
+                sip_port=w.sip_port,
+                rtp_start=w.rtp_port_start,
+                rtp_end=w.rtp_port_end,
+                sip_host=cfg.sip.bind_address,
+                public_ip=cfg.sip.public_ip,
+            )
+            for w in cfg.sip.workers
+        ]
+        self.supervisor = WorkerSupervisor(
+            specs, self.decide, self.on_call_state, check_pin=self.check_pin
+        )
+        self.rejected: dict[int, int] = {}
+        # Calls answered for PIN entry, by SIP Call-ID: check_pin re-evaluates the same INVITE.
+        self.pin_calls: dict[str, InboundCall] = {}
+
+    def decide(self, req: control.InviteRequest) -> control.InviteResult:
+        call = inbound_call(req)
+        decision = self.decider.decide(call, time.time())
+        if decision.accepted and decision.pin_required:
+            # Answer and let the worker collect the PIN; the room comes with check_pin.
+            self.pin_calls[call.call_id] = call
+            log.info("sip call needs a PIN", call_id=call.call_id, rule=decision.pin_required)
+            return control.InviteResult(
+                id=req.id,
+                status=200,
+                collect_pin=True,
+                max_call_duration=decision.max_call_duration or self.cfg.sip.max_call_duration,
+                media_timeout=self.cfg.sip.media_timeout,
+            )
+        if not decision.accepted:
+            self.rejected[decision.status] = self.rejected.get(decision.status, 0) + 1
+            log.info(
+                "sip call rejected",
+                call_id=call.call_id,
+                status=decision.status,
+                reason=decision.reason,
+                dropped=decision.drop,
+                src_ip=call.src_ip,
+            )
+            return control.InviteResult(
+                id=req.id,
+                status=decision.status if decision.status in control.INVITE_STATUSES else 403,
+                reason=decision.reason,
+                headers=dict(decision.extra_headers),
+                drop=decision.drop,
+            )
+        self._prepare_room(decision)
+        log.info(
+            "sip call accepted",
+            call_id=call.call_id,
+            room=decision.room_name,
+            identity=decision.participant_identity,
+            trunk=decision.trunk_id,
+            rule=decision.rule_id,
+        )
+        return control.InviteResult(
+            id=req.id,
+            status=200,
+            ringing=self.cfg.sip.answer == "wait_for_audio",
+            **self._join_fields(decision),
+        )
+
+    def _join_fields(self, decision: Decision) -> dict[str, Any]:
+        """What a worker needs to join an accepted caller to its room."""
+        return {
+            "token": decision.token,
+            "room": decision.room_name,
+            "identity": decision.participant_identity,
+            "attributes": dict(decision.attributes),
+            "socket": self.socket,
+            "ringing_timeout": decision.ringing_timeout or self.cfg.sip.ringing_timeout,
+            "max_call_duration": decision.max_call_duration or self.cfg.sip.max_call_duration,
+            "media_timeout": self.cfg.sip.media_timeout,
+        }
+
+    def check_pin(self, req: control.PinEntered) -> control.PinResult:
+        """The caller entered ``req.digits``: join the rule's room, or 403 "Wrong PIN"."""
+        call = self.pin_calls.pop(req.call_id, None)
+        if call is None:
+            return control.PinResult(
+                id=req.id, call_id=req.call_id, status=403, reason="No PIN expected"
+            )
+        decision = self.decider.check_pin(call, req.digits, time.time())
+        if not decision.accepted:
+            self.decider.call_ended(call.call_id)
+            self.rejected[decision.status] = self.rejected.get(decision.status, 0) + 1
+            # Never log the digits: they are the room's secret.
+            log.info(
+                "sip call PIN rejected",
+                call_id=call.call_id,
+                status=decision.status,
+                reason=decision.reason,
+            )
+            status = decision.status if decision.status in control.INVITE_STATUSES else 403
+            return control.PinResult(
+                id=req.id, call_id=req.call_id, status=status, reason=decision.reason
+            )
+        self._prepare_room(decision)
+        log.info(
+            "sip call accepted after PIN",
+            call_id=call.call_id,
+            room=decision.room_name,
+            identity=decision.participant_identity,
+            rule=decision.rule_id,
+        )
+        return control.PinResult(
+            id=req.id, call_id=req.call_id, status=200, **self._join_fields(decision)
+        )
+
+    def _prepare_room(self, decision: Decision) -> None:
+        """Create the rule's room with its metadata and agents before the caller joins it."""
+        node = self.node
+        if decision.room_name not in node.rooms.rooms:
+            node.create_room(
+                decision.room_name,
+                metadata=decision.room_metadata,
+                agents=list(decision.agents),
+            )
+        elif decision.agents and self.agent_starter is not None:
+            # A direct rule's room may already exist (someone joined first): its agents still
+            # belong to the call.
+            self.agent_starter.ensure(decision.room_name, list(decision.agents))
+
+    def on_call_state(self, worker: WorkerHandle, state: control.CallState) -> None:
+        log.info(
+            "sip call state",
+            call_id=state.call_id,
+            state=state.state,
+            reason=state.reason,
+            room=state.room,
+            worker_pid=worker.pid,
+        )
+        if state.state in ("hangup", "rejected"):
+            self.pin_calls.pop(state.call_id, None)
+            self.decider.call_ended(state.call_id)
+
+    def metrics(self) -> Iterable[Family]:
+        workers = self.supervisor.workers
+        yield (
+            "roomline_sip_worker_max_calls",
+            "Concurrent call cap of each bridge worker (detected from the installed pjsua2).",
+            "gauge",
+            [({"sip_port": str(w.spec.sip_port)}, w.max_calls) for w in workers],
+        )
+        yield (
+            "roomline_sip_active_calls",
+            "Calls ringing or active, by worker.",
+            "gauge",
+            [({"sip_port": str(w.spec.sip_port)}, w.active_calls) for w in workers],
+        )
+        yield (
+            "roomline_sip_worker_restarts_total",
+            "Bridge worker restarts after a crash.",
+            "counter",
+            [({"sip_port": str(w.spec.sip_port)}, w.restarts) for w in workers],
+        )
+        yield (
+            "roomline_sip_rejected_calls_total",
+            "INVITEs rejected (or dropped), by SIP status.",
+            "counter",
+            [({"status": str(k)}, v) for k, v in sorted(self.rejected.items())],
+        )
+
+
+class SIPPart(Service):
+    """The SIP part of the appliance: the trunk/rule store and its Twirp service, plus the bridge
+    workers when ``sip.enabled``."""
+
+    def __init__(self, store: SIPStore, bridge: SIPBridge | None) -> None:
+        self.store = store
+        self.bridge = bridge
+
+    async def start(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.supervisor.start()
+
+    async def stop(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.supervisor.stop()
+        self.store.close()
+
+
+def install(
+    server: SFUServer, local_socket: str, agent_starter: AgentStarter | None = None
+) -> SIPPart:
+    cfg = server.cfg
+    os.makedirs(cfg.server.data_dir, exist_ok=True)
+    store = SIPStore.open(
+        cfg.server.data_dir,
+        config_trunks=cfg.sip.trunks,
+        config_rules=cfg.sip.dispatch_rules,
+    )
+    server.twirp.register(SERVICE, SIPService(store).methods())
+    bridge = SIPBridge(server, store, local_socket, agent_starter) if cfg.sip.enabled else None
+    if bridge is not None:
+        server.metrics.collectors.append(bridge.metrics)
+    return SIPPart(store, bridge)

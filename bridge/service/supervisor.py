@@ -1,0 +1,248 @@
+"""Starts and watches bridge worker processes; routes their INVITE questions to the app.
+
+Each worker gets its own SIP port and RTP range (the PyPI pjsua2 wheel caps a process at 4 calls,
+so capacity scales with processes) and a Unix socketpair for the JSON-lines control protocol
+(bridge/control.py), passed as ``--control-fd``. A worker that exits is restarted with exponential
+backoff (reset after it has run for ``stable_after`` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import bridge.control as control
+
+log = logging.getLogger("bridge.service.supervisor")
+
+DecideInvite = Callable[
+    [control.InviteRequest], control.InviteResult | Awaitable[control.InviteResult]
+]
+CheckPin = Callable[[control.PinEntered], control.PinResult | Awaitable[control.PinResult]]
+OnCallState = Callable[["WorkerHandle", control.CallState], None]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Where one worker listens."""
+
+    sip_port: int
+    rtp_start: int
+    rtp_end: int
+    sip_host: str = "0.0.0.0"
+    public_ip: str = ""
+    extra_args: tuple[str, ...] = ()
+
+
+@dataclass
+class WorkerHandle:
+    """Live view of one worker for /metrics and routing."""
+
+    spec: WorkerSpec
+    pid: int = 0
+    max_calls: int = 0
+    ready: bool = False
+    restarts: int = 0
+    calls: dict[str, str] = field(default_factory=dict)  # SIP Call-ID → state
+    started_at: float = 0.0
+    ready_event: asyncio.Event = field(default_factory=asyncio.Event)
+    proc: asyncio.subprocess.Process | None = None
+    writer: asyncio.StreamWriter | None = None
+
+    @property
+    def active_calls(self) -> int:
+        return sum(1 for s in self.calls.values() if s in ("ringing", "active"))
+
+    def send(self, msg: control.Message) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(control.encode(msg))
+
+
+class WorkerSupervisor:
+    """Runs one worker per :class:`WorkerSpec`; ``decide_invite`` answers every INVITE.
+
+    ``check_pin`` answers every :class:`~bridge.control.PinEntered` (PIN dispatch rules); without
+    it a PIN entry is answered 503.
+    """
+
+    def __init__(
+        self,
+        specs: list[WorkerSpec],
+        decide_invite: DecideInvite,
+        on_call_state: OnCallState | None = None,
+        python: str = sys.executable,
+        check_pin: CheckPin | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        stable_after: float = 30.0,
+    ) -> None:
+        self.workers = [WorkerHandle(s) for s in specs]
+        self._decide = decide_invite
+        self._on_call_state = on_call_state
+        self._check_pin = check_pin
+        self._python = python
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._stable_after = stable_after
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        for w in self.workers:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._keep_running(w)))
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        await asyncio.wait_for(
+            asyncio.gather(*(w.ready_event.wait() for w in self.workers)), timeout
+        )
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        self._stopping = True
+        for w in self.workers:
+            w.send(control.Shutdown())
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                try:
+                    await asyncio.wait_for(w.proc.wait(), timeout)
+                except TimeoutError:
+                    w.proc.kill()
+                    await w.proc.wait()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def hangup(self, call_id: str, reason: str = "") -> bool:
+        """Ask the worker holding ``call_id`` to end it; False if no worker has it."""
+        for w in self.workers:
+            if call_id in w.calls:
+                w.send(control.Hangup(call_id=call_id, reason=reason))
+                return True
+        return False
+
+    def metrics(self) -> dict[str, int]:
+        return {
+            "bridge_workers": len(self.workers),
+            "bridge_workers_ready": sum(w.ready for w in self.workers),
+            "bridge_max_calls": sum(w.max_calls for w in self.workers if w.ready),
+            "bridge_active_calls": sum(w.active_calls for w in self.workers),
+            "bridge_worker_restarts": sum(w.restarts for w in self.workers),
+        }
+
+    # --- internals ----------------------------------------------------------------------------
+    async def _keep_running(self, w: WorkerHandle) -> None:
+        delay = self._backoff_initial
+        while not self._stopping:
+            started = time.monotonic()
+            try:
+                await self._run_once(w)
+            except OSError as exc:
+                log.error("cannot start bridge worker on port %d: %s", w.spec.sip_port, exc)
+            if self._stopping:
+                return
+            if time.monotonic() - started >= self._stable_after:
+                delay = self._backoff_initial
+            w.restarts += 1
+            log.warning("bridge worker on port %d exited; restart in %.1fs", w.spec.sip_port, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._backoff_max)
+
+    async def _run_once(self, w: WorkerHandle) -> None:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        s = w.spec
+        args = [
+            "-m",
+            "bridge.worker",
+            "--sip-port",
+            str(s.sip_port),
+            "--sip-host",
+            s.sip_host,
+            "--rtp-start",
+            str(s.rtp_start),
+            "--rtp-end",
+            str(s.rtp_end),
+            "--control-fd",
+            str(child.fileno()),
+            *(["--public-ip", s.public_ip] if s.public_ip else []),
+            *s.extra_args,
+        ]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._python, *args, pass_fds=(child.fileno(),), env=_child_env()
+            )
+        finally:
+            child.close()
+        w.proc, w.pid, w.started_at = proc, proc.pid, time.monotonic()
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        w.writer = writer
+        reader_task = asyncio.get_running_loop().create_task(self._read(w, reader))
+        try:
+            await proc.wait()
+        finally:
+            w.ready = False
+            w.ready_event.clear()
+            w.calls.clear()
+            writer.close()
+            reader_task.cancel()
+            await asyncio.gather(reader_task, return_exceptions=True)
+
+    async def _read(self, w: WorkerHandle, reader: asyncio.StreamReader) -> None:
+        async for msg in control.messages(reader):
+            if isinstance(msg, control.Ready):
+                w.max_calls, w.ready = msg.max_calls, True
+                w.ready_event.set()
+            elif isinstance(msg, control.InviteRequest):
+                asyncio.get_running_loop().create_task(self._answer(w, msg))
+            elif isinstance(msg, control.PinEntered):
+                asyncio.get_running_loop().create_task(self._answer_pin(w, msg))
+            elif isinstance(msg, control.CallState):
+                if msg.state in ("hangup", "rejected"):
+                    w.calls.pop(msg.call_id, None)
+                else:
+                    w.calls[msg.call_id] = msg.state
+                if self._on_call_state is not None:
+                    self._on_call_state(w, msg)
+
+    async def _answer(self, w: WorkerHandle, req: control.InviteRequest) -> None:
+        try:
+            res = self._decide(req)
+            if inspect.isawaitable(res):
+                res = await res
+            assert isinstance(res, control.InviteResult)
+            if res.id != req.id:
+                res = control.InviteResult(**{**res.__dict__, "id": req.id})
+        except Exception:  # the app's callback failed: the caller gets 503, the worker lives on
+            log.exception("decide_invite failed")
+            res = control.InviteResult(id=req.id, status=503, headers={"Retry-After": "5"})
+        if res.status == 200:
+            w.calls[req.call_id] = "ringing"
+        w.send(res)
+
+    async def _answer_pin(self, w: WorkerHandle, req: control.PinEntered) -> None:
+        try:
+            if self._check_pin is None:
+                raise RuntimeError("no check_pin callback")
+            res = self._check_pin(req)
+            if inspect.isawaitable(res):
+                res = await res
+            assert isinstance(res, control.PinResult)
+            if res.id != req.id or res.call_id != req.call_id:
+                res = control.PinResult(**{**res.__dict__, "id": req.id, "call_id": req.call_id})
+        except Exception:  # as for INVITEs: the caller is hung up, the worker lives on
+            log.exception("check_pin failed")
+            res = control.PinResult(id=req.id, call_id=req.call_id, status=503)
+        w.send(res)
+
+
+def _child_env() -> dict[str, str]:
+    """Environment for workers: make sure the repo's packages import from the child."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env

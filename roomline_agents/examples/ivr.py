@@ -1,0 +1,143 @@
+"""``ivr``: answers a call with a spoken menu and acts on the caller's DTMF keys.
+
+Menu (the prompts are spoken with espeak-ng when installed, tone patterns otherwise):
+
+* **1** — echo test: the agent becomes the ``echo`` agent for the rest of the call.
+* **2** — transfer: the agent records ``ivr.transfer_to`` (the destination room), says so, moves
+  the caller there (MoveParticipant: the call goes on in that room) and leaves.
+* **9** — hang up: the agent says goodbye and removes the caller (RemoveParticipant → the bridge
+  sends BYE), then leaves.
+* **\\*** — repeat the menu; any other key: "not an option" and the menu again.
+
+Attributes the agent sets on itself (the room sees them as ``participant_attributes_changed``):
+
+* ``lk.agent.state``: initializing → speaking (prompt) → listening (waiting for a key) ...
+* ``ivr.caller``: identity of the participant being served
+* ``ivr.menu``: ``main`` → ``echo`` | ``transfer`` | ``hangup``
+* ``ivr.choice``: the last key pressed
+* ``ivr.transfer_to``: destination room after **2**
+
+Job metadata (JSON, optional): ``{"transfer_to": "front-desk", "greeting": "Welcome to ..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import numpy as np
+
+from roomline_agents.examples import play
+from roomline_agents.examples.echo import (
+    Echo,
+    find_caller,
+    first_audio_track,
+    leave_with,
+    publish_voice,
+)
+from roomline_agents.sdk import AgentState, AudioSource, JobContext, SipDTMF
+from roomline_agents.sdk.tts import prompt
+
+log = logging.getLogger("roomline_agents.sdk.ivr")
+
+DEFAULT_GREETING = "Welcome to roomline."
+MENU = "Press 1 for an echo test. Press 2 for the front desk. Press 9 to hang up."
+DEFAULT_TRANSFER_TO = "front-desk"
+
+
+def options(metadata: str) -> dict[str, str]:
+    """The job metadata's settings; anything unparsable falls back to the defaults."""
+    try:
+        data = json.loads(metadata) if metadata else {}
+    except ValueError:
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    return {
+        "greeting": str(data.get("greeting") or DEFAULT_GREETING),
+        "transfer_to": str(data.get("transfer_to") or DEFAULT_TRANSFER_TO),
+    }
+
+
+async def render_prompts(opts: dict[str, str]) -> dict[str, np.ndarray]:
+    """Every prompt as 48 kHz PCM, rendered once before the caller needs it."""
+    texts = {
+        "menu": (f"{opts['greeting']} {MENU}", [660.0, 880.0, 990.0]),
+        "echo": ("Echo test. Say something, and pause.", [880.0]),
+        "transfer": ("Please hold. Someone from the front desk will join you.", [660.0, 660.0]),
+        "goodbye": ("Goodbye.", [990.0, 660.0]),
+        "invalid": ("Sorry, that is not an option.", [330.0]),
+    }
+    rendered = await asyncio.gather(*(prompt(t, f) for t, f in texts.values()))
+    return dict(zip(texts, rendered, strict=True))
+
+
+class IVR:
+    def __init__(self, ctx: JobContext, source: AudioSource, prompts: dict[str, np.ndarray]):
+        self.ctx = ctx
+        self.source = source
+        self.prompts = prompts
+        self.keys: asyncio.Queue[str] = asyncio.Queue(maxsize=32)
+
+    def on_dtmf(self, dtmf: SipDTMF) -> None:
+        digit = dtmf.digit or "0123456789*#ABCD"[dtmf.code % 16]
+        log.info("ivr: key %r from %s", digit, dtmf.participant and dtmf.participant.identity)
+        if not self.keys.full():
+            self.keys.put_nowait(digit)
+
+    async def say(self, name: str) -> None:
+        await self.ctx.set_agent_state(AgentState.SPEAKING)
+        await play(self.source, self.prompts[name])
+        await self.ctx.set_agent_state(AgentState.LISTENING)
+
+    async def menu_until_key(self) -> str:
+        """Play the menu; a key pressed meanwhile interrupts it (barge-in)."""
+        speaking = asyncio.ensure_future(self.say("menu"))
+        key = asyncio.ensure_future(self.keys.get())
+        await asyncio.wait({speaking, key}, return_when=asyncio.FIRST_COMPLETED)
+        if not speaking.done():
+            speaking.cancel()
+            self.source.clear_queue()
+            await self.ctx.set_agent_state(AgentState.LISTENING)
+        return await key
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    opts = options(ctx.job.metadata)
+    rendering = asyncio.ensure_future(render_prompts(opts))
+    await ctx.connect()
+    source = await publish_voice(ctx)
+    prompts = await rendering
+    ivr = IVR(ctx, source, prompts)
+    ctx.room.on("sip_dtmf_received", ivr.on_dtmf)
+    caller = await find_caller(ctx)
+    leave_with(ctx, caller)
+    await ctx.room.local_participant.set_attributes(
+        {"ivr.caller": caller.identity, "ivr.menu": "main"}
+    )
+    log.info("ivr answering %s in %s", caller.identity, ctx.room.name)
+    while True:
+        key = await ivr.menu_until_key()
+        menu = {"1": "echo", "2": "transfer", "9": "hangup"}.get(key)
+        changes = {"ivr.choice": key, **({"ivr.menu": menu} if menu else {})}
+        if menu == "transfer":
+            changes["ivr.transfer_to"] = opts["transfer_to"]
+        await ctx.room.local_participant.set_attributes(changes)
+        if menu == "echo":
+            await ivr.say("echo")
+            track = await first_audio_track(ctx, caller)
+            await Echo(ctx, source).run(track)
+            return
+        if menu == "transfer":
+            await ivr.say("transfer")
+            await ctx.move_participant(caller.identity, opts["transfer_to"])
+            ctx.shutdown("caller transferred")
+            return
+        if menu == "hangup":
+            await ivr.say("goodbye")
+            await ctx.remove_participant(caller.identity)
+            ctx.shutdown("caller hung up by the IVR")
+            return
+        if key != "*":
+            await ivr.say("invalid")

@@ -1,0 +1,1 @@
+"""Agents' main-process side: dispatch table, job-process supervisor and AgentDispatchService."""

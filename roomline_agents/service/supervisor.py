@@ -1,0 +1,319 @@
+"""Starts, watches and ends agent job processes (one process per job, a warm pool of idle ones).
+
+``agents.workers`` idle processes are kept ready (Python, PyAV and the agent API already imported),
+so a dispatched job starts without paying the interpreter start-up. A job takes an idle process and
+a new idle one is started behind it. Each process has a JSON-lines control socketpair
+(:mod:`roomline_agents.control`) and a second socketpair on which the supervisor hands over the job's
+local-channel connection (SCM_RIGHTS) when the entrypoint calls ``ctx.connect()``.
+
+The supervisor keeps its own duplicate of that connection until the job is over. If the process
+crashes, the SFU therefore does not see the participant's socket close first (which would read as
+an ordinary SIGNAL_CLOSE); the supervisor reports the failure, the owner removes the participant
+with AGENT_ERROR, and only then is the duplicate closed. A job whose event loop stops sending
+heartbeats for :data:`HANG_TIMEOUT` seconds is killed and reported the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from roomline_agents import control
+
+log = logging.getLogger("roomline_agents.service.supervisor")
+
+#: A job whose event loop has not sent a heartbeat for this long is considered hung and killed.
+#: Heartbeats come every second; 5 s tolerates a GC pause or a slow model load step.
+HANG_TIMEOUT = 5.0
+#: Seconds a stopped job may take to leave before it is killed.
+STOP_GRACE = 5.0
+#: Idle processes that fail to start are retried with this backoff (seconds), doubling to 30 s.
+SPAWN_BACKOFF = 0.5
+SPAWN_BACKOFF_MAX = 30.0
+
+#: (job id, state, error): "running", "success", "failed" as the job reports them, then always
+#: "exited" when its process is gone (error set if it ended without reporting, crashed or hung).
+OnStatus = Callable[[str, str, str], None]
+#: (job id, participant identity) → error text or "" on success
+OnRemove = Callable[[str, str, str], Awaitable[str]]
+
+
+@dataclass
+class JobSpec:
+    """What the supervisor needs to run one job."""
+
+    start: control.StartJob
+
+    @property
+    def job_id(self) -> str:
+        return self.start.job_id
+
+
+@dataclass
+class JobProc:
+    """One job process (idle or running a job)."""
+
+    proc: asyncio.subprocess.Process
+    writer: asyncio.StreamWriter
+    fd_sock: socket.socket
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    last_beat: float = field(default_factory=time.monotonic)
+    job: JobSpec | None = None
+    channel: socket.socket | None = None
+    final: str = ""  # "success" | "failed" once the job reported its end
+    stop_deadline: float | None = None
+    killed_reason: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, msg: control.Message) -> None:
+        if not self.writer.is_closing():
+            self.writer.write(control.encode(msg))
+
+
+class JobSupervisor:
+    """Runs agent jobs in their own processes; see the module docstring."""
+
+    def __init__(
+        self,
+        idle_processes: int,
+        channel_path: str,
+        on_status: OnStatus,
+        on_remove: OnRemove,
+        python: str = sys.executable,
+        hang_timeout: float = HANG_TIMEOUT,
+    ) -> None:
+        self.idle_target = idle_processes
+        self.channel_path = channel_path
+        self._on_status = on_status
+        self._on_remove = on_remove
+        self._python = python
+        self.hang_timeout = hang_timeout
+        self.idle: list[JobProc] = []
+        self.busy: dict[str, JobProc] = {}
+        self.starting = 0
+        self.spawn_failures = 0
+        self.killed_hung = 0
+        self._stopping = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        self._refill()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for jp in list(self.busy.values()):
+            jp.send(control.StopJob(reason="appliance stopping"))
+        for jp in list(self.idle):
+            jp.send(control.Shutdown())
+        procs = [jp.proc for jp in [*self.idle, *self.busy.values()]]
+        for proc in procs:
+            if proc.returncode is None:
+                try:
+                    await asyncio.wait_for(proc.wait(), STOP_GRACE)
+                except TimeoutError:
+                    proc.kill()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _refill(self) -> None:
+        while not self._stopping and len(self.idle) + self.starting < self.idle_target:
+            self.starting += 1
+            self._spawn_task(self._start_idle())
+
+    async def _start_idle(self) -> None:
+        try:
+            jp = await self._spawn()
+            await asyncio.wait_for(jp.ready.wait(), 30.0)
+        except (OSError, TimeoutError) as exc:
+            self.starting -= 1
+            self.spawn_failures += 1
+            delay = min(SPAWN_BACKOFF * 2 ** min(self.spawn_failures, 6), SPAWN_BACKOFF_MAX)
+            log.error("cannot start an agent job process (%s); retry in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            self._refill()
+            return
+        self.starting -= 1
+        self.spawn_failures = 0
+        if self._stopping:
+            jp.send(control.Shutdown())
+            return
+        self.idle.append(jp)
+
+    async def _spawn(self) -> JobProc:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fd_parent, fd_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self._python,
+                "-m",
+                "roomline_agents.sdk.worker",
+                "--control-fd",
+                str(child.fileno()),
+                "--fd-socket",
+                str(fd_child.fileno()),
+                pass_fds=(child.fileno(), fd_child.fileno()),
+                env=_child_env(),
+                stdin=asyncio.subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+            fd_child.close()
+        fd_parent.setblocking(False)
+        reader, writer = await asyncio.open_unix_connection(sock=parent)
+        jp = JobProc(proc=proc, writer=writer, fd_sock=fd_parent)
+        self._spawn_task(self._run(jp, reader))
+        return jp
+
+    # ------------------------------------------------------------------ jobs
+
+    async def launch(self, spec: JobSpec) -> None:
+        """Hand ``spec`` to an idle process (starting one if none is ready)."""
+        if self._stopping:
+            raise RuntimeError("agent supervisor is stopping")
+        jp = self.idle.pop(0) if self.idle else None
+        if jp is None or jp.proc.returncode is not None:
+            jp = await self._spawn()
+            await asyncio.wait_for(jp.ready.wait(), 30.0)
+        jp.job = spec
+        jp.last_beat = time.monotonic()
+        self.busy[spec.job_id] = jp
+        jp.send(spec.start)
+        self._refill()
+
+    def stop_job(self, job_id: str, reason: str) -> bool:
+        """Ask a job to leave; it is killed if it has not exited after :data:`STOP_GRACE`."""
+        jp = self.busy.get(job_id)
+        if jp is None:
+            return False
+        if jp.stop_deadline is None:
+            jp.stop_deadline = time.monotonic() + STOP_GRACE
+            jp.send(control.StopJob(reason=reason))
+        return True
+
+    async def _run(self, jp: JobProc, reader: asyncio.StreamReader) -> None:
+        read = asyncio.get_running_loop().create_task(self._read(jp, reader))
+        try:
+            code = await jp.proc.wait()
+        finally:
+            read.cancel()
+            await asyncio.gather(read, return_exceptions=True)
+            jp.writer.close()
+        if jp in self.idle:
+            self.idle.remove(jp)
+            self._refill()
+        spec = jp.job
+        if spec is not None:
+            self.busy.pop(spec.job_id, None)
+            error = ""
+            if not jp.final and jp.stop_deadline is None:
+                error = jp.killed_reason or f"agent process exited with code {code}"
+                log.warning("agent job %s ended abnormally: %s", spec.job_id, error)
+            # "exited" always comes last: the owner settles the job and the participant here.
+            self._on_status(spec.job_id, "exited", error)
+            self._refill()
+        # Only now may the SFU see the job's channel close (see the module docstring).
+        if jp.channel is not None:
+            jp.channel.close()
+        jp.fd_sock.close()
+
+    async def _read(self, jp: JobProc, reader: asyncio.StreamReader) -> None:
+        try:
+            async for msg in control.messages(reader):
+                await self._on_message(jp, msg)
+        except (ConnectionError, ValueError):
+            return
+
+    async def _on_message(self, jp: JobProc, msg: control.Message) -> None:
+        jp.last_beat = time.monotonic()
+        if isinstance(msg, control.Ready):
+            jp.ready.set()
+        elif isinstance(msg, control.ConnectRequest):
+            await self._connect(jp)
+        elif isinstance(msg, control.JobStatus) and jp.job is not None:
+            if msg.state in ("success", "failed"):
+                jp.final = msg.state
+            self._on_status(jp.job.job_id, msg.state, msg.error)
+        elif isinstance(msg, control.RemoveParticipant) and jp.job is not None:
+            self._spawn_task(self._remove(jp, msg))
+
+    async def _connect(self, jp: JobProc) -> None:
+        if jp.channel is not None:
+            jp.send(control.ConnectFailed(error="already connected"))
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, self.channel_path)
+            socket.send_fds(jp.fd_sock, [b"c"], [sock.fileno()])
+        except OSError as exc:
+            sock.close()
+            jp.send(control.ConnectFailed(error=f"cannot reach the local channel: {exc}"))
+            return
+        jp.channel = sock
+
+    async def _remove(self, jp: JobProc, msg: control.RemoveParticipant) -> None:
+        assert jp.job is not None
+        try:
+            error = await self._on_remove(jp.job.job_id, msg.identity, msg.destination)
+        except Exception as exc:  # the agent gets an error, the supervisor lives on
+            log.exception("remove_participant for agent job failed")
+            error = str(exc) or type(exc).__name__
+        jp.send(control.Result(request_id=msg.request_id, ok=not error, error=error))
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for jp in list(self.busy.values()):
+                if jp.proc.returncode is not None or jp.killed_reason:
+                    continue
+                if now - jp.last_beat > self.hang_timeout:
+                    jp.killed_reason = (
+                        f"agent job hung (no heartbeat for {self.hang_timeout:.0f} s)"
+                    )
+                    self.killed_hung += 1
+                    log.warning("killing agent job process %d: %s", jp.pid, jp.killed_reason)
+                    jp.proc.kill()
+                elif jp.stop_deadline is not None and now > jp.stop_deadline:
+                    jp.killed_reason = "agent job did not stop in time"
+                    jp.proc.kill()
+
+    def metrics(self) -> dict[str, int]:
+        return {
+            "idle": len(self.idle),
+            "busy": len(self.busy),
+            "killed_hung": self.killed_hung,
+        }
+
+
+def _child_env() -> dict[str, str]:
+    """Job processes import the repo's packages (and the registry's agent modules) like we do."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths = [root, os.getcwd()]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
