@@ -240,7 +240,9 @@ class KamailioFront:
         text = out.decode("utf-8", "replace")
         if proc.returncode != 0:
             errors = [ln.strip() for ln in text.splitlines() if _is_error_line(ln)]
-            detail = "; ".join(errors[-6:]) or text.strip()[-1500:]
+            # The first errors are the cause (later ones follow from it); the last is the summary.
+            shown = errors[:4] + errors[-1:] if len(errors) > 5 else errors
+            detail = "; ".join(shown) or text.strip()[-1500:]
             raise FrontError(
                 f"kamailio refused {self.cfg_path} (exit {proc.returncode}): {detail}"
             )
@@ -287,11 +289,12 @@ class KamailioFront:
         if proc is not None and proc.returncode is None:
             _kill_group(proc, signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), self._stop_timeout)
+                await asyncio.wait_for(_exited(proc), self._stop_timeout)
             except TimeoutError:
                 log.warning("kamailio did not stop on SIGTERM; killing")
-                _kill_group(proc, signal.SIGKILL)
-                await proc.wait()
+            _kill_group(proc, signal.SIGKILL)  # and any child left behind
+            await _exited(proc)
+            self.last_exit = proc.returncode
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -334,11 +337,15 @@ class KamailioFront:
                     asyncio.get_running_loop().create_task(self._pump(proc.stderr)),
                 ]
                 try:
-                    rc = await proc.wait()
+                    rc = await _exited(proc)
                 finally:
-                    # Kamailio's children share the pipe; make sure none outlive the main process.
+                    # Kamailio's children share the pipes (and the sockets): none may outlive
+                    # the main process, or the restarted one could not bind.
                     _kill_group(proc, signal.SIGKILL)
-                    await asyncio.gather(*pumps, return_exceptions=True)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(asyncio.gather(*pumps, return_exceptions=True), 5)
+                    for p in pumps:
+                        p.cancel()
                 self.last_exit = rc
                 if self._stopping:
                     return
@@ -377,6 +384,14 @@ def _write(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+async def _exited(proc: asyncio.subprocess.Process) -> int:
+    """The main process's exit status. ``proc.wait()`` would also wait for every process holding
+    its stdout/stderr pipes (Kamailio's children), so poll ``returncode`` instead."""
+    while proc.returncode is None:
+        await asyncio.sleep(0.05)
+    return proc.returncode
 
 
 def _kill_group(proc: asyncio.subprocess.Process, sig: int) -> None:
