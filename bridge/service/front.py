@@ -243,9 +243,7 @@ class KamailioFront:
             # The first errors are the cause (later ones follow from it); the last is the summary.
             shown = errors[:4] + errors[-1:] if len(errors) > 5 else errors
             detail = "; ".join(shown) or text.strip()[-1500:]
-            raise FrontError(
-                f"kamailio refused {self.cfg_path} (exit {proc.returncode}): {detail}"
-            )
+            raise FrontError(f"kamailio refused {self.cfg_path} (exit {proc.returncode}): {detail}")
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:

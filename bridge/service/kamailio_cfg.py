@@ -44,6 +44,8 @@ __all__ = [
 
 #: The header that carries the caller's real source to the workers (incoming copies are removed).
 SOURCE_HEADER = "X-Roomline-Source"
+#: The loopback address of the socket that faces the workers when ``advertise`` is set.
+INTERNAL_ADDRESS = "127.0.0.1"
 #: Dispatcher set id of the bridge workers.
 DISPATCHER_SET = 1
 DEFAULT_BLOCKED_USER_AGENTS: tuple[str, ...] = ("friendly-scanner", "sipvicious", "sipcli")
@@ -51,7 +53,7 @@ DEFAULT_BLOCKED_USER_AGENTS: tuple[str, ...] = ("friendly-scanner", "sipvicious"
 _DUID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}$")
 # Printable ASCII minus the characters that would need escaping inside a Kamailio string.
-_UA_RE = re.compile(r'^[\x20-\x7e]{1,128}$')
+_UA_RE = re.compile(r"^[\x20-\x7e]{1,128}$")
 _PATH_RE = re.compile(r'^[^"\\\x00-\x1f]{1,4000}$')
 # "^" cannot be bracketed ("[^]" negates) and is refused by validation instead.
 _REGEX_SPECIAL = set(".[]()*+?{}|$")
@@ -96,8 +98,11 @@ class FrontOptions:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
-    #: Public address put in Via/Record-Route when the host is behind 1:1 NAT ("" = none).
+    #: Public address put in Via/Record-Route when the host is behind 1:1 NAT ("" = none). The
+    #: workers are then reached from a separate loopback socket on ``internal_port`` (required),
+    #: so what they see in Via/Record-Route is an address they can actually reply to.
     advertise: str = ""
+    internal_port: int = 0
     #: Extra host names that mean "this proxy" in a Request-URI.
     aliases: tuple[str, ...] = ()
     #: Case-insensitive substrings of User-Agent whose requests get no response at all.
@@ -146,6 +151,9 @@ class FrontOptions:
         _check_ip(self.bind_address, "bind_address")
         if self.advertise:
             _check_ip(self.advertise, "advertise")
+            _check_port(self.internal_port, "internal_port (required with advertise)")
+            if self.internal_port in (self.port, self.tls_port if self.tls_enabled else -1):
+                raise FrontConfigError(f"internal_port: {self.internal_port} is already in use")
         _check_port(self.port, "port")
         if self.tls_cert_file or self.tls_key_file:
             if not (self.tls_cert_file and self.tls_key_file):
@@ -170,6 +178,8 @@ class FrontOptions:
             if w.uid in seen_uids:
                 raise FrontConfigError(f"{where}.duid: {w.uid!r} is used twice")
             seen_uids.add(w.uid)
+            if self.advertise and not ipaddress.ip_address(w.host).is_loopback:
+                raise FrontConfigError(f"{where}.host: with advertise, workers must be on loopback")
             if w.transport not in ("udp", "tcp"):
                 raise FrontConfigError(f"{where}.transport: expected udp or tcp")
             key = (w.host, w.port)
@@ -284,7 +294,10 @@ def render_dispatcher_list(opts: FrontOptions) -> str:
     opts.validate()
     lines = ["# roomline bridge workers (generated; set uri flags priority attrs)"]
     for w in opts.workers:
-        lines.append(f"{DISPATCHER_SET} {w.uri} 0 0 duid={w.uid};maxload={w.maxload}")
+        attrs = f"duid={w.uid};maxload={w.maxload}"
+        if opts.advertise:
+            attrs += f";socket={_sock(w.transport, INTERNAL_ADDRESS, opts.internal_port)}"
+        lines.append(f"{DISPATCHER_SET} {w.uri} 0 0 {attrs}")
     return "\n".join(lines) + "\n"
 
 
@@ -325,43 +338,42 @@ def render_kamailio_cfg(
     if opts.advertise:
         adv_host = f"[{opts.advertise}]" if ":" in opts.advertise else opts.advertise
         adv = f" advertise {adv_host}:{{port}}"
-    listens.append(f"listen={_sock('udp', opts.bind_address, opts.port)}{adv.format(port=opts.port)}")
-    listens.append(f"listen={_sock('tcp', opts.bind_address, opts.port)}{adv.format(port=opts.port)}")
+    listens.append(
+        f"listen={_sock('udp', opts.bind_address, opts.port)}{adv.format(port=opts.port)}"
+    )
+    listens.append(
+        f"listen={_sock('tcp', opts.bind_address, opts.port)}{adv.format(port=opts.port)}"
+    )
     if opts.tls_enabled:
         listens.append(
             f"listen={_sock('tls', opts.bind_address, opts.tls_port)}"
             f"{adv.format(port=opts.tls_port)}"
         )
+    if opts.advertise:
+        for proto in sorted({"udp", "tcp"} | {w.transport for w in opts.workers}):
+            listens.append(f"listen={_sock(proto, INTERNAL_ADDRESS, opts.internal_port)}")
     for extra in opts.extra_listen:
         listens.append(f"listen={extra}")
     aliases = "".join(f"alias={_str(a)}\n" for a in opts.aliases)
     trusted = _trusted_condition(opts.trusted_addresses)
-    trusted_block = (
-        f"\tif ({trusted}) {{\n\t\tsetflag(FLT_TRUSTED);\n\t}}\n" if trusted else ""
-    )
+    trusted_block = f"\tif ({trusted}) {{\n\t\tsetflag(FLT_TRUSTED);\n\t}}\n" if trusted else ""
     ua_block = ""
     if opts.blocked_user_agents:
         ua_block = (
             "\t# Scanners: no response at all, whatever the method.\n"
-            f"\tif (is_present_hf(\"User-Agent\") && $(ua{{s.tolower}}) =~ "
+            f'\tif (is_present_hf("User-Agent") && $(ua{{s.tolower}}) =~ '
             f"{_str(_ua_regex(opts.blocked_user_agents))}) {{\n"
-            "\t\txlog(\"L_INFO\", \"front: blocked user-agent from $si:$sp\\n\");\n"
+            '\t\txlog("L_INFO", "front: blocked user-agent from $si:$sp\\n");\n'
             "\t\tdrop;\n\t}\n"
         )
     mpath = f"mpath={_str(opts.module_path)}\n" if opts.module_path else ""
     tls_globals = "enable_tls=yes\n" if opts.tls_enabled else ""
     tls_module = ""
     if opts.tls_enabled:
-        tls_module = (
-            'loadmodule "tls.so"\n'
-            f'modparam("tls", "config", {_str(tls_cfg_path)})\n'
-        )
+        tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", {_str(tls_cfg_path)})\n'
     ctl = ""
     if opts.ctl_socket:
-        ctl = (
-            'loadmodule "ctl.so"\n'
-            f'modparam("ctl", "binrpc", {_str("unix:" + opts.ctl_socket)})\n'
-        )
+        ctl = f'loadmodule "ctl.so"\nmodparam("ctl", "binrpc", {_str("unix:" + opts.ctl_socket)})\n'
     fr_inv = opts.fr_inv_timer_ms
     ds_set = DISPATCHER_SET
     return f"""#!KAMAILIO

@@ -75,7 +75,8 @@ def method_of(msg: str) -> str | None:
 class Worker(asyncio.DatagramProtocol):
     """A stand-in bridge worker on UDP: records every message, answers like a small UAS.
 
-    OPTIONS → 200; INVITE → 100 then ``invite_status`` (200 with a To-tag by default); BYE,
+    OPTIONS → 200; INVITE → 100 then ``invite_status`` (200 with a To-tag by default; 0 = no
+    answer at all); BYE,
     CANCEL and others → 200; ACK → nothing.
     """
 
@@ -93,6 +94,8 @@ class Worker(asyncio.DatagramProtocol):
         if method is None or method == "ACK":
             return
         if method == "INVITE":
+            if self.invite_status == 0:
+                return  # a hung worker: alive for OPTIONS, silent for calls
             self._reply(msg, addr, 100, "Trying", tag=False)
             self._reply(msg, addr, self.invite_status, "Reply", tag=True)
         else:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bridge.service.front import (
+    DEBIAN_MODULE_DIRS,
     FrontConfigError,
     FrontError,
     FrontOptions,
@@ -157,8 +158,20 @@ def _self_signed(run_dir: Path) -> tuple[Path, Path]:
     cert, key = run_dir / "cert.pem", run_dir / "key.pem"
     subprocess.run(
         [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", "/CN=front.test", "-keyout", str(key), "-out", str(cert),
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=front.test",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
         ],
         check=True,
         capture_output=True,
@@ -171,6 +184,8 @@ def _self_signed(run_dir: Path) -> tuple[Path, Path]:
 async def test_kamailio_accepts_tls_config_and_tls_call_gets_true_source(run_dir: Path) -> None:
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
+    if not any(os.path.exists(f"{d}/tls.so") for d in DEBIAN_MODULE_DIRS):
+        pytest.skip("kamailio-tls-modules not installed")
     cert, key = _self_signed(run_dir)
     worker_port, port, tls_port = free_ports(3)
     worker = await start_worker(worker_port)
@@ -202,7 +217,10 @@ async def test_kamailio_accepts_tls_config_and_tls_call_gets_true_source(run_dir
         inv = request("INVITE", ("127.0.0.1", tls_port), local).replace(
             "SIP/2.0/UDP", "SIP/2.0/TLS"
         )
-        inv = inv.replace(f"sip:+15550100@127.0.0.1:{tls_port}", f"sip:+15550100@127.0.0.1:{tls_port};transport=tls")
+        inv = inv.replace(
+            f"sip:+15550100@127.0.0.1:{tls_port}",
+            f"sip:+15550100@127.0.0.1:{tls_port};transport=tls",
+        )
         writer.write(inv.encode())
         await writer.drain()
         data = b""
@@ -241,7 +259,9 @@ async def test_missing_tls_module_names_the_debian_package(run_dir: Path) -> Non
     mods.mkdir()
     (mods / "tm.so").write_bytes(b"")
     opts = _opts(
-        tls_cert_file="/tmp/c.pem", tls_key_file="/tmp/k.pem", tls_port=28503,
+        tls_cert_file="/tmp/c.pem",
+        tls_key_file="/tmp/k.pem",
+        tls_port=28503,
         module_path=str(mods),
     )
     fake = _fake_kamailio(run_dir, "exit 0")
@@ -266,11 +286,18 @@ def _fake_kamailio(run_dir: Path, run_body: str) -> Path:
 
 
 async def test_lines_forwarded_and_restart_backs_off(run_dir: Path) -> None:
-    fake = _fake_kamailio(run_dir, 'echo " 0(1) ERROR: <core> boom $$" >&2; echo "out line"; exit 3')
+    fake = _fake_kamailio(
+        run_dir, 'echo " 0(1) ERROR: <core> boom $$" >&2; echo "out line"; exit 3'
+    )
     lines: list[str] = []
     front = KamailioFront(
-        _opts(module_path=str(run_dir)), run_dir, binary=str(fake), on_line=lines.append,
-        backoff_initial=0.1, backoff_max=0.4, stable_after=60,
+        _opts(module_path=str(run_dir)),
+        run_dir,
+        binary=str(fake),
+        on_line=lines.append,
+        backoff_initial=0.1,
+        backoff_max=0.4,
+        stable_after=60,
     )
     await front.start()
     await asyncio.sleep(1.3)
@@ -286,7 +313,10 @@ async def test_stop_escalates_to_sigkill(run_dir: Path) -> None:
     fake = _fake_kamailio(run_dir, "trap '' TERM; echo started >&2; while :; do sleep 0.1; done")
     lines: list[str] = []
     front = KamailioFront(
-        _opts(module_path=str(run_dir)), run_dir, binary=str(fake), on_line=lines.append,
+        _opts(module_path=str(run_dir)),
+        run_dir,
+        binary=str(fake),
+        on_line=lines.append,
         stop_timeout=0.5,
     )
     await front.start()

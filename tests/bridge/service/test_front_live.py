@@ -14,7 +14,6 @@ import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -76,9 +75,7 @@ async def two_workers() -> AsyncIterator[tuple[KamailioFront, int, list[Worker],
     ports = free_ports(2)
     workers = [await start_worker(p) for p in ports]
     lines = Lines()
-    front, port, run_dir = await _start_front(
-        [FrontWorker(p, maxload=1) for p in ports], lines
-    )
+    front, port, run_dir = await _start_front([FrontWorker(p, maxload=1) for p in ports], lines)
     try:
         yield front, port, workers, lines
     finally:
@@ -140,8 +137,7 @@ async def test_bye_reaches_owning_worker(two_workers, routes: bool) -> None:
         assert ok is not None and status_of(ok) == 200, ok
         call_id = header(inv, "Call-ID")
         owners = [
-            w for w in workers
-            if any(header(m, "Call-ID") == call_id for m in w.requests("INVITE"))
+            w for w in workers if any(header(m, "Call-ID") == call_id for m in w.requests("INVITE"))
         ]
         assert len(owners) == 1
         assert any(header(m, "Call-ID") == call_id for m in owners[0].requests("BYE"))
@@ -189,7 +185,9 @@ async def test_malformed_requests_never_reach_a_worker(two_workers) -> None:
             assert reply is not None and status_of(reply) == 400  # sanity_check answers this one
     # A 64 KB header over TCP is refused as well.
     r, w = await asyncio.open_connection(FRONT_HOST, port)
-    tcp_huge = request("INVITE", dest, w.get_extra_info("sockname")[:2], extra=["X-Pad: " + "b" * 65536])
+    tcp_huge = request(
+        "INVITE", dest, w.get_extra_info("sockname")[:2], extra=["X-Pad: " + "b" * 65536]
+    )
     w.write(tcp_huge.replace("SIP/2.0/UDP", "SIP/2.0/TCP").encode())
     await w.drain()
     try:
@@ -275,9 +273,7 @@ async def test_dead_worker_is_marked_down_then_back() -> None:
     ports = free_ports(2)
     alive = await start_worker(ports[1])
     lines = Lines()
-    front, port, run_dir = await _start_front(
-        [FrontWorker(ports[0]), FrontWorker(ports[1])], lines
-    )
+    front, port, run_dir = await _start_front([FrontWorker(ports[0]), FrontWorker(ports[1])], lines)
     dest = (FRONT_HOST, port)
     try:
         # Nothing listens on ports[0]: probing marks it down, calls still connect via ports[1].
@@ -322,28 +318,136 @@ async def test_flood_is_banned_but_other_sources_still_connect() -> None:
             if sent % 50 == 0:
                 await asyncio.sleep(max(0.0, t0 + sent / 500 - time.monotonic()))
         await asyncio.sleep(0.5)
-        from_flood = [m for m in worker.requests("INVITE") if "127.0.0.3" in (header(m, "X-Roomline-Source") or "")]
-        assert len(from_flood) < 100, f"{len(from_flood)} of {sent} flood INVITEs reached the worker"
+        from_flood = [
+            m
+            for m in worker.requests("INVITE")
+            if "127.0.0.3" in (header(m, "X-Roomline-Source") or "")
+        ]
+        assert len(from_flood) < 100, (
+            f"{len(from_flood)} of {sent} flood INVITEs reached the worker"
+        )
         assert any("banned" in ln for ln in lines.lines)
-        # Still banned: nothing at all comes back to the flooder.
+        # Still banned: a new request from the flooder gets nothing back (earlier 486s may still
+        # be retransmitted by tm, the flooder never ACKs them, so match on the Call-ID).
         flood.setblocking(False)
+        flood.sendto(request("INVITE", dest, src, call_id="after-ban@test").encode(), dest)
+        await asyncio.sleep(1.0)
         while True:
             try:
-                flood.recv(65535)
+                reply = flood.recv(65535).decode()
             except BlockingIOError:
                 break
-        flood.sendto(request("INVITE", dest, src).encode(), dest)
-        await asyncio.sleep(0.5)
-        with pytest.raises(BlockingIOError):
-            flood.recv(65535)
+            assert header(reply, "Call-ID") != "after-ban@test", reply
+        assert not any(header(m, "Call-ID") == "after-ban@test" for m in worker.received)
         flood.close()
+        # A trusted source is exempt from pike: the same rate from 127.0.0.9 is never banned.
+        trusted = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        trusted.bind(("127.0.0.9", 0))
+        trusted.setblocking(False)
+        tsrc = trusted.getsockname()
+        answered: set[str | None] = set()  # Call-IDs (486s are retransmitted: no ACK here)
+
+        def drain() -> None:  # read as we go: a small socket buffer would drop replies
+            while True:
+                try:
+                    reply = trusted.recv(65535).decode()
+                except BlockingIOError:
+                    return
+                if status_of(reply) == 486:
+                    answered.add(header(reply, "Call-ID"))
+
+        t0 = time.monotonic()
+        for i in range(300):
+            trusted.sendto(request("INVITE", dest, tsrc).encode(), dest)
+            if i % 25 == 24:
+                await asyncio.sleep(max(0.0, t0 + (i + 1) / 500 - time.monotonic()))
+                drain()
+        deadline = time.monotonic() + 3
+        while len(answered) < 300 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            drain()
+        trusted.close()
+        # Every one was answered (by the worker, or 486 by the front while the worker's 4 slots
+        # were busy with the burst); none was dropped as a flood.
+        assert len(answered) == 300, len(answered)
+        assert not lines.has("flood from 127.0.0.9")
         # A different source still reaches the worker (which answers 486 here).
         _, final, uac = await _call(dest, src_host="127.0.0.2")
         assert status_of(final) == 486, "\n".join(lines.lines[-30:])
         assert any(
-            "127.0.0.2" in (header(m, "X-Roomline-Source") or "")
-            for m in worker.requests("INVITE")
+            "127.0.0.2" in (header(m, "X-Roomline-Source") or "") for m in worker.requests("INVITE")
         ), "\n".join(ln for ln in lines.lines if "front:" in ln)[-3000:]
+        uac.close()  # type: ignore[attr-defined]
+    finally:
+        await front.stop()
+        worker.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("status", [503, 408, 0], ids=["503", "408", "no-answer"])
+async def test_failover_to_next_worker(status: int) -> None:
+    ports = free_ports(2)
+    bad = await start_worker(ports[0], invite_status=status)
+    good = await start_worker(ports[1])
+    lines = Lines()
+    front, port, run_dir = await _start_front([FrontWorker(ports[0]), FrontWorker(ports[1])], lines)
+    dest = (FRONT_HOST, port)
+    try:
+        await asyncio.sleep(1.5)  # both answer the OPTIONS probes: both up
+        calls = []
+        for _ in range(2):  # two concurrent calls: one of them is offered to the bad worker first
+            _, final, uac = await _call(dest)
+            assert status_of(final) == 200, final
+            calls.append(uac)
+        assert bad.requests("INVITE"), "the bad worker was never tried"
+        assert len(good.requests("INVITE")) == 2
+        if status == 0:
+            assert lines.has("did not answer, marked down")
+            # It still answers OPTIONS, so probing brings it back.
+            await asyncio.sleep(2.5)
+            ds = await _ds_list(front)
+            assert ds.count("FLAGS: AP") == 2, ds
+        for uac in calls:
+            uac.close()  # type: ignore[attr-defined]
+    finally:
+        await front.stop()
+        bad.close()
+        good.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def _ds_list(front: KamailioFront) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        "kamcmd",
+        "-s",
+        f"unix:{front.ctl_socket}",
+        "dispatcher.list",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    return out.decode()
+
+
+async def test_advertise_keeps_workers_on_loopback_socket() -> None:
+    worker_port, internal = free_ports(2)
+    worker = await start_worker(worker_port)
+    lines = Lines()
+    front, port, run_dir = await _start_front(
+        [FrontWorker(worker_port)], lines, advertise="192.0.2.10", internal_port=internal
+    )
+    dest = (FRONT_HOST, port)
+    try:
+        _, final, uac = await _call(dest)
+        assert status_of(final) == 200
+        (inv,) = worker.requests("INVITE")
+        # The worker sees (and replies to) the internal socket, never the public address ...
+        assert headers(inv, "Via")[0].startswith(f"SIP/2.0/UDP 127.0.0.1:{internal}")
+        assert f"127.0.0.1:{internal}" in " ".join(headers(inv, "Record-Route"))
+        # ... while the caller is told the advertised public address.
+        rr = " ".join(headers(final, "Record-Route"))
+        assert f"192.0.2.10:{port}" in rr, rr
+        assert all(m for m in worker.requests("OPTIONS"))
         uac.close()  # type: ignore[attr-defined]
     finally:
         await front.stop()

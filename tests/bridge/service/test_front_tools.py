@@ -234,7 +234,14 @@ async def test_sipvicious_finds_nothing() -> None:
         await front.wait_ready()
         # Positive control: svmap does find a SIP device that answers (the worker itself).
         out = await _run_tool(
-            "svmap", "127.0.0.1", "-p", str(worker_port), "-P", str(local_a), "-b", "127.0.0.1",
+            "svmap",
+            "127.0.0.1",
+            "-p",
+            str(worker_port),
+            "-P",
+            str(local_a),
+            "-b",
+            "127.0.0.1",
             home=run_dir,
         )
         assert f"127.0.0.1:{worker_port}" in out, out
@@ -242,15 +249,33 @@ async def test_sipvicious_finds_nothing() -> None:
         # The front: no answer to svmap's OPTIONS, nor to an INVITE scan.
         for method in ("OPTIONS", "INVITE"):
             out = await _run_tool(
-                "svmap", "127.0.0.1", "-p", str(front_port), "-P", str(local_b),
-                "-b", "127.0.0.1", "-m", method, home=run_dir,
+                "svmap",
+                "127.0.0.1",
+                "-p",
+                str(front_port),
+                "-P",
+                str(local_b),
+                "-b",
+                "127.0.0.1",
+                "-m",
+                method,
+                home=run_dir,
             )
             assert f"127.0.0.1:{front_port}" not in out and "found nothing" in out, out
         # svwar extension enumeration (REGISTER, then INVITE with --force) finds nothing.
         for extra in ((), ("-m", "INVITE", "--force")):
             out = await _run_tool(
-                "svwar", "-e100-120", "-p", str(front_port), "-P", str(local_c),
-                "-b", "127.0.0.1", *extra, "127.0.0.1", home=run_dir,
+                "svwar",
+                "-e100-120",
+                "-p",
+                str(front_port),
+                "-P",
+                str(local_c),
+                "-b",
+                "127.0.0.1",
+                *extra,
+                "127.0.0.1",
+                home=run_dir,
             )
             assert "timed out" in out and "found nothing" in out, out
             assert not re.search(r"\|\s*1\d\d\s*\|", out), out
