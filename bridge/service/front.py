@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ from bridge.service.kamailio_cfg import (
 )
 
 __all__ = [
+    "DEBIAN_MODULE_DIRS",
     "DEFAULT_BLOCKED_USER_AGENTS",
     "SOURCE_HEADER",
     "FrontConfigError",
@@ -414,15 +414,3 @@ def _log_line(line: str) -> None:
         "DEBUG": logging.DEBUG,
     }.get(m.group(1) if m else "INFO", logging.INFO)
     log.log(level, "kamailio: %s", line)
-
-
-# Kept for callers that want to probe a port without importing socket themselves.
-def port_is_free(host: str, port: int) -> bool:
-    """True if ``host:port`` can be bound for both UDP and TCP."""
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        with socket.socket(socket.AF_INET, kind) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                return False
-    return True

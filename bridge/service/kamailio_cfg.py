@@ -151,6 +151,11 @@ class FrontOptions:
         _check_ip(self.bind_address, "bind_address")
         if self.advertise:
             _check_ip(self.advertise, "advertise")
+            if ipaddress.ip_address(self.bind_address).is_unspecified:
+                raise FrontConfigError(
+                    "advertise: needs a specific bind_address (the private address that the "
+                    "public one maps to), not a wildcard"
+                )
             _check_port(self.internal_port, "internal_port (required with advertise)")
             if self.internal_port in (self.port, self.tls_port if self.tls_enabled else -1):
                 raise FrontConfigError(f"internal_port: {self.internal_port} is already in use")
@@ -231,6 +236,8 @@ class FrontOptions:
             value = getattr(self, name)
             if value and not _PATH_RE.match(value):
                 raise FrontConfigError(f"{name}: unusable path {value!r}")
+        if self.extra_listen and ipaddress.ip_address(self.bind_address).is_unspecified:
+            raise FrontConfigError("extra_listen: needs a specific bind_address")
         for i, sock in enumerate(self.extra_listen):
             if not re.match(r"^(udp|tcp|tls):[0-9A-Fa-f.:\[\]]+:\d{1,5}$", sock):
                 raise FrontConfigError(f"extra_listen[{i}]: expected proto:ip:port")
@@ -338,17 +345,23 @@ def render_kamailio_cfg(
     if opts.advertise:
         adv_host = f"[{opts.advertise}]" if ":" in opts.advertise else opts.advertise
         adv = f" advertise {adv_host}:{{port}}"
-    listens.append(
-        f"listen={_sock('udp', opts.bind_address, opts.port)}{adv.format(port=opts.port)}"
-    )
-    listens.append(
-        f"listen={_sock('tcp', opts.bind_address, opts.port)}{adv.format(port=opts.port)}"
-    )
-    if opts.tls_enabled:
-        listens.append(
-            f"listen={_sock('tls', opts.bind_address, opts.tls_port)}"
-            f"{adv.format(port=opts.tls_port)}"
-        )
+    if ipaddress.ip_address(opts.bind_address).is_unspecified:
+        # "listen=udp:0.0.0.0:5060" would put 0.0.0.0 into Via and Record-Route. Without any
+        # listen line Kamailio binds every interface address on these ports instead, and mhomed
+        # picks the right one per destination (loopback for the workers).
+        listens.append(f"port={opts.port}\nmhomed=1")
+        if opts.tls_enabled:
+            listens.append(f"tls_port_no={opts.tls_port}")
+    else:
+        for proto in ("udp", "tcp"):
+            listens.append(
+                f"listen={_sock(proto, opts.bind_address, opts.port)}{adv.format(port=opts.port)}"
+            )
+        if opts.tls_enabled:
+            listens.append(
+                f"listen={_sock('tls', opts.bind_address, opts.tls_port)}"
+                f"{adv.format(port=opts.tls_port)}"
+            )
     if opts.advertise:
         for proto in sorted({"udp", "tcp"} | {w.transport for w in opts.workers}):
             listens.append(f"listen={_sock(proto, INTERNAL_ADDRESS, opts.internal_port)}")
@@ -405,7 +418,6 @@ tcp_max_connections=2048
 {aliases}
 ####### Flags #########
 #!define FLT_TRUSTED 1
-#!define FLT_FROM_WORKER 2
 
 ####### Modules #########
 loadmodule "tm.so"

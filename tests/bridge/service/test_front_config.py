@@ -90,6 +90,11 @@ def test_cfg_contents() -> None:
     assert '"ds_ping_interval", 10' in cfg
 
 
+def test_wildcard_bind_uses_no_listen_lines() -> None:
+    cfg = render_kamailio_cfg(_opts(bind_address="0.0.0.0"), "/tmp/x/d.list")
+    assert "listen=" not in cfg and "port=28500\nmhomed=1" in cfg
+
+
 def test_render_is_pure_and_deterministic() -> None:
     a = render_kamailio_cfg(_opts(), "/tmp/x/d.list")
     b = render_kamailio_cfg(_opts(), "/tmp/x/d.list")
@@ -112,6 +117,16 @@ def test_render_is_pure_and_deterministic() -> None:
         ({"bind_address": "example.com"}, "bind_address"),
         ({"max_message_size": 100}, "max_message_size"),
         ({"source_header": "Via"}, "source_header"),
+        ({"bind_address": "0.0.0.0", "advertise": "192.0.2.1", "internal_port": 28509}, "wildcard"),
+        ({"advertise": "192.0.2.1"}, "internal_port"),
+        (
+            {
+                "advertise": "192.0.2.1",
+                "internal_port": 1,
+                "workers": (FrontWorker(5070, "10.1.1.1"),),
+            },
+            "loopback",
+        ),
     ],
 )
 def test_validation_names_the_option(changes: dict[str, object], match: str) -> None:

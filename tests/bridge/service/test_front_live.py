@@ -453,3 +453,27 @@ async def test_advertise_keeps_workers_on_loopback_socket() -> None:
         await front.stop()
         worker.close()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def test_wildcard_bind_puts_real_addresses_in_via_and_record_route() -> None:
+    (worker_port,) = free_ports(1)
+    (port,) = free_ports(1, host="0.0.0.0")
+    worker = await start_worker(worker_port)
+    run_dir = tempfile.mkdtemp(prefix="front-", dir="/tmp")
+    opts = FrontOptions(
+        workers=(FrontWorker(worker_port),), bind_address="0.0.0.0", port=port, ping_interval=1
+    )
+    front = KamailioFront(opts, run_dir, on_line=lambda _line: None, stop_timeout=3.0)
+    try:
+        await front.start()
+        await front.wait_ready()
+        _, final, uac = await _call((FRONT_HOST, port))
+        assert status_of(final) == 200
+        (inv,) = worker.requests("INVITE")
+        assert headers(inv, "Via")[0].startswith(f"SIP/2.0/UDP 127.0.0.1:{port};")
+        assert headers(final, "Record-Route") == [f"<sip:127.0.0.1:{port};lr>"]
+        uac.close()  # type: ignore[attr-defined]
+    finally:
+        await front.stop()
+        worker.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
