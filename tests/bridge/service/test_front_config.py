@@ -385,3 +385,33 @@ async def test_real_kamailio_restarted_after_crash(run_dir: Path) -> None:
         await front.stop()
         worker.close()
     assert front.pid is None
+
+
+@needs_kamailio
+async def test_reload_config_restarts_on_new_files(run_dir: Path) -> None:
+    worker_port, port = free_ports(2)
+    worker = await start_worker(worker_port)
+    opts = FrontOptions(
+        workers=(FrontWorker(worker_port),), bind_address="127.0.0.1", port=port, ping_interval=1
+    )
+    front = KamailioFront(opts, run_dir, on_line=lambda _line: None, backoff_initial=0.1)
+    try:
+        await front.start()
+        await front.wait_ready()
+        first = front.pid
+        front.options = FrontOptions(
+            workers=(FrontWorker(worker_port, maxload=1),),
+            bind_address="127.0.0.1",
+            port=port,
+            ping_interval=1,
+        )
+        await front.reload_config()
+        deadline = time.monotonic() + 10
+        while front.pid in (None, first) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await front.wait_ready()
+        assert front.pid not in (None, first)
+        assert "maxload=1" in (run_dir / "dispatcher.list").read_text()
+    finally:
+        await front.stop()
+        worker.close()
