@@ -32,6 +32,7 @@ from tests.bridge.service.front_sip import (
 )
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed"),
     pytest.mark.timeout(120),
 ]

@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "sipp"
 
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed"),
     pytest.mark.timeout(120),
 ]
