@@ -1,0 +1,1 @@
+"""roomline agents: LiveKit-compatible agent workers (``service``: main-process dispatch)."""
