@@ -424,9 +424,7 @@ class AgentWorkerService:
                 if out.was_assigned:
                     self._hook(self.on_job_ended, job)
             elif isinstance(out, JobOrphaned):
-                log.warning(
-                    "agent job lost its worker", job=out.job.id, worker=out.lost_worker_id
-                )
+                log.warning("agent job lost its worker", job=out.job.id, worker=out.lost_worker_id)
                 self._hook(self.on_job_orphaned, out.job)
             elif isinstance(out, WorkerLog):
                 log.debug("agent worker", worker=out.worker_id, note=out.message)

@@ -232,7 +232,9 @@ def _bad_text(value: str, limit: int, what: str, *, allow_space: bool = True) ->
         return f"{what} longer than {limit} bytes"
     for ch in value:
         if ord(ch) < 0x20 or ord(ch) == 0x7F or (not allow_space and ch.isspace()):
-            return f"{what} contains {'whitespace or ' if not allow_space else ''}control characters"
+            return (
+                f"{what} contains {'whitespace or ' if not allow_space else ''}control characters"
+            )
     return ""
 
 
@@ -305,9 +307,7 @@ class WorkerConnection:
         """Close the connection if it has not registered by :attr:`register_deadline`."""
         if self.state is ConnectionState.AWAITING_REGISTER and self.register_deadline is not None:
             if now >= self.register_deadline:
-                return self._fail(
-                    "worker did not register in time", CloseCode.POLICY_VIOLATION
-                )
+                return self._fail("worker did not register in time", CloseCode.POLICY_VIOLATION)
         return None
 
     def close(self) -> None:
@@ -334,7 +334,9 @@ class WorkerConnection:
         if self.closed:
             return
         if not self.registered:
-            self._fail("text frame before register (expected binary protobuf)", CloseCode.UNSUPPORTED_DATA)
+            self._fail(
+                "text frame before register (expected binary protobuf)", CloseCode.UNSUPPORTED_DATA
+            )
         else:
             self._warn(f"ignored a text frame of {len(text)} characters")
 

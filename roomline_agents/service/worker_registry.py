@@ -320,7 +320,10 @@ class WorkerRegistry:
         return worker
 
     def workers_for(
-        self, agent_name: str, job_type: int = agent_pb.JT_ROOM, namespace: str = "",
+        self,
+        agent_name: str,
+        job_type: int = agent_pb.JT_ROOM,
+        namespace: str = "",
         deployment: str = "",
     ) -> list[WorkerRecord]:
         key = (agent_name, namespace, job_type, deployment)

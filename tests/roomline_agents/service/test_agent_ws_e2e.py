@@ -189,6 +189,9 @@ WORKER_SCRIPT = textwrap.dedent(
 
     async def entrypoint(ctx: JobContext):
         note(f"started {ctx.job.id} {ctx.job.room.name} {ctx.job.metadata}")
+        if ctx.job.metadata == "quit":
+            ctx.shutdown("done")  # the worker then reports JS_SUCCESS itself
+            return
 
         async def bye(reason=""):
             note(f"shutdown {ctx.job.id}")
@@ -291,6 +294,12 @@ async def test_real_livekit_agents_worker(harness: Harness, tmp_path: Path) -> N
         service.terminate(job.id, "test done")
         assert job.status == agent_pb.JS_SUCCESS and harness.ended == [job]
         await wait_for(lambda: f"shutdown {job.id}" in out.read_text(), 30, "job shutdown")
+
+        # A job that ends by itself: the worker's UpdateJobStatus(JS_SUCCESS) ends it here.
+        job2 = await service.dispatch("e2e-room-2", AGENT_NAME, metadata="quit", timeout=20)
+        await wait_for(lambda: not job2.active, 60, "the worker to report the end of job 2")
+        assert job2.status == agent_pb.JS_SUCCESS and job2.end_reason == "worker reported success"
+        assert harness.ended == [job, job2]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -22,7 +22,11 @@ from roomline_agents.service.worker_protocol import (
 
 # What livekit-agents 1.8.9 sends first (shared doc §4).
 PERMS = models.ParticipantPermission(
-    can_subscribe=True, can_publish=True, can_publish_data=True, can_update_metadata=True, agent=True
+    can_subscribe=True,
+    can_publish=True,
+    can_publish_data=True,
+    can_update_metadata=True,
+    agent=True,
 )
 
 
@@ -140,9 +144,7 @@ def test_refusal_and_terminate_flags() -> None:
     conn.send_availability_request(job("AJ_a"))
     conn.send_availability_request(job("AJ_b"))
     conn.receive_data(wm(availability=agent_pb.AvailabilityResponse(job_id="AJ_a")))
-    conn.receive_data(
-        wm(availability=agent_pb.AvailabilityResponse(job_id="AJ_b", terminate=True))
-    )
+    conn.receive_data(wm(availability=agent_pb.AvailabilityResponse(job_id="AJ_b", terminate=True)))
     a, b = conn.events_received()
     assert not a.available and not a.terminate
     assert not b.available and b.terminate
@@ -187,7 +189,11 @@ def test_job_status_ping_migrate_simulate() -> None:
     conn.receive_data(wm(ping=agent_pb.WorkerPing(timestamp=1234)))
     conn.receive_data(wm(migrate_job=agent_pb.MigrateJobRequest(job_ids=["AJ_1", "AJ_2"])))
     conn.receive_data(
-        wm(simulate_job=agent_pb.SimulateJobRequest(type=agent_pb.JT_ROOM, room=models.Room(name="s")))
+        wm(
+            simulate_job=agent_pb.SimulateJobRequest(
+                type=agent_pb.JT_ROOM, room=models.Room(name="s")
+            )
+        )
     )
     a, b, c, d, e = conn.events_received()
     assert a == JobStatusUpdated("AJ_1", agent_pb.JS_RUNNING)
@@ -338,7 +344,11 @@ def test_every_truncation_of_real_frames_is_handled() -> None:
                 participant_attributes={"lk.agent.name": "support"},
             )
         ),
-        wm(update_worker=agent_pb.UpdateWorkerStatus(status=agent_pb.WS_FULL, load=0.5, job_count=3)),
+        wm(
+            update_worker=agent_pb.UpdateWorkerStatus(
+                status=agent_pb.WS_FULL, load=0.5, job_count=3
+            )
+        ),
         wm(update_job=agent_pb.UpdateJobStatus(job_id="AJ_1", status=agent_pb.JS_SUCCESS)),
     ]
     fatal = 0

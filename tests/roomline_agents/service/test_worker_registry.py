@@ -35,7 +35,10 @@ class Harness:
         self.now = 0.0
 
     def connect(
-        self, agent_name: str = "", load: float = 0.0, job_type: int = agent_pb.JT_ROOM,
+        self,
+        agent_name: str = "",
+        load: float = 0.0,
+        job_type: int = agent_pb.JT_ROOM,
         perms: models.ParticipantPermission | None = None,
     ) -> WorkerConnection:
         conn = WorkerConnection(now=self.now)
@@ -68,8 +71,12 @@ class Harness:
 def test_dispatch_offer_accept_assign_token() -> None:
     h = Harness()
     perms = models.ParticipantPermission(
-        can_subscribe=True, can_publish=True, can_publish_data=True, can_update_metadata=True,
-        hidden=False, agent=True,
+        can_subscribe=True,
+        can_publish=True,
+        can_publish_data=True,
+        can_update_metadata=True,
+        hidden=False,
+        agent=True,
     )
     w = h.connect("support", perms=perms)
     job, out = h.reg.dispatch("room1", "support", now=h.now, metadata="m", dispatch_id="AD_x")
@@ -81,8 +88,12 @@ def test_dispatch_offer_accept_assign_token() -> None:
     assert req.availability.job.agent_name == "support"
     assert req.availability.job.state.status == agent_pb.JS_RUNNING
     out = h.answer(
-        w, job.id, available=True, participant_identity="agent-" + job.id,
-        participant_name="Support", participant_metadata="md",
+        w,
+        job.id,
+        available=True,
+        participant_identity="agent-" + job.id,
+        participant_name="Support",
+        participant_metadata="md",
         participant_attributes={"lk.agent.name": "support", "x": "y"},
     )
     assert out == [JobAssigned(job)]
@@ -91,7 +102,11 @@ def test_dispatch_offer_accept_assign_token() -> None:
     claims = verify_token(assign.assignment.token, KEYS, now=T0)
     assert claims.kind_name == "agent" and claims.identity == "agent-" + job.id
     assert claims.name == "Support" and claims.metadata == "md"
-    assert claims.attributes == {"lk.agent.name": "support", "x": "y", AGENT_NAME_ATTRIBUTE: "support"}
+    assert claims.attributes == {
+        "lk.agent.name": "support",
+        "x": "y",
+        AGENT_NAME_ATTRIBUTE: "support",
+    }
     v = claims.video
     assert v.room_join and v.room == "room1" and v.agent and v.can_update_own_metadata
     assert v.can_publish and v.can_subscribe and v.can_publish_data and not v.hidden
@@ -99,9 +114,16 @@ def test_dispatch_offer_accept_assign_token() -> None:
     assert claims.expires_at == pytest.approx(T0 + 3600)
     assert job.phase is JobPhase.ASSIGNED and job.worker_id == w.worker_id
 
-    assert h.feed(w, wm(update_job=agent_pb.UpdateJobStatus(job_id=job.id, status=agent_pb.JS_RUNNING))) == []
+    assert (
+        h.feed(
+            w, wm(update_job=agent_pb.UpdateJobStatus(job_id=job.id, status=agent_pb.JS_RUNNING))
+        )
+        == []
+    )
     assert job.phase is JobPhase.RUNNING
-    out = h.feed(w, wm(update_job=agent_pb.UpdateJobStatus(job_id=job.id, status=agent_pb.JS_SUCCESS)))
+    out = h.feed(
+        w, wm(update_job=agent_pb.UpdateJobStatus(job_id=job.id, status=agent_pb.JS_SUCCESS))
+    )
     assert out == [JobEnded(job, True)] and job.status == agent_pb.JS_SUCCESS and not job.active
 
 
@@ -264,7 +286,9 @@ def test_worker_loss_with_migration_keeps_job() -> None:
     h.feed(again, wm(migrate_job=agent_pb.MigrateJobRequest(job_ids=[job.id, "AJ_unknown"])))
     assert job.phase is JobPhase.RUNNING and job.worker_id == again.worker_id
     assert h.reg.tick(100.0) == [] and h.sent(again) == []
-    out = h.feed(again, wm(update_job=agent_pb.UpdateJobStatus(job_id=job.id, status=agent_pb.JS_SUCCESS)))
+    out = h.feed(
+        again, wm(update_job=agent_pb.UpdateJobStatus(job_id=job.id, status=agent_pb.JS_SUCCESS))
+    )
     assert out == [JobEnded(job, True)]
 
 
@@ -294,7 +318,9 @@ def test_status_from_wrong_worker_is_ignored() -> None:
     w1, w2 = h.connect("a"), h.connect("b")
     job, _ = h.reg.dispatch("r", "a", now=0)
     h.answer(w1, job.id, available=True)
-    out = h.feed(w2, wm(update_job=agent_pb.UpdateJobStatus(job_id=job.id, status=agent_pb.JS_SUCCESS)))
+    out = h.feed(
+        w2, wm(update_job=agent_pb.UpdateJobStatus(job_id=job.id, status=agent_pb.JS_SUCCESS))
+    )
     assert job.active and not any(isinstance(o, JobEnded) for o in out)
 
 
