@@ -1,1 +1,1 @@
-"""Main-process side of the LiveKit agent-worker protocol: ``/agent`` WebSocket, worker registry."""
+"""Agents' main-process side: dispatch table, job-process supervisor and AgentDispatchService."""

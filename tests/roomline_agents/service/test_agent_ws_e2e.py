@@ -1,23 +1,16 @@
 """The ``/agent`` edge: HTTP/auth answers, bad peers, and an unmodified livekit-agents worker.
 
 The edge tests use an aiohttp client as the "worker". The end-to-end test runs the real
-``livekit-agents`` 1.8.x worker (``python agent.py start``) against a tiny aiohttp app that has only
-the ``/agent`` route. livekit-agents pins an older ``livekit`` (rtc) than the appliance's test venv,
-so the worker may run from another interpreter: ``ROOMLINE_AGENTS_PYTHON``, else this one if it
-can import ``livekit.agents``, else ``/tmp/agents-venv/bin/python``; the test is skipped when none
-of them has it.
+``livekit-agents`` 1.8.x worker (``python agent.py start``, see ``worker_helpers``) against a tiny
+aiohttp app that has only the ``/agent`` route; it is skipped when livekit-agents is not found.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -29,6 +22,12 @@ from roomline_agents.service.agent_ws import AgentWorkerService
 from roomline_agents.service.worker_registry import AGENT_NAME_ATTRIBUTE, AgentJob, JobPhase
 from sfu.auth import mint_token, verify_token
 from sfu.errors import Unavailable
+from tests.roomline_agents.service.worker_helpers import (
+    agents_python,
+    start_worker,
+    stop_worker,
+    wait_for,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -66,14 +65,6 @@ async def harness() -> AsyncIterator[Harness]:
         yield h
     finally:
         await asyncio.wait_for(runner.cleanup(), 10)
-
-
-async def wait_for(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def wm(**kw: object) -> bytes:
@@ -216,50 +207,19 @@ WORKER_SCRIPT = textwrap.dedent(
 )
 
 
-def agents_python() -> str | None:
-    candidates = [os.environ.get("ROOMLINE_AGENTS_PYTHON", ""), sys.executable]
-    candidates.append("/tmp/agents-venv/bin/python")
-    for py in candidates:
-        if not py or not Path(py).exists():
-            continue
-        probe = subprocess.run(
-            [py, "-c", "import livekit.agents, sys; print(livekit.agents.__version__)"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if probe.returncode == 0 and probe.stdout.startswith("1."):
-            return py
-    return None
-
-
 @pytest.mark.slow
 async def test_real_livekit_agents_worker(harness: Harness, tmp_path: Path) -> None:
     py = await asyncio.to_thread(agents_python)
     if py is None:
         pytest.skip("livekit-agents is not installed (set ROOMLINE_AGENTS_PYTHON)")
     out = tmp_path / "agent-events.txt"
-    (tmp_path / "agent.py").write_text(WORKER_SCRIPT)
-    url = f"ws://127.0.0.1:{harness.port}"
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("LIVEKIT_", "PYTHON"))},
-        "LIVEKIT_URL": url,
-        "LIVEKIT_API_KEY": "devkey",
-        "LIVEKIT_API_SECRET": "secret",
-        "LIVEKIT_AGENTS_PRELOAD_LOCAL_INFERENCE": "0",
-        "E2E_OUT": str(out),
-        "E2E_AGENT_NAME": AGENT_NAME,
-    }
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [py, "agent.py", "start", "--url", url, "--log-level", "DEBUG"],
-            cwd=tmp_path,
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc, log_path = start_worker(
+        py,
+        WORKER_SCRIPT,
+        tmp_path,
+        f"ws://127.0.0.1:{harness.port}",
+        {"E2E_OUT": str(out), "E2E_AGENT_NAME": AGENT_NAME},
+    )
     service = harness.service
     try:
         try:
@@ -301,11 +261,5 @@ async def test_real_livekit_agents_worker(harness: Harness, tmp_path: Path) -> N
         assert job2.status == agent_pb.JS_SUCCESS and job2.end_reason == "worker reported success"
         assert harness.ended == [job, job2]
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                await asyncio.to_thread(proc.wait, 20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                await asyncio.to_thread(proc.wait, 10)
+        await stop_worker(proc)
     await wait_for(lambda: not service.workers, 10, "worker deregistered")
