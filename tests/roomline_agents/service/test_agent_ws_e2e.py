@@ -165,6 +165,44 @@ async def test_dispatch_with_scripted_worker(harness: Harness) -> None:
         await ws.close()
 
 
+async def test_job_of_lost_worker_moves_to_another(harness: Harness) -> None:
+    """livekit/agents#1472: a worker that dies must not strand its job (OSS LiveKit does)."""
+    service = harness.service
+    service.registry.redispatch_grace = 0.5
+    orphaned: list[AgentJob] = []
+    service.on_job_orphaned = orphaned.append
+    url = harness.http + "/agent"
+    headers = {"Authorization": f"Bearer {agent_token()}"}
+
+    async def worker(s: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
+        ws = await s.ws_connect(url, headers=headers)
+        await ws.send_bytes(wm(register=agent_pb.RegisterWorkerRequest(agent_name="ha")))
+        await ws.receive_bytes(timeout=5)
+        return ws
+
+    async def accept(ws: aiohttp.ClientWebSocketResponse) -> agent_pb.AvailabilityRequest:
+        req = agent_pb.ServerMessage.FromString(await ws.receive_bytes(timeout=10)).availability
+        await ws.send_bytes(
+            wm(availability=agent_pb.AvailabilityResponse(job_id=req.job.id, available=True))
+        )
+        return req
+
+    async with aiohttp.ClientSession() as s:
+        first = await worker(s)
+        accepting = asyncio.create_task(accept(first))
+        job = await service.dispatch("ha-room", "ha", timeout=10)
+        assert not (await accepting).resuming
+        second = await worker(s)
+        await first.close()  # the worker dies with the job assigned
+        req = await accept(second)
+        assert req.job.id == job.id and req.resuming
+        assign = agent_pb.ServerMessage.FromString(await second.receive_bytes(timeout=5))
+        assert assign.assignment.job.id == job.id
+        assert orphaned == [job] and harness.started == [job, job]
+        assert job.worker_id == service.workers[0].id and job.phase is JobPhase.ASSIGNED
+        await second.close()
+
+
 # ------------------------------------------------------------------------- real livekit-agents
 
 WORKER_SCRIPT = textwrap.dedent(
