@@ -276,10 +276,13 @@ class AgentWorkerService:
         link = _Link(conn, ws, claims.api_key, peer)
         link.writer = loop.create_task(self._write(link))
         self._links[conn.worker_id] = link
+        assert conn.register_deadline is not None
+        timer = loop.call_at(conn.register_deadline, self._register_deadline, link)
         log.info("agent worker connected", worker=conn.worker_id, peer=peer)
         try:
             await self._read(link)
         finally:
+            timer.cancel()
             self._links.pop(conn.worker_id, None)
             conn.close()
             was_registered = conn.worker_id in self.registry.workers
@@ -302,17 +305,10 @@ class AgentWorkerService:
 
     async def _read(self, link: _Link) -> None:
         conn, ws = link.conn, link.ws
-        loop = asyncio.get_running_loop()
         while not conn.closed:
-            timeout = None
-            if conn.register_deadline is not None:
-                timeout = max(0.0, conn.register_deadline - loop.time())
-            try:
-                msg = await ws.receive(timeout=timeout)
-            except TimeoutError:
-                conn.check_deadline(loop.time())
-                self._handle_events(link)
-                continue
+            # No receive timeout: aiohttp restarts it after every ping, so a peer that only pings
+            # would never time out. The register deadline is a timer (see handle()).
+            msg = await ws.receive()
             if msg.type == WSMsgType.BINARY:
                 conn.receive_data(msg.data)
             elif msg.type == WSMsgType.TEXT:
@@ -324,6 +320,13 @@ class AgentWorkerService:
                 return
             else:  # CLOSE, CLOSING, CLOSED
                 return
+            self._handle_events(link)
+
+    def _register_deadline(self, link: _Link) -> None:
+        """Timer: close a connection that has not registered in time (the writer closes it)."""
+        deadline = link.conn.register_deadline
+        if deadline is not None:
+            link.conn.check_deadline(max(asyncio.get_running_loop().time(), deadline))
             self._handle_events(link)
 
     def _handle_events(self, link: _Link) -> None:

@@ -8,6 +8,7 @@ aiohttp app that has only the ``/agent`` route; it is skipped when livekit-agent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import textwrap
 import time
 from collections.abc import AsyncIterator
@@ -105,6 +106,9 @@ async def test_register_ping_and_bad_peers(harness: Harness) -> None:
         await good.send_bytes(wm(ping=agent_pb.WorkerPing(timestamp=42)))
         pong = agent_pb.ServerMessage.FromString(await good.receive_bytes(timeout=5))
         assert pong.pong.last_timestamp == 42
+        # Read in a task from now on: the client answers the server's WebSocket pings only while
+        # it reads (and aiohttp restarts receive()'s timeout after each ping).
+        good_reader = asyncio.create_task(good.receive())
 
         garbage = await s.ws_connect(url, headers=headers)
         await garbage.send_bytes(b"\xff\xff\xff\xff")
@@ -116,19 +120,30 @@ async def test_register_ping_and_bad_peers(harness: Harness) -> None:
         msg = await silent.receive(timeout=5)  # register_timeout=1.5 s
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008
 
+        # WebSocket pings do not stand in for registering.
+        pinger = await s.ws_connect(url, headers=headers)
+        t0 = time.monotonic()
+        msg = None
+        for _ in range(30):
+            if pinger.closed:
+                break
+            await pinger.ping()
+            with contextlib.suppress(asyncio.TimeoutError):
+                msg = await pinger.receive(timeout=0.2)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    break
+        assert msg is not None and msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1008
+        assert 1.0 < time.monotonic() - t0 < 4.0
+
         text = await s.ws_connect(url, headers=headers)
         await text.send_str("{}")
         msg = await text.receive(timeout=5)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1003
 
-        # The good worker survived the others and stays connected across heartbeats (2 s): its
-        # client answers the server's WebSocket pings while it reads.
-        # (aiohttp restarts receive()'s timeout after each ping, so read in a task.)
-        reader = asyncio.create_task(good.receive())
-        await asyncio.sleep(4.5)
-        assert not reader.done()
-        reader.cancel()
-        assert not good.closed
+        # The good worker survived the others and stays connected across heartbeats (2 s).
+        await asyncio.sleep(2.5)
+        assert not good_reader.done() and not good.closed
+        good_reader.cancel()
         assert [w.agent_name for w in harness.service.workers] == ["x"]
         await good.close()
         await wait_for(lambda: not harness.service.workers, 5, "worker removed")
