@@ -11,7 +11,8 @@ protocol decisions live in those sans-I/O objects, this module only moves frames
   answered (and sent every ``heartbeat`` s); protobuf WorkerPing gets WorkerPong. A bad frame closes
   that connection only (1002/1003/1009), never the service.
 * :meth:`AgentWorkerService.dispatch` / :meth:`terminate` are the API the appliance uses;
-  ``on_job_started`` / ``on_job_ended`` / ``on_job_orphaned`` are its hooks.
+  ``on_job_started`` / ``on_job_ended`` / ``on_job_orphaned`` / ``on_worker_registered`` are its
+  hooks.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from roomline_agents.service.worker_registry import (
     JobOrphaned,
     Output,
     WorkerLog,
+    WorkerRecord,
     WorkerRegistry,
 )
 from sfu.auth import verify_token
@@ -62,6 +64,7 @@ HEARTBEAT = 10.0
 MAX_WORKERS = 256
 
 JobHook = Callable[[AgentJob], Any]
+WorkerHook = Callable[[WorkerRecord], Any]
 
 
 @dataclass(eq=False)
@@ -92,6 +95,7 @@ class AgentWorkerService:
         on_job_started: JobHook | None = None,
         on_job_ended: JobHook | None = None,
         on_job_orphaned: JobHook | None = None,
+        on_worker_registered: WorkerHook | None = None,
         register_timeout: float = REGISTER_TIMEOUT,
         assign_timeout: float = ASSIGN_TIMEOUT,
         redispatch_grace: float = REDISPATCH_GRACE,
@@ -105,6 +109,9 @@ class AgentWorkerService:
         self.on_job_started = on_job_started
         self.on_job_ended = on_job_ended
         self.on_job_orphaned = on_job_orphaned
+        #: Called when a worker registers, e.g. to give it jobs for rooms that already exist
+        #: (LiveKit does not: livekit/agents#518).
+        self.on_worker_registered = on_worker_registered
         self.register_timeout = register_timeout
         self.heartbeat = heartbeat
         self.max_workers = max_workers
@@ -163,7 +170,7 @@ class AgentWorkerService:
     # ------------------------------------------------------------------ API
 
     @property
-    def workers(self) -> list[Any]:
+    def workers(self) -> list[WorkerRecord]:
         return list(self.registry.workers.values())
 
     @property
@@ -344,6 +351,7 @@ class AgentWorkerService:
                     version=worker.version,
                     peer=link.peer,
                 )
+                self._hook(self.on_worker_registered, worker)
             elif isinstance(event, ProtocolError) and event.fatal:
                 log.warning(
                     "agent worker protocol error; closing",
@@ -438,22 +446,22 @@ class AgentWorkerService:
         if fut is not None and not fut.done():
             fut.set_result(job)
 
-    def _hook(self, hook: JobHook | None, job: AgentJob) -> None:
+    def _hook(self, hook: Callable[[Any], Any] | None, arg: AgentJob | WorkerRecord) -> None:
         if hook is None:
             return
         try:
-            result = hook(job)
+            result = hook(arg)
             if asyncio.iscoroutine(result):
                 task = asyncio.get_running_loop().create_task(result)
                 self._tasks.add(task)
                 task.add_done_callback(self._hook_done)
         except Exception:
-            log.exception("agent job hook failed", job=job.id)
+            log.exception("agent hook failed", subject=arg.id)
 
     def _hook_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("agent job hook failed", error=repr(task.exception()))
+            log.error("agent hook failed", error=repr(task.exception()))
 
     async def _run_timer(self) -> None:
         loop = asyncio.get_running_loop()

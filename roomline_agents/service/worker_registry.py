@@ -25,6 +25,7 @@ import enum
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -68,6 +69,8 @@ JOB_TOKEN_TTL = 3600.0
 REDISPATCH_GRACE = 5.0
 #: A job is re-dispatched after worker losses at most this many times.
 MAX_REDISPATCH = 3
+#: Ended jobs kept in :attr:`WorkerRegistry.jobs` (oldest forgotten first) so memory stays bounded.
+MAX_ENDED_JOBS = 1000
 #: The attribute the server adds to the agent's token (the worker adds ``lk.agent.name`` itself).
 AGENT_NAME_ATTRIBUTE = "lk.agent_name"
 JOB_PREFIX = "AJ_"
@@ -280,6 +283,7 @@ class WorkerRegistry:
         assign_timeout: float = ASSIGN_TIMEOUT,
         redispatch_grace: float = REDISPATCH_GRACE,
         max_redispatch: int = MAX_REDISPATCH,
+        max_ended_jobs: int = MAX_ENDED_JOBS,
         token_ttl: float = JOB_TOKEN_TTL,
         url: str | None = None,
         rng: random.Random | None = None,
@@ -289,12 +293,14 @@ class WorkerRegistry:
         self.assign_timeout = assign_timeout
         self.redispatch_grace = redispatch_grace
         self.max_redispatch = max_redispatch
+        self.max_ended_jobs = max_ended_jobs
         self.token_ttl = token_ttl
         self.url = url
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
         self.workers: dict[str, WorkerRecord] = {}
         self.jobs: dict[str, AgentJob] = {}
+        self._ended: deque[str] = deque()
 
     # ------------------------------------------------------------------ workers
 
@@ -443,12 +449,6 @@ class WorkerRegistry:
         if worker is not None:
             worker.conn.withdraw(job.id)
         return self._end(job, agent_pb.JS_CANCELLED, "", f"cancelled: {reason or 'requested'}")
-
-    def forget(self, job_id: str) -> None:
-        """Drop an ended job from :attr:`jobs` (the caller keeps whatever history it wants)."""
-        job = self.jobs.get(job_id)
-        if job is not None and not job.active:
-            del self.jobs[job_id]
 
     def next_deadline(self) -> float | None:
         deadlines = [j.deadline for j in self.jobs.values() if j.active and j.deadline is not None]
@@ -603,4 +603,7 @@ class WorkerRegistry:
         job.end_reason = reason
         job.deadline = None
         job.ended_at = job.updated_at = self.wall_clock()
+        self._ended.append(job.id)
+        while len(self._ended) > self.max_ended_jobs:
+            self.jobs.pop(self._ended.popleft(), None)
         return [JobEnded(job, was_assigned)]

@@ -96,6 +96,8 @@ async def test_http_answers(harness: Harness) -> None:
 async def test_register_ping_and_bad_peers(harness: Harness) -> None:
     url = harness.http + "/agent"
     headers = {"Authorization": f"Bearer {agent_token()}"}
+    registered: list[object] = []
+    harness.service.on_worker_registered = registered.append
     async with aiohttp.ClientSession() as s:
         good = await s.ws_connect(url, headers=headers, autoping=True)
         await good.send_bytes(
@@ -103,6 +105,7 @@ async def test_register_ping_and_bad_peers(harness: Harness) -> None:
         )
         reply = agent_pb.ServerMessage.FromString(await good.receive_bytes(timeout=5))
         assert reply.register.worker_id.startswith("AW_")
+        assert registered == harness.service.workers
         await good.send_bytes(wm(ping=agent_pb.WorkerPing(timestamp=42)))
         pong = agent_pb.ServerMessage.FromString(await good.receive_bytes(timeout=5))
         assert pong.pong.last_timestamp == 42

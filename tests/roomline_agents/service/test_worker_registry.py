@@ -340,3 +340,15 @@ def test_publisher_job_carries_participant() -> None:
     [req] = h.sent(w)
     assert req.availability.job.participant.identity == "caller"
     assert req.availability.job.type == agent_pb.JT_PUBLISHER
+
+
+def test_ended_jobs_are_bounded() -> None:
+    h = Harness(max_ended_jobs=3)
+    w = h.connect("a")
+    jobs = [h.reg.dispatch("r", "a", now=0)[0] for _ in range(5)]
+    h.sent(w)
+    for job in jobs:
+        h.reg.terminate(job.id, 0)
+    assert list(h.reg.jobs) == [j.id for j in jobs[2:]]
+    running, _ = h.reg.dispatch("r", "a", now=0)
+    assert running.id in h.reg.jobs
