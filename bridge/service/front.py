@@ -93,7 +93,7 @@ def _module_dir(opts: FrontOptions) -> str | None:
 
 
 def front_options_from_sip(sip: object, **overrides: object) -> FrontOptions:
-    """:class:`FrontOptions` from ``sfu.config.SIPConfig`` (workers, blocked UAs, bind address).
+    """:class:`FrontOptions` from ``roomline.config.SIPConfig`` (workers, blocked UAs, bind address).
 
     The public port/TLS/trust settings are not in ``SIPConfig`` yet: pass them as ``overrides``.
     """

@@ -29,6 +29,8 @@ from aiohttp import WSMsgType, web
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models
 
+from roomline.auth import verify_token
+from roomline.errors import TokenError, Unavailable
 from roomline_agents.service.worker_protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     REGISTER_TIMEOUT,
@@ -50,8 +52,6 @@ from roomline_agents.service.worker_registry import (
     WorkerRecord,
     WorkerRegistry,
 )
-from sfu.auth import verify_token
-from sfu.errors import TokenError, Unavailable
 
 __all__ = ["AGENT_PATH", "AgentWorkerService", "JobHook"]
 
@@ -216,7 +216,7 @@ class AgentWorkerService:
         """Create a job and wait until a worker has it (JobAssignment sent), or a worker rejected
         it with ``terminate`` (the job is returned ended, JS_SUCCESS, ``end_reason`` says so).
 
-        Raises :class:`sfu.errors.Unavailable` when no worker takes it (none registered for
+        Raises :class:`roomline.errors.Unavailable` when no worker takes it (none registered for
         ``agent_name``, all full, all refused or silent) or on ``timeout``.
         ``extra``: room_sid, namespace, deployment, attributes, participant (see
         :meth:`WorkerRegistry.dispatch`).

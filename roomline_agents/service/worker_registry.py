@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models
 
+from roomline.auth import mint_token
+from roomline.errors import InvalidRequest, NotFound
 from roomline_agents.service.worker_protocol import (
     AvailabilityAnswered,
     Event,
@@ -42,8 +44,6 @@ from roomline_agents.service.worker_protocol import (
     StatusUpdated,
     WorkerConnection,
 )
-from sfu.auth import mint_token
-from sfu.errors import InvalidRequest, NotFound
 
 __all__ = [
     "AGENT_NAME_ATTRIBUTE",

@@ -144,7 +144,7 @@ def test_tls_needs_its_config_path() -> None:
 
 
 def test_options_from_sip_config() -> None:
-    from sfu.config import SIPConfig, SIPWorkerConfig
+    from roomline.config import SIPConfig, SIPWorkerConfig
 
     sip = SIPConfig(
         workers=[SIPWorkerConfig(sip_port=5070), SIPWorkerConfig(sip_port=5071)],

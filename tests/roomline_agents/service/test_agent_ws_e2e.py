@@ -19,10 +19,10 @@ import pytest
 from aiohttp import web
 from livekit.protocol import agent as agent_pb
 
+from roomline.auth import mint_token, verify_token
+from roomline.errors import Unavailable
 from roomline_agents.service.agent_ws import AgentWorkerService
 from roomline_agents.service.worker_registry import AGENT_NAME_ATTRIBUTE, AgentJob, JobPhase
-from sfu.auth import mint_token, verify_token
-from sfu.errors import Unavailable
 from tests.roomline_agents.service.worker_helpers import (
     agents_python,
     start_worker,

@@ -9,6 +9,8 @@ import pytest
 from livekit.protocol import agent as agent_pb
 from livekit.protocol import models
 
+from roomline.auth import verify_token
+from roomline.errors import InvalidRequest, NotFound
 from roomline_agents.service.worker_protocol import WorkerConnection
 from roomline_agents.service.worker_registry import (
     AGENT_NAME_ATTRIBUTE,
@@ -18,8 +20,6 @@ from roomline_agents.service.worker_registry import (
     JobPhase,
     WorkerRegistry,
 )
-from sfu.auth import verify_token
-from sfu.errors import InvalidRequest, NotFound
 
 KEYS = {"devkey": "secret"}
 T0 = 1_800_000_000.0
