@@ -4,7 +4,7 @@ Each publisher packet carries CLOCK_MONOTONIC (ns, system-wide on Linux) in its 
 the subscriber's tap subtracts it from its own CLOCK_MONOTONIC on arrival. Measured twice:
 
 * **direct**: publisher PC → subscriber PC in this process (aiortc send + SRTP + loopback + receive);
-* **via SFU**: publisher → SFU process (tap → DownTrack → SubscriberSender) → subscriber.
+* **via SFU**: publisher → SFU process (tap → TrackRelay → SubscriberSender) → subscriber.
 
 "Added" = via-SFU − direct, for the median and p99 of per-packet latencies. Run idle (few
 subscribers) and under load (``--subscribers 50``) to see queueing in the SFU's event loop.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiortc import MediaStreamTrack, RTCPeerConnection  # noqa: E402
 from bench_forwarding import Harness, StampTrack, config, pctl  # noqa: E402
 
-from sfu.media.aiortc_adapter import PublishedTrackTap, configure_ice  # noqa: E402
+from sfu.media.aiortc import PublishedTrackTap, configure_ice  # noqa: E402
 from sfu.media.forwarder import SourcePacket  # noqa: E402
 
 
@@ -46,7 +46,7 @@ async def direct(seconds: float) -> list[int]:
     lat: list[int] = []
     recording = False
 
-    def on_rtp(pkt: SourcePacket, arrival_ms: int) -> None:
+    def on_rtp(pkt: SourcePacket) -> None:
         if recording:
             (sent,) = struct.unpack_from("!Q", pkt.data, pkt.view.payload_offset)
             lat.append(time.monotonic_ns() - sent)

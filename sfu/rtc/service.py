@@ -1,7 +1,8 @@
 """The ``/rtc`` endpoints: token checks before the upgrade, then an :class:`RTCSession`.
 
-Only classic (v0) signalling is served. ``/rtc/v1`` and ``/rtc/v1/validate`` answer 404 (with CORS) so
-that both SDKs fall back to ``/rtc`` (livekit-protocol.md §1.5).
+Only classic (v0) signalling is served. The LiveKit SDKs try ``/rtc/v1`` (single PeerConnection)
+first and fall back to ``/rtc`` when it answers 404, so ``/rtc/v1`` and ``/rtc/v1/validate`` answer
+404 (with CORS headers, or a browser SDK cannot read the status).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from livekit.protocol import rtc
 from roomline.auth import Claims, verify_token
 from roomline.config import Config
 from roomline.errors import InvalidRequest, RoomFull, RoomlineError, RoomNotFound, TokenError
-from sfu.media.aiortc_adapter import configure_ice
 from sfu.node import Node
 from sfu.participant import DisconnectReason, ParticipantInit, ParticipantKind
 from sfu.proto import permission_from_info
@@ -70,8 +70,6 @@ class RTCService:
     def __init__(self, node: Node, cfg: Config) -> None:
         self.node = node
         self.cfg = cfg
-        port_range = (cfg.rtc.port_range_start, cfg.rtc.port_range_end)
-        configure_ice(list(cfg.rtc.interfaces), port_range)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -153,7 +151,8 @@ class RTCService:
             return _text(404, "not a WebSocket upgrade")
         await ws.prepare(request)
         if params.reconnect:
-            # aiortc cannot restart ICE, so a resume becomes a full reconnect (§1.10).
+            # A resume would need an ICE restart, which aiortc cannot do: tell the client to
+            # reconnect from scratch instead.
             leave = rtc.LeaveRequest(
                 reason=int(DisconnectReason.STATE_MISMATCH),  # type: ignore[arg-type]
                 action=rtc.LeaveRequest.Action.RECONNECT,
