@@ -64,7 +64,7 @@ def track_request(req: rtc.AddTrackRequest) -> TrackRequest:
     )
 
 
-def reason_for(exc: RoomlineError) -> Any:
+def reason_for(exc: RoomlineError) -> rtc.RequestResponse.Reason:
     if isinstance(exc, PermissionDenied):
         return _REASONS.NOT_ALLOWED
     if isinstance(exc, LimitExceeded):
@@ -75,12 +75,23 @@ def reason_for(exc: RoomlineError) -> Any:
 
 
 def request_response(
-    reason: Any, message: str = "", request_id: int = 0, **which: Any
+    reason: rtc.RequestResponse.Reason, message: str = "", request_id: int = 0, **which: Any
 ) -> rtc.SignalResponse:
     """A ``request_response``: the outcome of one client request (``which`` names the request)."""
     return rtc.SignalResponse(
         request_response=rtc.RequestResponse(
             request_id=request_id, reason=reason, message=message, **which
+        )
+    )
+
+
+def leave_response(reason: DisconnectReason, action: rtc.LeaveRequest.Action) -> rtc.SignalResponse:
+    """A server-sent ``leave``: the session ends for ``reason``; ``action`` tells the client what
+    to do next (``LeaveRequest.Action.DISCONNECT`` or ``RECONNECT``)."""
+    return rtc.SignalResponse(
+        leave=rtc.LeaveRequest(
+            reason=int(reason),  # type: ignore[arg-type]  # same enum values as the protocol's
+            action=action,
         )
     )
 
@@ -107,12 +118,7 @@ def event_response(event: Event) -> rtc.SignalResponse | None:
             )
         )
     if isinstance(event, Disconnect):
-        return rtc.SignalResponse(
-            leave=rtc.LeaveRequest(
-                reason=int(event.reason),  # type: ignore[arg-type]  # same enum values
-                action=rtc.LeaveRequest.Action.DISCONNECT,
-            )
-        )
+        return leave_response(event.reason, rtc.LeaveRequest.Action.DISCONNECT)
     if isinstance(event, MuteRequested):
         return rtc.SignalResponse(mute=rtc.MuteTrackRequest(sid=event.track_sid, muted=event.muted))
     if isinstance(event, TrackUnpublished):

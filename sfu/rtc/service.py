@@ -20,6 +20,7 @@ from sfu.node import Node
 from sfu.participant import DisconnectReason, ParticipantInit, ParticipantKind
 from sfu.proto import permission_from_info
 from sfu.rtc.session import RTCSession
+from sfu.signal import leave_response
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +35,15 @@ def _truthy(value: str | None, default: bool) -> bool:
 
 def _text(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message, headers=CORS)
+
+
+async def _leave(
+    ws: web.WebSocketResponse, reason: DisconnectReason, action: rtc.LeaveRequest.Action
+) -> web.WebSocketResponse:
+    """Send a ``leave`` on a freshly upgraded socket that gets no session, and close it."""
+    await ws.send_bytes(leave_response(reason, action).SerializeToString())
+    await ws.close()
+    return ws
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,26 +163,18 @@ class RTCService:
         if params.reconnect:
             # A resume would need an ICE restart, which aiortc cannot do: tell the client to
             # reconnect from scratch instead.
-            leave = rtc.LeaveRequest(
-                reason=int(DisconnectReason.STATE_MISMATCH),  # type: ignore[arg-type]
-                action=rtc.LeaveRequest.Action.RECONNECT,
+            return await _leave(
+                ws, DisconnectReason.STATE_MISMATCH, rtc.LeaveRequest.Action.RECONNECT
             )
-            await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
-            await ws.close()
-            return ws
         init = participant_init(params.claims, params.auto_subscribe, params.client_protocol)
         try:
             room, participant, events = self.node.join(params.room, init)
         except RoomlineError as exc:
             # Lost a race with another join (room filled meanwhile): tell the client and close.
             log.info("join failed after upgrade", reason=exc.message)
-            leave = rtc.LeaveRequest(
-                reason=int(DisconnectReason.JOIN_FAILURE),  # type: ignore[arg-type]
-                action=rtc.LeaveRequest.Action.DISCONNECT,
+            return await _leave(
+                ws, DisconnectReason.JOIN_FAILURE, rtc.LeaveRequest.Action.DISCONNECT
             )
-            await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
-            await ws.close()
-            return ws
         session = RTCSession(self.node, self.cfg, room, participant, ws)
         session.log.info("participant joined", kind=participant.kind.name)
         # JoinResponse first, then the events of the join (which may add subscriptions).
