@@ -284,6 +284,9 @@ async def run(
         )
         windows = await h.rpc("measure", seconds, window)
         stats = await h.rpc("stats")
+        if not any(p for _, p, _ in windows):
+            print(f"nothing was forwarded while measuring (SFU stats {stats}); no figures")
+            return
         # Same PCs, publishers still sending, every subscriber paused: the SFU's upkeep cost
         # (RTCP, ICE consent, receiving) without forwarding; the difference is the forwarding cost.
         await h.rpc("pause", True)
