@@ -2,18 +2,21 @@
 
 Two processes on loopback, both on uvloop, all media over SRTP:
 
-* the **SFU process** (measured): one aiortc PC per publisher with a ``PublishedTrackTap`` +
-  ``TrackFanout``, one PC per subscriber with a ``SubscriberSender`` (roomline's real code path);
+* the **SFU process** (measured): one aiortc PC per publisher and one per subscriber, wired with
+  the functions the ``/rtc`` session uses (``sfu.rtc.tracks``), so each packet takes the production
+  path: ``PublishedTrackTap`` → ``TrackRelay.on_rtp`` → per subscriber ``SubscriberSender.send``
+  (``DownTrack.forward`` rewrite, SRTP protect, UDP send). Signalling is not involved;
 * the **client process** (this one): N publisher PCs sending 50 packets/s of Opus-sized payloads
   (pre-encoded ``av.Packet``s, so no encoder cost), and N×M subscriber PCs that count packets with a
   tap (no decoding).
 
 The SFU samples ``time.process_time()`` (user+sys CPU of the whole SFU process, so idle PC upkeep
 such as RTCP and ICE consent is included) and its forwarded-packet counter every window; we print
-median and p99 over windows of µs/packet, packets/s per core and the ratio to the 20,000 pkt/s
-target (media-recipes §1.3).
+median and p99 over windows of µs/packet, packets/s per core and the ratio to roomline's design
+target of 20,000 forwarded packets/s per core.
 
     .venv/bin/python bench/bench_forwarding.py --publishers 3 --subscribers 50 --seconds 15
+    .venv/bin/python bench/bench_forwarding.py --ports 31000-31999   # ICE ports (SFU | clients)
     .venv/bin/python bench/bench_forwarding.py --micro      # in-process per-step costs
 """
 
@@ -24,7 +27,6 @@ import asyncio
 import fractions
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import struct
 import sys
@@ -41,14 +43,10 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection  # noqa
 from aiortc import RTCSessionDescription as SDP  # noqa: E402
 from aiortc.mediastreams import MediaStreamError  # noqa: E402
 
-from sfu.media.aiortc_adapter import (  # noqa: E402
-    PublishedTrackTap,
-    SubscriberSender,
-    TrackFanout,
-    add_subscriber_track,
-    configure_ice,
-)
+from sfu.media.aiortc import PublishedTrackTap, SubscriberSender, configure_ice  # noqa: E402
 from sfu.media.forwarder import SourcePacket  # noqa: E402
+from sfu.relay import TrackRelay  # noqa: E402
+from sfu.rtc.tracks import relay_published_track, subscribe_to_relay  # noqa: E402
 
 TARGET_PPS = 20_000
 PAYLOAD_BYTES = 80  # Opus ~32 kbit/s, 20 ms
@@ -59,27 +57,19 @@ def config() -> RTCConfiguration:
     return RTCConfiguration(iceServers=[])
 
 
-def free_udp_range(size: int) -> tuple[int, int]:
-    """Probe a block of free UDP ports on 127.0.0.1 (best effort)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.bind(("127.0.0.1", 0))
-            start = s.getsockname()[1] & ~0xFF
-        if start < 20000 or start + size > 65000:
-            continue
-        socks = []
-        try:
-            for port in range(start, start + size):
-                sk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(sk)
-                sk.bind(("127.0.0.1", port))
-            return start, start + size - 1
-        except OSError:
-            continue
-        finally:
-            for sk in socks:
-                sk.close()
-    raise RuntimeError("no free UDP port range")
+PortRange = tuple[int, int] | None
+
+
+def split_ports(spec: str | None) -> tuple[PortRange, PortRange]:
+    """``"LO-HI"`` → (SFU half, client half); None → OS-chosen ports on both sides."""
+    if not spec:
+        return None, None
+    lo, _, hi = spec.partition("-")
+    start, end = int(lo), int(hi)
+    mid = (start + end) // 2
+    if end - start < 3:
+        raise ValueError(f"port range {spec} is too small")
+    return (start, mid), (mid + 1, end)
 
 
 def pctl(values: list[float], q: float) -> float:
@@ -117,17 +107,17 @@ class StampTrack(MediaStreamTrack):
 # ================================================================================ SFU process
 
 
-def sfu_process(conn: Connection, port_range: tuple[int, int]) -> None:
+def sfu_process(conn: Connection, port_range: PortRange) -> None:
     import uvloop
 
     uvloop.run(_sfu_main(conn, port_range))
 
 
-async def _sfu_main(conn: Connection, port_range: tuple[int, int]) -> None:
+async def _sfu_main(conn: Connection, port_range: PortRange) -> None:
     configure_ice(["127.0.0.1"], port_range)
     loop = asyncio.get_running_loop()
     pcs: list[RTCPeerConnection] = []
-    fanouts: dict[int, TrackFanout] = {}
+    relays: dict[int, TrackRelay] = {}
     pending: dict[str, RTCPeerConnection] = {}
     subs: list[SubscriberSender] = []
 
@@ -145,7 +135,8 @@ async def _sfu_main(conn: Connection, port_range: tuple[int, int]) -> None:
             def on_track(
                 track: MediaStreamTrack, pc: RTCPeerConnection = pc, idx: int = idx
             ) -> None:
-                fanouts[idx] = TrackFanout(PublishedTrackTap.from_track(pc, track))
+                tap = PublishedTrackTap.from_track(pc, track)
+                relays[idx] = relay_published_track(tap, f"TR_pub{idx}", f"PA_pub{idx}")
 
             pc.on("track", on_track)
             await pc.setRemoteDescription(SDP(offer, "offer"))
@@ -155,10 +146,7 @@ async def _sfu_main(conn: Connection, port_range: tuple[int, int]) -> None:
             _, pub_idx, key = msg
             pc = RTCPeerConnection(config())
             pcs.append(pc)
-            fan = fanouts[pub_idx]
-            ss = add_subscriber_track(pc, fan.tap.source, f"TR_{key}", f"PA_{pub_idx}|TR_{key}")
-            fan.add(ss)
-            subs.append(ss)
+            subs.append(subscribe_to_relay(pc, relays[pub_idx], f"PA_sub{key}"))
             await pc.setLocalDescription(await pc.createOffer())
             pending[key] = pc
             conn.send(pc.localDescription.sdp)
@@ -202,10 +190,10 @@ async def _sfu_main(conn: Connection, port_range: tuple[int, int]) -> None:
 class Harness:
     """Client side: publishers and counting subscribers connected through the SFU process."""
 
-    def __init__(self) -> None:
+    def __init__(self, sfu_ports: PortRange = None) -> None:
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=sfu_process, args=(child, free_udp_range(1024)), daemon=True)
+        self.proc = ctx.Process(target=sfu_process, args=(child, sfu_ports), daemon=True)
         self.proc.start()
         self.pcs: list[RTCPeerConnection] = []
         self.received = 0
@@ -226,7 +214,7 @@ class Harness:
         answer = await self.rpc("publish", idx, pc.localDescription.sdp)
         await pc.setRemoteDescription(SDP(answer, "answer"))
 
-    def _on_rtp(self, pkt: SourcePacket, arrival_ms: int) -> None:
+    def _on_rtp(self, pkt: SourcePacket) -> None:
         self.received += 1
         if self.record_latency:
             off = pkt.view.payload_offset
@@ -283,8 +271,10 @@ def summarize(windows: list[tuple[float, int, float]]) -> dict[str, float]:
     }
 
 
-async def run(publishers: int, subscribers: int, seconds: float, window: float) -> None:
-    h = Harness()
+async def run(
+    publishers: int, subscribers: int, seconds: float, window: float, sfu_ports: PortRange
+) -> None:
+    h = Harness(sfu_ports)
     try:
         t0 = time.monotonic()
         await h.setup(publishers, subscribers)
@@ -294,6 +284,9 @@ async def run(publishers: int, subscribers: int, seconds: float, window: float) 
         )
         windows = await h.rpc("measure", seconds, window)
         stats = await h.rpc("stats")
+        if not any(p for _, p, _ in windows):
+            print(f"nothing was forwarded while measuring (SFU stats {stats}); no figures")
+            return
         # Same PCs, publishers still sending, every subscriber paused: the SFU's upkeep cost
         # (RTCP, ICE consent, receiving) without forwarding; the difference is the forwarding cost.
         await h.rpc("pause", True)
@@ -329,7 +322,7 @@ def micro() -> None:
     import pylibsrtp
 
     from sfu.media.forwarder import DownTrack, SourceInfo
-    from sfu.media.rtp import ExtensionWriter, ntp_now, parse_rtp
+    from sfu.media.rtp import ExtensionWriter, ntp_timestamp, parse_rtp
 
     data = bytes.fromhex("90e0" + "1234" + "00000001" + "deadbeef") + bytes.fromhex(
         "bede0001" + "10" + "30" + "20" + "0c"
@@ -338,7 +331,7 @@ def micro() -> None:
     src = SourceInfo("audio", "audio/opus", 48000, 96, audio_level_id=2)
     dt = DownTrack("audio", 1234, {96: 111}, ExtensionWriter("0", 1, 2), 48000)
     pkt = SourcePacket(src, data)
-    now = ntp_now()
+    now = ntp_timestamp(time.time())
     key = os.urandom(30)
     policy = pylibsrtp.Policy(key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
     policy.allow_repeat_tx = True  # the same packet is protected repeatedly below
@@ -349,7 +342,7 @@ def micro() -> None:
         ("parse_rtp", lambda: parse_rtp(data)),
         ("SourcePacket (parse + level + keyframe)", lambda: SourcePacket(src, data)),
         ("DownTrack.forward (rewrite)", lambda: dt.forward(pkt, now)),
-        ("ntp_now", ntp_now),
+        ("ntp_timestamp(time.time())", lambda: ntp_timestamp(time.time())),
         ("pylibsrtp protect", lambda: session.protect(out)),
     ]
     n = 200_000
@@ -371,6 +364,11 @@ def main() -> None:
     ap.add_argument("--subscribers", type=int, default=50, help="per publisher")
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--window", type=float, default=1.0)
+    ap.add_argument(
+        "--ports",
+        help="UDP range LO-HI for ICE: the lower half for the SFU, the upper half for the clients "
+        "(default: OS-chosen ports)",
+    )
     ap.add_argument("--micro", action="store_true", help="in-process per-step microbenchmarks")
     args = ap.parse_args()
     if args.micro:
@@ -378,8 +376,9 @@ def main() -> None:
         return
     import uvloop
 
-    configure_ice(["127.0.0.1"], None)
-    uvloop.run(run(args.publishers, args.subscribers, args.seconds, args.window))
+    sfu_ports, client_ports = split_ports(args.ports)
+    configure_ice(["127.0.0.1"], client_ports)
+    uvloop.run(run(args.publishers, args.subscribers, args.seconds, args.window, sfu_ports))
 
 
 if __name__ == "__main__":

@@ -15,16 +15,16 @@ from typing import Protocol
 import structlog
 
 from sfu.media.forwarder import SourceInfo, SourcePacket
-from sfu.media.rtp import RtpError, ntp_now
+from sfu.media.rtp import RtpError, ntp_timestamp
 
 log = structlog.get_logger(__name__)
 
 
 class Sink(Protocol):
-    """One subscriber's end of a track (``sfu.media.aiortc_adapter.SubscriberSender`` is one)."""
+    """One subscriber's end of a track (``sfu.media.aiortc.SubscriberSender`` is one)."""
 
-    async def send(self, pkt: SourcePacket, now_ntp: int | None = None) -> bool:
-        """Forward one packet; ``now_ntp`` is computed once per packet for all sinks."""
+    async def send(self, pkt: SourcePacket, now_ntp: int) -> bool:
+        """Forward one packet; ``now_ntp`` (64-bit NTP) is read once per packet for all sinks."""
 
     @property
     def needs_keyframe(self) -> bool:
@@ -72,16 +72,16 @@ class TrackRelay:
         self.malformed = 0
         self.sink_errors = 0
 
-    async def push(self, data: bytes, arrival_ms: int = 0) -> None:
+    async def push(self, data: bytes) -> None:
         """A raw packet from the publisher: parse once, hand to every sink."""
         try:
             packet = SourcePacket(self.source, data)
         except RtpError:
             self.malformed += 1  # counted, never fatal: one bad packet must not stop the track
             return
-        await self.on_rtp(packet, arrival_ms)
+        await self.on_rtp(packet)
 
-    async def on_rtp(self, packet: SourcePacket, arrival_ms: int = 0) -> None:
+    async def on_rtp(self, packet: SourcePacket) -> None:
         """A parsed packet from the publisher (the WebRTC tap calls this directly)."""
         self.packets += 1
         if packet.audio_level is not None:
@@ -90,7 +90,7 @@ class TrackRelay:
         sinks = self._fanout
         if not sinks:
             return
-        now = ntp_now()
+        now = ntp_timestamp(time.time())
         for sink in sinks:
             try:
                 await sink.send(packet, now)

@@ -64,7 +64,7 @@ def track_request(req: rtc.AddTrackRequest) -> TrackRequest:
     )
 
 
-def reason_for(exc: RoomlineError) -> Any:
+def reason_for(exc: RoomlineError) -> rtc.RequestResponse.Reason:
     if isinstance(exc, PermissionDenied):
         return _REASONS.NOT_ALLOWED
     if isinstance(exc, LimitExceeded):
@@ -72,6 +72,74 @@ def reason_for(exc: RoomlineError) -> Any:
     if exc.twirp_code == "not_found":
         return _REASONS.NOT_FOUND
     return _REASONS.INVALID_REQUEST
+
+
+def request_response(
+    reason: rtc.RequestResponse.Reason, message: str = "", request_id: int = 0, **which: Any
+) -> rtc.SignalResponse:
+    """A ``request_response``: the outcome of one client request (``which`` names the request)."""
+    return rtc.SignalResponse(
+        request_response=rtc.RequestResponse(
+            request_id=request_id, reason=reason, message=message, **which
+        )
+    )
+
+
+def leave_response(reason: DisconnectReason, action: rtc.LeaveRequest.Action) -> rtc.SignalResponse:
+    """A server-sent ``leave``: the session ends for ``reason``; ``action`` tells the client what
+    to do next (``LeaveRequest.Action.DISCONNECT`` or ``RECONNECT``)."""
+    return rtc.SignalResponse(
+        leave=rtc.LeaveRequest(
+            reason=int(reason),  # type: ignore[arg-type]  # same enum values as the protocol's
+            action=action,
+        )
+    )
+
+
+def event_response(event: Event) -> rtc.SignalResponse | None:
+    """The ``SignalResponse`` telling a recipient about ``event``, the same for every recipient.
+
+    None for events a session acts on instead of relaying (``SubscriptionChanged``, ``RoomClosed``).
+    The one builder for both paths: a session serializing for itself and :func:`encode_broadcast`.
+    """
+    if isinstance(event, ParticipantUpdated):
+        return rtc.SignalResponse(
+            update=rtc.ParticipantUpdate(participants=[participant_info(event.participant)])
+        )
+    if isinstance(event, RoomUpdated):
+        return rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room_info(event.room)))
+    if isinstance(event, SpeakersChanged):
+        return rtc.SignalResponse(
+            speakers_changed=rtc.SpeakersChanged(
+                speakers=[
+                    models.SpeakerInfo(sid=s.participant_sid, level=s.level, active=s.active)
+                    for s in event.speakers
+                ]
+            )
+        )
+    if isinstance(event, Disconnect):
+        return leave_response(event.reason, rtc.LeaveRequest.Action.DISCONNECT)
+    if isinstance(event, MuteRequested):
+        return rtc.SignalResponse(mute=rtc.MuteTrackRequest(sid=event.track_sid, muted=event.muted))
+    if isinstance(event, TrackUnpublished):
+        return rtc.SignalResponse(
+            track_unpublished=rtc.TrackUnpublishedResponse(track_sid=event.track_sid)
+        )
+    if isinstance(event, SubscriptionPermissionUpdate):
+        return rtc.SignalResponse(
+            subscription_permission_update=rtc.SubscriptionPermissionUpdate(
+                participant_sid=event.publisher_sid,
+                track_sid=event.track_sid,
+                allowed=event.allowed,
+            )
+        )
+    return None
+
+
+def encode_broadcast(event: Event) -> bytes | None:
+    """The serialized :func:`event_response` of ``event``, built once for all its recipients."""
+    response = event_response(event)
+    return None if response is None else response.SerializeToString()
 
 
 class SignalSession(abc.ABC):
@@ -166,13 +234,7 @@ class SignalSession(abc.ABC):
             self._request_error(exc)
         except Exception as exc:  # a bug in one handler must not end the session
             self.log.exception("signal request failed", kind=kind)
-            self.send_signal(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        reason=_REASONS.UNCLASSIFIED_ERROR, message=f"{kind}: {exc}"
-                    )
-                )
-            )
+            self.send_signal(request_response(_REASONS.UNCLASSIFIED_ERROR, f"{kind}: {exc}"))
 
     def on_ping(self, timestamp: int) -> None:
         self.send_signal(rtc.SignalResponse(pong=now_ms()))
@@ -194,13 +256,7 @@ class SignalSession(abc.ABC):
             track, events = self.room.publish_track(self.participant.sid, track_request(req))
         except RoomlineError as exc:
             self.log.info("add_track refused", cid=req.cid, error=exc.message)
-            self.send_signal(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        reason=reason_for(exc), message=exc.message, add_track=req
-                    )
-                )
-            )
+            self._request_error(exc, add_track=req)
             return
         self.send_signal(
             rtc.SignalResponse(
@@ -223,13 +279,11 @@ class SignalSession(abc.ABC):
     def on_update_metadata(self, req: rtc.UpdateParticipantMetadata) -> None:
         if not self.participant.permission.can_update_metadata:
             self.send_signal(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        request_id=req.request_id,
-                        reason=_REASONS.NOT_ALLOWED,
-                        message="token does not grant canUpdateOwnMetadata",
-                        update_metadata=req,
-                    )
+                request_response(
+                    _REASONS.NOT_ALLOWED,
+                    "token does not grant canUpdateOwnMetadata",
+                    req.request_id,
+                    update_metadata=req,
                 )
             )
             return
@@ -244,11 +298,7 @@ class SignalSession(abc.ABC):
             self._request_error(exc, request_id=req.request_id, update_metadata=req)
             return
         self.send_signal(
-            rtc.SignalResponse(
-                request_response=rtc.RequestResponse(
-                    request_id=req.request_id, reason=_REASONS.OK, update_metadata=req
-                )
-            )
+            request_response(_REASONS.OK, request_id=req.request_id, update_metadata=req)
         )
         self.node.dispatch(events)
 
@@ -287,21 +337,11 @@ class SignalSession(abc.ABC):
 
     def on_publish_data_track_request(self, req: object) -> None:
         self.send_signal(
-            rtc.SignalResponse(
-                request_response=rtc.RequestResponse(
-                    reason=_REASONS.UNSUPPORTED_TYPE, message="data tracks are not supported"
-                )
-            )
+            request_response(_REASONS.UNSUPPORTED_TYPE, "data tracks are not supported")
         )
 
     def _request_error(self, exc: RoomlineError, request_id: int = 0, **which: Any) -> None:
-        self.send_signal(
-            rtc.SignalResponse(
-                request_response=rtc.RequestResponse(
-                    request_id=request_id, reason=reason_for(exc), message=exc.message, **which
-                )
-            )
-        )
+        self.send_signal(request_response(reason_for(exc), exc.message, request_id, **which))
 
     # ------------------------------------------------------------------ data
 
@@ -335,90 +375,23 @@ class SignalSession(abc.ABC):
     # ------------------------------------------------------------------ events
 
     def on_event(self, event: Event, wire: bytes | None = None) -> None:
+        """Act on a model event: subscriptions change media, everything else goes to the client.
+
+        ``wire`` is the event's :func:`event_response`, already serialized once for all recipients.
+        """
         if self.closed:
             return
-        if wire is not None:
-            self.send_wire(wire)
-            return
-        if isinstance(event, ParticipantUpdated):
-            self.send_signal(
-                rtc.SignalResponse(
-                    update=rtc.ParticipantUpdate(participants=[participant_info(event.participant)])
-                )
-            )
-        elif isinstance(event, SubscriptionChanged):
+        if isinstance(event, SubscriptionChanged):
             if event.subscribed:
                 self.subscribe(event)
             else:
                 self.unsubscribe(event)
-        elif isinstance(event, RoomUpdated):
-            self.send_signal(
-                rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room_info(self.room)))
-            )
-        elif isinstance(event, Disconnect):
-            self.send_signal(
-                rtc.SignalResponse(
-                    leave=rtc.LeaveRequest(
-                        reason=int(event.reason),  # type: ignore[arg-type]  # same enum values
-                        action=rtc.LeaveRequest.Action.DISCONNECT,
-                    )
-                )
-            )
+            return
+        if wire is None:
+            response = event_response(event)
+            if response is None:
+                return
+            wire = response.SerializeToString()
+        self.send_wire(wire)
+        if isinstance(event, Disconnect):
             self.close(event.reason)
-        elif isinstance(event, MuteRequested):
-            self.send_signal(
-                rtc.SignalResponse(
-                    mute=rtc.MuteTrackRequest(sid=event.track_sid, muted=event.muted)
-                )
-            )
-        elif isinstance(event, TrackUnpublished):
-            self.send_signal(
-                rtc.SignalResponse(
-                    track_unpublished=rtc.TrackUnpublishedResponse(track_sid=event.track_sid)
-                )
-            )
-        elif isinstance(event, SpeakersChanged):
-            self.send_signal(
-                rtc.SignalResponse(
-                    speakers_changed=rtc.SpeakersChanged(
-                        speakers=[
-                            models.SpeakerInfo(
-                                sid=s.participant_sid, level=s.level, active=s.active
-                            )
-                            for s in event.speakers
-                        ]
-                    )
-                )
-            )
-        elif isinstance(event, SubscriptionPermissionUpdate):
-            self.send_signal(
-                rtc.SignalResponse(
-                    subscription_permission_update=rtc.SubscriptionPermissionUpdate(
-                        participant_sid=event.publisher_sid,
-                        track_sid=event.track_sid,
-                        allowed=event.allowed,
-                    )
-                )
-            )
-
-
-def encode_broadcast(event: Event) -> bytes | None:
-    """The ``SignalResponse`` bytes of an event that reads the same for every recipient."""
-    if isinstance(event, ParticipantUpdated):
-        response = rtc.SignalResponse(
-            update=rtc.ParticipantUpdate(participants=[participant_info(event.participant)])
-        )
-    elif isinstance(event, RoomUpdated):
-        response = rtc.SignalResponse(room_update=rtc.RoomUpdate(room=room_info(event.room)))
-    elif isinstance(event, SpeakersChanged):
-        response = rtc.SignalResponse(
-            speakers_changed=rtc.SpeakersChanged(
-                speakers=[
-                    models.SpeakerInfo(sid=s.participant_sid, level=s.level, active=s.active)
-                    for s in event.speakers
-                ]
-            )
-        )
-    else:
-        return None
-    return response.SerializeToString()

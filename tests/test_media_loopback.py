@@ -1,17 +1,18 @@
 """Real aiortc peers on loopback through the forwarding primitives (no decoding in the "SFU").
 
-publisher PC ──(Opus/VP8, SRTP)──▶ SFU publisher PC ─ PublishedTrackTap ─ TrackFanout
+publisher PC ──(Opus/VP8, SRTP)──▶ SFU publisher PC ─ PublishedTrackTap ─ TrackRelay
                                                                         ├─ SubscriberSender ─▶ sub PC 1
                                                                         └─ SubscriberSender ─▶ sub PC 2
-Subscribers decode with aiortc's normal path; audio is checked by FFT, video by decoded colours.
-This is also the CI guard for the aiortc 1.16.0 private hooks (media-recipes §6.4).
+The "SFU" is wired with the functions the /rtc session uses (``sfu.rtc.tracks``). Subscribers decode
+with aiortc's normal path; audio is checked by FFT, video by decoded colours. This is also the guard
+for every aiortc 1.16.0 private name ``sfu.media.aiortc`` uses: an aiortc upgrade that moves one
+fails here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fractions
-import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,16 +28,17 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
+from structlog.testing import capture_logs
 
-from sfu.media.aiortc_adapter import (
+from sfu.media.aiortc import (
     PublishedTrackTap,
     SubscriberSender,
-    TrackFanout,
-    add_subscriber_track,
     configure_ice,
     ice_settings,
     reset_ice,
 )
+from sfu.relay import TrackRelay
+from sfu.rtc.tracks import relay_published_track, subscribe_to_relay
 from tests.audio_utils import dominant_frequency, snr_db
 from tests.conftest import free_udp_range
 
@@ -158,11 +160,11 @@ class Subscriber:
 
 
 class Sfu:
-    """The forwarding half of an SFU, wired exactly as the /rtc session is expected to do it."""
+    """The forwarding half of an SFU, wired as the /rtc session does it."""
 
     def __init__(self) -> None:
         self.pcs: list[RTCPeerConnection] = []
-        self.fanouts: dict[str, TrackFanout] = {}
+        self.relays: dict[str, TrackRelay] = {}
         self.taps: dict[str, PublishedTrackTap] = {}
 
     async def publish(self, publisher: RTCPeerConnection) -> None:
@@ -173,18 +175,16 @@ class Sfu:
         def on_track(track: MediaStreamTrack) -> None:
             tap = PublishedTrackTap.from_track(pc, track)
             self.taps[track.kind] = tap
-            self.fanouts[track.kind] = TrackFanout(tap)
+            self.relays[track.kind] = relay_published_track(tap, f"TR_{track.kind}", "PA_pub")
 
         await _negotiate(publisher, pc)
 
     async def subscribe(self, kind: str, sub: Subscriber, n: int) -> SubscriberSender:
         pc = RTCPeerConnection(_config())
         self.pcs.append(pc)
-        fanout = self.fanouts[kind]
-        ss = add_subscriber_track(pc, fanout.tap.source, f"TR_{kind}{n}", f"PA_pub|TR_{kind}{n}")
-        fanout.add(ss)
+        ss = subscribe_to_relay(pc, self.relays[kind], f"PA_sub{n}")
         await _negotiate(pc, sub.pc)
-        assert f"a=msid:PA_pub|TR_{kind}{n} TR_{kind}{n}" in pc.localDescription.sdp
+        assert f"a=msid:PA_pub|TR_{kind} TR_{kind}" in pc.localDescription.sdp
         return ss
 
     async def close(self) -> None:
@@ -315,21 +315,23 @@ async def test_video_late_joiner_gets_keyframe_and_nack_is_served(ice: tuple[int
     await _with_pcs(body, 2)
 
 
-async def test_port_range_exhaustion_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+async def test_port_range_exhaustion_is_logged() -> None:
     lo, _ = free_udp_range(2)
     configure_ice(["127.0.0.1"], (lo, lo + 1))
     configure_ice(["127.0.0.1"], (lo, lo + 1))  # idempotent
     pcs = [RTCPeerConnection(_config()) for _ in range(3)]
     try:
         ports: list[list[int]] = []
-        with caplog.at_level(logging.ERROR, logger="sfu.media.aiortc_adapter"):
+        with capture_logs() as logs:
             for pc in pcs:
                 pc.addTransceiver("audio")
                 await pc.setLocalDescription(await pc.createOffer())
                 ports.append(_candidate_ports(pc.localDescription.sdp))
         assert sorted(ports[0] + ports[1]) == [lo, lo + 1]
         assert ports[2] == []
-        assert "exhausted" in caplog.text
+        exhausted = [e for e in logs if "exhausted" in e["event"]]
+        assert exhausted and exhausted[0]["log_level"] == "error"
+        assert exhausted[0]["port_range"] == f"{lo}-{lo + 1}"
         settings = ice_settings()
         assert settings is not None and settings.exhausted == 1
     finally:

@@ -38,7 +38,7 @@ from sfu.media.rtp import (
     h264_is_keyframe,
     is_keyframe,
     is_rtcp,
-    ntp_now,
+    ntp_timestamp,
     parse_nack_fci,
     parse_rtcp_feedback,
     parse_rtp,
@@ -255,7 +255,11 @@ def test_parse_rewrite_roundtrip(
 ) -> None:
     view = parse_rtp(data)
     writer = ExtensionWriter("7", 1, 2, 3 if ast else None)
-    block = writer.build(level, abs_send_time(ntp_now())) if ast else writer.build(level)
+    block = (
+        writer.build(level, abs_send_time(ntp_timestamp(1_700_000_000.25)))
+        if ast
+        else writer.build(level)
+    )
     out = rewrite(data, view, ssrc, pt, seq, ts, block)
     back = parse_rtp(out)
     assert (back.ssrc, back.payload_type, back.sequence_number, back.timestamp) == (
@@ -295,8 +299,13 @@ def test_rewrite_drops_publisher_extensions_without_writer() -> None:
     assert back.payload(out) == parse_rtp(src).payload(src)
 
 
+def test_ntp_timestamp_is_32_32_fixed_point_since_1900() -> None:
+    assert ntp_timestamp(0.0) == 2_208_988_800 << 32
+    assert ntp_timestamp(0.5) == (2_208_988_800 << 32) + (1 << 31)
+
+
 def test_extension_writer_abs_send_time_and_limits() -> None:
-    ntp = ntp_now()
+    ntp = ntp_timestamp(1_700_000_000.25)
     w = ExtensionWriter("0", 1, None, 3)
     assert w.wants_abs_send_time
     block = w.build(None, abs_send_time(ntp))

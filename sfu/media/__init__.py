@@ -1,2 +1,2 @@
 """SFU media plane: RTP parse/rewrite (``rtp``), per-subscriber state (``forwarder``) and the one
-module touching aiortc internals (``aiortc_adapter``; import it explicitly, it pulls in aiortc)."""
+package touching aiortc internals (``aiortc``; import it explicitly, it pulls in aiortc)."""

@@ -39,7 +39,7 @@ __all__ = [
 
 #: At most one keyframe request per publisher track per 500 ms: every late joiner asks, and a
 #: keyframe costs the publisher 5–10× a delta frame, so unthrottled PLIs from N subscribers would
-#: turn into a keyframe storm (media-recipes §1.2).
+#: turn into a keyframe storm.
 PLI_MIN_INTERVAL_S = 0.5
 
 _U16 = 0x10000

@@ -12,7 +12,6 @@ pieces because they run once per forwarded packet per subscriber (µs matter, se
 from __future__ import annotations
 
 import struct
-import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,7 +23,7 @@ __all__ = [
     "parse_rtp",
     "rewrite",
     "ExtensionWriter",
-    "ntp_now",
+    "ntp_timestamp",
     "abs_send_time",
     "is_rtcp",
     "RtcpFeedback",
@@ -307,9 +306,13 @@ def rewrite(
     return b"".join((header, extension_block, data[view.payload_offset :]))
 
 
-def ntp_now() -> int:
-    """Current wall-clock time as a 64-bit NTP timestamp (32.32 fixed point)."""
-    return int((time.time() + _NTP_UNIX_DELTA) * 4294967296.0)
+def ntp_timestamp(unix_time: float) -> int:
+    """``unix_time`` (seconds, e.g. ``time.time()``) as a 64-bit NTP timestamp (32.32 fixed point).
+
+    The caller reads the clock (once per forwarded packet, shared by every subscriber); this module
+    stays free of I/O.
+    """
+    return int((unix_time + _NTP_UNIX_DELTA) * 4294967296.0)
 
 
 def abs_send_time(ntp: int) -> int:

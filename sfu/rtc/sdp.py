@@ -1,8 +1,9 @@
 """The little SDP the signalling layer must read itself (aiortc's track ids are unreliable).
 
 From a publisher offer we need, per m-section: the kind, the mid, the direction and the msid track id —
-the client's ``cid`` for the track (livekit-protocol.md §4). Parsing is tolerant of unknown lines but
-strict about structure: anything that is not an SDP raises :class:`SdpError`.
+the ``cid`` the client already sent in its ``AddTrackRequest``, which is how an m-section is matched to
+its publication. Parsing is tolerant of unknown lines but strict about structure: anything that is not
+an SDP raises :class:`SdpError`.
 """
 
 from __future__ import annotations

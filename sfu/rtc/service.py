@@ -1,7 +1,8 @@
 """The ``/rtc`` endpoints: token checks before the upgrade, then an :class:`RTCSession`.
 
-Only classic (v0) signalling is served. ``/rtc/v1`` and ``/rtc/v1/validate`` answer 404 (with CORS) so
-that both SDKs fall back to ``/rtc`` (livekit-protocol.md §1.5).
+Only classic (v0) signalling is served. The LiveKit SDKs try ``/rtc/v1`` (single PeerConnection)
+first and fall back to ``/rtc`` when it answers 404, so ``/rtc/v1`` and ``/rtc/v1/validate`` answer
+404 (with CORS headers, or a browser SDK cannot read the status).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from livekit.protocol import rtc
 from roomline.auth import Claims, verify_token
 from roomline.config import Config
 from roomline.errors import InvalidRequest, RoomFull, RoomlineError, RoomNotFound, TokenError
-from sfu.media.aiortc_adapter import configure_ice
 from sfu.node import Node
 from sfu.participant import DisconnectReason, ParticipantInit, ParticipantKind
 from sfu.proto import permission_from_info
 from sfu.rtc.session import RTCSession
+from sfu.signal import leave_response
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +35,15 @@ def _truthy(value: str | None, default: bool) -> bool:
 
 def _text(status: int, message: str) -> web.Response:
     return web.Response(status=status, text=message, headers=CORS)
+
+
+async def _leave(
+    ws: web.WebSocketResponse, reason: DisconnectReason, action: rtc.LeaveRequest.Action
+) -> web.WebSocketResponse:
+    """Send a ``leave`` on a freshly upgraded socket that gets no session, and close it."""
+    await ws.send_bytes(leave_response(reason, action).SerializeToString())
+    await ws.close()
+    return ws
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +80,6 @@ class RTCService:
     def __init__(self, node: Node, cfg: Config) -> None:
         self.node = node
         self.cfg = cfg
-        port_range = (cfg.rtc.port_range_start, cfg.rtc.port_range_end)
-        configure_ice(list(cfg.rtc.interfaces), port_range)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -153,27 +161,20 @@ class RTCService:
             return _text(404, "not a WebSocket upgrade")
         await ws.prepare(request)
         if params.reconnect:
-            # aiortc cannot restart ICE, so a resume becomes a full reconnect (§1.10).
-            leave = rtc.LeaveRequest(
-                reason=int(DisconnectReason.STATE_MISMATCH),  # type: ignore[arg-type]
-                action=rtc.LeaveRequest.Action.RECONNECT,
+            # A resume would need an ICE restart, which aiortc cannot do: tell the client to
+            # reconnect from scratch instead.
+            return await _leave(
+                ws, DisconnectReason.STATE_MISMATCH, rtc.LeaveRequest.Action.RECONNECT
             )
-            await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
-            await ws.close()
-            return ws
         init = participant_init(params.claims, params.auto_subscribe, params.client_protocol)
         try:
             room, participant, events = self.node.join(params.room, init)
         except RoomlineError as exc:
             # Lost a race with another join (room filled meanwhile): tell the client and close.
             log.info("join failed after upgrade", reason=exc.message)
-            leave = rtc.LeaveRequest(
-                reason=int(DisconnectReason.JOIN_FAILURE),  # type: ignore[arg-type]
-                action=rtc.LeaveRequest.Action.DISCONNECT,
+            return await _leave(
+                ws, DisconnectReason.JOIN_FAILURE, rtc.LeaveRequest.Action.DISCONNECT
             )
-            await ws.send_bytes(rtc.SignalResponse(leave=leave).SerializeToString())
-            await ws.close()
-            return ws
         session = RTCSession(self.node, self.cfg, room, participant, ws)
         session.log.info("participant joined", kind=participant.kind.name)
         # JoinResponse first, then the events of the join (which may add subscriptions).

@@ -3,7 +3,7 @@
 Classic (v0) two-PeerConnection mode, subscriber-primary like LiveKit server: the client offers on its
 publisher PC, the server offers on the subscriber PC (which also carries the server-created
 ``_reliable``/``_lossy`` data channels). Media is never decoded: publisher RTP is tapped before aiortc's
-jitter buffer and forwarded through :class:`sfu.relay.TrackRelay` (see ``sfu.media.aiortc_adapter``).
+jitter buffer and forwarded through :class:`sfu.relay.TrackRelay` (see :mod:`sfu.rtc.tracks`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from livekit.protocol import rtc
 from roomline.config import Config
 from roomline.errors import InvalidRequest, RoomlineError
 from sfu.events import SubscriptionChanged
-from sfu.media.aiortc_adapter import PublishedTrackTap, SubscriberSender, add_subscriber_track
+from sfu.media.aiortc import PublishedTrackTap, SubscriberSender
 from sfu.node import Node
 from sfu.participant import DisconnectReason, Participant, ParticipantState
-from sfu.relay import TrackRelay
 from sfu.room import Room
 from sfu.rtc.sdp import MediaSection, SdpError, advertise_ip, parse_media_sections
-from sfu.signal import SignalSession
+from sfu.rtc.tracks import relay_published_track, subscribe_to_relay
+from sfu.signal import SignalSession, reason_for, request_response
 
 #: Codecs the SFU forwards (aiortc can negotiate them; JoinResponse restricts clients to them).
 FORWARDABLE = {"opus", "vp8", "h264"}
@@ -119,22 +119,10 @@ class RTCSession(SignalSession):
             raise
         except RoomlineError as exc:
             self.log.info(f"{what} failed", error=exc.message)
-            self.send_signal(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        reason=_REASONS.INVALID_REQUEST, message=f"{what}: {exc.message}"
-                    )
-                )
-            )
+            self.send_signal(request_response(reason_for(exc), f"{what}: {exc.message}"))
         except Exception as exc:
             self.log.exception(f"{what} failed")
-            self.send_signal(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        reason=_REASONS.UNCLASSIFIED_ERROR, message=f"{what}: {exc}"
-                    )
-                )
-            )
+            self.send_signal(request_response(_REASONS.UNCLASSIFIED_ERROR, f"{what}: {exc}"))
 
     def send_wire(self, wire: bytes) -> None:
         if self.closed:
@@ -188,11 +176,9 @@ class RTCSession(SignalSession):
         except Exception as exc:
             self.log.info("malformed signal message", size=len(data), error=str(exc)[:200])
             self.send_signal(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        reason=_REASONS.INVALID_REQUEST,
-                        message=f"malformed signal message ({len(data)} bytes): not a SignalRequest",
-                    )
+                request_response(
+                    _REASONS.INVALID_REQUEST,
+                    f"malformed signal message ({len(data)} bytes): not a SignalRequest",
                 )
             )
             return
@@ -315,15 +301,11 @@ class RTCSession(SignalSession):
                 await asyncio.wait_for(self._publisher_settled.wait(), PUBLISHER_CONNECT_TIMEOUT)
         for section in refused:
             self.send_signal(
-                rtc.SignalResponse(
-                    request_response=rtc.RequestResponse(
-                        reason=_REASONS.UNSUPPORTED_TYPE,
-                        message=(
-                            f"m-section {section.mid or section.index} offers only unsupported "
-                            f"codecs ({', '.join(section.codecs) or 'none'}); "
-                            "roomline forwards opus, VP8 and H264"
-                        ),
-                    )
+                request_response(
+                    _REASONS.UNSUPPORTED_TYPE,
+                    f"m-section {section.mid or section.index} offers only unsupported "
+                    f"codecs ({', '.join(section.codecs) or 'none'}); "
+                    "roomline forwards opus, VP8 and H264",
                 )
             )
         media = [s for s in sections if s.kind in ("audio", "video") and s.sending]
@@ -377,13 +359,15 @@ class RTCSession(SignalSession):
                     "media without AddTrack ignored", mid=section.mid, cid=section.track_id
                 )
                 continue
-            tap = PublishedTrackTap(transceiver)
-            relay = TrackRelay(track.sid, self.participant.sid, tap.source, tap.request_keyframe)
-            tap.on_rtp = relay.on_rtp
+            relay = relay_published_track(
+                PublishedTrackTap(transceiver), track.sid, self.participant.sid
+            )
             self.node.relays[track.sid] = relay
             self._published_mids[section.mid] = track.sid
             self.node.dispatch(
-                self.room.bind_track(self.participant.sid, track.sid, tap.source.mime, section.mid)
+                self.room.bind_track(
+                    self.participant.sid, track.sid, relay.source.mime, section.mid
+                )
             )
 
     def _unpublish(self, mid: str, track_sid: str) -> None:
@@ -405,15 +389,9 @@ class RTCSession(SignalSession):
         if relay is None:
             self.log.warning("subscription to a track without media", track=event.track_sid)
             return
-        sender = add_subscriber_track(
-            self.subscriber,
-            relay.source,
-            track_id=event.track_sid,
-            stream_id=f"{event.publisher_sid}|{event.track_sid}",
-            on_keyframe_request=relay.request_keyframe,
+        self._senders[event.track_sid] = subscribe_to_relay(
+            self.subscriber, relay, self.participant.sid
         )
-        self._senders[event.track_sid] = sender
-        relay.add_sink(self.participant.sid, sender)
         self._schedule_negotiation()
 
     def unsubscribe(self, event: SubscriptionChanged) -> None:
