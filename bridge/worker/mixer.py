@@ -16,8 +16,8 @@ from typing import Protocol
 import numpy as np
 
 from bridge.worker.jitter import JitterBuffer, Kind
+from roomline.wire import FRAME_SAMPLES
 
-FRAME_SAMPLES = 960
 #: An input that produced nothing for this many ticks (10 s) is dropped; it is re-created by its
 #: next packet. Keeps state bounded when tracks are unpublished without notice.
 IDLE_TICKS = 500
