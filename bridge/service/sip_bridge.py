@@ -88,6 +88,7 @@ class SIPBridge:
         self.pin_calls: dict[str, InboundCall] = {}
 
     def decide(self, req: control.InviteRequest) -> control.InviteResult:
+        """The decision for a worker's INVITE: reject, accept into a room, or collect a PIN first."""
         call = inbound_call(req)
         decision = self.decider.decide(call, time.time())
         if decision.accepted and decision.pin_required:
@@ -205,6 +206,7 @@ class SIPBridge:
             self.agent_starter.ensure(decision.room_name, list(decision.agents))
 
     def on_call_state(self, worker: WorkerHandle, state: control.CallState) -> None:
+        """A worker reported a call state; ended calls free their slot in the decider."""
         log.info(
             "sip call state",
             call_id=state.call_id,
@@ -218,6 +220,7 @@ class SIPBridge:
             self.decider.call_ended(state.call_id)
 
     def metrics(self) -> Iterable[Family]:
+        """Prometheus families for ``/metrics``: worker caps, active calls, restarts, rejections."""
         workers = self.supervisor.workers
         yield (
             "roomline_sip_worker_max_calls",
@@ -254,10 +257,12 @@ class SIPPart(Service):
         self.bridge = bridge
 
     async def start(self) -> None:
+        """Start the bridge workers (if SIP is enabled)."""
         if self.bridge is not None:
             await self.bridge.supervisor.start()
 
     async def stop(self) -> None:
+        """Stop the bridge workers and close the store."""
         if self.bridge is not None:
             await self.bridge.supervisor.stop()
         self.store.close()
@@ -266,6 +271,7 @@ class SIPPart(Service):
 def install(
     server: SFUServer, local_socket: str, agent_starter: AgentStarter | None = None
 ) -> SIPPart:
+    """Open the SIP store, register the ``livekit.SIP`` Twirp service and build the bridge."""
     cfg = server.cfg
     os.makedirs(cfg.server.data_dir, exist_ok=True)
     store = SIPStore.open(

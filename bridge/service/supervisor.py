@@ -62,6 +62,7 @@ class WorkerHandle:
         return sum(1 for s in self.calls.values() if s in ("ringing", "active"))
 
     def send(self, msg: control.Message) -> None:
+        """Write a control message to this worker if its channel is up."""
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(control.encode(msg))
 
@@ -96,15 +97,18 @@ class WorkerSupervisor:
         self._stopping = False
 
     async def start(self) -> None:
+        """Start every worker (each is restarted with backoff whenever it exits)."""
         for w in self.workers:
             self._tasks.append(asyncio.get_running_loop().create_task(self._keep_running(w)))
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every worker has reported ``ready``."""
         await asyncio.wait_for(
             asyncio.gather(*(w.ready_event.wait() for w in self.workers)), timeout
         )
 
     async def stop(self, timeout: float = 5.0) -> None:
+        """Ask every worker to shut down, kill those that do not within ``timeout``."""
         self._stopping = True
         for w in self.workers:
             w.send(control.Shutdown())

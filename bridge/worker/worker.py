@@ -140,6 +140,7 @@ class Worker:
 
     # --- SIP events (asyncio thread, from libHandleEvents) ------------------------------------
     def on_incoming_call(self, acc: WorkerAccount, prm: Any) -> None:
+        """A new INVITE: describe it to the supervisor and wait for its decision."""
         call = WorkerCall(self, acc, prm.callId)
         self.endpoint.adopt(call)
         rdata = prm.rdata
@@ -221,6 +222,7 @@ class Worker:
         self._run(rec, rec.machine.on_pin_result(res, time.monotonic()))
 
     def on_call_state(self, call: WorkerCall) -> None:
+        """A call ended on the SIP side (BYE, CANCEL, failure): finish it and release it."""
         ci = call.getInfo()
         rec = self.calls.get(ci.id)
         if rec is None or ci.state != pj.PJSIP_INV_STATE_DISCONNECTED:
@@ -230,6 +232,7 @@ class Worker:
         self._release(ci.id)
 
     def on_call_media_state(self, call: WorkerCall) -> None:
+        """The call's media changed (answer, hold, resume): (re)connect the bridge port."""
         # Keep the CallInfo alive while iterating its media: the SWIG vector belongs to it.
         ci = call.getInfo()
         rec = self.calls.get(ci.id)
@@ -255,6 +258,7 @@ class Worker:
             break
 
     def on_phone_dtmf(self, call: WorkerCall, digit: str) -> None:
+        """A key the phone pressed: part of a PIN while one is collected, else for the room."""
         rec = self.calls.get(call.getId())
         if rec is None:
             return
@@ -402,6 +406,7 @@ class Worker:
         self.endpoint.destroy()
 
     async def run(self) -> None:
+        """Start pjsua and the control channel, poll until stopped, then tear everything down."""
         loop = asyncio.get_running_loop()
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.endpoint.start(lambda: WorkerAccount(self))
