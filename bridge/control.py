@@ -7,7 +7,10 @@ missing or unknown field, or a field of the wrong type raises :class:`ControlErr
 between supervisor and worker fails loudly instead of half-working.
 
 Worker → supervisor: :class:`Ready`, :class:`InviteRequest`, :class:`PinEntered`, :class:`CallState`.
-Supervisor → worker: :class:`InviteResult`, :class:`PinResult`, :class:`Hangup`, :class:`Shutdown`.
+Supervisor → worker: :class:`InviteResult`, :class:`PinResult`, :class:`Shutdown`.
+
+There is no "hang up this call" message: the main process ends a caller's call by removing the
+participant from its room; the worker sees the room leg leave and sends BYE.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import ClassVar
 
 from roomline.errors import InvalidRequest
 from roomline.jsonlines import JsonLinesCodec
+from roomline.wire import MAX_PIN_DIGITS, PIN_DIGITS
 
 #: A control line longer than this is refused (a whole INVITE's headers fit in a few KiB; the cap
 #: stops a confused peer from making the other side buffer without bound).
@@ -28,14 +32,25 @@ INVITE_STATUSES = frozenset({200, 400, 401, 403, 404, 407, 480, 486, 488, 500, 5
 #: Call states reported in :class:`CallState`.
 CALL_STATES = frozenset({"ringing", "active", "hangup", "rejected"})
 
-#: Longest PIN a caller may enter (LiveKit's check also stops at 16 digits).
-MAX_PIN_DIGITS = 16
-#: DTMF keys that may appear in a PIN (``#`` ends the entry and is never part of it).
-PIN_CHARS = frozenset("0123456789*ABCD")
+#: A SIP header name is an RFC 3261 token; values may not break the header line.
+_TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 
 
 class ControlError(InvalidRequest):
     """A control message could not be decoded or is invalid."""
+
+
+def _single_line(value: str) -> bool:
+    return not any(c in "\r\n\0" for c in value)
+
+
+def _check_headers(where: str, headers: dict[str, str]) -> None:
+    """Header names must be tokens and values single-line: they go verbatim into a SIP message."""
+    for name, value in headers.items():
+        if not name or any(c not in _TOKEN_CHARS for c in name):
+            raise ControlError(f"{where}: bad SIP header name {name!r}")
+        if not _single_line(value):
+            raise ControlError(f"{where}: SIP header {name} value spans lines")
 
 
 @dataclass(frozen=True)
@@ -74,8 +89,11 @@ class InviteResult:
 
     ``status`` 200 means: join the local channel at ``socket`` with ``token``; ``ringing`` True
     keeps the phone ringing (180) until a remote audio track arrives (``wait_for_audio``), False
-    answers as soon as the room JoinResponse arrives. Any other status rejects the call with that
-    code and ``headers`` (e.g. ``Proxy-Authenticate`` with 407). ``drop`` rejects without telling
+    answers as soon as the room JoinResponse arrives. ``headers`` go into the final response: the
+    trunk's fixed headers on 200, ``Proxy-Authenticate`` on 407. With 200, each
+    ``attributes_to_headers`` entry (attribute name → header name) also adds that header with the
+    attribute's value from ``attributes`` when the attribute is set. Any other status rejects the
+    call with that code and ``headers``. ``drop`` rejects without telling
     the caller more than pjsua already did (see docs/bridge.md). ``collect_pin`` (with 200, no
     token yet): answer, prompt for a PIN by DTMF and send :class:`PinEntered`; the room details
     come in the :class:`PinResult`.
@@ -87,6 +105,7 @@ class InviteResult:
     #: SIP reason phrase for a rejection (LiveKit's wording, e.g. "No trunk found").
     reason: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    attributes_to_headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
     token: str = ""
     room: str = ""
@@ -111,6 +130,21 @@ class InviteResult:
         for name in ("ringing_timeout", "max_call_duration", "media_timeout"):
             if getattr(self, name) <= 0:
                 raise ControlError(f"invite_result {name} must be positive")
+        _check_headers("invite_result headers", self.headers)
+        _check_headers(
+            "invite_result attributes_to_headers",
+            {h: "" for h in self.attributes_to_headers.values()},
+        )
+
+    def answer_headers(self) -> dict[str, str]:
+        """The headers of the 200 OK: ``headers`` plus the mapped attributes that are set."""
+        out = dict(self.headers)
+        for attr, header in self.attributes_to_headers.items():
+            value = self.attributes.get(attr, "")
+            # An attribute may hold anything; only a single-line value can be a header value.
+            if value and _single_line(value):
+                out[header] = value
+        return out
 
 
 @dataclass(frozen=True)
@@ -124,8 +158,8 @@ class PinEntered:
 
     def __post_init__(self) -> None:
         # A PIN is a short digit string; anything else is a confused peer, not a caller.
-        if len(self.digits) > MAX_PIN_DIGITS or any(c not in PIN_CHARS for c in self.digits):
-            raise ControlError("pin_entered digits must be up to 16 of 0-9 * A-D")
+        if len(self.digits) > MAX_PIN_DIGITS or any(c not in PIN_DIGITS for c in self.digits):
+            raise ControlError(f"pin_entered digits must be up to {MAX_PIN_DIGITS} of {PIN_DIGITS}")
 
 
 @dataclass(frozen=True)
@@ -181,27 +215,16 @@ class CallState:
 
 
 @dataclass(frozen=True)
-class Hangup:
-    """Supervisor asks the worker to end a call (BYE, or 486 before answer)."""
-
-    TYPE: ClassVar[str] = "hangup"
-    call_id: str
-    reason: str = ""
-
-
-@dataclass(frozen=True)
 class Shutdown:
     """Supervisor asks the worker to hang up everything and exit."""
 
     TYPE: ClassVar[str] = "shutdown"
 
 
-Message = (
-    Ready | InviteRequest | InviteResult | PinEntered | PinResult | CallState | Hangup | Shutdown
-)
+Message = Ready | InviteRequest | InviteResult | PinEntered | PinResult | CallState | Shutdown
 
 _CODEC: JsonLinesCodec[Message] = JsonLinesCodec(
-    (Ready, InviteRequest, InviteResult, PinEntered, PinResult, CallState, Hangup, Shutdown),
+    (Ready, InviteRequest, InviteResult, PinEntered, PinResult, CallState, Shutdown),
     ControlError,
     MAX_LINE_BYTES,
 )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -528,7 +530,6 @@ def test_decide_accepts_and_mints_sip_token(store: SIPStore) -> None:
     assert d.room_name.startswith(f"call_{CALLER}_")
     assert d.agents == ["receptionist"] and d.room_metadata == "rm"
     assert d.participant_identity == f"sip_{CALLER}"
-    assert d.participant_name == f"Phone {CALLER}"
     assert d.attributes["sip.callID"] == "SCL_fixed"
     assert d.attributes["sip.callStatus"] == "ringing"
     claims = api.TokenVerifier("APIkey1", KEYS["APIkey1"]).verify(d.token)
@@ -544,7 +545,8 @@ def test_decide_default_minter_uses_sfu_auth_when_present(store: SIPStore) -> No
     pytest.importorskip("roomline.auth")
     store.put_inbound_trunk(trunk("ST_t", numbers=[CALLED]))
     store.put_dispatch_rule(direct("SDR_d", "lobby"))
-    d = InviteDecider(store, KEYS).decide(call(), NOW)
+    # The token is dated with the ``now`` passed in: use the real clock so it verifies.
+    d = InviteDecider(store, KEYS).decide(call(), time.time())
     assert d.status == 200
     claims = api.TokenVerifier("APIkey1", KEYS["APIkey1"]).verify(d.token)
     assert claims.identity == f"sip_{CALLER}" and claims.kind == "sip"
@@ -669,10 +671,40 @@ def test_decide_concurrency_limit_486(store: SIPStore) -> None:
     assert dec.decide(call(call_id="c2"), NOW).accepted
     assert dec.decide(call(call_id="c1"), NOW).accepted  # retransmission: same slot
     busy = dec.decide(call(call_id="c3"), NOW)
-    assert (busy.status, busy.max_concurrent_calls) == (486, 2)
+    assert (busy.status, busy.reason) == (486, "Busy Here")
     dec.call_ended("c1")
     assert dec.decide(call(call_id="c3"), NOW).accepted
     assert dec.active_calls == 2
+
+
+def test_decide_dates_the_token_with_now(store: SIPStore) -> None:
+    store.put_inbound_trunk(trunk("ST_t", numbers=[CALLED]))
+    store.put_dispatch_rule(direct("SDR_d", "lobby"))
+    seen: list[Any] = []
+
+    def minter(api_key: str, secret: str, **kw: Any) -> str:
+        seen.append(kw["now"])
+        return "jwt"
+
+    dec = InviteDecider(store, KEYS, minter=minter)
+    assert dec.decide(call(), NOW).token == "jwt"
+    assert seen == [NOW]
+
+
+def test_invite_request_carries_every_call_field() -> None:
+    from bridge.control import InviteRequest
+    from bridge.service.sip_bridge import CALL_FIELDS, inbound_call
+
+    names = {f.name for f in dataclasses.fields(InviteRequest)}
+    assert set(CALL_FIELDS) <= names
+    req = InviteRequest(
+        id=1, call_id="c", from_user="+1", from_host="h", to_user="+2", src_ip="10.0.0.1",
+        src_port=5060, from_tag="t", to_host="bridge", user_agent="ua", transport="tcp",
+        headers={"X-A": "1"}, authorization="Digest x",
+    )  # fmt: skip
+    got = inbound_call(req)
+    assert all(getattr(got, name) == getattr(req, name) for name in CALL_FIELDS)
+    assert got.lk_call_id == ""
 
 
 def test_decide_per_trunk_override_and_global_limit(store: SIPStore) -> None:

@@ -79,6 +79,7 @@ NUMBERS = {
     "cap": "+15550109",
     "kill": "+15550110",
     "bad": "+15550111",
+    "headers": "+15550112",
 }
 
 
@@ -237,6 +238,36 @@ async def test_sipp_tone_reaches_room_as_sip_participant(stack: Stack, short_dir
         assert rc == 0, out[-2000:]
         await asyncio.wait_for(left.wait(), 10)  # BYE from SIPp → the participant leaves
     assert await participants(stack, room_for(number)) == []
+
+
+# --- 1a. the trunk's headers on the 200 OK, read off the wire by SIPp ---------------------------
+async def test_answer_carries_trunk_headers(stack: Stack, short_dir: Path) -> None:
+    number = NUMBERS["headers"]
+    # SIPp fails the call unless each header is there with a matching value (leading blanks are
+    # part of the value SIPp sees).
+    sc = uac_scenario(
+        short_dir / "uac.xml",
+        play_ms=500,
+        answer_headers={
+            "X-Roomline-Trunk": r"^ *local$",  # trunk.headers
+            "X-Called-Number": rf"^ *\{number}$",  # trunk.attributes_to_headers
+        },
+    )
+    rc, out = await run_sipp(sipp(stack, sc, number, trace_dir=short_dir), short_dir)
+    assert rc == 0, out[-2000:]
+    answer = _answer_200(short_dir)
+    assert "X-Roomline-Trunk: local" in answer
+    assert f"X-Called-Number: {number}" in answer
+    assert "X-Never-Sent" not in answer  # mapped attribute not set: no header
+
+
+def _answer_200(trace_dir: Path) -> str:
+    """The 200 OK to the INVITE from SIPp's message trace."""
+    for path in trace_dir.glob("*_messages.log"):
+        for msg in path.read_text(errors="replace").split("\n\n"):
+            if "SIP/2.0 200" in msg and "CSeq: 1 INVITE" in msg:
+                return msg
+    raise AssertionError("no 200 OK to the INVITE in SIPp's trace")
 
 
 # --- 1b. room → phone: the SDK's 440 Hz at the pjsua2 phone ------------------------------------

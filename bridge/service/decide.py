@@ -2,8 +2,8 @@
 
 :class:`InviteDecider` is the sans-I/O heart of the inbound call path. The supervisor calls
 :meth:`InviteDecider.decide` for each INVITE a bridge worker reports, sends the resulting
-:class:`Decision` back to the worker, and later calls :meth:`InviteDecider.call_ended`. Steps, in
-LiveKit SIP's order (``shared/docs/sip-bridge.md`` §1):
+:class:`Decision` back to the worker, and later calls :meth:`InviteDecider.call_ended`. Steps, in the
+order LiveKit's SIP service checks them:
 
 1. malformed call description (no Call-ID, no To user, bad IP, control characters) → 400;
 2. scanner User-Agent (``sip.blocked_user_agents``) → silent drop;
@@ -23,47 +23,60 @@ the trunks' allowlists; ``allow_trunkless=True`` restores that when *no* trunk i
 Trunks have no concurrent-call field in the LiveKit proto, so the limit is config-side:
 ``max_calls_per_trunk`` (default for every trunk), ``trunk_max_calls`` (per trunk id) and
 ``max_active_calls`` (whole appliance); 0 = unlimited.
+
+The decider is a pure function of its inputs and ``now``: the store is only read (through the
+:class:`TrunkSource` protocol), and ``now`` also dates the caller's token.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import structlog
 from livekit.protocol import sip as sip_pb
 
 from roomline.errors import InvalidRequest
+from roomline.wire import MAX_PIN_DIGITS, PIN_DIGITS
 
 from .digest import DEFAULT_REALM, DigestAuthenticator, password_fingerprint
-from .dispatch import (
-    ATTR_CALL_STATUS,
-    DispatchResult,
-    RuleEvaluation,
-    evaluate_rule,
-    match_rule,
+from .dispatch import DispatchResult, RuleEvaluation, evaluate_rule, match_rule
+from .trunks import (
+    InboundCall,
+    TrunkConflict,
+    TrunkMatch,
+    TrunkMatchResult,
+    match_trunk,
+    validate_number,
 )
-from .store import SIPStore
-from .trunks import InboundCall, TrunkConflict, TrunkMatch, match_trunk, validate_number
 
-__all__ = ["DecideOptions", "Decision", "InviteDecider", "TokenMinter"]
+__all__ = ["DecideOptions", "Decision", "InviteDecider", "TokenMinter", "TrunkSource"]
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 #: Validity of the caller's local-channel token. LiveKit signs SIP participant tokens for 24 h
 #: (the maximum call duration), so a long call never outlives its token.
 SIP_TOKEN_TTL = 24 * 3600.0
 #: LiveKit caps max_call_duration at 24 h; a trunk asking for more gets this.
 MAX_CALL_DURATION = 24 * 3600.0
-#: Longest Call-ID accepted (RFC 3261 puts no bound; real ones are < 100 bytes).
+#: Longest Call-ID accepted, in UTF-8 bytes (RFC 3261 puts no bound; real ones are < 100).
 MAX_CALL_ID_LEN = 256
 #: Remembered active calls: the supervisor must call call_ended; this bounds a leak if it forgets.
 MAX_TRACKED_CALLS = 100_000
 
-#: ``mint(api_key, secret, *, identity, room, name, kind, ttl, attributes, metadata) -> jwt``.
+#: ``mint(api_key, secret, *, identity, room, name, kind, ttl, attributes, metadata, now, ...)``
+#: ``-> jwt``, the signature of :func:`roomline.auth.mint_token`.
 TokenMinter = Callable[..., str]
+
+
+class TrunkSource(Protocol):
+    """Where the decider reads trunks and dispatch rules (``SIPStore`` keeps both in memory)."""
+
+    def inbound_trunks(self) -> Sequence[sip_pb.SIPInboundTrunkInfo]: ...
+
+    def dispatch_rules(self) -> Sequence[sip_pb.SIPDispatchRuleInfo]: ...
 
 
 @dataclass(slots=True)
@@ -86,27 +99,24 @@ class Decision:
     answer and collect a PIN first; ``pin_required`` is then the id of the rule that asked for
     it). Any other status rejects with ``reason`` and ``extra_headers`` (``Proxy-Authenticate``
     on 407). ``drop`` = send nothing further (scanner, or ``hide_inbound_port``); ``status`` is
-    still filled in for logs and metrics.
+    still filled in for logs and metrics. ``headers`` (fixed) and ``attributes_to_headers``
+    (attribute name → header name) are the matched trunk's additions to the 200 OK.
     """
 
     status: int
     reason: str
     drop: bool = False
     extra_headers: dict[str, str] = field(default_factory=dict)
-    lk_call_id: str = ""
     trunk_id: str = ""
     rule_id: str = ""
     room_name: str = ""
     room_metadata: str = ""
-    room_config: Any = None
     participant_identity: str = ""
-    participant_name: str = ""
     participant_metadata: str = ""
     attributes: dict[str, str] = field(default_factory=dict)
     pin_required: str | None = None
     agents: list[str] = field(default_factory=list)
     token: str = ""
-    max_concurrent_calls: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     attributes_to_headers: dict[str, str] = field(default_factory=dict)
     ringing_timeout: float | None = None
@@ -137,7 +147,7 @@ class InviteDecider:
 
     def __init__(
         self,
-        store: SIPStore,
+        store: TrunkSource,
         keys: Mapping[str, str],
         options: DecideOptions | None = None,
         *,
@@ -194,7 +204,7 @@ class InviteDecider:
         self._active[call_id] = trunk_id
 
     def _validate(self, call: InboundCall) -> str | None:
-        if not call.call_id or len(call.call_id) > MAX_CALL_ID_LEN:
+        if not call.call_id or len(call.call_id.encode()) > MAX_CALL_ID_LEN:
             return "missing or oversized Call-ID"
         if any(ord(c) < 0x21 for c in call.call_id):
             return "invalid Call-ID"
@@ -213,28 +223,23 @@ class InviteDecider:
     def _decide(self, call: InboundCall, now: float) -> Decision:
         problem = self._validate(call)
         if problem is not None:
-            log.info("sip: bad INVITE %s: %s", call.call_id[:64], problem)
+            log.info("sip bad invite", call_id=call.call_id[:64], problem=problem)
             return _reject(400, "Bad Request")
         ua = call.user_agent.lower()
         if ua and any(b in ua for b in self._blocked):
-            log.info("sip: dropping scanner %r from %s", call.user_agent[:64], call.src_ip)
+            log.info("sip dropping scanner", user_agent=call.user_agent[:64], src_ip=call.src_ip)
             return _reject(403, "Scanner", drop=True)
 
-        try:
-            match = match_trunk(
-                self.store.inbound_trunks(),
-                calling=call.from_user,
-                called=call.to_user,
-                src_ip=call.src_ip,
-                from_host=call.from_host,
-            )
-        except TrunkConflict as exc:
-            log.error("sip: %s", exc.message)
+        match = self._match(call)
+        if match is None:
             return _reject(503, "Service Unavailable")
         trunk = match.trunk
         if trunk is None and not (match.kind is TrunkMatch.EMPTY and self.options.allow_trunkless):
             log.info(
-                "sip: no trunk for %s -> %s from %s", call.from_user, call.to_user, call.src_ip
+                "sip no trunk",
+                from_user=call.from_user,
+                to_user=call.to_user,
+                src_ip=call.src_ip,
             )
             return _reject(404, "No trunk found")
         trunk_id = trunk.sip_trunk_id if trunk is not None else ""
@@ -251,11 +256,11 @@ class InviteDecider:
             if not auth.ok:
                 if auth.status != 407:
                     log.info(
-                        "sip: auth failed (%s) on trunk %s user %r pw#%s",
-                        auth.outcome.value,
-                        trunk_id,
-                        trunk.auth_username,
-                        password_fingerprint(trunk.auth_password),
+                        "sip auth failed",
+                        outcome=auth.outcome.value,
+                        trunk=trunk_id,
+                        user=trunk.auth_username,
+                        password_fingerprint=password_fingerprint(trunk.auth_password),
                     )
                 headers = {"Proxy-Authenticate": auth.challenge} if auth.challenge else {}
                 return _reject(auth.status, auth.reason, extra_headers=headers, trunk_id=trunk_id)
@@ -263,7 +268,7 @@ class InviteDecider:
         limit = self._limit_for(trunk_id) if trunk_id else 0
         if call.call_id not in self._active:
             if limit and self.active_calls_for(trunk_id) >= limit:
-                return _reject(486, "Busy Here", trunk_id=trunk_id, max_concurrent_calls=limit)
+                return _reject(486, "Busy Here", trunk_id=trunk_id)
             if self.options.max_active_calls and self.active_calls >= self.options.max_active_calls:
                 return _reject(486, "Busy Here", trunk_id=trunk_id)
 
@@ -271,7 +276,7 @@ class InviteDecider:
             trunk, self.store.dispatch_rules(), calling=call.from_user, called=call.to_user
         )
         if rule is None:
-            log.info("sip: no dispatch rule for %s -> %s", call.from_user, call.to_user)
+            log.info("sip no dispatch rule", from_user=call.from_user, to_user=call.to_user)
             return _reject(404, "Does not match Trunks or Dispatch Rules", trunk_id=trunk_id)
         lk_call_id = call.lk_call_id or self._new_call_id()
         ev = evaluate_rule(trunk, rule, call, lk_call_id=lk_call_id)
@@ -279,14 +284,12 @@ class InviteDecider:
             return Decision(
                 status=200,
                 reason="OK",
-                lk_call_id=lk_call_id,
                 trunk_id=trunk_id,
                 rule_id=ev.rule_id,
                 pin_required=ev.rule_id,
-                max_concurrent_calls=limit or None,
                 **self._trunk_extras(trunk),
             )
-        return self._accept(trunk, rule, ev, lk_call_id, limit)
+        return self._accept(trunk, rule, ev, now)
 
     def check_pin(self, call: InboundCall, digits: str, now: float) -> Decision:
         """Re-evaluate after PIN entry (``digits`` without the final ``#``; empty = only ``#``).
@@ -296,18 +299,11 @@ class InviteDecider:
         should then call :meth:`call_ended`.
         """
         lk_call_id = call.lk_call_id or self._new_call_id()
-        try:
-            match = match_trunk(
-                self.store.inbound_trunks(),
-                calling=call.from_user,
-                called=call.to_user,
-                src_ip=call.src_ip,
-                from_host=call.from_host,
-            )
-        except TrunkConflict:
+        match = self._match(call)
+        if match is None:
             return _reject(503, "Service Unavailable")
         trunk = match.trunk
-        if len(digits) > 16 or any(c not in "0123456789*" for c in digits):
+        if len(digits) > MAX_PIN_DIGITS or any(c not in PIN_DIGITS for c in digits):
             rule = None
         else:
             rule = match_rule(
@@ -320,15 +316,29 @@ class InviteDecider:
             )
         trunk_id = trunk.sip_trunk_id if trunk is not None else ""
         if rule is None:
-            return _reject(403, "Wrong PIN", trunk_id=trunk_id, lk_call_id=lk_call_id)
+            return _reject(403, "Wrong PIN", trunk_id=trunk_id)
         ev = evaluate_rule(
             trunk, rule, call, lk_call_id=lk_call_id, pin=digits or None, call_status="active"
         )
         if ev.result is not DispatchResult.ACCEPT:
-            return _reject(403, "Wrong PIN", trunk_id=trunk_id, lk_call_id=lk_call_id)
-        return self._accept(trunk, rule, ev, lk_call_id, self._limit_for(trunk_id))
+            return _reject(403, "Wrong PIN", trunk_id=trunk_id)
+        return self._accept(trunk, rule, ev, now)
 
     # --- helpers ----------------------------------------------------------------------------
+
+    def _match(self, call: InboundCall) -> TrunkMatchResult | None:
+        """The call's trunk match; None (logged) if two trunks match equally well."""
+        try:
+            return match_trunk(
+                self.store.inbound_trunks(),
+                calling=call.from_user,
+                called=call.to_user,
+                src_ip=call.src_ip,
+                from_host=call.from_host,
+            )
+        except TrunkConflict as exc:
+            log.error("sip trunk conflict", error=exc.message, call_id=call.call_id[:64])
+            return None
 
     @staticmethod
     def _trunk_extras(trunk: sip_pb.SIPInboundTrunkInfo | None) -> dict[str, Any]:
@@ -351,31 +361,26 @@ class InviteDecider:
         trunk: sip_pb.SIPInboundTrunkInfo | None,
         rule: sip_pb.SIPDispatchRuleInfo,
         ev: RuleEvaluation,
-        lk_call_id: str,
-        limit: int,
+        now: float,
     ) -> Decision:
         agents = [a.agent_name for a in rule.room_config.agents]
-        token = self._mint_token(ev)
+        token = self._mint_token(ev, now)
         return Decision(
             status=200,
             reason="OK",
-            lk_call_id=lk_call_id,
             trunk_id=ev.trunk_id,
             rule_id=ev.rule_id,
             room_name=ev.room_name,
             room_metadata=rule.room_config.metadata if rule.HasField("room_config") else "",
-            room_config=rule.room_config if rule.HasField("room_config") else None,
             participant_identity=ev.participant_identity,
-            participant_name=ev.participant_name,
             participant_metadata=ev.participant_metadata,
             attributes=ev.attributes,
             agents=agents,
             token=token,
-            max_concurrent_calls=limit or None,
             **self._trunk_extras(trunk),
         )
 
-    def _mint_token(self, ev: RuleEvaluation) -> str:
+    def _mint_token(self, ev: RuleEvaluation, now: float) -> str:
         if not self.keys:
             raise InvalidRequest("no API key configured to sign SIP participant tokens")
         api_key, secret = next(iter(self.keys.items()))
@@ -389,10 +394,7 @@ class InviteDecider:
             ttl=SIP_TOKEN_TTL,
             attributes=dict(ev.attributes),
             metadata=ev.participant_metadata,
+            now=now,
             # LiveKit's SIP participant grants: join, publish, subscribe, data, own metadata.
             can_update_own_metadata=True,
         )
-
-
-# Re-exported for callers that set the attribute on status changes (ringing -> active).
-CALL_STATUS_ATTRIBUTE = ATTR_CALL_STATUS

@@ -1,6 +1,6 @@
 """SIP digest authentication for inbound INVITEs (RFC 2617 / RFC 7616 / RFC 3261 §22) — sans-I/O.
 
-Flow (as LiveKit SIP, ``shared/docs/anchors.md`` §C2): an INVITE for a trunk with
+Flow (as LiveKit SIP): an INVITE for a trunk with
 ``auth_username``/``auth_password`` and no ``Proxy-Authorization`` gets **407** with a
 ``Proxy-Authenticate`` challenge; bad, unparseable or mismatching credentials get **401**.
 
@@ -54,7 +54,7 @@ NONCE_TTL = 60.0
 AUTH_CHALLENGE_TIMEOUT = 30.0
 #: Pending challenges remembered at most (LiveKit's ``digestLimit``); the oldest is evicted.
 MAX_PENDING = 500
-#: Longest Proxy-Authorization value parsed; real ones are ~300 bytes.
+#: Longest Proxy-Authorization value parsed, in UTF-8 bytes; real ones are ~300.
 MAX_HEADER_LEN = 4096
 
 _HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
@@ -115,7 +115,7 @@ def password_fingerprint(password: str) -> str:
 
 def parse_digest(header: str) -> DigestCredentials:
     """Parse ``Digest k=v, k="v", ...``; raises :class:`DigestError` naming what is wrong."""
-    if len(header) > MAX_HEADER_LEN:
+    if len(header.encode()) > MAX_HEADER_LEN:
         raise DigestError("authorization header too long")
     scheme, _, rest = header.strip().partition(" ")
     if scheme.lower() != "digest":

@@ -1,6 +1,6 @@
 """Dispatch rules: validation, selection and evaluation (room name, participant) — sans-I/O.
 
-Selection follows LiveKit's ``MatchDispatchRuleIter`` (``shared/docs/sip-bridge.md`` §1 step 9):
+Selection follows LiveKit's ``MatchDispatchRuleIter``:
 
 * rules whose ``inbound_numbers`` (callers) or ``numbers`` (callees) are non-empty and do not
   contain the number *verbatim* are skipped;
@@ -9,7 +9,7 @@ Selection follows LiveKit's ``MatchDispatchRuleIter`` (``shared/docs/sip-bridge.
 * rules bound to the matched trunk (``trunk_ids``) beat wildcard rules (no ``trunk_ids``);
 * within a group the lowest :func:`rule_priority` wins, ties broken by room name/prefix.
 
-Evaluation follows ``EvaluateDispatchRule`` (§1 step 10 and §2): identity ``sip_<caller>``,
+Evaluation follows LiveKit's ``EvaluateDispatchRule``: identity ``sip_<caller>``,
 name ``Phone <caller>``, the rule's metadata and attributes, then the ``sip.*`` attributes.
 """
 
@@ -25,6 +25,7 @@ from livekit.protocol import sip as sip_pb
 
 from roomline.errors import InvalidRequest
 from roomline.ids import random_id
+from roomline.wire import MAX_PIN_DIGITS, PIN_DIGITS
 
 from .trunks import InboundCall, normalize_number, validate_number
 
@@ -75,11 +76,12 @@ PROVIDER_HEADER_ATTRS: Mapping[str, str] = {
     "x-lk-test-id": "lktest.id",
 }
 
-#: LiveKit collects PIN digits until '#' and treats more than 16 digits as a wrong PIN.
-MAX_PIN_LEN = 16
-#: Room names and prefixes longer than this are refused (LiveKit room names are short ids).
+#: Room names and prefixes longer than this many UTF-8 bytes are refused (LiveKit room names
+#: are short ids).
 MAX_ROOM_NAME_LEN = 256
-_PIN_RE = re.compile(r"^[0-9*]{1,16}$")
+#: A rule's PIN: 1 to MAX_PIN_DIGITS keys of PIN_DIGITS (LiveKit collects keys until '#' and
+#: treats more than 16 as a wrong PIN).
+_PIN_RE = re.compile(rf"^[{re.escape(PIN_DIGITS)}]{{1,{MAX_PIN_DIGITS}}}$")
 _PRIORITY_LAST = 2**31 - 1
 
 
@@ -163,12 +165,12 @@ def validate_rule(info: sip_pb.SIPDispatchRuleInfo) -> None:
     where = f"dispatch_rule.rule.{kind}"
     if kind == "dispatch_rule_direct" and not room:
         raise InvalidRequest(f"{where}.room_name: must not be empty")
-    if len(room) > MAX_ROOM_NAME_LEN:
-        raise InvalidRequest(f"{where}: room name longer than {MAX_ROOM_NAME_LEN} characters")
+    if len(room.encode()) > MAX_ROOM_NAME_LEN:
+        raise InvalidRequest(f"{where}: room name longer than {MAX_ROOM_NAME_LEN} bytes")
     if any(ord(c) < 0x20 or c == "\x7f" for c in room):
         raise InvalidRequest(f"{where}: room name must not contain control characters")
     if pin and not _PIN_RE.match(pin):
-        raise InvalidRequest(f"{where}.pin: must be 1 to {MAX_PIN_LEN} digits (0-9, *)")
+        raise InvalidRequest(f"{where}.pin: must be 1 to {MAX_PIN_DIGITS} of {PIN_DIGITS}")
     for i, num in enumerate(info.inbound_numbers):
         validate_number(num, f"dispatch_rule.inbound_numbers[{i}]")
     for i, num in enumerate(info.numbers):

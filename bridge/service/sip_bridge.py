@@ -7,6 +7,7 @@ INVITE (docs/bridge.md). An accepted caller joins its room over the local partic
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Iterable
@@ -29,21 +30,14 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
+#: The fields an INVITE report and the decider's call description share (all but the decider's
+#: own ``lk_call_id``); a unit test checks that the control message has every one of them.
+CALL_FIELDS = tuple(f.name for f in dataclasses.fields(InboundCall) if f.name != "lk_call_id")
+
+
 def inbound_call(req: control.InviteRequest) -> InboundCall:
-    return InboundCall(
-        call_id=req.call_id,
-        from_user=req.from_user,
-        from_host=req.from_host,
-        to_user=req.to_user,
-        to_host=req.to_host,
-        src_ip=req.src_ip,
-        src_port=req.src_port,
-        user_agent=req.user_agent,
-        headers=dict(req.headers),
-        authorization=req.authorization,
-        from_tag=req.from_tag,
-        transport=req.transport,
-    )
+    """The decider's view of an INVITE a worker reported."""
+    return InboundCall(**{name: getattr(req, name) for name in CALL_FIELDS})
 
 
 class AgentStarter(Protocol):
@@ -94,6 +88,7 @@ class SIPBridge:
         self.pin_calls: dict[str, InboundCall] = {}
 
     def decide(self, req: control.InviteRequest) -> control.InviteResult:
+        """The decision for a worker's INVITE: reject, accept into a room, or collect a PIN first."""
         call = inbound_call(req)
         decision = self.decider.decide(call, time.time())
         if decision.accepted and decision.pin_required:
@@ -106,20 +101,15 @@ class SIPBridge:
                 collect_pin=True,
                 max_call_duration=decision.max_call_duration or self.cfg.sip.max_call_duration,
                 media_timeout=self.cfg.sip.media_timeout,
+                **self._answer_headers(decision),
             )
         if not decision.accepted:
-            self.rejected[decision.status] = self.rejected.get(decision.status, 0) + 1
-            log.info(
-                "sip call rejected",
-                call_id=call.call_id,
-                status=decision.status,
-                reason=decision.reason,
-                dropped=decision.drop,
-                src_ip=call.src_ip,
+            status = self._rejected(
+                "sip call rejected", call, decision, dropped=decision.drop, src_ip=call.src_ip
             )
             return control.InviteResult(
                 id=req.id,
-                status=decision.status if decision.status in control.INVITE_STATUSES else 403,
+                status=status,
                 reason=decision.reason,
                 headers=dict(decision.extra_headers),
                 drop=decision.drop,
@@ -137,8 +127,29 @@ class SIPBridge:
             id=req.id,
             status=200,
             ringing=self.cfg.sip.answer == "wait_for_audio",
+            **self._answer_headers(decision),
             **self._join_fields(decision),
         )
+
+    def _rejected(self, event: str, call: InboundCall, decision: Decision, **fields: Any) -> int:
+        """Count and log a rejection; returns the SIP status the worker may send for it."""
+        self.rejected[decision.status] = self.rejected.get(decision.status, 0) + 1
+        log.info(
+            event,
+            call_id=call.call_id,
+            status=decision.status,
+            reason=decision.reason,
+            **fields,
+        )
+        return decision.status if decision.status in control.INVITE_STATUSES else 403
+
+    @staticmethod
+    def _answer_headers(decision: Decision) -> dict[str, Any]:
+        """The trunk's additions to the 200 OK (fixed headers, attributes mapped to headers)."""
+        return {
+            "headers": dict(decision.headers),
+            "attributes_to_headers": dict(decision.attributes_to_headers),
+        }
 
     def _join_fields(self, decision: Decision) -> dict[str, Any]:
         """What a worker needs to join an accepted caller to its room."""
@@ -163,15 +174,8 @@ class SIPBridge:
         decision = self.decider.check_pin(call, req.digits, time.time())
         if not decision.accepted:
             self.decider.call_ended(call.call_id)
-            self.rejected[decision.status] = self.rejected.get(decision.status, 0) + 1
             # Never log the digits: they are the room's secret.
-            log.info(
-                "sip call PIN rejected",
-                call_id=call.call_id,
-                status=decision.status,
-                reason=decision.reason,
-            )
-            status = decision.status if decision.status in control.INVITE_STATUSES else 403
+            status = self._rejected("sip call PIN rejected", call, decision)
             return control.PinResult(
                 id=req.id, call_id=req.call_id, status=status, reason=decision.reason
             )
@@ -202,6 +206,7 @@ class SIPBridge:
             self.agent_starter.ensure(decision.room_name, list(decision.agents))
 
     def on_call_state(self, worker: WorkerHandle, state: control.CallState) -> None:
+        """A worker reported a call state; ended calls free their slot in the decider."""
         log.info(
             "sip call state",
             call_id=state.call_id,
@@ -215,6 +220,7 @@ class SIPBridge:
             self.decider.call_ended(state.call_id)
 
     def metrics(self) -> Iterable[Family]:
+        """Prometheus families for ``/metrics``: worker caps, active calls, restarts, rejections."""
         workers = self.supervisor.workers
         yield (
             "roomline_sip_worker_max_calls",
@@ -251,10 +257,12 @@ class SIPPart(Service):
         self.bridge = bridge
 
     async def start(self) -> None:
+        """Start the bridge workers (if SIP is enabled)."""
         if self.bridge is not None:
             await self.bridge.supervisor.start()
 
     async def stop(self) -> None:
+        """Stop the bridge workers and close the store."""
         if self.bridge is not None:
             await self.bridge.supervisor.stop()
         self.store.close()
@@ -263,6 +271,7 @@ class SIPPart(Service):
 def install(
     server: SFUServer, local_socket: str, agent_starter: AgentStarter | None = None
 ) -> SIPPart:
+    """Open the SIP store, register the ``livekit.SIP`` Twirp service and build the bridge."""
     cfg = server.cfg
     os.makedirs(cfg.server.data_dir, exist_ok=True)
     store = SIPStore.open(

@@ -3,8 +3,7 @@
 :class:`SIPService` has one async method per RPC, taking the request protobuf and the verified
 token ``claims`` and returning the response protobuf. :data:`METHODS` maps Twirp method names to
 ``(request type, response type, method name)`` so the generic Twirp edge (``sfu/service/twirp.py``)
-can decode, dispatch and encode without knowing SIP. :meth:`SIPService.handle` does the whole
-bytes-in/bytes-out step for edges that prefer it.
+can decode, dispatch and encode without knowing SIP.
 
 Grants (as LiveKit): trunk and dispatch-rule calls need ``sip.admin``; ``CreateSIPParticipant``
 needs ``sip.call``; ``TransferSIPParticipant`` needs ``sip.call``. Outbound calls and transfers are
@@ -14,7 +13,8 @@ whose ``twirp_code`` the edge puts on the wire; validation messages name the off
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
@@ -56,12 +56,12 @@ class Claims(Protocol):
     def sip(self) -> _SIPGrant | None: ...
 
 
-def _has_grant(claims: Any, name: str) -> bool:
+def _has_grant(claims: Claims, name: str) -> bool:
     sip = getattr(claims, "sip", None)
     return bool(getattr(sip, name, False))
 
 
-def _require_admin(claims: Any) -> None:
+def _require_admin(claims: Claims) -> None:
     if not _has_grant(claims, "admin"):
         raise PermissionDenied("sip.admin grant required")
 
@@ -84,6 +84,119 @@ def _page(items: Sequence[M], page: Any, key: Callable[[M], str]) -> list[M]:
         ordered = [m for m in ordered if key(m) > page.after_id]
     limit = page.limit if page is not None and page.limit > 0 else MAX_PAGE
     return ordered[: min(limit, MAX_PAGE)]
+
+
+def _listed(
+    req: Any,
+    items: Iterable[M],
+    id_field: str,
+    ids: Iterable[str],
+    list_field: str,
+    wanted: Callable[[str], bool] | None,
+) -> list[M]:
+    """A List* RPC's answer, ordered by id and paged by ``req.page``.
+
+    An item is listed if ``ids`` is empty or holds its id, and if ``wanted`` is None, or the
+    item's ``list_field`` is empty (as LiveKit: a default trunk or a wildcard rule matches any
+    filter), or ``wanted`` accepts one of its values.
+    """
+    id_set = set(ids)
+
+    def keep(m: M) -> bool:
+        if id_set and getattr(m, id_field) not in id_set:
+            return False
+        values = getattr(m, list_field)
+        return wanted is None or not values or any(wanted(v) for v in values)
+
+    page = req.page if req.HasField("page") else None
+    return _page([m for m in items if keep(m)], page, lambda m: str(getattr(m, id_field)))
+
+
+@dataclass(frozen=True)
+class _Updatable:
+    """How an Update* RPC's ``update`` action applies to one object type.
+
+    ``lists`` are ``ListUpdate`` fields (set/add/remove), ``scalars`` and ``messages`` optional
+    fields copied when present, ``maps`` string maps diffed as LiveKit does (an empty value
+    deletes the key).
+    """
+
+    id_field: str
+    lists: tuple[str, ...] = ()
+    scalars: tuple[str, ...] = ()
+    messages: tuple[str, ...] = ()
+    maps: tuple[str, ...] = ()
+
+
+_INBOUND_TRUNK = _Updatable(
+    "sip_trunk_id",
+    lists=("numbers", "allowed_addresses", "allowed_numbers"),
+    scalars=(
+        "auth_username",
+        "auth_password",
+        "auth_realm",
+        "name",
+        "metadata",
+        "media_encryption",
+    ),
+    messages=("media",),
+)
+_OUTBOUND_TRUNK = _Updatable(
+    "sip_trunk_id",
+    lists=("numbers",),
+    scalars=(
+        "address", "transport", "destination_country", "auth_username",
+        "auth_password", "name", "metadata", "media_encryption", "from_host",
+    ),
+    messages=("media",),
+)  # fmt: skip
+_DISPATCH_RULE = _Updatable(
+    "sip_dispatch_rule_id",
+    lists=("trunk_ids",),
+    scalars=("name", "metadata", "media_encryption"),
+    messages=("rule", "media"),
+    maps=("attributes",),
+)
+
+
+def _apply_update(current: M, req: Any, spec: _Updatable) -> M:
+    """The new version of ``current`` for an Update* request (``replace`` or ``update`` action).
+
+    The id and ``created_at`` are kept, ``updated_at`` is stamped; validation is the caller's.
+    """
+    action = req.WhichOneof("action")
+    if action == "replace":
+        if getattr(req.replace, spec.id_field) not in ("", getattr(req, spec.id_field)):
+            raise InvalidRequest(f"replace.{spec.id_field}: must be empty or match {spec.id_field}")
+        info = _copy(req.replace)
+    elif action == "update":
+        info = _copy(current)
+        up = req.update
+        for name in spec.lists:
+            if up.HasField(name):
+                validate_list_update(getattr(up, name), f"update.{name}")
+                new = apply_list_update(getattr(info, name), getattr(up, name))
+                info.ClearField(name)
+                getattr(info, name).extend(new)
+        for name in spec.scalars:
+            if up.HasField(name):
+                setattr(info, name, getattr(up, name))
+        for name in spec.messages:
+            if up.HasField(name):
+                getattr(info, name).CopyFrom(getattr(up, name))
+        for name in spec.maps:
+            target = getattr(info, name)
+            for key, value in getattr(up, name).items():
+                if value:
+                    target[key] = value
+                else:
+                    target.pop(key, None)
+    else:
+        raise InvalidRequest("action: missing or unsupported update action")
+    setattr(info, spec.id_field, getattr(current, spec.id_field))
+    info.created_at.CopyFrom(current.created_at)  # type: ignore[attr-defined]
+    info.updated_at.CopyFrom(_now())  # type: ignore[attr-defined]
+    return info
 
 
 def _validate_outbound(info: sip_pb.SIPOutboundTrunkInfo) -> None:
@@ -123,7 +236,7 @@ class SIPService:
         validate_trunk_conflicts([*others, info])
 
     async def create_sip_inbound_trunk(
-        self, req: sip_pb.CreateSIPInboundTrunkRequest, claims: Any
+        self, req: sip_pb.CreateSIPInboundTrunkRequest, claims: Claims
     ) -> sip_pb.SIPInboundTrunkInfo:
         _require_admin(claims)
         if not req.HasField("trunk"):
@@ -148,43 +261,18 @@ class SIPService:
         return current
 
     async def update_sip_inbound_trunk(
-        self, req: sip_pb.UpdateSIPInboundTrunkRequest, claims: Any
+        self, req: sip_pb.UpdateSIPInboundTrunkRequest, claims: Claims
     ) -> sip_pb.SIPInboundTrunkInfo:
         _require_admin(claims)
         current = self._writable_trunk(req.sip_trunk_id)
-        action = req.WhichOneof("action")
-        if action == "replace":
-            if req.replace.sip_trunk_id not in ("", req.sip_trunk_id):
-                raise InvalidRequest("replace.sip_trunk_id: must be empty or match sip_trunk_id")
-            info = _copy(req.replace)
-        elif action == "update":
-            info = _copy(current)
-            up = req.update
-            for name in ("numbers", "allowed_addresses", "allowed_numbers"):
-                if up.HasField(name):
-                    validate_list_update(getattr(up, name), f"update.{name}")
-                    new = apply_list_update(getattr(info, name), getattr(up, name))
-                    info.ClearField(name)
-                    getattr(info, name).extend(new)
-            for name in ("auth_username", "auth_password", "auth_realm", "name", "metadata"):
-                if up.HasField(name):
-                    setattr(info, name, getattr(up, name))
-            if up.HasField("media_encryption"):
-                info.media_encryption = up.media_encryption
-            if up.HasField("media"):
-                info.media.CopyFrom(up.media)
-        else:
-            raise InvalidRequest("action: missing or unsupported update action")
-        info.sip_trunk_id = current.sip_trunk_id
-        info.created_at.CopyFrom(current.created_at)
-        info.updated_at.CopyFrom(_now())
+        info = _apply_update(current, req, _INBOUND_TRUNK)
         validate_trunk(info)
         self._check_inbound_conflicts(info)
         self.store.put_inbound_trunk(info)
         return info
 
     async def get_sip_inbound_trunk(
-        self, req: sip_pb.GetSIPInboundTrunkRequest, claims: Any
+        self, req: sip_pb.GetSIPInboundTrunkRequest, claims: Claims
     ) -> sip_pb.GetSIPInboundTrunkResponse:
         _require_admin(claims)
         if not req.sip_trunk_id:
@@ -194,30 +282,28 @@ class SIPService:
         )
 
     async def list_sip_inbound_trunk(
-        self, req: sip_pb.ListSIPInboundTrunkRequest, claims: Any
+        self, req: sip_pb.ListSIPInboundTrunkRequest, claims: Claims
     ) -> sip_pb.ListSIPInboundTrunkResponse:
         _require_admin(claims)
-        ids = set(req.trunk_ids)
         wanted = {normalize_number(n) for n in req.numbers} | set(req.numbers)
 
-        def keep(t: sip_pb.SIPInboundTrunkInfo) -> bool:
-            if ids and t.sip_trunk_id not in ids:
-                return False
-            # As LiveKit: a trunk without numbers (default trunk) matches any number filter.
-            if wanted and t.numbers:
-                return any(n in wanted or normalize_number(n) in wanted for n in t.numbers)
-            return True
+        def number_wanted(n: str) -> bool:
+            return n in wanted or normalize_number(n) in wanted
 
-        items = [t for t in self.store.inbound_trunks() if keep(t)]
-        page = req.page if req.HasField("page") else None
-        return sip_pb.ListSIPInboundTrunkResponse(
-            items=_page(items, page, lambda t: t.sip_trunk_id)
+        items = _listed(
+            req,
+            self.store.inbound_trunks(),
+            "sip_trunk_id",
+            req.trunk_ids,
+            "numbers",
+            number_wanted if wanted else None,
         )
+        return sip_pb.ListSIPInboundTrunkResponse(items=items)
 
     # --- outbound trunks (stored; calls not implemented) ----------------------------------
 
     async def create_sip_outbound_trunk(
-        self, req: sip_pb.CreateSIPOutboundTrunkRequest, claims: Any
+        self, req: sip_pb.CreateSIPOutboundTrunkRequest, claims: Claims
     ) -> sip_pb.SIPOutboundTrunkInfo:
         _require_admin(claims)
         if not req.HasField("trunk"):
@@ -233,44 +319,19 @@ class SIPService:
         return info
 
     async def update_sip_outbound_trunk(
-        self, req: sip_pb.UpdateSIPOutboundTrunkRequest, claims: Any
+        self, req: sip_pb.UpdateSIPOutboundTrunkRequest, claims: Claims
     ) -> sip_pb.SIPOutboundTrunkInfo:
         _require_admin(claims)
         if not req.sip_trunk_id:
             raise InvalidRequest("sip_trunk_id: must be set")
         current = self.store.get_outbound_trunk(req.sip_trunk_id)
-        action = req.WhichOneof("action")
-        if action == "replace":
-            if req.replace.sip_trunk_id not in ("", req.sip_trunk_id):
-                raise InvalidRequest("replace.sip_trunk_id: must be empty or match sip_trunk_id")
-            info = _copy(req.replace)
-        elif action == "update":
-            info = _copy(current)
-            up = req.update
-            if up.HasField("numbers"):
-                validate_list_update(up.numbers, "update.numbers")
-                new = apply_list_update(info.numbers, up.numbers)
-                info.ClearField("numbers")
-                info.numbers.extend(new)
-            for name in (
-                "address", "transport", "destination_country", "auth_username",
-                "auth_password", "name", "metadata", "media_encryption", "from_host",
-            ):  # fmt: skip
-                if up.HasField(name):
-                    setattr(info, name, getattr(up, name))
-            if up.HasField("media"):
-                info.media.CopyFrom(up.media)
-        else:
-            raise InvalidRequest("action: missing or unsupported update action")
-        info.sip_trunk_id = current.sip_trunk_id
-        info.created_at.CopyFrom(current.created_at)
-        info.updated_at.CopyFrom(_now())
+        info = _apply_update(current, req, _OUTBOUND_TRUNK)
         _validate_outbound(info)
         self.store.put_outbound_trunk(info)
         return info
 
     async def get_sip_outbound_trunk(
-        self, req: sip_pb.GetSIPOutboundTrunkRequest, claims: Any
+        self, req: sip_pb.GetSIPOutboundTrunkRequest, claims: Claims
     ) -> sip_pb.GetSIPOutboundTrunkResponse:
         _require_admin(claims)
         if not req.sip_trunk_id:
@@ -279,23 +340,22 @@ class SIPService:
         return sip_pb.GetSIPOutboundTrunkResponse(trunk=trunk)
 
     async def list_sip_outbound_trunk(
-        self, req: sip_pb.ListSIPOutboundTrunkRequest, claims: Any
+        self, req: sip_pb.ListSIPOutboundTrunkRequest, claims: Claims
     ) -> sip_pb.ListSIPOutboundTrunkResponse:
         _require_admin(claims)
-        ids, wanted = set(req.trunk_ids), set(req.numbers)
-        items = [
-            t
-            for t in self.store.outbound_trunks()
-            if (not ids or t.sip_trunk_id in ids)
-            and (not wanted or not t.numbers or any(n in wanted for n in t.numbers))
-        ]
-        page = req.page if req.HasField("page") else None
-        return sip_pb.ListSIPOutboundTrunkResponse(
-            items=_page(items, page, lambda t: t.sip_trunk_id)
+        wanted = set(req.numbers)
+        items = _listed(
+            req,
+            self.store.outbound_trunks(),
+            "sip_trunk_id",
+            req.trunk_ids,
+            "numbers",
+            wanted.__contains__ if wanted else None,
         )
+        return sip_pb.ListSIPOutboundTrunkResponse(items=items)
 
     async def delete_sip_trunk(
-        self, req: sip_pb.DeleteSIPTrunkRequest, claims: Any
+        self, req: sip_pb.DeleteSIPTrunkRequest, claims: Claims
     ) -> sip_pb.SIPTrunkInfo:
         _require_admin(claims)
         if not req.sip_trunk_id:
@@ -323,7 +383,7 @@ class SIPService:
         validate_rule_conflicts([*others, info])
 
     async def create_sip_dispatch_rule(
-        self, req: sip_pb.CreateSIPDispatchRuleRequest, claims: Any
+        self, req: sip_pb.CreateSIPDispatchRuleRequest, claims: Claims
     ) -> sip_pb.SIPDispatchRuleInfo:
         _require_admin(claims)
         if req.HasField("dispatch_rule"):
@@ -353,7 +413,7 @@ class SIPService:
         return info
 
     async def update_sip_dispatch_rule(
-        self, req: sip_pb.UpdateSIPDispatchRuleRequest, claims: Any
+        self, req: sip_pb.UpdateSIPDispatchRuleRequest, claims: Claims
     ) -> sip_pb.SIPDispatchRuleInfo:
         _require_admin(claims)
         if not req.sip_dispatch_rule_id:
@@ -364,62 +424,28 @@ class SIPService:
                 f"sip_dispatch_rule_id: rule {current.sip_dispatch_rule_id} comes from the "
                 "config file"
             )
-        action = req.WhichOneof("action")
-        if action == "replace":
-            if req.replace.sip_dispatch_rule_id not in ("", req.sip_dispatch_rule_id):
-                raise InvalidRequest(
-                    "replace.sip_dispatch_rule_id: must be empty or match sip_dispatch_rule_id"
-                )
-            info = _copy(req.replace)
-        elif action == "update":
-            info = _copy(current)
-            up = req.update
-            if up.HasField("trunk_ids"):
-                validate_list_update(up.trunk_ids, "update.trunk_ids")
-                new = apply_list_update(info.trunk_ids, up.trunk_ids)
-                info.ClearField("trunk_ids")
-                info.trunk_ids.extend(new)
-            if up.HasField("rule"):
-                info.rule.CopyFrom(up.rule)
-            for name in ("name", "metadata", "media_encryption"):
-                if up.HasField(name):
-                    setattr(info, name, getattr(up, name))
-            for key, value in up.attributes.items():
-                # LiveKit's map diff: an empty value deletes the attribute.
-                if value:
-                    info.attributes[key] = value
-                else:
-                    info.attributes.pop(key, None)
-            if up.HasField("media"):
-                info.media.CopyFrom(up.media)
-        else:
-            raise InvalidRequest("action: missing or unsupported update action")
-        info.sip_dispatch_rule_id = current.sip_dispatch_rule_id
-        info.created_at.CopyFrom(current.created_at)
-        info.updated_at.CopyFrom(_now())
+        info = _apply_update(current, req, _DISPATCH_RULE)
         self._check_rule(info)
         self.store.put_dispatch_rule(info)
         return info
 
     async def list_sip_dispatch_rule(
-        self, req: sip_pb.ListSIPDispatchRuleRequest, claims: Any
+        self, req: sip_pb.ListSIPDispatchRuleRequest, claims: Claims
     ) -> sip_pb.ListSIPDispatchRuleResponse:
         _require_admin(claims)
-        ids, trunks = set(req.dispatch_rule_ids), set(req.trunk_ids)
-        items = [
-            r
-            for r in self.store.dispatch_rules()
-            if (not ids or r.sip_dispatch_rule_id in ids)
-            # As LiveKit: wildcard rules (no trunk_ids) match any trunk filter.
-            and (not trunks or not r.trunk_ids or any(t in trunks for t in r.trunk_ids))
-        ]
-        page = req.page if req.HasField("page") else None
-        return sip_pb.ListSIPDispatchRuleResponse(
-            items=_page(items, page, lambda r: r.sip_dispatch_rule_id)
+        trunks = set(req.trunk_ids)
+        items = _listed(
+            req,
+            self.store.dispatch_rules(),
+            "sip_dispatch_rule_id",
+            req.dispatch_rule_ids,
+            "trunk_ids",
+            trunks.__contains__ if trunks else None,
         )
+        return sip_pb.ListSIPDispatchRuleResponse(items=items)
 
     async def delete_sip_dispatch_rule(
-        self, req: sip_pb.DeleteSIPDispatchRuleRequest, claims: Any
+        self, req: sip_pb.DeleteSIPDispatchRuleRequest, claims: Claims
     ) -> sip_pb.SIPDispatchRuleInfo:
         _require_admin(claims)
         if not req.sip_dispatch_rule_id:
@@ -429,7 +455,7 @@ class SIPService:
     # --- calls (not implemented) ----------------------------------------------------------
 
     async def create_sip_participant(
-        self, req: sip_pb.CreateSIPParticipantRequest, claims: Any
+        self, req: sip_pb.CreateSIPParticipantRequest, claims: Claims
     ) -> sip_pb.SIPParticipantInfo:
         if not _has_grant(claims, "call"):
             raise PermissionDenied("sip.call grant required")
@@ -439,7 +465,7 @@ class SIPService:
         )
 
     async def transfer_sip_participant(
-        self, req: sip_pb.TransferSIPParticipantRequest, claims: Any
+        self, req: sip_pb.TransferSIPParticipantRequest, claims: Claims
     ) -> sip_pb.TransferSIPParticipantResponse:
         if not _has_grant(claims, "call"):
             raise PermissionDenied("sip.call grant required")

@@ -2,7 +2,7 @@
 
 Each worker gets its own SIP port and RTP range (the PyPI pjsua2 wheel caps a process at 4 calls,
 so capacity scales with processes) and a Unix socketpair for the JSON-lines control protocol
-(bridge/control.py), passed as ``--control-fd``. A worker that exits is restarted with exponential
+(:mod:`bridge.control`), passed as ``--control-fd``. A worker that exits is restarted with exponential
 backoff (reset after it has run for ``stable_after`` seconds).
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import os
 import socket
 import sys
@@ -18,9 +17,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+import structlog
+
 import bridge.control as control
 
-log = logging.getLogger("bridge.service.supervisor")
+log = structlog.get_logger(__name__)
 
 DecideInvite = Callable[
     [control.InviteRequest], control.InviteResult | Awaitable[control.InviteResult]
@@ -61,6 +62,7 @@ class WorkerHandle:
         return sum(1 for s in self.calls.values() if s in ("ringing", "active"))
 
     def send(self, msg: control.Message) -> None:
+        """Write a control message to this worker if its channel is up."""
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(control.encode(msg))
 
@@ -95,15 +97,18 @@ class WorkerSupervisor:
         self._stopping = False
 
     async def start(self) -> None:
+        """Start every worker (each is restarted with backoff whenever it exits)."""
         for w in self.workers:
             self._tasks.append(asyncio.get_running_loop().create_task(self._keep_running(w)))
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every worker has reported ``ready``."""
         await asyncio.wait_for(
             asyncio.gather(*(w.ready_event.wait() for w in self.workers)), timeout
         )
 
     async def stop(self, timeout: float = 5.0) -> None:
+        """Ask every worker to shut down, kill those that do not within ``timeout``."""
         self._stopping = True
         for w in self.workers:
             w.send(control.Shutdown())
@@ -117,14 +122,6 @@ class WorkerSupervisor:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def hangup(self, call_id: str, reason: str = "") -> bool:
-        """Ask the worker holding ``call_id`` to end it; False if no worker has it."""
-        for w in self.workers:
-            if call_id in w.calls:
-                w.send(control.Hangup(call_id=call_id, reason=reason))
-                return True
-        return False
 
     def metrics(self) -> dict[str, int]:
         return {
@@ -143,13 +140,13 @@ class WorkerSupervisor:
             try:
                 await self._run_once(w)
             except OSError as exc:
-                log.error("cannot start bridge worker on port %d: %s", w.spec.sip_port, exc)
+                log.error("bridge worker start failed", sip_port=w.spec.sip_port, error=str(exc))
             if self._stopping:
                 return
             if time.monotonic() - started >= self._stable_after:
                 delay = self._backoff_initial
             w.restarts += 1
-            log.warning("bridge worker on port %d exited; restart in %.1fs", w.spec.sip_port, delay)
+            log.warning("bridge worker exited", sip_port=w.spec.sip_port, restart_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff_max)
 
@@ -218,7 +215,7 @@ class WorkerSupervisor:
             if res.id != req.id:
                 res = control.InviteResult(**{**res.__dict__, "id": req.id})
         except Exception:  # the app's callback failed: the caller gets 503, the worker lives on
-            log.exception("decide_invite failed")
+            log.exception("decide_invite failed", call_id=req.call_id)
             res = control.InviteResult(id=req.id, status=503, headers={"Retry-After": "5"})
         if res.status == 200:
             w.calls[req.call_id] = "ringing"
@@ -235,7 +232,7 @@ class WorkerSupervisor:
             if res.id != req.id or res.call_id != req.call_id:
                 res = control.PinResult(**{**res.__dict__, "id": req.id, "call_id": req.call_id})
         except Exception:  # as for INVITEs: the caller is hung up, the worker lives on
-            log.exception("check_pin failed")
+            log.exception("check_pin failed", call_id=req.call_id)
             res = control.PinResult(id=req.id, call_id=req.call_id, status=503)
         w.send(res)
 

@@ -1,7 +1,6 @@
 """Inbound SIP trunks: validation, conflict checks and matching an INVITE to a trunk (sans-I/O).
 
-Behaviour follows LiveKit SIP (``livekit/protocol`` ``sip/sip.go``; see
-``docs/sip-trunks.md`` and ``shared/docs/sip-bridge.md`` §1 step 7):
+Behaviour follows LiveKit SIP (``livekit/protocol`` ``sip/sip.go``; see ``docs/sip-trunks.md``):
 
 * a trunk is considered only if the caller (From user) is in ``allowed_numbers`` (empty = anyone)
   and the source IP is in ``allowed_addresses`` (IP, CIDR, or a hostname equal to the From host;
@@ -45,10 +44,10 @@ __all__ = [
     "validate_trunk_conflicts",
 ]
 
-#: Longest phone number / SIP user part accepted anywhere. E.164 is at most 15 digits; SIP user
+#: Longest phone number / SIP user part accepted anywhere, in UTF-8 bytes. E.164 is at most 15 digits; SIP user
 #: names are short in practice. The cap keeps hostile INVITEs from producing huge identities.
 MAX_NUMBER_LEN = 128
-#: Longest entry of ``allowed_addresses`` (a DNS name is at most 253 characters).
+#: Longest entry of ``allowed_addresses`` in bytes (a DNS name is at most 253).
 MAX_ADDRESS_LEN = 253
 #: Most entries in one list field of a trunk or rule; bounds matching cost per INVITE.
 MAX_LIST_ITEMS = 1000
@@ -237,15 +236,15 @@ def validate_number(value: str, field: str) -> None:
     """Raise :class:`InvalidRequest` naming ``field`` if ``value`` cannot be a SIP user/number."""
     if not value:
         raise InvalidRequest(f"{field}: empty number")
-    if len(value) > MAX_NUMBER_LEN:
-        raise InvalidRequest(f"{field}: number longer than {MAX_NUMBER_LEN} characters")
+    if len(value.encode()) > MAX_NUMBER_LEN:
+        raise InvalidRequest(f"{field}: number longer than {MAX_NUMBER_LEN} bytes")
     if value.strip() != value or _BAD_NUMBER_RE.search(value):
         raise InvalidRequest(f"{field}: {value!r} is not a phone number or SIP user")
 
 
 def validate_address(value: str, field: str) -> None:
     """An ``allowed_addresses`` entry must be an IP, a CIDR (IPv4/IPv6) or a hostname."""
-    if not value or len(value) > MAX_ADDRESS_LEN:
+    if not value or len(value.encode()) > MAX_ADDRESS_LEN:
         raise InvalidRequest(f"{field}: {value!r} is not an IP address, CIDR or hostname")
     text = _strip_brackets(value)
     try:

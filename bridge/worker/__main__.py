@@ -1,5 +1,62 @@
-"""``python -m bridge.worker``: one bridge worker process (see :mod:`bridge.worker.worker`)."""
+"""``python -m bridge.worker``: the command line of one bridge worker process.
 
-from bridge.worker.worker import main
+Normally started by :class:`bridge.service.supervisor.WorkerSupervisor`; see
+:mod:`bridge.worker.worker` for what the process does.
+"""
 
-main()
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from bridge.worker.endpoint import WorkerOptions
+from bridge.worker.worker import Worker
+
+
+def parse_args(argv: list[str] | None = None) -> WorkerOptions:
+    """The worker's command line (see the module docstring)."""
+    ap = argparse.ArgumentParser(prog="python -m bridge.worker", description=__doc__)
+    ap.add_argument("--sip-port", type=int, default=5060)
+    ap.add_argument("--sip-host", default="0.0.0.0", help="address to bind SIP and RTP to")
+    ap.add_argument(
+        "--public-ip", default="", help="address for SDP c= and Contact (sip.public_ip)"
+    )
+    ap.add_argument("--rtp-start", type=int, default=10000)
+    ap.add_argument("--rtp-end", type=int, default=20000)
+    ap.add_argument("--control-fd", type=int, default=-1, help="socketpair fd for JSON lines")
+    ap.add_argument("--max-calls", type=int, default=32, help="requested; clamped by the build")
+    ap.add_argument("--no-tcp", action="store_true")
+    ap.add_argument("--log-level", type=int, default=1, help="pjsua log level 0-6")
+    a = ap.parse_args(argv)
+    if not 0 < a.rtp_start <= a.rtp_end < 65536:
+        ap.error("need 0 < rtp-start <= rtp-end < 65536")
+    return WorkerOptions(
+        sip_port=a.sip_port,
+        sip_host=a.sip_host,
+        public_ip=a.public_ip,
+        rtp_start=a.rtp_start,
+        rtp_end=a.rtp_end,
+        control_fd=a.control_fd,
+        max_calls=a.max_calls,
+        tcp=not a.no_tcp,
+        log_level=a.log_level,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one worker until the supervisor says stop (or goes away), then exit at once."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="worker %(message)s")
+    opts = parse_args(argv)
+    asyncio.run(Worker(opts).run())
+    # A pj object that still escaped (e.g. held by a traceback) would assert in its destructor
+    # during interpreter finalisation, after libDestroy; pjsua is already down, so skip it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

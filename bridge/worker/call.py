@@ -2,7 +2,7 @@
 
 The worker feeds it what happened (the supervisor's decision, room joined, first room audio, SIP
 state, RTP counters, the clock) and executes the returned actions against pjsua2 and the local
-channel. Policies (sip-bridge.md §1, §4):
+channel. Policies (LiveKit SIP's, described in docs/bridge.md "Call life cycle"):
 
 * ``ringing=False`` ("immediate"): 200 OK as soon as the room JoinResponse arrives.
 * ``ringing=True`` ("wait_for_audio"): 180, keep ringing until the first remote audio arrives (or
@@ -21,7 +21,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, replace
 
-from bridge.control import MAX_PIN_DIGITS, PIN_CHARS, InviteResult, PinResult
+from bridge.control import InviteResult, PinResult
+from roomline.wire import MAX_PIN_DIGITS, PIN_DIGITS, PIN_TERMINATOR
 
 #: LiveKit-like PIN entry limits: a pause this long after a digit ends the entry (as if ``#``)...
 PIN_DIGIT_TIMEOUT_S = 8.0
@@ -140,9 +141,9 @@ class CallMachine:
         if self.phase is not Phase.PIN:
             return []
         digit = digit.upper()
-        if digit == "#":
+        if digit == PIN_TERMINATOR:
             return self._send_pin()
-        if digit not in PIN_CHARS:
+        if digit not in PIN_DIGITS:
             return []
         self.pin_digits += digit
         self.pin_last_digit = now
@@ -257,14 +258,6 @@ class CallMachine:
                     return self._bye("media-timeout")
             elif now - self.last_rx_at >= res.media_timeout:
                 return self._bye("media-timeout")
-        return []
-
-    def hangup(self, reason: str) -> list[Action]:
-        """Supervisor or worker shutdown asked to end the call."""
-        if self.phase is Phase.ACTIVE:
-            return self._bye(reason)
-        if self.phase in (Phase.WAITING, Phase.RINGING, Phase.PIN, Phase.PIN_CHECK):
-            return self._end_early(reason)
         return []
 
     # --- helpers ------------------------------------------------------------------------------

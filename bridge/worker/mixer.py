@@ -16,8 +16,8 @@ from typing import Protocol
 import numpy as np
 
 from bridge.worker.jitter import JitterBuffer, Kind
+from roomline.wire import FRAME_SAMPLES
 
-FRAME_SAMPLES = 960
 #: An input that produced nothing for this many ticks (10 s) is dropped; it is re-created by its
 #: next packet. Keeps state bounded when tracks are unpublished without notice.
 IDLE_TICKS = 500
@@ -55,6 +55,7 @@ class Mixer:
     frames_out: int = 0
 
     def push(self, sid: str, seq: int, payload: bytes) -> None:
+        """Queue one Opus payload of track ``sid`` (a new track gets a decoder, up to the cap)."""
         inp = self.inputs.get(sid)
         if inp is None:
             if len(self.inputs) >= MAX_INPUTS:
@@ -64,6 +65,7 @@ class Mixer:
         inp.jitter.push(seq, payload)
 
     def remove(self, sid: str) -> None:
+        """Forget track ``sid`` and its decoder (it was unpublished or its owner left)."""
         self.inputs.pop(sid, None)
 
     def next_frame(self) -> bytes:

@@ -1,10 +1,10 @@
-"""The pjsua2 AudioMediaPort that taps a call's audio at 48 kHz (media-recipes §3.3/§3.4).
+"""The pjsua2 AudioMediaPort that taps a call's audio at 48 kHz, mono, 16-bit, 20 ms frames.
 
 Both callbacks run on the pjmedia conference-bridge clock thread with the GIL taken by SWIG, 100
 times a second per call, so they do as little as possible: a deque append/pop and one memmove.
 The asyncio side drains ``rx`` and keeps ``tx`` topped up; both deques are bounded (``tx`` bounds
 the room → phone latency). ``active`` is cleared on DISCONNECTED *before* the port is released:
-the bridge may still call in while the port is being removed (§3.4.3).
+the bridge may still call in while the port is being removed.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from typing import Any
 
 import pjsua2 as pj
 
-RATE = 48000
-FRAME_BYTES = RATE // 50 * 2  # 20 ms mono s16
+from roomline.wire import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
+
 #: rx holds up to 2 s (the asyncio side drains every 10 ms; a stall beyond that drops old audio).
 RX_FRAMES = 100
-#: tx holds up to 4 frames = 80 ms (media-recipes §6.6: 2–4 frames; bigger only adds latency).
+#: tx holds up to 4 frames = 80 ms: 2–4 frames ride out a late poll of the asyncio thread, a
+#: longer queue would only add room → phone latency.
 TX_FRAMES = 4
 
 _P = ctypes.c_void_p
@@ -61,7 +62,7 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         self.underruns = 0
         self.active = True
         fmt = pj.MediaFormatAudio()
-        fmt.init(pj.PJMEDIA_FORMAT_PCM, RATE, 1, 20000, 16)
+        fmt.init(pj.PJMEDIA_FORMAT_PCM, SAMPLE_RATE, 1, FRAME_MS * 1000, 16)
         self.createPort(name, fmt)
 
     def onFrameReceived(self, frame: Any) -> None:  # noqa: N802 (pjsua2 name)

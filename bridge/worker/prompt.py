@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bridge.worker.mixer import FRAME_SAMPLES
+from roomline.wire import FRAME_SAMPLES
+from roomline.wire import SAMPLE_RATE as RATE
 
-RATE = 48000
 #: Quiet enough not to clip a G.711 leg, loud enough to hear (about -12 dBFS).
 PROMPT_AMPLITUDE = 8000.0
 #: Raised-cosine ramp at each beep edge: a hard edge clicks audibly.

@@ -28,6 +28,7 @@ import logging
 
 import numpy as np
 
+from roomline.wire import DTMF_DIGITS
 from roomline_agents.examples import play
 from roomline_agents.examples.echo import (
     Echo,
@@ -81,7 +82,7 @@ class IVR:
         self.keys: asyncio.Queue[str] = asyncio.Queue(maxsize=32)
 
     def on_dtmf(self, dtmf: SipDTMF) -> None:
-        digit = dtmf.digit or "0123456789*#ABCD"[dtmf.code % 16]
+        digit = dtmf.digit or DTMF_DIGITS[dtmf.code % len(DTMF_DIGITS)]
         log.info("ivr: key %r from %s", digit, dtmf.participant and dtmf.participant.identity)
         if not self.keys.full():
             self.keys.put_nowait(digit)

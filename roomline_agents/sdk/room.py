@@ -37,14 +37,8 @@ from livekit.protocol import models, rtc
 from roomline.errors import RoomlineError
 from roomline_agents.sdk.audio import AudioSource, AudioStream
 from sfu.local.client import ChannelClient, Kind, encode_frame
-from sfu.local.codec import (
-    FRAME_SAMPLES,
-    OpusDecoder,
-    OpusEncoder,
-    RtpError,
-    RtpPacketizer,
-    parse_rtp,
-)
+from sfu.local.codec import FRAME_SAMPLES, OpusDecoder, OpusEncoder, RtpPacketizer
+from sfu.media.rtp import RtpError, parse_rtp
 
 log = logging.getLogger("roomline_agents.sdk")
 
@@ -203,23 +197,24 @@ class RemoteAudioTrack(Track):
         except RtpError:
             self.bad_packets += 1
             return
-        if pkt.payload_type != OPUS_PT or not pkt.payload:
+        payload = pkt.payload(data)
+        if pkt.payload_type != OPUS_PT or not payload:
             return
         self.packets += 1
         if not self._streams:
-            self._last_seq = pkt.sequence  # nobody listens: skip decoding entirely
+            self._last_seq = pkt.sequence_number  # nobody listens: skip decoding entirely
             return
         if self._decoder is None:
             self._decoder = OpusDecoder()
         if self._last_seq is not None:
-            gap = ((pkt.sequence - self._last_seq + 0x8000) & 0xFFFF) - 0x8000
+            gap = ((pkt.sequence_number - self._last_seq + 0x8000) & 0xFFFF) - 0x8000
             if gap <= 0:
                 return  # duplicate or late: the frame was already concealed
             if 1 < gap <= MAX_CONCEAL_GAP:
                 for _ in range(gap - 1):
                     self._deliver(self._decoder.decode(None))
-        self._last_seq = pkt.sequence
-        self._deliver(self._decoder.decode(pkt.payload))
+        self._last_seq = pkt.sequence_number
+        self._deliver(self._decoder.decode(payload))
 
     def _deliver(self, pcm: np.ndarray) -> None:
         for stream in list(self._streams):

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from livekit.protocol import models, rtc
 
-from sfu.local.codec import FRAME_SAMPLES, OpusDecoder, OpusEncoder, RtpPacketizer, parse_rtp
+from sfu.local.codec import FRAME_SAMPLES, OpusDecoder, OpusEncoder, RtpPacketizer
 from sfu.local.framing import FrameDecoder, FrameError, Kind, decode_rtp, encode_frame, encode_rtp
+from sfu.media.rtp import parse_rtp
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Conn:
         """Decode the Opus RTP the worker published (in arrival order)."""
         dec = OpusDecoder()
         frames = [
-            dec.decode(parse_rtp(p).payload) for sid, p in self.rtp if sid == self.published_sid
+            dec.decode(parse_rtp(p).payload(p)) for sid, p in self.rtp if sid == self.published_sid
         ]
         return np.concatenate(frames) if frames else np.zeros(0, np.int16)
 

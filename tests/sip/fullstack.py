@@ -46,7 +46,8 @@ class Workers:
 def sip_section(numbers: list[str], workers: int = 2) -> tuple[dict[str, Any], Workers]:
     """The ``sip`` config section and the workers' SIP ports.
 
-    Trunks: ``ST_local`` (127.0.0.1, ``numbers``, X- headers as attributes), ``ST_pbx`` (digest,
+    Trunks: ``ST_local`` (127.0.0.1, ``numbers``, X- headers as attributes, headers added to the
+    200 OK), ``ST_pbx`` (digest,
     +15550200), ``ST_remote`` (only 10.0.0.1, +15550300), ``ST_norule`` (127.0.0.1, +15550400, no
     dispatch rule). One callee rule for ``ST_local`` and ``ST_pbx``.
     """
@@ -69,6 +70,12 @@ def sip_section(numbers: list[str], workers: int = 2) -> tuple[dict[str, Any], W
                 "numbers": numbers,
                 "include_headers": "SIP_X_HEADERS",
                 "headers_to_attributes": {"X-Test-Id": "test_id"},
+                # Added to every 200 OK: a fixed header and one taken from an attribute.
+                "headers": {"X-Roomline-Trunk": "local"},
+                "attributes_to_headers": {
+                    "sip.trunkPhoneNumber": "X-Called-Number",
+                    "no.such.attribute": "X-Never-Sent",
+                },
             },
             {
                 "sip_trunk_id": "ST_pbx",

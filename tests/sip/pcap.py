@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bridge.worker.dtmf import generate_digit
+from tests.sip.dtmf import generate_digit
 
 SAMPLES = 160  # 20 ms at 8 kHz
 

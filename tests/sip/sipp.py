@@ -2,14 +2,18 @@
 
 ``uac_scenario`` produces a UAC that INVITEs ``[service]``, plays a pcap of G.711 RTP, optionally a
 second pcap of RFC 4733 DTMF, and hangs up with BYE; or, with ``expect`` != 200, expects that
-final status and ACKs it. ``broken_sdp`` sends an unparsable SDP body.
+final status and ACKs it. ``broken_sdp`` sends an unparsable SDP body. ``answer_headers`` (header
+name → regular expression) makes the call fail unless the 200 OK carries each header with a
+matching value.
 """
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 SIPP = shutil.which("sipp")
 
@@ -53,6 +57,7 @@ def uac_scenario(
     caller: str = "+15550001111",
     expect: int = 200,
     broken_sdp: bool = False,
+    answer_headers: Mapping[str, str] | None = None,
 ) -> Path:
     codec = "PCMU" if pt == 0 else "PCMA"
     sdp = _SDP_BROKEN if broken_sdp else _SDP_OK.format(pt=pt, codec=codec)
@@ -87,8 +92,8 @@ def uac_scenario(
     ]]></send>""",
         ]
     else:
+        parts.append(_recv_200(answer_headers or {}))
         parts += [
-            '  <recv response="200" rtd="true"/>',
             f"""  <send><![CDATA[
 
       ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
@@ -123,6 +128,23 @@ def uac_scenario(
     p = Path(path)
     p.write_text("\n".join(parts))
     return p
+
+
+def _recv_200(headers: Mapping[str, str]) -> str:
+    """``<recv response="200">``, failing the call unless each header's value matches."""
+    if not headers:
+        return '  <recv response="200" rtd="true"/>'
+    checks = [
+        f'      <ereg regexp={quoteattr(regexp)} search_in="hdr" header={quoteattr(name + ":")}'
+        f' check_it="true" assign_to="answer_hdr{i}"/>'
+        for i, (name, regexp) in enumerate(headers.items())
+    ]
+    # SIPp refuses a scenario whose variables are never used: log them.
+    used = " ".join(f"{name}=[$answer_hdr{i}]" for i, name in enumerate(headers))
+    return "\n".join(
+        ['  <recv response="200" rtd="true">', "    <action>", *checks,
+         f"      <log message={quoteattr(used)}/>", "    </action>", "  </recv>"]
+    )  # fmt: skip
 
 
 def sipp_cmd(

@@ -1,0 +1,257 @@
+"""The worker's pjsua2 endpoint: library setup and teardown, the call cap, pj object lifetimes.
+
+pjsua2 runs with ``threadCnt=0, mainThreadOnly=True``: the worker polls
+:meth:`SipEndpoint.handle_events` from its asyncio loop, so every SIP callback and every pjsua2
+call happens on that one thread (no GIL deadlocks between pjsua's threads and Python, no thread
+registration). Only the :class:`~bridge.worker.port.BridgePort` callbacks run on the
+conference-bridge clock thread.
+
+pj objects die on pjsua's schedule, not Python's: a port may still be called while the bridge
+removes it, and destroying a finished ``pj.Call`` can hang up whichever call now uses its slot.
+The endpoint therefore keeps finished calls and ports alive for :data:`GRAVEYARD_S` and releases a
+call only when that is safe (:func:`slot_reused`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pjsua2 as pj
+
+from roomline.wire import FRAME_MS
+
+#: Grace before dropping Python refs of a finished call (the bridge removes ports asynchronously).
+GRAVEYARD_S = 2.0
+#: ``sys.getrefcount`` of a finished Call held only by ``SipEndpoint.dead_calls`` while it is swept
+#: (the list's tuple, the loop variable and the getrefcount argument).
+_SOLE_OWNER_REFS = 3
+#: Phone-leg codecs by preference: G.722 keeps wideband audio, then G.711 µ-law and A-law.
+CODEC_PRIORITIES = (("G722/16000", 250), ("PCMU/8000", 240), ("PCMA/8000", 230))
+#: Conference-bridge clock (Hz). 16 kHz keeps G.722 wideband; pjmedia resamples the 48 kHz
+#: BridgePort in C, so Python never resamples.
+BRIDGE_CLOCK_RATE = 16000
+
+
+@dataclass
+class WorkerOptions:
+    """Where the worker listens and how much it logs (filled from the command line)."""
+
+    sip_port: int = 5060
+    sip_host: str = "0.0.0.0"
+    public_ip: str = ""
+    rtp_start: int = 10000
+    rtp_end: int = 20000
+    control_fd: int = -1
+    max_calls: int = 32
+    tcp: bool = True
+    log_level: int = 1
+
+    @property
+    def bind_address(self) -> str:
+        """The address to bind to, or "" for all interfaces."""
+        return "" if self.sip_host in ("", "0.0.0.0") else self.sip_host
+
+
+class SipEndpoint:
+    """One ``pj.Endpoint`` with its account; owns every ``pj.Call`` and retired ``BridgePort``."""
+
+    def __init__(self, opts: WorkerOptions) -> None:
+        self.opts = opts
+        self.ep: pj.Endpoint | None = None
+        self.acc: pj.Account | None = None
+        #: The effective call cap (see :func:`detect_max_calls`), known after :meth:`start`.
+        self.max_calls = 0
+        # Strong refs to every pj.Call (see slot_reused for why their destruction is managed).
+        self.live_calls: dict[int, pj.Call] = {}
+        self.dead_calls: list[tuple[float, pj.Call]] = []
+        self.graveyard: list[tuple[float, list[object]]] = []
+
+    def start(self, make_account: Callable[[], pj.Account]) -> None:
+        """Create, configure and start the library, its transports and the one account."""
+        o = self.opts
+        ep = pj.Endpoint()
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.uaConfig.maxCalls = o.max_calls
+        cfg.uaConfig.userAgent = "roomline"
+        cfg.logConfig.level = o.log_level
+        cfg.logConfig.consoleLevel = o.log_level
+        cfg.logConfig.msgLogging = o.log_level >= 4
+        cfg.medConfig.clockRate = BRIDGE_CLOCK_RATE
+        cfg.medConfig.sndClockRate = BRIDGE_CLOCK_RATE
+        cfg.medConfig.audioFramePtime = FRAME_MS
+        cfg.medConfig.ptime = FRAME_MS
+        cfg.medConfig.ecTailLen = 0
+        cfg.medConfig.noVad = True
+        # Phone-leg jitter buffer: start at 1 frame and let pjmedia's adaptive prefetch grow to
+        # 8 (160 ms) on a jittery trunk; the defaults held more on clean links (~10 ms p50).
+        cfg.medConfig.jbInit = 1
+        cfg.medConfig.jbMinPre = 1
+        cfg.medConfig.jbMaxPre = 8
+        ep.libInit(cfg)
+        self.max_calls = detect_max_calls()
+
+        for kind, enabled in ((pj.PJSIP_TRANSPORT_UDP, True), (pj.PJSIP_TRANSPORT_TCP, o.tcp)):
+            if not enabled:
+                continue
+            tcfg = pj.TransportConfig()
+            tcfg.port = o.sip_port
+            if o.bind_address:
+                tcfg.boundAddress = o.bind_address
+            if o.public_ip:
+                tcfg.publicAddress = o.public_ip
+            ep.transportCreate(kind, tcfg)
+        # REQUIRED: the null device's master port clocks the bridge (setNoDev → 0 frames).
+        ep.audDevManager().setNullDev()
+        for ci in ep.codecEnum2():
+            ep.codecSetPriority(ci.codecId, 0)
+        for codec_id, prio in CODEC_PRIORITIES:
+            ep.codecSetPriority(codec_id, prio)
+        ep.libStart()
+        self.ep = ep
+
+        acfg = pj.AccountConfig()
+        host = o.public_ip or o.bind_address or "127.0.0.1"
+        acfg.idUri = f"sip:bridge@{host}:{o.sip_port}"
+        # RFC 4028: answer session-timer refreshes so carriers that require them keep the call.
+        acfg.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
+        acfg.callConfig.timerSessExpiresSec = 1800
+        acfg.callConfig.timerMinSESec = 90
+        mt = acfg.mediaConfig.transportConfig
+        mt.port = o.rtp_start
+        mt.portRange = max(0, o.rtp_end - o.rtp_start)
+        if o.public_ip:
+            mt.publicAddress = o.public_ip
+        if o.bind_address:
+            mt.boundAddress = o.bind_address
+        acc = make_account()
+        acc.create(acfg, True)
+        self.acc = acc
+
+    def handle_events(self) -> None:
+        """Run pjsua's pending timers and network events (SIP callbacks fire from here)."""
+        if self.ep is not None:
+            self.ep.libHandleEvents(0)
+
+    def hangup_all(self) -> None:
+        """First teardown step: end every call and let the BYEs and final responses go out."""
+        if self.ep is None:
+            return
+        self.ep.hangupAllCalls()
+        for _ in range(20):
+            self.ep.libHandleEvents(10)
+
+    def destroy(self) -> None:
+        """Last teardown step: calls, ports and the account go before ``libDestroy``.
+
+        pjsua2 asserts if a Call, AudioMediaPort or Account outlives the library, so every Python
+        reference is dropped and collected first.
+        """
+        if self.ep is None:
+            return
+        self.graveyard.clear()
+        self.live_calls.clear()
+        self.dead_calls.clear()
+        if self.acc is not None:
+            self.acc.shutdown()
+            self.acc = None
+        gc.collect()
+        self.ep.libDestroy()
+        self.ep = None
+
+    # --- pj object lifetimes -------------------------------------------------------------------
+    def adopt(self, call: pj.Call) -> None:
+        """Hold the only strong reference to a new call."""
+        self.live_calls[id(call)] = call
+
+    def bury_call(self, key: int) -> None:
+        """A call ended: keep it until :meth:`sweep` finds it safe to destroy."""
+        call = self.live_calls.pop(key, None)
+        if call is not None:
+            self.dead_calls.append((time.monotonic(), call))
+
+    def bury(self, objs: list[object]) -> None:
+        """Keep pj objects (ports) of a finished call alive while the bridge lets go of them."""
+        self.graveyard.append((time.monotonic(), objs))
+
+    def reject_now(self, call: pj.Call, status: int, reason: str) -> None:
+        """Answer a call we cannot even describe (unparsable INVITE) and forget it."""
+        prm = pj.CallOpParam()
+        prm.statusCode = status
+        prm.reason = reason
+        try:
+            call.hangup(prm)
+        except pj.Error:
+            pass
+        self.bury_call(id(call))
+
+    def sweep(self, now: float) -> None:
+        """Release buried ports after the grace period, and finished calls once it is safe.
+
+        A finished Call is destroyed only while its pjsua slot is free and we hold the last
+        reference, so that ``Call::~Call()`` can only touch its own, finished call.
+        """
+        self.graveyard = [(t, objs) for t, objs in self.graveyard if now - t < GRAVEYARD_S]
+        keep: list[tuple[float, pj.Call]] = []
+        for ended, call in self.dead_calls:
+            if (
+                now - ended < GRAVEYARD_S
+                or slot_reused(call)
+                or sys.getrefcount(call) > _SOLE_OWNER_REFS
+            ):
+                keep.append((ended, call))
+        self.dead_calls = keep
+
+
+def detect_max_calls() -> int:
+    """The effective per-process call cap after ``libInit``.
+
+    pjsua clamps ``maxCalls`` to the compile-time ``PJSUA_MAX_CALLS`` without telling pjsua2 (the
+    PyPI wheel has 4). pjsua2 has no getter, but the wheel's extension exports the pjsua C API, so
+    ``pjsua_call_get_max_count()`` is read through ctypes from the already-loaded module.
+    """
+    lib = ctypes.CDLL(pj._pjsua2.__file__)
+    fn = lib.pjsua_call_get_max_count
+    fn.restype = ctypes.c_uint
+    return int(fn())
+
+
+def slot_reused(call: pj.Call) -> bool:
+    """Whether destroying this finished ``pj.Call`` now would hit somebody else's call.
+
+    pjsua2 never resets ``Call.id`` when a call ends, and ``Call::~Call()`` clears the user data
+    of slot ``id`` and hangs it up (603 before the answer, BYE after) if that slot is active.
+    pjsua reuses slots at once (4 per process), so a dead Call freed while a newer call holds
+    its slot would end that newer call and orphan its callbacks. Seen in the full-stack tests
+    when cyclic GC freed a finished call's record at a random moment.
+    """
+    try:
+        return bool(call.isActive())
+    except pj.Error:
+        return False
+
+
+def stream_codec(call: pj.Call, idx: int) -> str:
+    """``"PCMU/8000"``-style name of the codec of media stream ``idx``, or "" if unknown."""
+    try:
+        si = call.getStreamInfo(idx)
+        return f"{si.codecName}/{si.codecClockRate}"
+    except pj.Error:
+        return ""
+
+
+def add_headers(prm: Any, headers: dict[str, str]) -> None:
+    """Append ``headers`` to the SIP message a ``CallOpParam`` sends."""
+    for name, value in headers.items():
+        h = pj.SipHeader()
+        h.hName = name
+        h.hValue = value
+        prm.txOption.headers.append(h)

@@ -1,0 +1,227 @@
+"""A call's room leg: the caller as a participant on the local channel, and its media pump.
+
+One :class:`RoomLeg` per call. It joins the room with the token the supervisor minted, publishes
+the phone's audio as one Opus microphone track, N−1 mixes the room's audio tracks for the phone
+and relays DTMF both ways as LiveKit ``SipDTMF`` data packets. It knows nothing about SIP: the
+worker feeds it the phone's PCM (:meth:`RoomLeg.pump`) and hears about the room through
+:class:`RoomLegEvents`.
+
+Every method runs on the worker's asyncio thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from livekit.protocol import models, rtc
+
+from bridge.worker.dtmf import DtmfError, code_to_digit, digit_to_code
+from bridge.worker.mixer import Mixer
+from bridge.worker.port import BridgePort
+from roomline.wire import OPUS_PT
+from sfu.local.client import ChannelClient
+from sfu.local.codec import OpusDecoder, OpusEncoder, RtpPacketizer
+from sfu.media.rtp import RtpError, parse_rtp
+
+log = logging.getLogger("bridge.worker.room_leg")
+
+#: Frames kept queued towards the bridge (3 × 20 ms): rides out a poll delayed by a busy host.
+#: 2 frames saved ~20 ms one-way (bench/bench_sip.py) but, in a full test-suite run on the loaded
+#: 2-core machine, the phone's audio after a hold/resume fell to 13.5 dB SNR (>30 dB otherwise):
+#: robustness wins over those 20 ms.
+TX_TARGET = 3
+#: Room-side jitter buffer start level (frames). 2 saved another ~20 ms but under a loaded host
+#: (SFU and SDK publisher stalls of 80+ ms) it re-buffered audibly in the full-stack tests.
+ROOM_JITTER_TARGET = 3
+#: Client id of the phone's track in the AddTrackRequest.
+TRACK_CID = "sip-audio"
+#: Attribute that tells the room where the call is (LiveKit's ``sip.callStatus``).
+ATTR_CALL_STATUS = "sip.callStatus"
+
+
+@dataclass(frozen=True)
+class RoomLegEvents:
+    """What the leg tells its call; each callback runs on the asyncio thread.
+
+    ``joined``: the room accepted the participant. ``audio``: there is somebody to talk to (another
+    SIP caller in the room, or the first room audio packet). ``left(reason)``: the room ended the
+    participant (leave, error, lost connection). ``dtmf(key)``: somebody in the room sent a key
+    for the phone.
+    """
+
+    joined: Callable[[], None]
+    audio: Callable[[], None]
+    left: Callable[[str], None]
+    dtmf: Callable[[str], None]
+
+
+class RoomLeg:
+    """The caller's participant in its room; see the module docstring."""
+
+    def __init__(self, events: RoomLegEvents, identity: str = "", request_id: int = 0) -> None:
+        self.events = events
+        #: The caller's participant identity (the decision's, then the JoinResponse's).
+        self.identity = identity
+        self.request_id = request_id
+        self.channel: ChannelClient | None = None
+        self.mixer = Mixer(OpusDecoder, ROOM_JITTER_TARGET)
+        self.encoder: OpusEncoder | None = None
+        self.packetizer = RtpPacketizer()
+        #: Sid of the phone's published track, once the room confirmed it.
+        self.track_sid = ""
+        self.room_audio_seen = False
+        #: Remote participant sid → its track sids, to drop a track's decoder when it goes away.
+        self._tracks: dict[str, set[str]] = {}
+
+    # --- joining and leaving ----------------------------------------------------------------
+    async def join(self, socket: str, token: str, room: str) -> bool:
+        """Connect to the local channel and send JOIN; False (and ``left``) if unreachable."""
+        ch = ChannelClient(
+            on_signal=lambda m: self._on_signal(ch, m),
+            on_rtp=self._on_rtp,
+            on_data=self._on_data,
+            on_closed=self.events.left,
+        )
+        try:
+            await ch.connect(socket, token, room)
+        except OSError as exc:
+            log.warning("cannot reach room socket: %s", exc)
+            self.events.left("room unavailable")
+            return False
+        self.channel = ch
+        return True
+
+    def leave(self) -> None:
+        """SignalRequest leave, then close (idempotent: a closed channel ignores writes)."""
+        if self.channel is None:
+            return
+        leave = rtc.LeaveRequest(
+            can_reconnect=False,
+            reason=models.DisconnectReason.CLIENT_INITIATED,
+            action=rtc.LeaveRequest.DISCONNECT,
+        )
+        self.channel.send_signal(rtc.SignalRequest(leave=leave))
+        self.channel.close()
+
+    def close(self) -> None:
+        """Drop the connection without a leave (worker shutdown)."""
+        if self.channel is not None:
+            self.channel.close()
+
+    def set_call_status(self, status: str) -> None:
+        """Publish the call's state as the participant's ``sip.callStatus`` attribute."""
+        if self.channel is None:
+            return
+        upd = rtc.UpdateParticipantMetadata(
+            attributes={ATTR_CALL_STATUS: status}, request_id=self.request_id
+        )
+        self.channel.send_signal(rtc.SignalRequest(update_metadata=upd))
+
+    # --- media ------------------------------------------------------------------------------
+    def pump(self, port: BridgePort) -> None:
+        """Phone → room: encode what the bridge delivered. Room → phone: keep ``tx`` topped up."""
+        ch, sid = self.channel, self.track_sid
+        while port.rx:
+            pcm = port.rx.popleft()
+            if ch is None or not sid:
+                continue
+            if self.encoder is None:
+                self.encoder = OpusEncoder()
+            for payload in self.encoder.encode(pcm):
+                ch.send_rtp(sid, self.packetizer.packet(payload))
+        while len(port.tx) < TX_TARGET:
+            port.tx.append(self.mixer.next_frame())
+
+    def send_dtmf(self, digit: str) -> None:
+        """A key the phone pressed, for the room (LiveKit spells A–D in lowercase)."""
+        if self.channel is None:
+            return
+        try:
+            code = digit_to_code(digit)
+        except DtmfError:
+            return
+        pkt = models.DataPacket(
+            kind=models.DataPacket.RELIABLE,
+            participant_identity=self.identity,
+            sip_dtmf=models.SipDTMF(code=code, digit=digit.lower()),
+        )
+        self.channel.send_data(pkt)
+
+    def input_stats(self) -> dict[str, dict[str, int]]:
+        """Jitter-buffer counters per mixed room track (for the end-of-call log line)."""
+        return {sid: vars(i.jitter.stats) for sid, i in self.mixer.inputs.items()}
+
+    # --- room → call ------------------------------------------------------------------------
+    def _on_signal(self, ch: ChannelClient, msg: rtc.SignalResponse) -> None:
+        which = msg.WhichOneof("message")
+        if which == "join":
+            self.identity = msg.join.participant.identity or self.identity
+            add = rtc.AddTrackRequest(
+                cid=TRACK_CID,
+                name="phone",
+                type=models.TrackType.AUDIO,
+                source=models.TrackSource.MICROPHONE,
+            )
+            ch.send_signal(rtc.SignalRequest(add_track=add))
+            self._sync_tracks(msg.join.other_participants)
+            self.events.joined()
+            if self._other_sip(msg.join.other_participants):
+                self.events.audio()
+        elif which == "track_published":
+            self.track_sid = msg.track_published.track.sid
+        elif which == "update":
+            self._sync_tracks(msg.update.participants)
+            if self._other_sip(msg.update.participants):
+                self.events.audio()
+        elif which == "leave":
+            ch.close()
+            self.events.left("removed from room")
+
+    def _sync_tracks(self, participants: Iterable[models.ParticipantInfo]) -> None:
+        """Forget the decoders of tracks a participant no longer publishes (or who left)."""
+        for p in participants:
+            if p.identity == self.identity:
+                continue
+            gone = p.state == models.ParticipantInfo.State.DISCONNECTED
+            now = set() if gone else {t.sid for t in p.tracks}
+            for sid in self._tracks.get(p.sid, set()) - now:
+                self.mixer.remove(sid)
+            if now:
+                self._tracks[p.sid] = now
+            else:
+                self._tracks.pop(p.sid, None)
+
+    def _other_sip(self, participants: Iterable[models.ParticipantInfo]) -> bool:
+        return any(
+            p.kind == models.ParticipantInfo.Kind.SIP
+            and p.identity != self.identity
+            and p.state != models.ParticipantInfo.State.DISCONNECTED
+            for p in participants
+        )
+
+    def _on_rtp(self, sid: str, data: bytes) -> None:
+        try:
+            pkt = parse_rtp(data)
+        except RtpError:
+            return
+        if pkt.payload_type != OPUS_PT or pkt.payload_end <= pkt.payload_offset:
+            return
+        self.mixer.push(sid, pkt.sequence_number, pkt.payload(data))
+        if not self.room_audio_seen:
+            self.room_audio_seen = True
+            self.events.audio()
+
+    def _on_data(self, pkt: models.DataPacket) -> None:
+        if pkt.WhichOneof("value") != "sip_dtmf":
+            return
+        digit = pkt.sip_dtmf.digit
+        try:
+            digit_to_code(digit)
+        except DtmfError:
+            try:
+                digit = code_to_digit(pkt.sip_dtmf.code)
+            except DtmfError:
+                return
+        self.events.dtmf(digit.upper())

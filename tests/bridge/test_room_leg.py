@@ -1,0 +1,81 @@
+"""RoomLeg without a socket: room signals in, mixer inputs and call events out."""
+
+from __future__ import annotations
+
+from livekit.protocol import models, rtc
+
+from bridge.worker.room_leg import RoomLeg, RoomLegEvents
+from sfu.local.client import ChannelClient
+from sfu.local.codec import RtpPacketizer
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.events = RoomLegEvents(
+            joined=lambda: self.seen.append("joined"),
+            audio=lambda: self.seen.append("audio"),
+            left=lambda reason: self.seen.append(f"left:{reason}"),
+            dtmf=lambda key: self.seen.append(f"dtmf:{key}"),
+        )
+
+
+def channel() -> ChannelClient:
+    """A client that was never connected: writes go nowhere."""
+    return ChannelClient(lambda m: None, lambda s, p: None, lambda d: None, lambda r: None)
+
+
+def participant(
+    sid: str, identity: str, tracks: list[str], state: int = models.ParticipantInfo.State.ACTIVE
+) -> models.ParticipantInfo:
+    return models.ParticipantInfo(
+        sid=sid,
+        identity=identity,
+        state=state,  # type: ignore[arg-type]
+        tracks=[models.TrackInfo(sid=t, type=models.TrackType.AUDIO) for t in tracks],
+    )
+
+
+def test_unpublished_and_departed_tracks_leave_the_mixer() -> None:
+    rec = Recorder()
+    leg = RoomLeg(rec.events, identity="caller")
+    ch = channel()
+    join = rtc.JoinResponse(
+        participant=models.ParticipantInfo(identity="caller"),
+        other_participants=[participant("PA_a", "alice", ["TR_a1", "TR_a2"])],
+    )
+    leg._on_signal(ch, rtc.SignalResponse(join=join))
+    assert rec.seen == ["joined"]
+    pk = RtpPacketizer()
+    for sid in ("TR_a1", "TR_a2", "TR_b"):
+        leg._on_rtp(sid, pk.packet(b"\xf8\xff\xfe"))
+    assert set(leg.mixer.inputs) == {"TR_a1", "TR_a2", "TR_b"}
+    assert rec.seen == ["joined", "audio"]
+
+    # alice unpublishes one track; bob (not seen before) shows up with his
+    update = rtc.ParticipantUpdate(
+        participants=[participant("PA_a", "alice", ["TR_a2"]), participant("PA_b", "bob", ["TR_b"])]
+    )
+    leg._on_signal(ch, rtc.SignalResponse(update=update))
+    assert set(leg.mixer.inputs) == {"TR_a2", "TR_b"}
+
+    # bob leaves the room
+    gone = participant("PA_b", "bob", ["TR_b"], models.ParticipantInfo.State.DISCONNECTED)
+    leg._on_signal(ch, rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[gone])))
+    assert set(leg.mixer.inputs) == {"TR_a2"}
+
+
+def test_room_dtmf_is_normalised_for_the_phone() -> None:
+    rec = Recorder()
+    leg = RoomLeg(rec.events, identity="caller")
+    leg._on_data(models.DataPacket(sip_dtmf=models.SipDTMF(code=12, digit="a")))
+    leg._on_data(models.DataPacket(sip_dtmf=models.SipDTMF(code=11, digit="")))
+    leg._on_data(models.DataPacket(sip_dtmf=models.SipDTMF(code=99, digit="?")))
+    assert rec.seen == ["dtmf:A", "dtmf:#"]
+
+
+def test_room_leave_ends_the_leg() -> None:
+    rec = Recorder()
+    leg = RoomLeg(rec.events)
+    leg._on_signal(channel(), rtc.SignalResponse(leave=rtc.LeaveRequest()))
+    assert rec.seen == ["left:removed from room"]
