@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roomline_agents.control import AGENT_STATE_ATTRIBUTE
-from roomline_agents.sdk.room import ParticipantKind, RemoteParticipant, Room, RoomOptions
+from roomline_agents.sdk.participant import ParticipantKind, RemoteParticipant
+from roomline_agents.sdk.room import Room, RoomOptions
 
 log = logging.getLogger("roomline_agents.sdk")
 

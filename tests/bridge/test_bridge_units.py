@@ -32,8 +32,6 @@ from bridge.worker.dtmf import (
     generate_digit,
     parse_dtmf_relay,
 )
-from bridge.worker.jitter import JitterBuffer
-from bridge.worker.jitter import Kind as JKind
 from bridge.worker.mixer import Mixer, mix
 from bridge.worker.prompt import pin_prompt
 from bridge.worker.sipmsg import SipParseError, parse_headers, parse_name_addr, via_transport
@@ -46,6 +44,8 @@ from sfu.local.codec import (
     parse_rtp,
 )
 from sfu.local.framing import FrameDecoder, FrameError, Kind, decode_rtp, encode_frame, encode_rtp
+from sfu.local.jitter import JitterBuffer
+from sfu.local.jitter import Kind as JKind
 from tests.audio_utils import dominant_frequency, snr_db, tone
 
 # --- control -------------------------------------------------------------------------------
