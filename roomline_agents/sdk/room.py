@@ -152,16 +152,20 @@ class Room(EventEmitter):
             sock, token, auto_subscribe=options.auto_subscribe, subscribe_kinds=["audio"]
         )
         try:
-            resp = await asyncio.wait_for(self._joined, REQUEST_TIMEOUT)
+            await asyncio.wait_for(self._joined, REQUEST_TIMEOUT)
         except TimeoutError:
             self._channel.close()
             raise ConnectError("the SFU did not answer the join") from None
+        self.emit("connected")
+
+    def _on_join(self, resp: rtc.JoinResponse) -> None:
+        # Applied as it arrives, not when _connect resumes: updates read in the same chunk as the
+        # join (our own ACTIVE state, for one) must already know who the local participant is.
         self._room_info.CopyFrom(resp.room)
         self._local = LocalParticipant(self, resp.participant)
         self._state = ConnectionState.CONN_CONNECTED
         for info in resp.other_participants:
             self._apply_participant(info, announce=False)
-        self.emit("connected")
 
     async def disconnect(self) -> None:
         """Leave the room (the SFU removes us with CLIENT_INITIATED)."""
@@ -250,6 +254,7 @@ class Room(EventEmitter):
         which = msg.WhichOneof("message")
         if which == "join":
             if self._joined is not None and not self._joined.done():
+                self._on_join(msg.join)
                 self._joined.set_result(msg.join)
         elif which == "update":
             for info in msg.update.participants:

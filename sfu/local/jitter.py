@@ -65,6 +65,7 @@ class JitterBuffer:
         self._next: int | None = None  # next sequence number to play
         self._playing = False
         self._empty_ticks = 0
+        self._skipped_ahead = False  # _trim moved _next: the frames before it are not "lost"
         self.stats = JitterStats()
 
     def __len__(self) -> int:
@@ -108,6 +109,7 @@ class JitterBuffer:
                 del self._frames[s]
                 self.stats.overflow_dropped += 1
         self._next = new_next
+        self._skipped_ahead = True
 
     def pop(self) -> Playout:
         """The frame for this 20 ms tick."""
@@ -150,6 +152,12 @@ class JitterBuffer:
         frames is skipped without concealment.
         """
         out: list[Playout] = []
+        if self._skipped_ahead and self._frames and self._next not in self._frames:
+            # Overflow moved the position into a gap: resume at the oldest frame held instead
+            # of concealing frames that were skipped on purpose.
+            nxt = self._next
+            self._next = min(self._frames, key=lambda s: _diff(s, nxt or 0))
+        self._skipped_ahead = False
         while self._frames and self._next is not None:
             payload = self._frames.pop(self._next, None)
             if payload is not None:
