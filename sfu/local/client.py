@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 
 from livekit.protocol import models, rtc
 
+from sfu.local import stream
 from sfu.local.framing import MAX_FRAME
 from sfu.local.protocol import (
     MEDIA_KINDS,
@@ -26,9 +27,6 @@ from sfu.local.protocol import (
     SignalResponseReceived,
     State,
 )
-
-#: Bytes read from the connection at a time.
-READ_SIZE = 65536
 
 
 class ChannelClient:
@@ -97,12 +95,7 @@ class ChannelClient:
     async def _read(self, reader: asyncio.StreamReader, protocol: ClientProtocol) -> None:
         try:
             while protocol.state is not State.CLOSED:
-                data = await reader.read(READ_SIZE)
-                if data:
-                    protocol.receive_data(data)
-                else:
-                    protocol.receive_eof()
-                for event in protocol.events_received():
+                for event in await stream.receive(reader, protocol):
                     if self._closed:
                         return
                     self._dispatch(event)
@@ -134,12 +127,8 @@ class ChannelClient:
         self._on_closed(reason)
 
     def _flush(self) -> None:
-        if self._protocol is None or self._writer is None:
-            return
-        chunks = self._protocol.data_to_send()
-        if not self._writer.is_closing():
-            for chunk in chunks:
-                self._writer.write(chunk)
+        if self._protocol is not None and self._writer is not None:
+            stream.flush(self._protocol, self._writer)
 
     @property
     def joined(self) -> bool:

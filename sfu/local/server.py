@@ -23,6 +23,7 @@ from roomline.errors import InvalidRequest, RoomlineError
 from roomline.lifecycle import Service
 from sfu.admission import CLIENT_PROTOCOL_DEFAULT, participant_init
 from sfu.events import SubscriptionChanged
+from sfu.local import stream
 from sfu.local.codec import OPUS_PT, RATE
 from sfu.local.framing import MAX_FRAME
 from sfu.local.protocol import (
@@ -53,8 +54,6 @@ LOCAL_OPUS = SourceInfo(kind="audio", mime="audio/opus", clock_rate=RATE, payloa
 JOIN_TIMEOUT = 5.0
 #: Bytes queued towards a slow local client before its media is dropped (signal is never dropped).
 MAX_WRITE_BACKLOG = 2 * 1024 * 1024
-#: Bytes read from a connection at a time.
-READ_SIZE = 65536
 #: What local participants advertise to other clients: neither the bridge nor the agent SDK
 #: implements RPC or data streams.
 LOCAL_CLIENT_PROTOCOL = CLIENT_PROTOCOL_DEFAULT
@@ -108,7 +107,7 @@ class LocalSession(SignalSession):
 
     def flush(self) -> None:
         """Write what the protocol has queued."""
-        _flush(self.protocol, self.writer)
+        stream.flush(self.protocol, self.writer)
 
     def write_media(self, track_sid: str, packet: bytes) -> bool:
         if self.closed or self.writer.is_closing():
@@ -298,17 +297,12 @@ class LocalChannelServer(Service):
             protocol.close()
         if session is None:
             log.info("local join refused", reason=protocol.close_reason)
-            await _close(protocol, writer)
+            await stream.close(protocol, writer)
             return
         reason = DisconnectReason.SIGNAL_CLOSE
         try:
             while protocol.state is State.OPEN and not session.closed:
-                data = await reader.read(READ_SIZE)
-                if data:
-                    protocol.receive_data(data)
-                else:
-                    protocol.receive_eof()
-                for event in protocol.events_received():
+                for event in await stream.receive(reader, protocol):
                     await self._on_event(session, event)
         except (ConnectionError, OSError):
             pass
@@ -323,12 +317,7 @@ class LocalChannelServer(Service):
     ) -> LocalSession | None:
         """Read until the JOIN; admit the participant or refuse (``protocol`` is then CLOSED)."""
         while protocol.state is State.CONNECTING:
-            data = await reader.read(READ_SIZE)
-            if data:
-                protocol.receive_data(data)
-            else:
-                protocol.receive_eof()
-            for event in protocol.events_received():
+            for event in await stream.receive(reader, protocol):
                 if isinstance(event, JoinReceived):
                     return self._admit(protocol, writer, event.join)
         return None
@@ -382,22 +371,3 @@ class LocalChannelServer(Service):
                     )
                 )
             )
-
-
-def _flush(protocol: ServerProtocol, writer: asyncio.StreamWriter) -> None:
-    if writer.is_closing():
-        protocol.data_to_send()
-        return
-    for chunk in protocol.data_to_send():
-        writer.write(chunk)
-
-
-async def _close(protocol: ServerProtocol, writer: asyncio.StreamWriter) -> None:
-    """Send what is queued (an ERROR frame), then close the stream."""
-    _flush(protocol, writer)
-    try:
-        await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.close()

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from livekit.protocol import models, rtc
 
+from sfu.local import stream
 from sfu.local.codec import FRAME_SAMPLES, OpusDecoder, OpusEncoder, RtpPacketizer, parse_rtp
 from sfu.local.framing import Kind, encode_frame
 from sfu.local.protocol import (
@@ -48,9 +49,7 @@ class Conn:
     tone_task: asyncio.Task[None] | None = None
 
     def flush(self) -> None:
-        for chunk in self.protocol.data_to_send():
-            if not self.writer.is_closing():
-                self.writer.write(chunk)
+        stream.flush(self.protocol, self.writer)
 
     def send_signal(self, resp: rtc.SignalResponse) -> None:
         self.protocol.send_signal(resp.SerializeToString())
@@ -127,12 +126,7 @@ class StandinRoom:
         self.new_conn.put_nowait(conn)
         try:
             while conn.protocol.state is not State.CLOSED:
-                data = await reader.read(65536)
-                if data:
-                    conn.protocol.receive_data(data)
-                else:
-                    conn.protocol.receive_eof()
-                for event in conn.protocol.events_received():
+                for event in await stream.receive(reader, conn.protocol):
                     self._event(conn, event)
                     conn.changed.set()
                 conn.flush()
