@@ -11,6 +11,8 @@ its asyncio layer and the :class:`~sfu.signal.SignalSession` of a local particip
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import os
 import socket
 
@@ -156,15 +158,9 @@ class LocalSession(SignalSession):
         the bridge renegotiating anything; the client is told with ``room_moved``.
         """
         old = self.participant
+        # Everything a join gives a participant, as it is now (Participant has every such field).
         init = ParticipantInit(
-            identity=old.identity,
-            name=old.name,
-            metadata=old.metadata,
-            attributes=dict(old.attributes),
-            kind=old.kind,
-            permission=old.permission,
-            auto_subscribe=old.auto_subscribe,
-            client_protocol=old.client_protocol,
+            **{f.name: copy.copy(getattr(old, f.name)) for f in dataclasses.fields(ParticipantInit)}
         )
         destination_room = self.node.rooms.rooms.get(destination)
         if destination_room is not None:
