@@ -264,6 +264,8 @@ class LocalChannelServer(Service):
             self._server.close()
         for session in list(self.sessions):
             session.close(DisconnectReason.SERVER_SHUTDOWN)
+        for task in list(self._pair_tasks):
+            task.cancel()
         if os.path.exists(self.path):
             os.unlink(self.path)
 
