@@ -353,7 +353,8 @@ class Peer:
         return next(s for s in self.signals if s.WhichOneof("message") == which)
 
     async def join(self, channel: LocalChannelServer, token: str, **kw: object) -> None:
-        await self.client.connect_socket(await channel.connect_pair(), token, **kw)  # type: ignore[arg-type]
+        sock = await channel.connect_pair()
+        await self.client.connect_socket(sock, token, **kw)  # type: ignore[arg-type]
         await wait_for(lambda: bool(self.signals) or bool(self.closed), 5, "join answer")
 
 

@@ -1,7 +1,7 @@
 """The job an agent entrypoint receives: ``async def entrypoint(ctx: JobContext)``.
 
-Shaped after LiveKit Agents' ``JobContext``: ``ctx.room`` (a :class:`~roomline_agents.sdk.room.Room`, not yet
-connected), ``await ctx.connect()``, ``ctx.job`` (who dispatched what, with which metadata),
+Shaped after LiveKit Agents' ``JobContext``: ``ctx.room`` (a
+:class:`~roomline_agents.sdk.room.Room`, not yet connected), ``await ctx.connect()``, ``ctx.job`` (who dispatched what, with which metadata),
 ``ctx.shutdown()`` and ``ctx.add_shutdown_callback()``. The job ends when the room disconnects (the
 agent was removed, the room closed) or when ``ctx.shutdown()`` is called; returning from the
 entrypoint does not end it while the room is connected, as in LiveKit Agents.

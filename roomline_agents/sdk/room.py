@@ -2,9 +2,11 @@
 
 The room talks to the SFU over the local participant channel (:mod:`sfu.local.client`): a JOIN
 asking for audio only, then ``SignalRequest``/``SignalResponse`` protobufs exactly as on ``/rtc``,
-RTP frames tagged with a track sid and DATA frames carrying ``DataPacket``. Received RTP carries the *remote* track sid; the
-``join``/``update`` messages say which participant published it, which is how every frame an agent
-receives is attributed to a speaker.
+RTP frames tagged with a track sid and DATA frames carrying ``DataPacket``. Received RTP carries
+the *remote* track sid; the ``join``/``update`` messages say which participant published it, which
+is how every frame an agent receives is attributed to a speaker. Participants, tracks and
+publications live in :mod:`~roomline_agents.sdk.participant`, :mod:`~roomline_agents.sdk.track`
+and :mod:`~roomline_agents.sdk.track_publication`, as in ``livekit.rtc``.
 
 Events (``room.on(name)``), with the arguments ``livekit.rtc`` passes:
 

@@ -4,8 +4,8 @@ Started idle by the supervisor (imports done, so a job starts in milliseconds), 
 job and exits. One process per job keeps a crashing or CPU-hogging agent away from other rooms'
 agents, from SIP calls and from the SFU: the worst it can do is lose its own job.
 
-* control (``--control-fd``): JSON lines (:mod:`roomline_agents.control`). A heartbeat every second from
-  this event loop lets the supervisor detect a job that blocks the loop.
+* control (``--control-fd``): JSON lines (:mod:`roomline_agents.control`). A heartbeat every
+  second from this event loop lets the supervisor detect a job that blocks the loop.
 * logging: stdlib loggers, rendered by :func:`roomline.log.configure_logging` as the main process
   renders its own (``--log-level``/``--log-format``, passed on from ``logging.*``), to the stderr
   both share; every line carries the job process's ``pid``, and its job's ``job``/``room``/``agent``.

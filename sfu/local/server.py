@@ -1,11 +1,11 @@
-"""Server end of the local participant channel: a Unix socket where each connection is a participant.
+"""Server end of the local participant channel: a Unix socket, one participant per connection.
 
-SIP bridge workers and agent workers join here instead of over WebRTC. After a JOIN frame carrying a
-LiveKit token, the connection speaks the same ``SignalRequest``/``SignalResponse`` messages as ``/rtc``;
-media travels as plain RTP (Opus) frames tagged with the track sid, so the SFU treats a local
-participant like any other publisher and subscriber, without ICE, DTLS or SRTP. The protocol itself
-(JOIN fields, handshake, frame handling) is the sans-I/O :mod:`sfu.local.protocol`; this module is
-its asyncio layer and the :class:`~sfu.signal.SignalSession` of a local participant.
+SIP bridge workers and agent workers join here instead of over WebRTC. After a JOIN frame carrying
+a LiveKit token, the connection speaks the same ``SignalRequest``/``SignalResponse`` messages as
+``/rtc``; media travels as plain RTP (Opus) frames tagged with the track sid, so the SFU treats a
+local participant like any other publisher and subscriber, without ICE, DTLS or SRTP. The protocol
+itself (JOIN fields, handshake, frame handling) is the sans-I/O :mod:`sfu.local.protocol`; this
+module is its asyncio layer and the :class:`~sfu.signal.SignalSession` of a local participant.
 """
 
 from __future__ import annotations
