@@ -14,8 +14,17 @@ from livekit.protocol import models
 from livekit.protocol import rtc as rtc_pb
 
 from roomline.auth import mint_token
-from sfu.local import socket_path
-from sfu.local.framing import FrameDecoder, Kind, decode_rtp, encode_frame, encode_rtp
+from sfu.local import socket_path, stream
+from sfu.local.framing import Kind, encode_frame, encode_rtp
+from sfu.local.protocol import (
+    ClientProtocol,
+    ConnectionClosed,
+    DataPacketReceived,
+    JoinRequest,
+    RtpReceived,
+    SignalResponseReceived,
+    State,
+)
 from tests.audio_utils import dominant_frequency, snr_db
 from tests.conftest import API_KEY, API_SECRET, Server
 from tests.lk import connect, record, subscribed_audio, token, tone_publisher, wait_for
@@ -48,21 +57,18 @@ class LocalPeer:
         await wait_for(lambda: any(s.HasField("join") for s in self.signals), 5, "JoinResponse")
 
     async def _read(self) -> None:
-        dec = FrameDecoder()
-        while True:
-            data = await self.reader.read(65536)
-            if not data:
-                break
-            for kind, payload in dec.feed(data):
-                if kind == Kind.SIGNAL:
-                    self.signals.append(rtc_pb.SignalResponse.FromString(payload))
-                elif kind == Kind.RTP:
-                    sid, pkt = decode_rtp(payload)
-                    self.rtp.setdefault(sid, []).append(pkt)
-                elif kind == Kind.DATA:
-                    self.data.append(models.DataPacket.FromString(payload))
-                elif kind == Kind.ERROR:
-                    self.error = payload.decode()
+        # The client protocol parses what the server sends; this peer writes its frames raw.
+        protocol = ClientProtocol(JoinRequest(""))
+        while protocol.state is not State.CLOSED:
+            for event in await stream.receive(self.reader, protocol):
+                if isinstance(event, SignalResponseReceived):
+                    self.signals.append(event.response)
+                elif isinstance(event, RtpReceived):
+                    self.rtp.setdefault(event.track_sid, []).append(event.packet)
+                elif isinstance(event, DataPacketReceived):
+                    self.data.append(event.packet)
+                elif isinstance(event, ConnectionClosed):
+                    self.error = event.reason.removeprefix("room error: ")
         self.closed.set()
 
     def signal(self, req: rtc_pb.SignalRequest) -> None:

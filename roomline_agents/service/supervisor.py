@@ -16,7 +16,6 @@ heartbeats for :data:`HANG_TIMEOUT` seconds is killed and reported the same way.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 import sys
@@ -25,9 +24,12 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
+from roomline.config import LoggingConfig
 from roomline_agents import control
 
-log = logging.getLogger("roomline_agents.service.supervisor")
+log = structlog.get_logger(__name__)
 
 #: A job whose event loop has not sent a heartbeat for this long is considered hung and killed.
 #: Heartbeats come every second; 5 s tolerates a GC pause or a slow model load step.
@@ -91,6 +93,7 @@ class JobSupervisor:
         on_remove: OnRemove,
         python: str = sys.executable,
         hang_timeout: float = HANG_TIMEOUT,
+        log_config: LoggingConfig | None = None,
     ) -> None:
         self.idle_target = idle_processes
         self.channel_path = channel_path
@@ -98,6 +101,8 @@ class JobSupervisor:
         self._on_remove = on_remove
         self._python = python
         self.hang_timeout = hang_timeout
+        #: Job processes log like the main process (level and renderer) to the stderr they inherit.
+        self.log_config = log_config or LoggingConfig()
         self.idle: list[JobProc] = []
         self.busy: dict[str, JobProc] = {}
         self.starting = 0
@@ -150,7 +155,7 @@ class JobSupervisor:
             self.starting -= 1
             self.spawn_failures += 1
             delay = min(SPAWN_BACKOFF * 2 ** min(self.spawn_failures, 6), SPAWN_BACKOFF_MAX)
-            log.error("cannot start an agent job process (%s); retry in %.1fs", exc, delay)
+            log.error("cannot start an agent job process", error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
             self._refill()
             return
@@ -173,6 +178,10 @@ class JobSupervisor:
                 str(child.fileno()),
                 "--fd-socket",
                 str(fd_child.fileno()),
+                "--log-level",
+                self.log_config.level,
+                "--log-format",
+                self.log_config.format,
                 pass_fds=(child.fileno(), fd_child.fileno()),
                 env=_child_env(),
                 stdin=asyncio.subprocess.DEVNULL,
@@ -229,7 +238,7 @@ class JobSupervisor:
             error = ""
             if not jp.final and jp.stop_deadline is None:
                 error = jp.killed_reason or f"agent process exited with code {code}"
-                log.warning("agent job %s ended abnormally: %s", spec.job_id, error)
+                log.warning("agent job ended abnormally", job=spec.job_id, error=error)
             # "exited" always comes last: the owner settles the job and the participant here.
             self._on_status(spec.job_id, "exited", error)
             self._refill()
@@ -278,7 +287,7 @@ class JobSupervisor:
         try:
             error = await self._on_remove(jp.job.job_id, msg.identity, msg.destination)
         except Exception as exc:  # the agent gets an error, the supervisor lives on
-            log.exception("remove_participant for agent job failed")
+            log.exception("remove_participant for agent job failed", job=jp.job.job_id)
             error = str(exc) or type(exc).__name__
         jp.send(control.Result(request_id=msg.request_id, ok=not error, error=error))
 
@@ -294,7 +303,7 @@ class JobSupervisor:
                         f"agent job hung (no heartbeat for {self.hang_timeout:.0f} s)"
                     )
                     self.killed_hung += 1
-                    log.warning("killing agent job process %d: %s", jp.pid, jp.killed_reason)
+                    log.warning("killing agent job process", pid=jp.pid, reason=jp.killed_reason)
                     jp.proc.kill()
                 elif jp.stop_deadline is not None and now > jp.stop_deadline:
                     jp.killed_reason = "agent job did not stop in time"

@@ -3,12 +3,13 @@ handling (attribution of audio to speakers), prompts. No sockets, no processes."
 
 from __future__ import annotations
 
+import asyncio
 import io
 import wave
 
 import numpy as np
 import pytest
-from livekit.protocol import models, rtc
+from livekit.protocol import agent_dispatch, models, rtc
 
 from roomline.errors import NotFound
 from roomline_agents import control
@@ -303,3 +304,59 @@ def test_load_entrypoint_errors() -> None:
         load_entrypoint("roomline_agents.examples.echo:nope")
     with pytest.raises(TypeError):
         load_entrypoint("roomline_agents.examples.echo:MAX_TURN_SECONDS")
+
+
+async def test_room_knows_itself_from_the_join_on() -> None:
+    """An update about the agent itself, read together with the join answer, is not a remote."""
+    room = Room()
+    room._joined = asyncio.get_running_loop().create_future()
+    me = info("agent-1", "PA_me")
+    room._on_signal(rtc.SignalResponse(join=rtc.JoinResponse(participant=me)))
+    room._on_signal(
+        rtc.SignalResponse(
+            update=rtc.ParticipantUpdate(participants=[info("agent-1", "PA_me", version=2)])
+        )
+    )
+    assert room.isconnected() and room.remote_participants == {}
+
+
+def test_remote_track_conceals_a_lost_packet_and_skips_a_pause() -> None:
+    room = joined_room()
+    audio = models.TrackInfo(sid="TR_a", type=models.TrackType.AUDIO, name="mic")
+    room._on_signal(
+        rtc.SignalResponse(
+            update=rtc.ParticipantUpdate(participants=[info("alice", "PA_a", tracks=[audio])])
+        )
+    )
+    track = room.remote_participants["alice"].track_publications["TR_a"].track
+    assert track is not None
+    stream = AudioStream(track)  # type: ignore[arg-type]
+    packets = opus_packets(440, 0.4)  # 20 packets
+    for i, pkt in enumerate(packets):
+        if i not in (5, 12, 13, 14, 15, 16):  # one loss; then a 5-packet gap (a pause)
+            room._on_rtp("TR_a", pkt)
+    # 14 packets played, one concealed (5); the pause is skipped, not filled.
+    assert len(stream._queue) == 15 and track._jitter.stats.concealed == 1
+
+
+async def test_dispatch_limits_count_bytes_like_the_room() -> None:
+    from roomline.auth import Claims, VideoGrant
+    from roomline.errors import LimitExceeded
+    from roomline_agents.service.manager import AgentDispatchService
+    from sfu.roomstate import Limits
+
+    class FakeManager:
+        node = type("N", (), {"rooms": type("R", (), {"limits": Limits(max_attributes_size=10)})})
+
+        def check_agent(self, name: str) -> None:
+            return None
+
+    service = AgentDispatchService(FakeManager())  # type: ignore[arg-type]
+    claims = Claims(video=VideoGrant(room_admin=True, room="r"))
+    req = agent_dispatch.CreateAgentDispatchRequest(
+        room="r",
+        agent_name="echo",
+        attributes={"k": "ééééé"},  # 6 characters, 11 bytes
+    )
+    with pytest.raises(LimitExceeded, match="attributes larger than 10 bytes"):
+        await service.create(req, claims)

@@ -6,9 +6,11 @@ One appliance per module (SIP off) with the test agents of ``fixture_agents`` re
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -46,6 +48,18 @@ def agents_in(room: rtc.Room) -> list[rtc.RemoteParticipant]:
 def metrics(server: Server) -> str:
     with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=5) as resp:
         return str(resp.read().decode())
+
+
+def log_events(server: Server) -> list[dict[str, Any]]:
+    events = []
+    for raw in server.log_text().splitlines():
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 def failed_count(server: Server, agent: str, kind: str) -> int:
@@ -168,6 +182,15 @@ async def test_failing_agent_removed_with_agent_error_room_goes_on(
         assert removed.disconnect_reason == rtc.DisconnectReason.AGENT_ERROR
         assert failed_count(agent_server, agent, kind) == before + 1
         assert "AGENT_ERROR" in agent_server.log_text()
+        if kind == "error":  # the job process logged it, in the main process's JSON lines
+            line = next(
+                e
+                for e in log_events(agent_server)
+                if e.get("event") == "agent job failed" and e.get("room") == room
+            )
+            assert line["logger"] == "roomline_agents.sdk.worker" and line["level"] == "error"
+            assert line["pid"] != agent_server.process.pid and line["agent"] == agent
+            assert "agent bug" in json.dumps(line["exception"])
         listed = await lk.agent_dispatch.list_dispatch(room)
         assert listed[0].state.jobs[-1].state.status == 3  # JS_FAILED
         assert listed[0].state.jobs[-1].state.error

@@ -1,6 +1,6 @@
 """A stand-in for the SFU side of the local participant channel, for bridge tests only.
 
-Implements the framing of docs/architecture.md: answers JOIN with a SIGNAL JoinResponse, answers
+Speaks :class:`sfu.local.protocol.ServerProtocol`: answers JOIN with a SIGNAL JoinResponse, answers
 ``add_track`` with ``track_published``, records everything the worker sends (RTP, DATA, SIGNAL)
 and can send RTP (an Opus tone), DATA packets, ``leave`` and garbage to the worker. The token is
 taken as the identity (the real server verifies a JWT).
@@ -9,15 +9,24 @@ taken as the identity (the real server verifies a JWT).
 from __future__ import annotations
 
 import asyncio
-import json
 import struct
 from dataclasses import dataclass, field
 
 import numpy as np
 from livekit.protocol import models, rtc
 
+from sfu.local import stream
 from sfu.local.codec import FRAME_SAMPLES, OpusDecoder, OpusEncoder, RtpPacketizer
-from sfu.local.framing import FrameDecoder, FrameError, Kind, decode_rtp, encode_frame, encode_rtp
+from sfu.local.framing import Kind, encode_frame
+from sfu.local.protocol import (
+    DataReceived,
+    Event,
+    JoinReceived,
+    RtpReceived,
+    ServerProtocol,
+    SignalRequestReceived,
+    State,
+)
 from sfu.media.rtp import parse_rtp
 
 
@@ -27,6 +36,7 @@ class Conn:
 
     writer: asyncio.StreamWriter
     index: int
+    protocol: ServerProtocol = field(default_factory=ServerProtocol)
     join: dict[str, object] = field(default_factory=dict)
     identity: str = ""
     rtp: list[tuple[str, bytes]] = field(default_factory=list)
@@ -39,19 +49,23 @@ class Conn:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     tone_task: asyncio.Task[None] | None = None
 
-    def send(self, kind: int, payload: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(encode_frame(kind, payload))
+    def flush(self) -> None:
+        stream.flush(self.protocol, self.writer)
+
+    def send_signal(self, resp: rtc.SignalResponse) -> None:
+        self.protocol.send_signal(resp.SerializeToString())
+        self.flush()
 
     def send_raw(self, data: bytes) -> None:
         self.writer.write(data)
 
     def send_data(self, pkt: models.DataPacket) -> None:
-        self.send(Kind.DATA, pkt.SerializeToString())
+        self.protocol.send_data(pkt.SerializeToString())
+        self.flush()
 
     def send_leave(self) -> None:
         leave = rtc.LeaveRequest(reason=models.DisconnectReason.PARTICIPANT_REMOVED)
-        self.send(Kind.SIGNAL, rtc.SignalResponse(leave=leave).SerializeToString())
+        self.send_signal(rtc.SignalResponse(leave=leave))
 
     def start_tone(self, freq: float, sid: str = "TR_remote", amplitude: float = 8000.0) -> None:
         self.tone_task = asyncio.get_running_loop().create_task(self._tone(freq, sid, amplitude))
@@ -64,7 +78,8 @@ class Conn:
             t = (np.arange(FRAME_SAMPLES) + n * FRAME_SAMPLES) / 48000.0
             pcm = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16).tobytes()
             for p in enc.encode(pcm):
-                self.writer.write(encode_rtp(sid, pk.packet(p)))
+                self.protocol.send_rtp(sid, pk.packet(p))
+            self.flush()
             n += 1
             # pace by wall clock so jitter does not accumulate
             await asyncio.sleep(max(0.0, start + n * 0.02 - loop.time()))
@@ -110,16 +125,13 @@ class StandinRoom:
         conn = Conn(writer, len(self.conns))
         self.conns.append(conn)
         self.new_conn.put_nowait(conn)
-        dec = FrameDecoder()
         try:
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                for kind, payload in dec.feed(data):
-                    self._frame(conn, kind, payload)
+            while conn.protocol.state is not State.CLOSED:
+                for event in await stream.receive(reader, conn.protocol):
+                    self._event(conn, event)
                     conn.changed.set()
-        except (FrameError, ConnectionError):
+                conn.flush()
+        except ConnectionError:
             pass
         finally:
             conn.closed.set()
@@ -127,24 +139,25 @@ class StandinRoom:
             if conn.tone_task is not None:
                 conn.tone_task.cancel()
 
-    def _frame(self, conn: Conn, kind: int, payload: bytes) -> None:
-        if kind == Kind.JOIN:
-            conn.join = json.loads(payload)
-            conn.identity = str(conn.join.get("token", ""))
+    def _event(self, conn: Conn, event: Event) -> None:
+        if isinstance(event, JoinReceived):
+            conn.protocol.accept()
+            conn.join = event.join.as_dict()
+            conn.identity = event.join.token
             me = models.ParticipantInfo(
                 sid=f"PA_call{conn.index}", identity=conn.identity, kind=models.ParticipantInfo.SIP
             )
             jr = rtc.JoinResponse(
-                room=models.Room(name=str(conn.join.get("room", ""))),
+                room=models.Room(name=event.join.room),
                 participant=me,
                 other_participants=self.others,
             )
-            conn.send(Kind.SIGNAL, rtc.SignalResponse(join=jr).SerializeToString())
+            conn.send_signal(rtc.SignalResponse(join=jr))
             conn.joined.set()
             if self.tone_freq is not None:
                 conn.start_tone(self.tone_freq)
-        elif kind == Kind.SIGNAL:
-            req = rtc.SignalRequest.FromString(payload)
+        elif isinstance(event, SignalRequestReceived):
+            req = event.request
             conn.signals.append(req)
             which = req.WhichOneof("message")
             if which == "add_track":
@@ -153,13 +166,13 @@ class StandinRoom:
                     sid=conn.published_sid, type=models.TrackType.AUDIO, name=req.add_track.name
                 )
                 resp = rtc.TrackPublishedResponse(cid=req.add_track.cid, track=info)
-                conn.send(Kind.SIGNAL, rtc.SignalResponse(track_published=resp).SerializeToString())
+                conn.send_signal(rtc.SignalResponse(track_published=resp))
             elif which == "leave":
                 conn.got_leave.set()
-        elif kind == Kind.RTP:
-            conn.rtp.append(decode_rtp(payload))
-        elif kind == Kind.DATA:
-            conn.data.append(models.DataPacket.FromString(payload))
+        elif isinstance(event, RtpReceived):
+            conn.rtp.append((event.track_sid, event.packet))
+        elif isinstance(event, DataReceived):
+            conn.data.append(models.DataPacket.FromString(event.payload))
 
 
 def garbage_frames() -> bytes:

@@ -24,14 +24,14 @@ from bridge.worker.call import (
     Status,
 )
 from bridge.worker.dtmf import DtmfError, code_to_digit, digit_to_code
-from bridge.worker.jitter import JitterBuffer
-from bridge.worker.jitter import Kind as JKind
 from bridge.worker.mixer import Mixer, mix
 from bridge.worker.prompt import pin_prompt
 from bridge.worker.sipmsg import SipParseError, parse_headers, parse_name_addr, via_transport
 from roomline.wire import MAX_PIN_DIGITS
 from sfu.local.codec import FRAME_BYTES, OpusDecoder, OpusEncoder, RtpPacketizer
 from sfu.local.framing import FrameDecoder, FrameError, Kind, decode_rtp, encode_frame, encode_rtp
+from sfu.local.jitter import JitterBuffer
+from sfu.local.jitter import Kind as JKind
 from sfu.media.rtp import RtpError, parse_rtp
 from tests.audio_utils import dominant_frequency, snr_db, tone
 from tests.sip.dtmf import DtmfReceiver, TelephoneEvent, generate_digit, parse_dtmf_relay

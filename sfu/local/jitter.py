@@ -1,10 +1,16 @@
-"""Bounded playout buffer for room → phone audio (sans-I/O).
+"""Bounded playout buffer for audio received over the local channel (sans-I/O).
 
-The bridge clock pulls one 20 ms frame per tick; packets from the room arrive with network and
-scheduling jitter. This buffer reorders by RTP sequence number, starts playing once ``target``
-frames are queued (60 ms by default), never holds more than ``max_frames`` (200 ms: older frames
-are skipped so latency stays bounded), and tells the caller to conceal a lost frame (Opus PLC /
-repeat) or to play silence while it re-buffers after an underrun. Call :meth:`pop` once per tick.
+Packets from the room arrive with network and scheduling jitter. This buffer reorders by RTP
+sequence number, drops late and duplicate packets, never holds more than ``max_frames`` (200 ms:
+older frames are skipped so latency stays bounded), and tells the caller when to conceal a lost
+frame (Opus PLC / repeat). It serves two kinds of consumer:
+
+* with a playout clock (a bridge call: the pjsua bridge pulls one 20 ms frame per tick), call
+  :meth:`JitterBuffer.pop` once per tick: playing starts once ``target`` frames are queued (60 ms
+  by default), and the buffer says to play silence while it re-buffers after an underrun;
+* without one (an agent's track, which hands frames on as they arrive), call
+  :meth:`JitterBuffer.pop_ready` after each push: in-order frames come out at once, and a missing
+  frame is concealed once a frame ``target`` sequence numbers later has arrived.
 """
 
 from __future__ import annotations
@@ -14,8 +20,8 @@ from dataclasses import dataclass
 
 #: Sequence distance beyond which a packet is treated as a stream restart rather than reordering.
 _RESTART_GAP = 1000
-#: Consecutive empty ticks concealed before the buffer goes silent and re-buffers (60 ms of PLC
-#: bridges a short hiccup; longer gaps are talk pauses or a dead stream).
+#: Consecutive frames concealed before the buffer gives up on a gap: 60 ms of PLC bridges a short
+#: hiccup; longer gaps are talk pauses, a dead stream or a restarted one.
 _MAX_CONCEAL = 3
 
 
@@ -59,6 +65,7 @@ class JitterBuffer:
         self._next: int | None = None  # next sequence number to play
         self._playing = False
         self._empty_ticks = 0
+        self._skipped_ahead = False  # _trim moved _next: the frames before it are not "lost"
         self.stats = JitterStats()
 
     def __len__(self) -> int:
@@ -102,6 +109,7 @@ class JitterBuffer:
                 del self._frames[s]
                 self.stats.overflow_dropped += 1
         self._next = new_next
+        self._skipped_ahead = True
 
     def pop(self) -> Playout:
         """The frame for this 20 ms tick."""
@@ -135,3 +143,37 @@ class JitterBuffer:
             return Playout(Kind.CONCEAL)
         self.stats.played += 1
         return Playout(Kind.PLAY, payload)
+
+    def pop_ready(self) -> list[Playout]:
+        """For a consumer without a playout clock: every frame that can be played now, in order.
+
+        A missing frame is concealed once a frame ``target`` sequence numbers later is held (with
+        ``target=1``, as soon as any later frame arrives); a gap of more than ``_MAX_CONCEAL``
+        frames is skipped without concealment.
+        """
+        out: list[Playout] = []
+        if self._skipped_ahead and self._frames and self._next not in self._frames:
+            # Overflow moved the position into a gap: resume at the oldest frame held instead
+            # of concealing frames that were skipped on purpose.
+            nxt = self._next
+            self._next = min(self._frames, key=lambda s: _diff(s, nxt or 0))
+        self._skipped_ahead = False
+        while self._frames and self._next is not None:
+            payload = self._frames.pop(self._next, None)
+            if payload is not None:
+                self._playing = True
+                self._next = (self._next + 1) & 0xFFFF
+                self.stats.played += 1
+                out.append(Playout(Kind.PLAY, payload))
+                continue
+            nxt = self._next
+            oldest = min(self._frames, key=lambda s: _diff(s, nxt))
+            if _diff(oldest, nxt) > _MAX_CONCEAL:
+                self._next = oldest  # a pause or a restart, not a loss: nothing to conceal
+                continue
+            if _diff(self._newest(), nxt) < self.target:
+                break  # the missing frame may still arrive out of order
+            self._next = (nxt + 1) & 0xFFFF
+            self.stats.concealed += 1
+            out.append(Playout(Kind.CONCEAL))
+        return out
