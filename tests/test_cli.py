@@ -175,7 +175,9 @@ def test_serve_starts_and_stops_on_sigterm(tmp_path: Path) -> None:
                     break
             except OSError:
                 time.sleep(0.1)
-        assert body is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
+        assert body is not None, (
+            proc.stderr and proc.stderr.read() if proc.poll() is not None else "no answer"
+        )
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:

@@ -71,7 +71,9 @@ class LocalPeer:
     async def publish(self) -> str:
         self.signal(
             rtc_pb.SignalRequest(
-                add_track=rtc_pb.AddTrackRequest(cid="phone", name="phone", type=0, source=2)
+                add_track=rtc_pb.AddTrackRequest(
+                    cid="phone", name="phone", type=models.AUDIO, source=models.MICROPHONE
+                )
             )
         )
         await wait_for(lambda: any(s.HasField("track_published") for s in self.signals), 5)
@@ -163,7 +165,7 @@ async def test_local_publisher_heard_by_sdk_and_sdk_heard_locally(server: Server
         assert snr_db(pcm, 48000, 440.0) >= 25
     finally:
         await listener.disconnect()
-    peer.signal(rtc_pb.SignalRequest(leave=rtc_pb.LeaveRequest(reason=1)))
+    peer.signal(rtc_pb.SignalRequest(leave=rtc_pb.LeaveRequest(reason=models.CLIENT_INITIATED)))
     await asyncio.wait_for(peer.closed.wait(), 5)
 
 

@@ -176,6 +176,7 @@ def test_unchanged_update_answers_only_the_requester(manager: RoomManager) -> No
     room, a, _, _ = manager.join("r", init("a", attributes={"x": "1"}), T0)
     manager.join("r", init("b"), T0)
     (update,) = room.update_participant(a.sid, attributes={"x": "1"})
+    assert isinstance(update, ParticipantUpdated)
     assert update.recipients == (a.sid,)
 
 
@@ -382,6 +383,7 @@ def test_remove_and_delete_room(manager: RoomManager) -> None:
         room.remove_by_identity("a", T0)
     events = manager.delete_room("r", T0)
     assert [type(e) for e in events] == [Disconnect, RoomClosed]
+    assert isinstance(events[0], Disconnect)
     assert events[0].reason == DisconnectReason.ROOM_DELETED
     with pytest.raises(RoomNotFound):
         manager.delete_room("r", T0)

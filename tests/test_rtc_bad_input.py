@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import aiohttp
 import pytest
 from livekit import api
+from livekit.protocol import models
 from livekit.protocol import rtc as rtc_pb
 
 from tests.audio_utils import dominant_frequency, snr_db
@@ -89,7 +90,9 @@ async def test_bad_signalling_while_audio_flows(small_server: Server) -> None:
             await ws.send_str("{this is not json")
             await raw.send(
                 rtc_pb.SignalRequest(
-                    add_track=rtc_pb.AddTrackRequest(cid="c1", name="mic", type=0, source=2)
+                    add_track=rtc_pb.AddTrackRequest(
+                        cid="c1", name="mic", type=models.AUDIO, source=models.MICROPHONE
+                    )
                 )
             )
             await raw.send(
@@ -99,7 +102,9 @@ async def test_bad_signalling_while_audio_flows(small_server: Server) -> None:
             )
             await raw.send(
                 rtc_pb.SignalRequest(
-                    trickle=rtc_pb.TrickleRequest(candidateInit="{not json", target=0)
+                    trickle=rtc_pb.TrickleRequest(
+                        candidateInit="{not json", target=rtc_pb.PUBLISHER
+                    )
                 )
             )
             await raw.send(
@@ -129,7 +134,9 @@ async def test_bad_signalling_while_audio_flows(small_server: Server) -> None:
             await wait_for(lambda: bool(raw2.responses), 5, "join")
             await raw2.send(
                 rtc_pb.SignalRequest(
-                    add_track=rtc_pb.AddTrackRequest(cid="cid-isac", name="isac", type=0, source=2)
+                    add_track=rtc_pb.AddTrackRequest(
+                        cid="cid-isac", name="isac", type=models.AUDIO, source=models.MICROPHONE
+                    )
                 )
             )
             await raw2.send(
@@ -237,7 +244,9 @@ async def test_ping_both_forms_and_client_leave(small_server: Server) -> None:
         )
         pong_resp = next(r.pong_resp for r in raw.responses if r.HasField("pong_resp"))
         assert pong_resp.last_ping_timestamp == 5678 and pong_resp.timestamp > 0
-        await raw.send(rtc_pb.SignalRequest(leave=rtc_pb.LeaveRequest(reason=1)))
+        await raw.send(
+            rtc_pb.SignalRequest(leave=rtc_pb.LeaveRequest(reason=models.CLIENT_INITIATED))
+        )
         await asyncio.wait_for(raw.task, 5)  # the server closes the socket after a client leave
     async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lk:
         await asyncio.sleep(0.2)

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 from livekit import api, rtc
+from livekit.protocol import models
 
 from tests.audio_utils import dominant_frequency, snr_db
 from tests.conftest import API_KEY, API_SECRET, Server
@@ -91,7 +92,10 @@ async def test_data_to_one_identity_only(server: Server) -> None:
         async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lk:
             await lk.room.send_data(
                 api.SendDataRequest(
-                    room=room, data=b"from-api", kind=0, destination_identities=["c"]
+                    room=room,
+                    data=b"from-api",
+                    kind=models.DataPacket.RELIABLE,
+                    destination_identities=["c"],
                 )
             )
         await wait_for(lambda: any(d == b"from-api" for d, _, _ in got["c"]), 5, "api data")

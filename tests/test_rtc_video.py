@@ -28,7 +28,7 @@ def frame_rgba(i: int) -> rtc.VideoFrame:
 
 
 @contextlib.asynccontextmanager
-async def video_publisher(room: rtc.Room, codec: int = rtc.VideoCodec.VP8):  # type: ignore[no-untyped-def]
+async def video_publisher(room: rtc.Room, codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8):  # type: ignore[no-untyped-def]
     source = rtc.VideoSource(W, H)
     track = rtc.LocalVideoTrack.create_video_track("cam", source)
     await room.local_participant.publish_track(

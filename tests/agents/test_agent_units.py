@@ -283,7 +283,9 @@ def test_resample_keeps_frequency() -> None:
 def test_prompt_wav_parsing_and_fallback() -> None:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
-        w.setnchannels(1), w.setsampwidth(2), w.setframerate(22050)
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(22050)
         w.writeframes(np.zeros(100, np.int16).tobytes())
     pcm, rate, ch = parse_wav(buf.getvalue())
     assert (len(pcm), rate, ch) == (100, 22050, 1)

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,7 +65,7 @@ def phone_args(bridge: Bridge, d: Path, *extra: str) -> list[str]:
     ]
 
 
-def sipp(bridge: Bridge, scenario: Path, **kw: int) -> list[str]:
+def sipp(bridge: Bridge, scenario: Path, **kw: Any) -> list[str]:
     return sipp_cmd(scenario, bridge.target, local_port=free_port(), media_port=free_port(), **kw)
 
 
