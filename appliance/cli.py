@@ -37,8 +37,9 @@ def _version() -> str:
 
 
 def _port(text: str) -> int:
+    """A listen port; 0 asks the kernel for a free one (logged in ``roomline listening``)."""
     value = int(text)
-    if not 1 <= value <= 65535:
+    if not 0 <= value <= 65535:
         raise ValueError(text)
     return value
 
@@ -74,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the appliance until SIGINT/SIGTERM")
     serve.add_argument("--config", metavar="FILE", help=config_help)
     serve.add_argument("--host", help="HTTP listen address (server.host)")
-    serve.add_argument("--port", type=_port, help="HTTP listen port (server.port)")
+    serve.add_argument(
+        "--port",
+        type=_port,
+        help="HTTP listen port (server.port); 0 = any free port, logged by 'roomline listening'",
+    )
     serve.add_argument("--data-dir", metavar="DIR", help="runtime directory (server.data_dir)")
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="logging.format")
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="logging.level")
