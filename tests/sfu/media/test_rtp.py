@@ -169,13 +169,23 @@ def test_parse_truncated(data: bytes) -> None:
         parse_rtp(data)
 
 
-def test_captured_packets_truncated_at_every_length_raise_only_rtp_error() -> None:
+def test_captured_packets_truncated_at_every_length() -> None:
+    """Cut inside the header (fixed part, CSRCs, extension block): RtpError. Cut in the payload:
+    the header still parses and the payload is exactly what is left (no padding in captures)."""
+    rejected = 0
     for data in load("vp8_publisher.bin")[:3] + load("opus_publisher.bin")[:3]:
+        full = parse_rtp(data)
+        assert full.padding == 0 and full.extensions, "captures carry extensions, no padding"
         for n in range(len(data)):
-            try:
-                parse_rtp(data[:n])
-            except RtpError:
-                pass
+            if n < full.payload_offset:
+                with pytest.raises(RtpError):
+                    parse_rtp(data[:n])
+                rejected += 1
+            else:
+                cut = parse_rtp(data[:n])
+                assert cut[:-2] == full[:-2]  # header fields and payload_offset; not payload_end
+                assert cut.payload(data[:n]) == data[full.payload_offset : n]
+    assert rejected >= 6 * 12
 
 
 def test_rtp_error_is_invalid_request() -> None:
