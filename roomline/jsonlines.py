@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 import types
 import typing
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Generic, TypeVar
 
+import structlog
+
 from roomline.errors import InvalidRequest
 
 M = TypeVar("M")
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class JsonLinesCodec(Generic[M]):
@@ -74,7 +75,7 @@ class JsonLinesCodec(Generic[M]):
             try:
                 yield self.decode(line)
             except self._error as exc:
-                log.warning("bad control message: %s", exc.message)
+                log.warning("bad control message", error=exc.message)
 
     def decode(self, line: bytes | str) -> M:
         """Parse one control line; raises the channel's error class on anything unexpected."""

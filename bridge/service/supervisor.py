@@ -3,7 +3,8 @@
 Each worker gets its own SIP port and RTP range (the PyPI pjsua2 wheel caps a process at 4 calls,
 so capacity scales with processes) and a Unix socketpair for the JSON-lines control protocol
 (bridge/control.py), passed as ``--control-fd``. A worker that exits is restarted with exponential
-backoff (reset after it has run for ``stable_after`` seconds).
+backoff (reset after it has run for ``stable_after`` seconds). Spawning, restarting and stopping are
+:class:`roomline.process.ProcessSupervisor`'s, which also forwards the workers' stderr log lines.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import socket
 import sys
 import time
@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import bridge.control as control
+from roomline.process import Backoff, ProcessSupervisor
 
 log = logging.getLogger("bridge.service.supervisor")
 
@@ -87,12 +88,12 @@ class WorkerSupervisor:
         self._decide = decide_invite
         self._on_call_state = on_call_state
         self._check_pin = check_pin
-        self._python = python
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
-        self._stable_after = stable_after
+        self._procs = ProcessSupervisor(
+            "bridge.worker",
+            python=python,
+            backoff=Backoff(backoff_initial, backoff_max, stable_after),
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
 
     async def start(self) -> None:
         for w in self.workers:
@@ -104,19 +105,17 @@ class WorkerSupervisor:
         )
 
     async def stop(self, timeout: float = 5.0) -> None:
-        self._stopping = True
+        self._procs.stopping = True
         for w in self.workers:
             w.send(control.Shutdown())
-        for w in self.workers:
-            if w.proc is not None and w.proc.returncode is None:
-                try:
-                    await asyncio.wait_for(w.proc.wait(), timeout)
-                except TimeoutError:
-                    w.proc.kill()
-                    await w.proc.wait()
+        # The worker treats SIGTERM like Shutdown (BYE to every call); SIGKILL after ``timeout``.
+        await asyncio.gather(
+            *(self._procs.stop(w.proc, timeout) for w in self.workers if w.proc is not None)
+        )
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._procs.close()
 
     def hangup(self, call_id: str, reason: str = "") -> bool:
         """Ask the worker holding ``call_id`` to end it; False if no worker has it."""
@@ -137,28 +136,17 @@ class WorkerSupervisor:
 
     # --- internals ----------------------------------------------------------------------------
     async def _keep_running(self, w: WorkerHandle) -> None:
-        delay = self._backoff_initial
-        while not self._stopping:
-            started = time.monotonic()
-            try:
-                await self._run_once(w)
-            except OSError as exc:
-                log.error("cannot start bridge worker on port %d: %s", w.spec.sip_port, exc)
-            if self._stopping:
-                return
-            if time.monotonic() - started >= self._stable_after:
-                delay = self._backoff_initial
+        def restarting(_delay: float) -> None:
             w.restarts += 1
-            log.warning("bridge worker on port %d exited; restart in %.1fs", w.spec.sip_port, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._backoff_max)
+
+        await self._procs.keep_running(
+            lambda: self._run_once(w), on_restart=restarting, sip_port=w.spec.sip_port
+        )
 
     async def _run_once(self, w: WorkerHandle) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         s = w.spec
         args = [
-            "-m",
-            "bridge.worker",
             "--sip-port",
             str(s.sip_port),
             "--sip-host",
@@ -173,9 +161,7 @@ class WorkerSupervisor:
             *s.extra_args,
         ]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self._python, *args, pass_fds=(child.fileno(),), env=_child_env()
-            )
+            proc = await self._procs.spawn("bridge.worker", args, pass_fds=(child.fileno(),))
         finally:
             child.close()
         w.proc, w.pid, w.started_at = proc, proc.pid, time.monotonic()
@@ -183,7 +169,7 @@ class WorkerSupervisor:
         w.writer = writer
         reader_task = asyncio.get_running_loop().create_task(self._read(w, reader))
         try:
-            await proc.wait()
+            await self._procs.wait(proc, sip_port=s.sip_port)
         finally:
             w.ready = False
             w.ready_event.clear()
@@ -238,11 +224,3 @@ class WorkerSupervisor:
             log.exception("check_pin failed")
             res = control.PinResult(id=req.id, call_id=req.call_id, status=503)
         w.send(res)
-
-
-def _child_env() -> dict[str, str]:
-    """Environment for workers: make sure the repo's packages import from the child."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env

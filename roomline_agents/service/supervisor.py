@@ -11,6 +11,9 @@ crashes, the SFU therefore does not see the participant's socket close first (wh
 an ordinary SIGNAL_CLOSE); the supervisor reports the failure, the owner removes the participant
 with AGENT_ERROR, and only then is the duplicate closed. A job whose event loop stops sending
 heartbeats for :data:`HANG_TIMEOUT` seconds is killed and reported the same way.
+
+Spawning, stopping and exit logging are :class:`roomline.process.ProcessSupervisor`'s (which also
+forwards the jobs' stderr log lines into the appliance's log).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from roomline.process import Backoff, ProcessSupervisor, describe_exit
 from roomline_agents import control
 
 log = logging.getLogger("roomline_agents.service.supervisor")
@@ -96,7 +100,14 @@ class JobSupervisor:
         self.channel_path = channel_path
         self._on_status = on_status
         self._on_remove = on_remove
-        self._python = python
+        # The working directory is importable too: registries name agent modules relative to it.
+        self._procs = ProcessSupervisor(
+            "agent-job",
+            python=python,
+            backoff=Backoff(SPAWN_BACKOFF, SPAWN_BACKOFF_MAX),
+            stop_grace=STOP_GRACE,
+            extra_paths=(os.getcwd(),),
+        )
         self.hang_timeout = hang_timeout
         self.idle: list[JobProc] = []
         self.busy: dict[str, JobProc] = {}
@@ -114,23 +125,20 @@ class JobSupervisor:
         self._refill()
 
     async def stop(self) -> None:
-        self._stopping = True
+        self._stopping = self._procs.stopping = True
         for jp in list(self.busy.values()):
             jp.send(control.StopJob(reason="appliance stopping"))
         for jp in list(self.idle):
             jp.send(control.Shutdown())
         procs = [jp.proc for jp in [*self.idle, *self.busy.values()]]
-        for proc in procs:
-            if proc.returncode is None:
-                try:
-                    await asyncio.wait_for(proc.wait(), STOP_GRACE)
-                except TimeoutError:
-                    proc.kill()
+        # Asked above; SIGTERM after STOP_GRACE, SIGKILL after another second.
+        await asyncio.gather(*(self._procs.stop(p, 1.0, polite_wait=STOP_GRACE) for p in procs))
         if self._watchdog is not None:
             self._watchdog.cancel()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._procs.close()
 
     def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -149,7 +157,7 @@ class JobSupervisor:
         except (OSError, TimeoutError) as exc:
             self.starting -= 1
             self.spawn_failures += 1
-            delay = min(SPAWN_BACKOFF * 2 ** min(self.spawn_failures, 6), SPAWN_BACKOFF_MAX)
+            delay = self._procs.backoff.after_failures(self.spawn_failures)
             log.error("cannot start an agent job process (%s); retry in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             self._refill()
@@ -165,17 +173,10 @@ class JobSupervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fd_parent, fd_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self._python,
-                "-m",
+            proc = await self._procs.spawn(
                 "roomline_agents.sdk.worker",
-                "--control-fd",
-                str(child.fileno()),
-                "--fd-socket",
-                str(fd_child.fileno()),
+                ["--control-fd", str(child.fileno()), "--fd-socket", str(fd_child.fileno())],
                 pass_fds=(child.fileno(), fd_child.fileno()),
-                env=_child_env(),
-                stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
             child.close()
@@ -215,7 +216,7 @@ class JobSupervisor:
     async def _run(self, jp: JobProc, reader: asyncio.StreamReader) -> None:
         read = asyncio.get_running_loop().create_task(self._read(jp, reader))
         try:
-            code = await jp.proc.wait()
+            code = await self._procs.wait(jp.proc, **({"job": jp.job.job_id} if jp.job else {}))
         finally:
             read.cancel()
             await asyncio.gather(read, return_exceptions=True)
@@ -228,7 +229,7 @@ class JobSupervisor:
             self.busy.pop(spec.job_id, None)
             error = ""
             if not jp.final and jp.stop_deadline is None:
-                error = jp.killed_reason or f"agent process exited with code {code}"
+                error = jp.killed_reason or f"agent process exited ({describe_exit(code)})"
                 log.warning("agent job %s ended abnormally: %s", spec.job_id, error)
             # "exited" always comes last: the owner settles the job and the participant here.
             self._on_status(spec.job_id, "exited", error)
@@ -306,14 +307,3 @@ class JobSupervisor:
             "busy": len(self.busy),
             "killed_hung": self.killed_hung,
         }
-
-
-def _child_env() -> dict[str, str]:
-    """Job processes import the repo's packages (and the registry's agent modules) like we do."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    paths = [root, os.getcwd()]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
