@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,13 @@ import structlog
 
 from roomline.auth import mint_token
 from roomline.config import LoggingConfig
-from roomline.log import REDACTED, configure_logging, get_logger, redact_secrets
+from roomline.log import (
+    REDACTED,
+    configure_logging,
+    configure_worker_logging,
+    get_logger,
+    redact_secrets,
+)
 
 TOKEN = mint_token("devkey", "secret", identity="alice", room="r")
 
@@ -167,3 +174,18 @@ def test_redact_processor_directly() -> None:
         "items": [{"password": REDACTED}],
         "ok": None,
     }
+
+
+def test_worker_logging_is_json_with_process_and_pid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROOMLINE_LOGGING_LEVEL", "warning")
+    stream = io.StringIO()
+    configure_worker_logging("bridge.worker", stream=stream)
+    get_logger("w").info("below the level from the environment")
+    get_logger("w").warning("call failed", call_id="c1", token=TOKEN)
+    logging.getLogger("pjsua2").error("pj said %s", "no")
+    structured, stdlib = lines(stream)
+    assert structured["event"] == "call failed" and structured["call_id"] == "c1"
+    assert structured["token"] == REDACTED
+    assert stdlib["event"] == "pj said no" and stdlib["logger"] == "pjsua2"
+    for event in (structured, stdlib):
+        assert event["process"] == "bridge.worker" and event["pid"] == os.getpid()
