@@ -165,7 +165,7 @@ class Phone:
         for _ in range(30):
             ep.libHandleEvents(10)
         report("done", finished=self.finished)
-        # teardown order: drop pj objects before libDestroy (media-recipes §3.4.4)
+        # teardown order: drop pj objects before libDestroy (docs/background.md §3.4)
         del call
         self.player = self.recorder = None
         acc.shutdown()
