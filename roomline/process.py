@@ -5,11 +5,12 @@ both run their work in child processes that talk to the main process over socket
 ``pass_fds``. :class:`ProcessSupervisor` is the part they share:
 
 * :meth:`ProcessSupervisor.spawn` starts ``python -m <module>`` with the repository importable, the
-  main process's log level (``ROOMLINE_LOGGING_LEVEL``), and stderr piped: every line the child
-  writes there is re-emitted through the main process's structlog setup, tagged with the child's
+  main process's log level (``ROOMLINE_LOGGING_LEVEL``), and stdout and stderr piped: every line the
+  child writes is re-emitted through the main process's structlog setup, tagged with the child's
   name and pid, so ``roomline serve`` produces one parseable stream. Children configure
-  :func:`roomline.log.configure_worker_logging`, which writes JSON lines; anything else (a C library
-  printing, a crash before logging is set up) is forwarded as a plain ``event`` string.
+  :func:`roomline.log.configure_worker_logging`, which writes JSON lines to stderr; anything else
+  (pjsua's console log on stdout, a traceback before logging is set up) is forwarded as a plain
+  ``event`` string with ``stream`` naming where it came from.
 * :meth:`ProcessSupervisor.keep_running` restarts a child that exits, with exponential backoff
   (:class:`Backoff`) that resets once a run lasted ``stable_after`` seconds.
 * :meth:`ProcessSupervisor.stop` sends SIGTERM and, after a grace, SIGKILL.
@@ -128,16 +129,18 @@ class ProcessSupervisor:
             pass_fds=tuple(pass_fds),
             env=child_env(self.extra_paths),
             stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             limit=MAX_LINE,
         )
         log.debug("process started", process=self.name, pid=proc.pid)
-        if proc.stderr is not None:
-            task = asyncio.get_running_loop().create_task(
-                self._forward_stderr(proc.pid, proc.stderr)
-            )
-            self._forwarders.add(task)
-            task.add_done_callback(self._forwarders.discard)
+        for stream_name, stream in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+            if stream is not None:
+                task = asyncio.get_running_loop().create_task(
+                    self._forward(proc.pid, stream_name, stream)
+                )
+                self._forwarders.add(task)
+                task.add_done_callback(self._forwarders.discard)
         return proc
 
     async def wait(self, proc: asyncio.subprocess.Process, **fields: Any) -> int:
@@ -205,9 +208,9 @@ class ProcessSupervisor:
         if self._forwarders:
             await asyncio.wait(set(self._forwarders), timeout=1.0)
 
-    # ------------------------------------------------------------------ stderr → main log
+    # ------------------------------------------------------------------ child output → main log
 
-    async def _forward_stderr(self, pid: int, stream: asyncio.StreamReader) -> None:
+    async def _forward(self, pid: int, stream_name: str, stream: asyncio.StreamReader) -> None:
         while True:
             try:
                 raw = await stream.readline()
@@ -219,12 +222,13 @@ class ProcessSupervisor:
                 return
             line = raw.decode("utf-8", "replace").rstrip("\r\n")
             if line:
-                forward_line(self.name, pid, line)
+                forward_line(self.name, pid, line, stream_name)
 
 
-def forward_line(process: str, pid: int, line: str) -> None:
-    """Re-emit one stderr line of a child: its JSON fields if it wrote a JSON object, else the
-    text as ``event``. ``timestamp`` and ``level`` are re-stamped by the main process's setup."""
+def forward_line(process: str, pid: int, line: str, stream: str = "stderr") -> None:
+    """Re-emit one output line of a child: its JSON fields if it wrote a JSON object, else the
+    text as ``event`` (with ``stream``: stdout or stderr). ``timestamp`` and ``level`` are
+    re-stamped by the main process's setup."""
     fields: dict[str, Any]
     try:
         parsed = json.loads(line) if line.startswith("{") else None
@@ -235,7 +239,7 @@ def forward_line(process: str, pid: int, line: str) -> None:
         event = str(fields.pop("event", ""))
         level = str(fields.pop("level", "info")).lower()
     else:
-        fields, event, level = {}, line, "info"
+        fields, event, level = {"stream": stream}, line, "info"
     fields.pop("timestamp", None)
     logger_name = str(fields.pop("logger", process))
     fields.setdefault("process", process)

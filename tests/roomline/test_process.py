@@ -76,6 +76,7 @@ async def test_spawn_passes_fds_and_forwards_stderr_into_the_main_log(
     assert stdlib["process"] == "test-child"
     plain = got["plain text from a C library"]
     assert plain["process"] == "test-child" and plain["pid"] == proc.pid
+    assert plain["stream"] == "stderr" and got["pjsua console line"]["stream"] == "stdout"
     exited = got["process exited"]
     assert exited["status"] == "exit code 0" and exited["pid"] == proc.pid
 
@@ -129,4 +130,5 @@ def test_forward_line_keeps_json_fields_and_wraps_text(main_log: io.StringIO) ->
     assert (first["event"], first["level"], first["x"], first["logger"]) == ("e", "error", 1, "a.b")
     assert (first["process"], first["pid"]) == ("w", 7)
     assert (second["event"], second["level"], second["logger"]) == ("{not json", "info", "w")
+    assert second["stream"] == "stderr" and "stream" not in first
     assert third["level"] == "info"

@@ -1,7 +1,7 @@
 """A scripted child process for tests/roomline/test_process.py: ``python -m tests.support.child_process``.
 
 --log          configure_worker_logging("test-child"), then one structlog event, one stdlib
-               %-format record and one plain line straight to stderr
+               %-format record, one plain line straight to stderr and one to stdout
 --write-fd N   write b"hello" to inherited fd N
 --ignore-term  ignore SIGTERM (the supervisor must SIGKILL)
 --sleep S      sleep S seconds before exiting
@@ -36,10 +36,10 @@ def main() -> int:
         logging.getLogger("child.stdlib").warning("stdlib says %s", "hi")
         sys.stderr.write("plain text from a C library\n")
         sys.stderr.flush()
+        print("pjsua console line", flush=True)
     if args.write_fd is not None:
         os.write(args.write_fd, b"hello")
         os.close(args.write_fd)
-    print("ready", flush=True)
     time.sleep(args.sleep)
     return int(args.exit)
 
