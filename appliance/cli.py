@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=_port,
         help="HTTP listen port (server.port); 0 = any free port, logged by 'roomline listening'",
     )
+    serve.add_argument(
+        "--port-file",
+        metavar="FILE",
+        help="once listening, write the bound HTTP port to FILE (useful with --port 0)",
+    )
     serve.add_argument("--data-dir", metavar="DIR", help="runtime directory (server.data_dir)")
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="logging.format")
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="logging.level")
@@ -162,7 +167,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         loop_factory = uvloop.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(app.serve(cfg))
+            runner.run(app.serve(cfg, port_file=args.port_file))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except OSError as exc:

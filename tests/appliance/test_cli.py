@@ -154,6 +154,7 @@ def read_event(proc: subprocess.Popen[str], event: str, timeout: float) -> tuple
 
 def test_serve_on_port_0_reports_the_port_and_stops_on_sigterm(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
+    port_file = tmp_path / "port"
     cfg.write_text("sip: {enabled: false}\nagents: {workers: 0}\n")
     proc = subprocess.Popen(
         [
@@ -165,6 +166,8 @@ def test_serve_on_port_0_reports_the_port_and_stops_on_sigterm(tmp_path: Path) -
             "127.0.0.1",
             "--port",
             "0",
+            "--port-file",
+            str(port_file),
             "--data-dir",
             str(tmp_path / "data"),
             "--log-format",
@@ -179,6 +182,10 @@ def test_serve_on_port_0_reports_the_port_and_stops_on_sigterm(tmp_path: Path) -
         listening, lines = read_event(proc, "roomline listening", 30)
         port = listening["port"]
         assert isinstance(port, int) and port > 0, listening
+        deadline = time.monotonic() + 10  # written right after start-up completes
+        while not port_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert port_file.read_text() == f"{port}\n"
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
             assert r.read().startswith(b"ok")
         proc.send_signal(signal.SIGTERM)

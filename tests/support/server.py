@@ -1,7 +1,7 @@
 """A real ``roomline serve`` subprocess on loopback, for tests and benchmarks.
 
-The appliance binds HTTP port 0 and the harness reads the port it got from its ``roomline
-listening`` log event, so there is no window between choosing a port and binding it. UDP ranges
+The appliance binds HTTP port 0 and writes the port it got to ``--port-file``, so there is no window
+between choosing a port and binding it. UDP ranges
 (WebRTC media) cannot be bound that way and come from :func:`tests.support.net.free_udp_range`.
 """
 
@@ -92,10 +92,14 @@ def start_server(tmp: Path, **sections: dict[str, object]) -> Server:
     config_path = tmp / "roomline.yaml"
     write_config(config_path, 0, data_dir, **sections)
     log_path = tmp / "roomline.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    port_path = tmp / "roomline.port"
+    # This checkout's packages, whatever the installed ``roomline`` script was installed from.
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [*roomline_command(), "serve", "--config", str(config_path)],
+            [*roomline_command(), "serve", "--config", str(config_path)]
+            + ["--port-file", str(port_path)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(ROOT),
@@ -108,7 +112,7 @@ def start_server(tmp: Path, **sections: dict[str, object]) -> Server:
             if process.poll() is not None:
                 raise RuntimeError(f"roomline exited early:\n{server.log_text()}")
             if not server.port:
-                server.port = _listening_port(server.log_text())
+                server.port = _read_port(port_path)
             elif _healthy(server):
                 return server
             time.sleep(0.05)
@@ -143,13 +147,11 @@ def _events(text: str) -> list[dict[str, object]]:
     return events
 
 
-def _listening_port(text: str) -> int:
-    for event in _events(text):
-        if event.get("event") == "roomline listening":
-            port = event.get("port")
-            assert isinstance(port, int) and port > 0, event
-            return port
-    return 0
+def _read_port(path: Path) -> int:
+    try:
+        return int(path.read_text())
+    except (OSError, ValueError):  # not written yet
+        return 0
 
 
 def _healthy(server: Server) -> bool:
