@@ -3,7 +3,7 @@
 * :mod:`.paths` — repository and test-data paths; :mod:`.captures` — captured packets.
 * :mod:`.net` — free TCP/UDP ports and UDP port ranges for peers that cannot bind port 0 themselves.
 * :mod:`.aio` — :func:`~.aio.wait_for`, polling a condition with a deadline.
-* :mod:`.server` — a real ``roomline serve`` subprocess (port 0, the bound port read from its log).
+* :mod:`.server` — a real ``roomline serve`` subprocess (port 0; the bound port from ``--port-file``).
 * :mod:`.audio` — tones, WAV files, FFT and SNR checks.
 * :mod:`.lk` — the LiveKit Python SDK as a test peer (tokens, tone publisher, recorder).
 * :mod:`.standin_room` — a minimal local-channel server standing in for the SFU in bridge tests.
