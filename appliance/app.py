@@ -72,7 +72,7 @@ async def serve(cfg: Config, port_file: str | None = None) -> None:
     """Run the appliance until SIGINT or SIGTERM.
 
     ``port_file``: once listening, write the bound HTTP port there (with ``server.port: 0`` the
-    kernel picks it; also logged in the ``roomline listening`` event).
+    kernel picks it; also logged in the ``roomline listening`` event); removed when stopping.
     """
     appliance = Appliance(cfg)
     await appliance.start()
@@ -86,4 +86,7 @@ async def serve(cfg: Config, port_file: str | None = None) -> None:
         await stop.wait()
     finally:
         log.info("roomline stopping")
+        if port_file:
+            with suppress(FileNotFoundError):
+                os.unlink(port_file)
         await appliance.stop()

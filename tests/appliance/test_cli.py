@@ -199,5 +199,6 @@ def test_serve_on_port_0_reports_the_port_and_stops_on_sigterm(tmp_path: Path) -
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     loaded = next(e for e in events if e["event"] == "config loaded")
     assert loaded["listen"] == "127.0.0.1:0" and loaded["source"] == str(cfg)
+    assert not port_file.exists()  # removed on the way out
     assert any(e["level"] == "warning" and "dev mode" in e["event"] for e in events)
     assert ': "secret"' not in err  # the dev secret's value is never printed

@@ -93,6 +93,7 @@ def start_server(tmp: Path, **sections: dict[str, object]) -> Server:
     write_config(config_path, 0, data_dir, **sections)
     log_path = tmp / "roomline.log"
     port_path = tmp / "roomline.port"
+    port_path.unlink(missing_ok=True)  # a restart in the same directory must not read the old one
     # This checkout's packages, whatever the installed ``roomline`` script was installed from.
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath)
