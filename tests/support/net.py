@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 import socket
 
-#: UDP ranges are searched here: above the SIP test ports, below the kernel's ephemeral range
-#: (32768+), so a range cannot be handed to some unrelated outgoing socket in the meantime.
+#: UDP ranges are searched here, below the kernel's ephemeral range (32768+, where the ports of
+#: :func:`free_port` and of every outgoing socket come from), so they do not collide with those.
 _RANGE_LOW, _RANGE_HIGH = 20000, 32000
 
 
