@@ -29,7 +29,6 @@ from tests.support.net import free_port, free_udp_range
 from tests.support.server import API_KEY, API_SECRET, Server, start_server, stop_server
 from tests.support.sip.fullstack import (
     PBX_PASSWORD,
-    PhoneProcess,
     Workers,
     auth_scenario,
     band_level_db,
@@ -43,6 +42,7 @@ from tests.support.sip.fullstack import (
     worker_pid,
 )
 from tests.support.sip.pcap import write_tone_pcap
+from tests.support.sip.peers import PhoneProcess
 from tests.support.sip.sipp import SIPP, run_sipp, sipp_cmd, uac_scenario
 
 pytestmark = [

@@ -3,8 +3,8 @@
 * :func:`sip_section` builds the ``sip`` config section: workers on free ports, a few trunks and
   one callee dispatch rule (room ``call_<dialled number>``, so each test gets its own room by
   dialling its own number).
-* :class:`PhoneProcess` runs the pjsua2 test phone (tests/support/sip/phone.py) as a subprocess that can
-  be killed, unlike :func:`tests.support.sip.peers.run_phone` which always waits for it.
+* :func:`phone_args`: arguments for the pjsua2 test phone (:mod:`tests.support.sip.peers`) calling
+  a number on the appliance.
 * SIPp scenarios that ``uac_scenario`` does not cover: digest authentication and a session-timer
   refresh (re-INVITE with ``Session-Expires``).
 * ``/metrics`` parsing and worker process discovery (for ``kill -9``).
@@ -12,11 +12,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import re
-import sys
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +23,6 @@ import numpy as np
 
 from tests.support.audio import dominant_frequency, snr_db
 from tests.support.net import free_port, free_udp_range
-from tests.support.paths import ROOT
 from tests.support.server import Server
 
 #: Digest credentials of the ``ST_pbx`` trunk (test-only values).
@@ -150,48 +146,6 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = sum(int(x) for x in fields[11:15])
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-# --- the pjsua2 test phone as a killable subprocess --------------------------------------------
-class PhoneProcess:
-    """tests/support/sip/phone.py in its own process; :meth:`wait` returns its ``PHONE`` events."""
-
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-
-    @classmethod
-    async def start(cls, args: list[str]) -> PhoneProcess:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(ROOT) + (
-            os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
-        )
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.support.sip.phone",
-            *args,
-            cwd=str(ROOT),
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        return cls(proc)
-
-    async def wait(self, timeout: float = 60.0) -> list[dict[str, Any]]:
-        try:
-            out, _ = await asyncio.wait_for(self.proc.communicate(), timeout)
-        except TimeoutError:
-            self.kill()
-            out, _ = await self.proc.communicate()
-        return [
-            json.loads(line[6:])
-            for line in out.decode(errors="replace").splitlines()
-            if line.startswith("PHONE ")
-        ]
-
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
 
 
 def phone_args(
