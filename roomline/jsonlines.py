@@ -90,6 +90,8 @@ class JsonLinesCodec(Generic[M]):
             obj = json.loads(line)
         except ValueError as exc:
             raise self._error("control line is not JSON") from exc
+        except RecursionError as exc:  # e.g. 100k nested "[": fits max_line, not the C stack
+            raise self._error("control line is nested too deeply") from exc
         if not isinstance(obj, dict):
             raise self._error("control message must be a JSON object")
         kind = obj.pop("type", None)
