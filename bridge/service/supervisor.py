@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import socket
 import sys
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 
 import bridge.control as control
+from roomline.process import Backoff, ProcessSupervisor
 
 log = structlog.get_logger(__name__)
 
@@ -89,12 +89,12 @@ class WorkerSupervisor:
         self._decide = decide_invite
         self._on_call_state = on_call_state
         self._check_pin = check_pin
-        self._python = python
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
-        self._stable_after = stable_after
+        self._procs = ProcessSupervisor(
+            "bridge.worker",
+            python=python,
+            backoff=Backoff(backoff_initial, backoff_max, stable_after),
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
 
     async def start(self) -> None:
         """Start every worker (each is restarted with backoff whenever it exits)."""
@@ -112,16 +112,14 @@ class WorkerSupervisor:
         self._stopping = True
         for w in self.workers:
             w.send(control.Shutdown())
-        for w in self.workers:
-            if w.proc is not None and w.proc.returncode is None:
-                try:
-                    await asyncio.wait_for(w.proc.wait(), timeout)
-                except TimeoutError:
-                    w.proc.kill()
-                    await w.proc.wait()
+        # The worker treats SIGTERM like Shutdown (BYE to every call); SIGKILL after ``timeout``.
+        await asyncio.gather(
+            *(self._procs.stop(w.proc, timeout) for w in self.workers if w.proc is not None)
+        )
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._procs.close()
 
     def metrics(self) -> dict[str, int]:
         return {
@@ -134,28 +132,17 @@ class WorkerSupervisor:
 
     # --- internals ----------------------------------------------------------------------------
     async def _keep_running(self, w: WorkerHandle) -> None:
-        delay = self._backoff_initial
-        while not self._stopping:
-            started = time.monotonic()
-            try:
-                await self._run_once(w)
-            except OSError as exc:
-                log.error("bridge worker start failed", sip_port=w.spec.sip_port, error=str(exc))
-            if self._stopping:
-                return
-            if time.monotonic() - started >= self._stable_after:
-                delay = self._backoff_initial
+        def restarting(_delay: float) -> None:
             w.restarts += 1
-            log.warning("bridge worker exited", sip_port=w.spec.sip_port, restart_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._backoff_max)
+
+        await self._procs.keep_running(
+            lambda: self._run_once(w), on_restart=restarting, sip_port=w.spec.sip_port
+        )
 
     async def _run_once(self, w: WorkerHandle) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         s = w.spec
         args = [
-            "-m",
-            "bridge.worker",
             "--sip-port",
             str(s.sip_port),
             "--sip-host",
@@ -170,9 +157,7 @@ class WorkerSupervisor:
             *s.extra_args,
         ]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self._python, *args, pass_fds=(child.fileno(),), env=_child_env()
-            )
+            proc = await self._procs.spawn("bridge.worker", args, pass_fds=(child.fileno(),))
         finally:
             child.close()
         w.proc, w.pid, w.started_at = proc, proc.pid, time.monotonic()
@@ -180,7 +165,7 @@ class WorkerSupervisor:
         w.writer = writer
         reader_task = asyncio.get_running_loop().create_task(self._read(w, reader))
         try:
-            await proc.wait()
+            await self._procs.wait(proc, sip_port=s.sip_port)
         finally:
             w.ready = False
             w.ready_event.clear()
@@ -235,11 +220,3 @@ class WorkerSupervisor:
             log.exception("check_pin failed", call_id=req.call_id)
             res = control.PinResult(id=req.id, call_id=req.call_id, status=503)
         w.send(res)
-
-
-def _child_env() -> dict[str, str]:
-    """Environment for workers: make sure the repo's packages import from the child."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env

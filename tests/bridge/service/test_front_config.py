@@ -11,6 +11,7 @@ import ssl
 import stat
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def _opts(**kw: object) -> FrontOptions:
 
 
 @pytest.fixture
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     d = Path(f"/tmp/front-cfg-{os.getpid()}-{time.monotonic_ns()}")
     d.mkdir()
     yield d
