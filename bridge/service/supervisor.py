@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 
 import bridge.control as control
-from roomline.process import Backoff, ProcessSupervisor
+from roomline.process import Backoff, ProcessSupervisor, describe_exit
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +28,8 @@ DecideInvite = Callable[
 ]
 CheckPin = Callable[[control.PinEntered], control.PinResult | Awaitable[control.PinResult]]
 OnCallState = Callable[["WorkerHandle", control.CallState], None]
+#: A worker died carrying these calls (SIP Call-ID → last state).
+OnWorkerLost = Callable[["WorkerHandle", dict[str, str]], None]
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class WorkerHandle:
     max_calls: int = 0
     ready: bool = False
     restarts: int = 0
+    #: Deaths while serving (signal, error exit, or calls dropped), not planned stops.
+    crashes: int = 0
     calls: dict[str, str] = field(default_factory=dict)  # SIP Call-ID → state
     started_at: float = 0.0
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -84,8 +88,10 @@ class WorkerSupervisor:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         stable_after: float = 30.0,
+        on_worker_lost: OnWorkerLost | None = None,
     ) -> None:
         self.workers = [WorkerHandle(s) for s in specs]
+        self._on_worker_lost = on_worker_lost
         self._decide = decide_invite
         self._on_call_state = on_call_state
         self._check_pin = check_pin
@@ -165,7 +171,8 @@ class WorkerSupervisor:
         w.writer = writer
         reader_task = asyncio.get_running_loop().create_task(self._read(w, reader))
         try:
-            await self._procs.wait(proc, sip_port=s.sip_port)
+            code = await self._procs.wait(proc, sip_port=s.sip_port)
+            self._account_exit(w, code)
         finally:
             w.ready = False
             w.ready_event.clear()
@@ -173,6 +180,28 @@ class WorkerSupervisor:
             writer.close()
             reader_task.cancel()
             await asyncio.gather(reader_task, return_exceptions=True)
+
+    def _account_exit(self, w: WorkerHandle, code: int) -> None:
+        """A worker that dies (signal, non-zero exit, or any exit while it carried calls and the
+        appliance is not stopping) is a crash: count it, name the calls it took with it, and hand
+        them to ``on_worker_lost`` so the control plane can end them cleanly."""
+        if self._procs.stopping or (code == 0 and not w.calls):
+            return
+        lost = dict(w.calls)
+        w.crashes += 1
+        log.error(
+            "bridge worker died",
+            sip_port=w.spec.sip_port,
+            pid=w.pid,
+            status=describe_exit(code),
+            calls_lost=len(lost),
+            calls=", ".join(f"{cid} ({state})" for cid, state in lost.items()) or "none",
+        )
+        if self._on_worker_lost is not None:
+            try:
+                self._on_worker_lost(w, lost)
+            except Exception:
+                log.exception("on_worker_lost failed", sip_port=w.spec.sip_port)
 
     async def _read(self, w: WorkerHandle, reader: asyncio.StreamReader) -> None:
         async for msg in control.messages(reader):

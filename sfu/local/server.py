@@ -42,7 +42,13 @@ from sfu.local.protocol import (
 )
 from sfu.media.forwarder import SourceInfo, SourcePacket
 from sfu.node import Node
-from sfu.participant import DisconnectReason, Participant, ParticipantInit, ParticipantState
+from sfu.participant import (
+    DisconnectReason,
+    Participant,
+    ParticipantInit,
+    ParticipantKind,
+    ParticipantState,
+)
 from sfu.proto import participant_info, room_info
 from sfu.relay import TrackRelay
 from sfu.room import Room, TrackRequest
@@ -237,6 +243,13 @@ class LocalSession(SignalSession):
             self.writer.close()
 
 
+#: Why a local participant left when its connection dropped without a leave.
+UNCLEAN_CLOSE_REASONS = {
+    ParticipantKind.SIP: DisconnectReason.SIP_TRUNK_FAILURE,
+    ParticipantKind.AGENT: DisconnectReason.AGENT_ERROR,
+}
+
+
 class LocalChannelServer(Service):
     """Accepts local participants on a Unix socket."""
 
@@ -297,7 +310,9 @@ class LocalChannelServer(Service):
             log.info("local join refused", reason=protocol.close_reason)
             await stream.close(protocol, writer)
             return
-        reason = DisconnectReason.SIGNAL_CLOSE
+        # The connection ending without a LeaveRequest means the process behind it went away:
+        # for a SIP caller that is the bridge worker (the call is lost), for an agent its job.
+        reason = UNCLEAN_CLOSE_REASONS.get(session.participant.kind, DisconnectReason.SIGNAL_CLOSE)
         try:
             while protocol.state is State.OPEN and not session.closed:
                 for event in await stream.receive(reader, protocol):
