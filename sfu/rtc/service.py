@@ -19,6 +19,7 @@ from sfu.media.aiortc_adapter import configure_ice
 from sfu.node import Node
 from sfu.participant import DisconnectReason, ParticipantInit, ParticipantKind
 from sfu.proto import permission_from_info
+from sfu.roommanager import room_options_from_config
 from sfu.rtc.session import RTCSession
 
 log = structlog.get_logger(__name__)
@@ -163,7 +164,9 @@ class RTCService:
             return ws
         init = participant_init(params.claims, params.auto_subscribe, params.client_protocol)
         try:
-            room, participant, events = self.node.join(params.room, init)
+            room, participant, events = self.node.join(
+                params.room, init, room_options_from_config(params.claims.room_config)
+            )
         except RoomlineError as exc:
             # Lost a race with another join (room filled meanwhile): tell the client and close.
             log.info("join failed after upgrade", reason=exc.message)
