@@ -17,8 +17,8 @@ from roomline_agents.service.worker_registry import (
     JobAssigned,
     JobEnded,
     JobOrphaned,
-    JobRedispatching,
     JobPhase,
+    JobRedispatching,
     WorkerRegistry,
 )
 

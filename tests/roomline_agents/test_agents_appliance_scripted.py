@@ -1,0 +1,225 @@
+"""``/agent`` on the whole appliance with hand-written workers (fast; no livekit-agents needed).
+
+* a non-agent token gets 401, a plain GET 404;
+* a worker answering ``available=false`` gets no job: the other worker of the name gets it;
+* garbage frames close only that worker;
+* ListDispatch shows external jobs (worker id ``AW_…``) and built-in ones (``roomline``);
+* DeleteDispatch sends JobTermination;
+* CreateRoom.agents and a join token's ``roomConfig.agents`` dispatch to the external worker;
+* a room with only an agent in it closes after departure_timeout; max_participants ignores agents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+from livekit import api, rtc
+from livekit.protocol import agent as agent_pb
+
+from roomline.auth import mint_token
+from tests import lk
+from tests.conftest import API_KEY, API_SECRET, Server, stop_server
+from tests.roomline_agents.appliance_helpers import start_appliance, workers_registered
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def appliance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = start_appliance(
+        tmp_path_factory.mktemp("agents-scripted"),
+        room={"departure_timeout": 2, "empty_timeout": 30},
+    )
+    try:
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+def wm(**kw: object) -> bytes:
+    return agent_pb.WorkerMessage(**kw).SerializeToString()  # type: ignore[arg-type]
+
+
+def agent_header() -> dict[str, str]:
+    return {"Authorization": "Bearer " + mint_token(API_KEY, API_SECRET, identity="", agent=True)}
+
+
+class Scripted:
+    """A worker that registers and answers each AvailabilityRequest with ``available``."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, available: bool) -> None:
+        self.ws = ws
+        self.available = available
+        self.offers: list[agent_pb.Job] = []
+        self.assigned: list[agent_pb.JobAssignment] = []
+        self.terminated: list[str] = []
+        self.closed: aiohttp.WSMessage | None = None
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                break
+            m = agent_pb.ServerMessage.FromString(msg.data)
+            if m.HasField("availability"):
+                job = m.availability.job
+                self.offers.append(job)
+                await self.ws.send_bytes(
+                    wm(
+                        availability=agent_pb.AvailabilityResponse(
+                            job_id=job.id, available=self.available
+                        )
+                    )
+                )
+            elif m.HasField("assignment"):
+                self.assigned.append(m.assignment)
+                await self.ws.send_bytes(
+                    wm(
+                        update_job=agent_pb.UpdateJobStatus(
+                            job_id=m.assignment.job.id, status=agent_pb.JS_RUNNING
+                        )
+                    )
+                )
+            elif m.HasField("termination"):
+                self.terminated.append(m.termination.job_id)
+        self.closed = msg if "msg" in locals() else None
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await self.ws.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def connect_worker(
+    s: aiohttp.ClientSession, server: Server, name: str, available: bool = True
+) -> Scripted:
+    ws = await s.ws_connect(server.ws_url + "/agent", headers=agent_header())
+    await ws.send_bytes(wm(register=agent_pb.RegisterWorkerRequest(agent_name=name, version="t")))
+    reply = agent_pb.ServerMessage.FromString(await ws.receive_bytes(timeout=10))
+    assert reply.register.worker_id.startswith("AW_")
+    return Scripted(ws, available)
+
+
+async def test_http_answers(appliance: Server, http: aiohttp.ClientSession) -> None:
+    url = appliance.http_url + "/agent"
+    async with http.get(url, headers=agent_header()) as r:
+        assert r.status == 404
+    room_token = mint_token(API_KEY, API_SECRET, identity="u", room="r")
+    with pytest.raises(aiohttp.WSServerHandshakeError) as exc:
+        await http.ws_connect(url, headers={"Authorization": f"Bearer {room_token}"})
+    assert exc.value.status == 401
+
+
+async def test_refusal_garbage_list_delete(appliance: Server, http: aiohttp.ClientSession) -> None:
+    refuser = await connect_worker(http, appliance, "scripted", available=False)
+    taker = await connect_worker(http, appliance, "scripted")
+    await lk.wait_for(lambda: workers_registered(appliance, "scripted") == 2, 10, "2 workers")
+
+    # Garbage closes only that connection.
+    bad = await http.ws_connect(appliance.ws_url + "/agent", headers=agent_header())
+    await bad.send_bytes(b"\xff\xff\xff\xff")
+    msg = await bad.receive(timeout=10)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1002
+
+    async with api.LiveKitAPI(appliance.http_url, API_KEY, API_SECRET) as lkapi:
+        for i in range(3):
+            d = await lkapi.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name="scripted", room=f"s-{i}", metadata="m")
+            )
+            assert d.agent_name == "scripted" and d.id.startswith("AD_")
+        await lk.wait_for(lambda: len(taker.assigned) == 3, 15, "3 assignments")
+        assert not refuser.assigned  # it may have been asked, but it never got a job
+        assert workers_registered(appliance, "scripted") == 2  # garbage did not hurt them
+
+        [listed] = await lkapi.agent_dispatch.list_dispatch("s-0")
+        [job] = listed.state.jobs
+        assert job.state.worker_id.startswith("AW_")
+        assert job.id == taker.assigned[0].job.id
+        assert job.state.status == agent_pb.JS_RUNNING
+        assert taker.assigned[0].job.room.sid.startswith("RM_")
+
+        # Built-ins coexist; ListDispatch tells them apart.
+        echo = await lkapi.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name="echo", room="s-0")
+        )
+        listed_all = await lkapi.agent_dispatch.list_dispatch("s-0")
+        by_name = {d.agent_name: d for d in listed_all}
+        assert set(by_name) == {"scripted", "echo"}
+        assert by_name["echo"].state.jobs[0].state.worker_id == "roomline"
+        await lkapi.agent_dispatch.delete_dispatch(echo.id, "s-0")
+
+        await lkapi.agent_dispatch.delete_dispatch(listed.id, "s-0")
+        await lk.wait_for(lambda: job.id in taker.terminated, 10, "JobTermination")
+        assert await lkapi.agent_dispatch.list_dispatch("s-0") == []
+
+        with pytest.raises(api.TwirpError) as exc:
+            await lkapi.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(agent_name="nobody", room="s-9")
+            )
+        assert exc.value.code == "not_found"
+        for i in (1, 2):
+            await lkapi.room.delete_room(api.DeleteRoomRequest(room=f"s-{i}"))
+        await lk.wait_for(lambda: len(taker.terminated) == 3, 10, "terminations on room delete")
+    await refuser.close()
+    await taker.close()
+
+
+async def test_room_config_and_token_dispatch(
+    appliance: Server, http: aiohttp.ClientSession
+) -> None:
+    worker = await connect_worker(http, appliance, "cfg-agent")
+    async with api.LiveKitAPI(appliance.http_url, API_KEY, API_SECRET) as lkapi:
+        await lkapi.room.create_room(
+            api.CreateRoomRequest(
+                name="cfg-room", agents=[api.RoomAgentDispatch(agent_name="cfg-agent")]
+            )
+        )
+        await lk.wait_for(lambda: len(worker.assigned) == 1, 10, "CreateRoom.agents job")
+        assert worker.assigned[0].job.room.name == "cfg-room"
+
+        # The join that creates the room carries roomConfig.agents.
+        tok = (
+            api.AccessToken(API_KEY, API_SECRET)
+            .with_identity("alice")
+            .with_grants(api.VideoGrants(room_join=True, room="tok-room"))
+            .with_room_config(
+                api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name="cfg-agent")])
+            )
+            .to_jwt()
+        )
+        room = await lk.connect(appliance.ws_url, tok)
+        try:
+            await lk.wait_for(lambda: len(worker.assigned) == 2, 10, "roomConfig.agents job")
+            assert worker.assigned[1].job.room.name == "tok-room"
+        finally:
+            await room.disconnect()
+        for name in ("cfg-room", "tok-room"):
+            await lkapi.room.delete_room(api.DeleteRoomRequest(room=name))
+    await worker.close()
+
+
+async def test_agents_are_dependent(appliance: Server) -> None:
+    """An AGENT takes no seat and does not keep the room open."""
+    async with api.LiveKitAPI(appliance.http_url, API_KEY, API_SECRET) as lkapi:
+        await lkapi.room.create_room(api.CreateRoomRequest(name="dep-room", max_participants=1))
+        agent = await lk.connect(
+            appliance.ws_url, lk.token("bot", "dep-room", kind="agent", agent=True)
+        )
+        human = await lk.connect(appliance.ws_url, lk.token("alice", "dep-room"))
+        await lk.wait_for(lambda: "bot" in human.remote_participants, 10, "agent visible")
+        assert human.remote_participants["bot"].kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT
+        await human.disconnect()
+        # departure_timeout is 2 s: the room closes with the agent still in it.
+        gone = asyncio.Event()
+        agent.on("disconnected", lambda *_: gone.set())
+        await asyncio.wait_for(gone.wait(), 15)
+        rooms = await lkapi.room.list_rooms(api.ListRoomsRequest(names=["dep-room"]))
+        assert not rooms.rooms
