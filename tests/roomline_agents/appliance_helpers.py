@@ -49,6 +49,13 @@ TONE_WORKER = textwrap.dedent(
             track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
         )
         await lp.set_attributes({"lk.agent.state": "speaking"})
+
+        def saw(p):
+            note(f"saw {ctx.job.id} {p.identity} {int(p.kind)}")
+
+        for p in list(ctx.room.remote_participants.values()):
+            saw(p)
+        ctx.room.on("participant_connected", saw)
         who = ctx.job.participant.identity if ctx.job.participant.identity else "-"
         note(f"joined {ctx.job.id} {ctx.room.name} {lp.identity} {who}")
         t, n = 0, 480
