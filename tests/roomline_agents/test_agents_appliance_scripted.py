@@ -223,3 +223,80 @@ async def test_agents_are_dependent(appliance: Server) -> None:
         await asyncio.wait_for(gone.wait(), 15)
         rooms = await lkapi.room.list_rooms(api.ListRoomsRequest(names=["dep-room"]))
         assert not rooms.rooms
+
+
+async def test_agent_session_data_paths(appliance: Server) -> None:
+    """What an AgentSession uses over /rtc: text streams (lk.transcription) and byte streams with
+    destination filtering, RPC both ways, lk.agent.state broadcast."""
+    agent = await lk.connect(
+        appliance.ws_url, lk.token("agent-x", "data-room", kind="agent", agent=True)
+    )
+    alice = await lk.connect(appliance.ws_url, lk.token("alice", "data-room"))
+    carol = await lk.connect(appliance.ws_url, lk.token("carol", "data-room"))
+    got: dict[str, list[str]] = {"alice": [], "carol": [], "agent": []}
+
+    def text_handler(who: str) -> object:
+        def handler(reader: rtc.TextStreamReader, sender: str) -> None:
+            async def read() -> None:
+                got[who].append(f"text {sender} {await reader.read_all()}")
+
+            asyncio.ensure_future(read())
+
+        return handler
+
+    def bytes_handler(who: str) -> object:
+        def handler(reader: rtc.ByteStreamReader, sender: str) -> None:
+            async def read() -> None:
+                data = b"".join([chunk async for chunk in reader])
+                got[who].append(f"bytes {sender} {len(data)}")
+
+            asyncio.ensure_future(read())
+
+        return handler
+
+    try:
+        for who, room in (("alice", alice), ("carol", carol), ("agent", agent)):
+            room.register_text_stream_handler("lk.transcription", text_handler(who))  # type: ignore[arg-type]
+            room.register_byte_stream_handler("lk.agent.session", bytes_handler(who))  # type: ignore[arg-type]
+        await lk.wait_for(lambda: len(agent.remote_participants) == 2, 10, "everyone in")
+        await agent.local_participant.send_text(
+            "hello alice", topic="lk.transcription", destination_identities=["alice"]
+        )
+        writer = await agent.local_participant.stream_bytes(
+            "blob", topic="lk.agent.session", destination_identities=["carol"]
+        )
+        await writer.write(b"x" * 40000)  # several chunks
+        await writer.aclose()
+        await alice.local_participant.send_text("hi agent", topic="lk.transcription")
+
+        @agent.local_participant.register_rpc_method("ping")
+        async def ping(data: rtc.RpcInvocationData) -> str:
+            return f"pong {data.caller_identity} {data.payload}"
+
+        reply = await alice.local_participant.perform_rpc(
+            destination_identity="agent-x", method="ping", payload="1"
+        )
+        assert reply == "pong alice 1"
+        await lk.wait_for(
+            lambda: (
+                got["alice"] == ["text agent-x hello alice"]
+                and got["carol"] == ["text alice hi agent", "bytes agent-x 40000"]
+                or got["carol"] == ["bytes agent-x 40000", "text alice hi agent"]
+            ),
+            10,
+            f"streams {got}",
+        )
+        await lk.wait_for(lambda: got["agent"] == ["text alice hi agent"], 10, f"{got}")
+
+        await agent.local_participant.set_attributes({"lk.agent.state": "listening"})
+        await lk.wait_for(
+            lambda: (
+                carol.remote_participants["agent-x"].attributes.get("lk.agent.state") == "listening"
+            ),
+            10,
+            "lk.agent.state",
+        )
+        assert got["alice"] == ["text agent-x hello alice"]  # nothing meant for others
+    finally:
+        for room in (agent, alice, carol):
+            await room.disconnect()
