@@ -121,7 +121,7 @@ async def test_http_answers(appliance: Server, http: aiohttp.ClientSession) -> N
 async def test_refusal_garbage_list_delete(appliance: Server, http: aiohttp.ClientSession) -> None:
     refuser = await connect_worker(http, appliance, "scripted", available=False)
     taker = await connect_worker(http, appliance, "scripted")
-    await lk.wait_for(lambda: workers_registered(appliance, "scripted") == 2, 10, "2 workers")
+    await lk.wait_for(lambda: workers_registered(appliance, "scripted") == 2, 30, "2 workers")
 
     # Garbage closes only that connection.
     bad = await http.ws_connect(appliance.ws_url + "/agent", headers=agent_header())
@@ -135,7 +135,7 @@ async def test_refusal_garbage_list_delete(appliance: Server, http: aiohttp.Clie
                 api.CreateAgentDispatchRequest(agent_name="scripted", room=f"s-{i}", metadata="m")
             )
             assert d.agent_name == "scripted" and d.id.startswith("AD_")
-        await lk.wait_for(lambda: len(taker.assigned) == 3, 15, "3 assignments")
+        await lk.wait_for(lambda: len(taker.assigned) == 3, 30, "3 assignments")
         assert not refuser.assigned  # it may have been asked, but it never got a job
         assert workers_registered(appliance, "scripted") == 2  # garbage did not hurt them
 
