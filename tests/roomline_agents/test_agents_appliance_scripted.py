@@ -299,3 +299,46 @@ async def test_agent_session_data_paths(appliance: Server) -> None:
     finally:
         for room in (agent, alice, carol):
             await room.disconnect()
+
+
+async def test_lost_worker_agent_removed_then_redispatched(
+    appliance: Server, http: aiohttp.ClientSession
+) -> None:
+    """The job's agent (here an SDK client joining with the job's token) stays in the room when
+    its worker's socket dies; before the job is offered to the other worker, the appliance removes
+    it. Then the agent leaving the room ends the job (JS_FAILED, as LiveKit)."""
+    first = await connect_worker(http, appliance, "ha-scripted")
+    async with api.LiveKitAPI(appliance.http_url, API_KEY, API_SECRET) as lkapi:
+        await lkapi.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name="ha-scripted", room="ha-s")
+        )
+        await lk.wait_for(lambda: len(first.assigned) == 1, 20, "assignment")
+        assignment = first.assigned[0]
+        agent = await lk.connect(appliance.ws_url, assignment.token)
+        left = asyncio.Event()
+        reasons: list[int] = []
+
+        def on_disconnected(reason: object) -> None:
+            reasons.append(int(reason))  # type: ignore[call-overload]
+            left.set()
+
+        agent.on("disconnected", on_disconnected)
+        second = await connect_worker(http, appliance, "ha-scripted")
+        await first.close()  # the worker dies; its agent is still in the room
+        await asyncio.wait_for(left.wait(), 30)  # removed after the 5 s re-dispatch grace ...
+        assert reasons == [rtc.DisconnectReason.PARTICIPANT_REMOVED]
+        await lk.wait_for(lambda: len(second.assigned) == 1, 20, "re-dispatch")  # ... then moved
+        assert second.offers[0].id == assignment.job.id
+        [d] = await lkapi.agent_dispatch.list_dispatch("ha-s")
+        assert d.state.jobs[-1].state.worker_id != assignment.job.state.worker_id
+
+        # The new agent joins, then leaves by itself: its job ends.
+        agent2 = await lk.connect(appliance.ws_url, second.assigned[0].token)
+        await asyncio.sleep(0.5)
+        await agent2.disconnect()
+        await lk.wait_for(lambda: assignment.job.id in second.terminated, 20, "JobTermination")
+        [d] = await lkapi.agent_dispatch.list_dispatch("ha-s")
+        assert d.state.jobs[-1].state.status == agent_pb.JS_FAILED
+        assert d.state.jobs[-1].state.error == "agent worker left the room"
+        await lkapi.room.delete_room(api.DeleteRoomRequest(room="ha-s"))
+    await second.close()
