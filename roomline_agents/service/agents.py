@@ -258,8 +258,22 @@ class Agents(Service):
         if self.workers.has_workers(d.agent_name, agent_pb.JT_PUBLISHER):
             room = self.node.rooms.rooms.get(d.room)
             for p in list(room.participants.values()) if room is not None else []:
-                if not p.dependent:
-                    self._launch(d, agent_pb.JT_PUBLISHER, p)
+                self._launch_publisher(d, p)
+
+    def _launch_publisher(self, d: ExternalDispatch, participant: Participant) -> None:
+        """One JT_PUBLISHER job per participant and dispatch (a join that creates the room
+        reaches here twice: from the room's creation and from the join itself)."""
+        if participant.dependent:
+            return
+        for job in self._jobs(d):
+            if (
+                job.active
+                and job.job_type == agent_pb.JT_PUBLISHER
+                and job.participant is not None
+                and job.participant.sid == participant.sid
+            ):
+                return
+        self._launch(d, agent_pb.JT_PUBLISHER, participant)
 
     def _jobs(self, d: ExternalDispatch) -> list[AgentJob]:
         return [self.workers.jobs[j] for j in d.job_ids if j in self.workers.jobs]
@@ -330,7 +344,7 @@ class Agents(Service):
         if joined:
             for d in [d for d in self.dispatches.values() if d.room == room.name]:
                 if self.workers.has_workers(d.agent_name, agent_pb.JT_PUBLISHER):
-                    self._launch(d, agent_pb.JT_PUBLISHER, participant)
+                    self._launch_publisher(d, participant)
             return
         for job in list(self.workers.jobs.values()):
             if (

@@ -99,10 +99,15 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def connect_worker(
-    s: aiohttp.ClientSession, server: Server, name: str, available: bool = True
+    s: aiohttp.ClientSession,
+    server: Server,
+    name: str,
+    available: bool = True,
+    job_type: int = agent_pb.JT_ROOM,
 ) -> Scripted:
     ws = await s.ws_connect(server.ws_url + "/agent", headers=agent_header())
-    await ws.send_bytes(wm(register=agent_pb.RegisterWorkerRequest(agent_name=name, version="t")))
+    reg = agent_pb.RegisterWorkerRequest(agent_name=name, version="t", type=job_type)  # type: ignore[arg-type]
+    await ws.send_bytes(wm(register=reg))
     reply = agent_pb.ServerMessage.FromString(await ws.receive_bytes(timeout=10))
     assert reply.register.worker_id.startswith("AW_")
     return Scripted(ws, available)
@@ -342,3 +347,34 @@ async def test_lost_worker_agent_removed_then_redispatched(
         assert d.state.jobs[-1].state.error == "agent worker left the room"
         await lkapi.room.delete_room(api.DeleteRoomRequest(room="ha-s"))
     await second.close()
+
+
+async def test_publisher_job_per_participant(
+    appliance: Server, http: aiohttp.ClientSession
+) -> None:
+    """A JT_PUBLISHER worker gets one job per joining participant (not for agents), also when the
+    join creates the room; the participant leaving ends its job."""
+    worker = await connect_worker(http, appliance, "pub-s", job_type=agent_pb.JT_PUBLISHER)
+    tok = (
+        api.AccessToken(API_KEY, API_SECRET)
+        .with_identity("alice")
+        .with_grants(api.VideoGrants(room_join=True, room="pub-room"))
+        .with_room_config(api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name="pub-s")]))
+        .to_jwt()
+    )
+    alice = await lk.connect(appliance.ws_url, tok)
+    bob = await lk.connect(appliance.ws_url, lk.token("bob", "pub-room"))
+    bot = await lk.connect(appliance.ws_url, lk.token("bot", "pub-room", kind="agent", agent=True))
+    try:
+        await lk.wait_for(lambda: len(worker.assigned) == 2, 20, "two publisher jobs")
+        await asyncio.sleep(0.5)
+        jobs = {a.job.participant.identity: a.job for a in worker.assigned}
+        assert sorted(jobs) == ["alice", "bob"] and len(worker.offers) == 2
+        assert all(j.type == agent_pb.JT_PUBLISHER for j in jobs.values())
+        await bob.disconnect()
+        await lk.wait_for(lambda: jobs["bob"].id in worker.terminated, 20, "bob's job ends")
+        assert jobs["alice"].id not in worker.terminated
+    finally:
+        for room in (alice, bob, bot):
+            await room.disconnect()
+    await worker.close()
