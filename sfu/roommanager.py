@@ -63,6 +63,7 @@ class RoomManager:
         max_participants: int = 0,
         metadata: str = "",
         agents: list[str] | None = None,
+        agent_metadata: Mapping[str, str] | None = None,
     ) -> tuple[Room, bool]:
         """CreateRoom: returns ``(room, created)``; an existing room is returned unchanged."""
         existing = self.rooms.get(name)
@@ -79,6 +80,7 @@ class RoomManager:
             empty_timeout=empty_timeout or self.defaults.empty_timeout,
             departure_timeout=departure_timeout or self.defaults.departure_timeout,
             agents=list(agents or []),
+            agent_metadata=dict(agent_metadata or {}),
         )
         self.rooms[name] = room
         return room, True
@@ -159,12 +161,18 @@ def room_options_from_config(room_config: Mapping[str, Any] | None) -> dict[str,
             options[attr] = int(value)
     agents = room_config.get("agents")
     if isinstance(agents, list):
-        names = []
+        names: list[str] = []
+        metadata: dict[str, str] = {}
         for entry in agents:
             if isinstance(entry, dict):
                 name = entry.get("agentName", entry.get("agent_name"))
                 if isinstance(name, str) and name:
                     names.append(name)
+                    meta = entry.get("metadata")
+                    if isinstance(meta, str) and meta:
+                        metadata[name] = meta
         if names:
             options["agents"] = names
+        if metadata:
+            options["agent_metadata"] = metadata
     return options

@@ -50,6 +50,8 @@ class RoomState:
     closed: bool = False
     #: Names of agents to dispatch when the room is created (CreateRoom ``agents``).
     agents: list[str] = field(default_factory=list)
+    #: Dispatch metadata per agent name in ``agents`` (CreateRoom / roomConfig ``RoomAgentDispatch``).
+    agent_metadata: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ views
 

@@ -200,7 +200,7 @@ class Agents(Service):
         self._launch_all(d)
         return d
 
-    def _lenient(self, room: str, name: str) -> None:
+    def _lenient(self, room: str, name: str, metadata: str = "") -> None:
         """Dispatch from a room's or SIP rule's config: never raises; an unknown name becomes a
         pending dispatch for the first worker of that name."""
         try:
@@ -209,6 +209,7 @@ class Agents(Service):
                     id=ids.new_sid(DISPATCH_PREFIX),
                     agent_name=name,
                     room=room,
+                    metadata=metadata,
                     created_at=time.time(),
                 )
                 self.dispatches[d.id] = d
@@ -219,7 +220,7 @@ class Agents(Service):
                     dispatch=d.id,
                 )
                 return
-            self.dispatch(room, name)
+            self.dispatch(room, name, metadata)
         except RoomlineError as exc:  # a bad rule must not stop the room or the call
             log.warning("room agent not dispatched", room=room, agent=name, error=exc.message)
 
@@ -326,7 +327,7 @@ class Agents(Service):
         if created:
             if room.agents:
                 for name in room.agents:
-                    self._lenient(room.name, name)
+                    self._lenient(room.name, name, room.agent_metadata.get(name, ""))
             elif room.name not in self._creating and "" in self.external_names():
                 self._external(room.name, "")  # automatic dispatch (unnamed workers)
             return

@@ -184,11 +184,13 @@ async def test_room_config_and_token_dispatch(
     async with api.LiveKitAPI(appliance.http_url, API_KEY, API_SECRET) as lkapi:
         await lkapi.room.create_room(
             api.CreateRoomRequest(
-                name="cfg-room", agents=[api.RoomAgentDispatch(agent_name="cfg-agent")]
+                name="cfg-room",
+                agents=[api.RoomAgentDispatch(agent_name="cfg-agent", metadata="from-create")],
             )
         )
         await lk.wait_for(lambda: len(worker.assigned) == 1, 10, "CreateRoom.agents job")
         assert worker.assigned[0].job.room.name == "cfg-room"
+        assert worker.assigned[0].job.metadata == "from-create"
 
         # The join that creates the room carries roomConfig.agents.
         tok = (
@@ -196,7 +198,9 @@ async def test_room_config_and_token_dispatch(
             .with_identity("alice")
             .with_grants(api.VideoGrants(room_join=True, room="tok-room"))
             .with_room_config(
-                api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name="cfg-agent")])
+                api.RoomConfiguration(
+                    agents=[api.RoomAgentDispatch(agent_name="cfg-agent", metadata="from-token")]
+                )
             )
             .to_jwt()
         )
@@ -204,6 +208,7 @@ async def test_room_config_and_token_dispatch(
         try:
             await lk.wait_for(lambda: len(worker.assigned) == 2, 10, "roomConfig.agents job")
             assert worker.assigned[1].job.room.name == "tok-room"
+            assert worker.assigned[1].job.metadata == "from-token"
         finally:
             await room.disconnect()
         for name in ("cfg-room", "tok-room"):
