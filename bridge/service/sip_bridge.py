@@ -16,10 +16,12 @@ import structlog
 
 import bridge.control as control
 from bridge.service.decide import DecideOptions, Decision, InviteDecider
+from bridge.service.sip_front import SIPFront
 from bridge.service.sip_service import SERVICE, SIPService
 from bridge.service.store import SIPStore
-from bridge.service.supervisor import WorkerHandle, WorkerSpec, WorkerSupervisor
+from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
 from bridge.service.trunks import InboundCall
+from bridge.service.workers import plan_workers
 from roomline.lifecycle import Service
 from sfu.service.metrics import Family
 
@@ -76,18 +78,14 @@ class SIPBridge:
             ),
         )
         self.socket = local_socket
-        specs = [
-            WorkerSpec(
-                sip_port=w.sip_port,
-                rtp_start=w.rtp_port_start,
-                rtp_end=w.rtp_port_end,
-                sip_host=cfg.sip.bind_address,
-                public_ip=cfg.sip.public_ip,
-            )
-            for w in cfg.sip.workers
-        ]
         self.supervisor = WorkerSupervisor(
-            specs, self.decide, self.on_call_state, check_pin=self.check_pin
+            plan_workers(cfg.sip), self.decide, self.on_call_state, check_pin=self.check_pin
+        )
+        #: The Kamailio front (None in the older direct mode, ``sip.workers`` as a list).
+        self.front = (
+            SIPFront(cfg.sip, self.supervisor, cfg.server.data_dir)
+            if cfg.sip.front_enabled
+            else None
         )
         self.rejected: dict[int, int] = {}
         # Calls answered for PIN entry, by SIP Call-ID: check_pin re-evaluates the same INVITE.
@@ -214,6 +212,15 @@ class SIPBridge:
             self.pin_calls.pop(state.call_id, None)
             self.decider.call_ended(state.call_id)
 
+    def health(self) -> tuple[str, bool, str]:
+        """/healthz line: healthy while at least one worker takes calls."""
+        workers = self.supervisor.workers
+        ready = [w for w in workers if w.ready]
+        cap = sum(w.max_calls for w in ready)
+        active = sum(w.active_calls for w in workers)
+        detail = f"{len(ready)}/{len(workers)} ready, {active}/{cap} calls"
+        return "sip-workers", bool(ready), detail
+
     def metrics(self) -> Iterable[Family]:
         workers = self.supervisor.workers
         yield (
@@ -251,11 +258,28 @@ class SIPPart(Service):
         self.bridge = bridge
 
     async def start(self) -> None:
-        if self.bridge is not None:
-            await self.bridge.supervisor.start()
+        if self.bridge is None:
+            return
+        front = self.bridge.front
+        if front is not None:
+            await front.preflight()  # before any worker: a missing kamailio stops serve here
+        else:
+            log.warning(
+                "sip.workers is a list: direct mode without the SIP front, each worker on its "
+                "own public port; write `workers: auto` (or a count) for one SIP address"
+            )
+        await self.bridge.supervisor.start()
+        if front is not None:
+            try:
+                await front.start()
+            except Exception:
+                await self.bridge.supervisor.stop()
+                raise
 
     async def stop(self) -> None:
         if self.bridge is not None:
+            if self.bridge.front is not None:
+                await self.bridge.front.stop()
             await self.bridge.supervisor.stop()
         self.store.close()
 
@@ -274,4 +298,8 @@ def install(
     bridge = SIPBridge(server, store, local_socket, agent_starter) if cfg.sip.enabled else None
     if bridge is not None:
         server.metrics.collectors.append(bridge.metrics)
+        server.health_checks.append(bridge.health)
+        if bridge.front is not None:
+            server.metrics.collectors.append(bridge.front.metrics)
+            server.health_checks.append(bridge.front.health)
     return SIPPart(store, bridge)

@@ -55,6 +55,7 @@ from bridge.worker.sipmsg import (
     parse_name_addr,
     via_transport,
 )
+from bridge.worker.source import true_source
 from sfu.local.client import ChannelClient
 from sfu.local.codec import OPUS_PT, OpusDecoder, OpusEncoder, RtpError, RtpPacketizer, parse_rtp
 
@@ -145,6 +146,11 @@ class WorkerOptions:
     max_calls: int = 32
     tcp: bool = True
     log_level: int = 1
+    # Front mode (bridge/service/workers.py): RTP binds/advertises apart from SIP (SIP stays on
+    # loopback), and X-Roomline-Source is trusted only from these front ip:port sources.
+    rtp_host: str | None = None  # None = sip_host
+    rtp_public_ip: str | None = None  # None = public_ip
+    front_sources: tuple[str, ...] = ()
 
 
 class Worker:
@@ -224,10 +230,12 @@ class Worker:
         mt = acfg.mediaConfig.transportConfig
         mt.port = o.rtp_start
         mt.portRange = max(0, o.rtp_end - o.rtp_start)
-        if o.public_ip:
-            mt.publicAddress = o.public_ip
-        if o.sip_host not in ("", "0.0.0.0"):
-            mt.boundAddress = o.sip_host
+        rtp_public = o.public_ip if o.rtp_public_ip is None else o.rtp_public_ip
+        rtp_host = o.sip_host if o.rtp_host is None else o.rtp_host
+        if rtp_public:
+            mt.publicAddress = rtp_public
+        if rtp_host not in ("", "0.0.0.0"):
+            mt.boundAddress = rtp_host
         acc = WorkerAccount(self)
         acc.create(acfg, True)
         self.acc = acc
@@ -304,7 +312,7 @@ class Worker:
             log.info("rejecting INVITE with unparsable headers: %s", exc.message)
             self._hangup_now(call, 400, "Bad Request")
             return
-        src_ip, _, src_port = src.rpartition(":")
+        source, headers = true_source(src, headers, self.opts.front_sources)
         req_id = self._next_id
         self._next_id += 1
         invite = control.InviteRequest(
@@ -315,10 +323,10 @@ class Worker:
             from_tag=frm.tag,
             to_user=to.user,
             to_host=to.host,
-            src_ip=src_ip.strip("[]"),
-            src_port=int(src_port) if src_port.isdigit() else 0,
+            src_ip=source.ip,
+            src_port=source.port,
             user_agent=get_header(headers, "User-Agent") or "",
-            transport=via_transport(get_header(headers, "Via")),
+            transport=source.transport or via_transport(get_header(headers, "Via")),
             headers=headers,
             authorization=get_header(headers, "Proxy-Authorization"),
         )
@@ -763,6 +771,14 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
     ap.add_argument("--max-calls", type=int, default=32, help="requested; clamped by the build")
     ap.add_argument("--no-tcp", action="store_true")
     ap.add_argument("--log-level", type=int, default=1, help="pjsua log level 0-6")
+    ap.add_argument("--rtp-host", default=None, help="address RTP binds to (default: --sip-host)")
+    ap.add_argument("--rtp-public-ip", default=None, help="SDP c= address (default: --public-ip)")
+    ap.add_argument(
+        "--front-source",
+        action="append",
+        default=[],
+        help="ip:port of the SIP front; X-Roomline-Source is trusted only from there",
+    )
     a = ap.parse_args(argv)
     if not 0 < a.rtp_start <= a.rtp_end < 65536:
         ap.error("need 0 < rtp-start <= rtp-end < 65536")
@@ -776,6 +792,9 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
         max_calls=a.max_calls,
         tcp=not a.no_tcp,
         log_level=a.log_level,
+        rtp_host=a.rtp_host,
+        rtp_public_ip=a.rtp_public_ip,
+        front_sources=tuple(a.front_source),
     )
 
 
