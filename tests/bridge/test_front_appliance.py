@@ -357,7 +357,10 @@ async def _wait_idle(server: Server) -> None:
 async def test_24_concurrent_calls_through_one_address(front: Front, tmp_path: Path) -> None:
     server, wd = front.server, front.workdir
     await _wait_idle(server)
-    n_sipp, phones = 20, [(20 + i, 500.0 + 100 * i) for i in range(4)]
+    n_sipp, phones = (
+        int(os.environ.get("RL_NSIPP", "20")),
+        [(20 + i, 500.0 + 100 * i) for i in range(4)],
+    )
     pcap = wd / "t1k.pcap"
     write_tone_pcap(pcap, 1000.0, 20.0)
     sc = _scenario(wd / "uac24.xml", pcap=pcap, play_ms=16000)
@@ -397,13 +400,13 @@ async def test_24_concurrent_calls_through_one_address(front: Front, tmp_path: P
                 procs.append(await PhoneProcess.start(args))
 
             # All 24 answered and in their rooms at the same time.
-            act = await _wait_active(server, lambda n: n >= 24, 60, "24 calls")
+            act = await _wait_active(server, lambda n: n >= n_sipp + 4, 60, "24 calls")
             print("active calls per worker:", act)
-            assert sum(1 for v in act.values() if v > 0) >= WORKERS - 2, act
+            assert n_sipp < 20 or sum(1 for v in act.values() if v > 0) >= WORKERS - 2, act
             all_rooms = [_room(_number(i)) for i in range(n_sipp)] + [
                 _room(_number(i)) for i, _ in phones
             ]
-            idents = {_room(_number(i)): f"sip_{_caller(i)}" for i in range(24)}
+            idents = {_room(_number(i)): f"sip_{_caller(i)}" for i in range(24)}  # noqa
             end = time.monotonic() + 20
             while True:
                 parts = await _sip_participants(server, all_rooms)
@@ -435,12 +438,16 @@ async def test_24_concurrent_calls_through_one_address(front: Front, tmp_path: P
         for r in rooms:
             await r.disconnect()
 
-    # room → phone: the SDK's 440 Hz at each phone
+    # room → phone: the SDK's 440 Hz at each phone (from 4 s after answer: the worker joins the
+    # room and subscribes after answering, on a host busy with 24 call set-ups)
+    heard_checks = []
     for (i, _), ev in zip(phones, events, strict=True):
         assert any(e["event"] == "disconnected" and e["local_hangup"] for e in ev), ev
-        heard, rate = phone_pcm(tmp_path / f"heard{i}.wav", 3.0, 9.0)
+        heard, rate = phone_pcm(tmp_path / f"heard{i}.wav", 4.0, 11.0)
         chk = check_tone(heard, rate, 440.0)
         print(f"room 440 Hz -> phone {i}: {chk}")
+        heard_checks.append(chk)
+    for chk in heard_checks:
         assert abs(chk.freq - 440.0) < 5 and chk.median_window >= PHONE_SNR, chk
     rc, out = await sipp
     assert rc == 0, out[-3000:]
@@ -523,7 +530,7 @@ async def test_killed_worker_is_skipped_then_takes_calls_again(front: Front) -> 
     cap = WORKERS * 4
     rows3 = [(_caller(120 + i), _number(120 + i)) for i in range(cap)]
     again = asyncio.create_task(
-        run_sipp(_sipp(short, inject=_inject(wd / "c32.csv", rows3), calls=cap, rate=16), wd, 90)
+        run_sipp(_sipp(load_sc, inject=_inject(wd / "c32.csv", rows3), calls=cap, rate=16), wd, 90)
     )
     act = await _wait_active(server, lambda n: n >= cap, 60, "full load after restart")
     assert act[f'{{sip_port="{victim_port}"}}'] > 0, act
