@@ -49,10 +49,8 @@ def free_udp_range(size: int) -> tuple[int, int]:
 
 
 def roomline_command() -> list[str]:
-    script = Path(sys.executable).parent / "roomline"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from appliance.cli import main; sys.exit(main())"]
+    """``roomline`` from this checkout (a venv's console script may belong to another tree)."""
+    return [sys.executable, "-m", "appliance.cli"]
 
 
 @dataclass
@@ -107,7 +105,8 @@ def start_server(tmp: Path, **sections: dict[str, object]) -> Server:
     config_path = tmp / "roomline.yaml"
     write_config(config_path, port, data_dir, **sections)
     log_path = tmp / "roomline.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [*roomline_command(), "serve", "--config", str(config_path)],
