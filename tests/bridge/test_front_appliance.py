@@ -195,6 +195,25 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Front]:
         stop_server(server)
         print(server.log_text()[-3000:] if server.process.returncode not in (0, None) else "")
         shutil.rmtree(workdir, ignore_errors=True)
+    # Stopped with the appliance: no Kamailio or worker of ours left behind.
+    assert _children_of(str(tmp)) == [], _children_of(str(tmp))
+
+
+def _children_of(marker: str) -> list[str]:
+    """Command lines of kamailio or bridge-worker processes that mention ``marker`` / our ports."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if ("kamailio" in argv and marker in argv) or (
+            "bridge.worker" in argv and f"--sip-port {WORKER_BASE}" in argv
+        ):
+            out.append(argv)
+    return out
 
 
 # --- SIPp --------------------------------------------------------------------------------------
@@ -554,6 +573,20 @@ async def test_sipp_over_tcp(front: Front) -> None:
         _sipp(sc, inject=_inject(wd / "ctcp.csv", rows), calls=2, tcp=True), wd, 60
     )
     assert rc == 0, out[-3000:]
+
+
+async def test_healthz_reports_front_and_workers(front: Front) -> None:
+    status, body = _healthz(front.server)
+    lines = body.splitlines()
+    assert status == 200 and lines[0] == "ok", body
+    assert any(ln.startswith(f"sip-workers: ok {WORKERS}/{WORKERS} ready") for ln in lines), body
+    assert any(ln.startswith("sip-front: ok kamailio pid") for ln in lines), body
+    m = metrics(front.server)
+    assert m[("roomline_sip_front_up", "")] == 1
+    cfg = front.server.data_dir / "sip-front" / "kamailio.cfg"
+    assert cfg.exists() and (front.server.data_dir / "sip-front" / "dispatcher.list").exists()
+    listed = (front.server.data_dir / "sip-front" / "dispatcher.list").read_text()
+    assert all(f"sip:127.0.0.1:{WORKER_BASE + i} " in listed for i in range(WORKERS)), listed
 
 
 # --- 5. a fake X-Roomline-Source buys nothing --------------------------------------------------
