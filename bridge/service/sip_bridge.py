@@ -48,6 +48,12 @@ def inbound_call(req: control.InviteRequest) -> InboundCall:
     )
 
 
+def _source(call: InboundCall) -> str:
+    """The caller's true ``ip:port;transport`` (behind the front: from X-Roomline-Source)."""
+    host = f"[{call.src_ip}]" if ":" in call.src_ip else call.src_ip
+    return f"{host}:{call.src_port};{call.transport or 'udp'}"
+
+
 class AgentStarter(Protocol):
     """What the bridge needs from the agents part: start a rule's agents in an existing room."""
 
@@ -114,6 +120,7 @@ class SIPBridge:
                 reason=decision.reason,
                 dropped=decision.drop,
                 src_ip=call.src_ip,
+                src=_source(call),
             )
             return control.InviteResult(
                 id=req.id,
@@ -130,6 +137,7 @@ class SIPBridge:
             identity=decision.participant_identity,
             trunk=decision.trunk_id,
             rule=decision.rule_id,
+            src=_source(call),
         )
         return control.InviteResult(
             id=req.id,

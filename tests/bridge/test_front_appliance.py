@@ -569,10 +569,18 @@ async def test_sipp_over_tcp(front: Front) -> None:
     write_tone_pcap(pcap, 1000.0, 20.0)
     sc = _scenario(wd / "uactcp.xml", pcap=pcap, play_ms=3000)
     rows = [(_caller(80 + i), _number(80 + i)) for i in range(2)]
-    rc, out = await run_sipp(
-        _sipp(sc, inject=_inject(wd / "ctcp.csv", rows), calls=2, tcp=True), wd, 60
-    )
+    cmd = _sipp(sc, inject=_inject(wd / "ctcp.csv", rows), calls=2, tcp=True)
+    caller_port = cmd[cmd.index("-p") + 1]
+    rc, out = await run_sipp(cmd, wd, 60)
     assert rc == 0, out[-3000:]
+    # The worker saw the caller's true source and transport (X-Roomline-Source from the front),
+    # not the front's loopback UDP socket.
+    accepted = [
+        ln
+        for ln in server.log_text().splitlines()
+        if "sip call accepted" in ln and _caller(80) in ln
+    ]
+    assert accepted and f'"src": "127.0.0.1:{caller_port};tcp"' in accepted[-1], accepted
 
 
 async def test_healthz_reports_front_and_workers(front: Front) -> None:
