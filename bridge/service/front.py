@@ -104,7 +104,7 @@ def front_options_from_sip(
     With the older list form the listed ``sip_port`` values are taken as loopback workers.
     ``overrides`` replace any option.
     """
-    from bridge.service.workers import front_internal_port, plan_workers
+    from bridge.service.workers import front_bind_address, front_internal_port, plan_workers
 
     workers_cfg = getattr(sip, "workers", ())
     if isinstance(workers_cfg, list):
@@ -122,6 +122,7 @@ def front_options_from_sip(
     }
     if not isinstance(workers_cfg, list):
         values.update(
+            bind_address=front_bind_address(sip),  # type: ignore[arg-type]
             port=sip.port,  # type: ignore[attr-defined]
             tls_port=sip.tls_port,  # type: ignore[attr-defined]
             tls_cert_file=sip.tls_cert_file,  # type: ignore[attr-defined]

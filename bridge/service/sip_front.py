@@ -97,10 +97,11 @@ class SIPFront:
             await self.front.stop()
             raise SIPFrontError(f"SIP front: {exc}") from None
         log.info(
-            "SIP front listening on %s:%d (udp, tcp%s) for %d workers",
-            self.sip.bind_address,
+            "SIP front listening on %s:%d (udp, tcp%s)%s for %d workers",
+            self.front.options.bind_address,
             self.sip.port,
             f", tls {self.sip.tls_port}" if self.front.options.tls_enabled else "",
+            f" advertising {self.front.options.advertise}" if self.front.options.advertise else "",
             len(self.supervisor.workers),
         )
         self._watch = asyncio.get_running_loop().create_task(self._watch_workers())

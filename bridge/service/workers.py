@@ -17,6 +17,7 @@ Pure functions, no I/O: :func:`plan_workers` turns a ``SIPConfig`` into ``Worker
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 from bridge.service.supervisor import WorkerSpec
@@ -25,6 +26,7 @@ from roomline.config import SIPConfig
 __all__ = [
     "LOOPBACK",
     "RtpSlice",
+    "front_bind_address",
     "front_internal_port",
     "front_sources",
     "plan_workers",
@@ -56,15 +58,53 @@ def rtp_slices(start: int, end: int, count: int) -> list[RtpSlice]:
     return [RtpSlice(first + i * size, first + (i + 1) * size - 1) for i in range(count)]
 
 
+def _is_local(addr: str) -> bool:
+    """Whether ``addr`` is one of this host's addresses (it can be bound)."""
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.bind((addr, 0))
+        return True
+    except OSError:
+        return False
+
+
+def _route_source(addr: str) -> str:
+    """The local address the kernel would send from towards ``addr`` ("" if none)."""
+    fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.connect((addr, 9))  # UDP connect: no packet is sent
+            return str(s.getsockname()[0])
+    except OSError:
+        return ""
+
+
+def front_bind_address(sip: SIPConfig) -> str:
+    """The address the front binds: ``sip.bind_address``, except behind 1:1 NAT.
+
+    When ``sip.public_ip`` is not an address of this host (a cloud VM, a Docker container with
+    published ports) and ``bind_address`` is the wildcard, the front binds the local address that
+    routes towards the public one, so that it can advertise ``public_ip`` in Via/Record-Route.
+    """
+    bind = sip.bind_address
+    if sip.public_ip and ipaddress.ip_address(bind).is_unspecified:
+        if not _is_local(sip.public_ip):
+            return _route_source(sip.public_ip) or bind
+    return bind
+
+
 def front_internal_port(sip: SIPConfig) -> int:
     """The front's loopback port facing the workers when it advertises ``sip.public_ip`` (1:1
-    NAT: ``bind_address`` is the private address the public one maps to), else 0.
+    NAT: it binds the private address the public one maps to), else 0.
 
     It is the port just above the workers' ports.
     """
-    bind = ipaddress.ip_address(sip.bind_address)
-    if not sip.public_ip or bind.is_unspecified or sip.public_ip == sip.bind_address:
+    bind = front_bind_address(sip)
+    if not sip.public_ip or ipaddress.ip_address(bind).is_unspecified or sip.public_ip == bind:
         return 0
+    if _is_local(sip.public_ip):
+        return 0  # the public address is on this host: nothing to advertise
     return sip.worker_base_port + sip.worker_count()
 
 
@@ -75,7 +115,7 @@ def front_sources(sip: SIPConfig) -> tuple[str, ...]:
     from its ``127.0.0.1:<port>`` socket; with a specific address it sends from that one; when it
     advertises a NAT address, from its own loopback socket (:func:`front_internal_port`).
     """
-    bind = sip.bind_address
+    bind = front_bind_address(sip)
     out = [f"{LOOPBACK}:{sip.port}"]
     internal = front_internal_port(sip)
     if internal:

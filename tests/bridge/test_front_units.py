@@ -130,6 +130,24 @@ def test_plan_advertises_public_ip_or_specific_bind_in_sdp() -> None:
     opts.validate()
 
 
+def test_wildcard_bind_behind_nat_binds_the_routing_address_and_advertises() -> None:
+    from bridge.service.workers import _route_source, front_bind_address
+
+    sip = _cfg(public_ip="203.0.113.7").sip  # not an address of this host
+    local = _route_source("203.0.113.7")
+    if not local:
+        pytest.skip("no route towards 203.0.113.7 here")
+    assert front_bind_address(sip) == local
+    opts = front_options_from_sip(sip)
+    assert (opts.bind_address, opts.advertise, opts.internal_port) == (local, "203.0.113.7", 5078)
+    assert "127.0.0.1:5078" in front_sources(sip)
+    opts.validate()
+    # A public address that is this host's own: bind as configured, advertise nothing.
+    own = _cfg(public_ip="127.0.0.1").sip
+    assert front_bind_address(own) == "0.0.0.0"
+    assert front_options_from_sip(own).advertise == ""
+
+
 def test_worker_parses_front_options() -> None:
     o = parse_args(
         [
