@@ -628,3 +628,42 @@ async def test_fake_source_header_does_not_pass_ip_restricted_trunk(front: Front
     # Straight at a worker's loopback port (not from the front's socket): ignored there too.
     rc, out = await run_sipp(_sipp(sc, target=f"127.0.0.1:{WORKER_BASE}"), wd, 30)
     assert rc == 0, out[-3000:]
+
+
+# --- 6. the room hangs up: the worker's BYE reaches the caller through the front ----------------
+async def test_room_hangup_bye_reaches_caller_through_front(front: Front) -> None:
+    server, wd = front.server, front.workdir
+    await _wait_idle(server)
+    caller, number = _caller(95), _number(95)
+    sc = _scenario(wd / "uacbye.xml", pcap=None, play_ms=0, caller=caller, callee=number)
+    text = sc.read_text()
+    head = text[: text.index('  <pause milliseconds="0"/>')]
+    sc.write_text(
+        head
+        + """  <recv request="BYE" timeout="30000"/>
+  <send><![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]></send>
+</scenario>
+"""
+    )
+    call = asyncio.create_task(run_sipp(_sipp(sc), wd, 60))
+    ident = f"sip_{caller}"
+    end = time.monotonic() + 30
+    while ident not in (await _sip_participants(server, [_room(number)]))[_room(number)]:
+        assert time.monotonic() < end and not call.done(), "caller never joined"
+        await asyncio.sleep(0.3)
+    async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lk:
+        await lk.room.remove_participant(
+            api.RoomParticipantIdentity(room=_room(number), identity=ident)
+        )
+    rc, out = await call
+    assert rc == 0, out[-3000:]  # SIPp received the BYE (sent via the front's Record-Route)
