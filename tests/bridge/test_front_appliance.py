@@ -10,7 +10,11 @@ LiveKit SDK, the control plane ``livekit-api``; audio is checked by FFT.
 * all 32 slots busy → the next call gets 486 at once, from the front.
 * ``kill -9`` of a worker under load: new calls go to the others; once restarted it takes calls.
 * SIPp over TCP through the front.
-* A caller writing its own ``X-Roomline-Source`` gets nothing from it (front and worker side).
+* A caller writing its own ``X-Roomline-Source`` gets nothing from it (front and worker side);
+  the worker logs the caller's true ``ip:port;transport``.
+* ``/healthz`` lists the front and the workers; the files are in ``<data_dir>/sip-front``.
+* A room-side hangup: the worker's BYE reaches the caller through the front (Record-Route).
+* After the module, no Kamailio or worker process is left.
 """
 
 from __future__ import annotations
