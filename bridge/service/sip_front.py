@@ -155,6 +155,10 @@ class SIPFront:
             if needle in line:
                 self.rejections[reason] += 1
                 break
+        if self.front._stopping:
+            # Kamailio reports its children's exits at ALERT level while it shuts down.
+            log.info("kamailio: %s", line)
+            return
         front_mod._log_line(line)
 
     async def _watch_workers(self) -> None:
