@@ -27,7 +27,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bridge.service import front as front_mod
-from bridge.service.front import FrontError, KamailioFront, front_options_from_sip
+from bridge.service.front import (
+    FrontConfigError,
+    FrontError,
+    KamailioFront,
+    front_options_from_sip,
+)
 from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
 from roomline.config import CALLS_PER_WORKER, SIPConfig
 from roomline.errors import RoomlineError
@@ -86,14 +91,14 @@ class SIPFront:
         """Binary, modules and ``kamailio -c`` on the rendered files; :class:`SIPFrontError`."""
         try:
             await self.front.check()
-        except FrontError as exc:
+        except (FrontError, FrontConfigError) as exc:
             raise SIPFrontError(f"SIP front: {exc}") from None
 
     async def start(self) -> None:
         try:
             await self.front.start()
             await self.front.wait_ready()
-        except FrontError as exc:
+        except (FrontError, FrontConfigError) as exc:
             await self.front.stop()
             raise SIPFrontError(f"SIP front: {exc}") from None
         log.info(
@@ -189,7 +194,7 @@ class SIPFront:
         self.front.options = front_options_from_sip(self.sip, caps)
         try:
             await self.front.reload_config()
-        except FrontError as exc:
+        except (FrontError, FrontConfigError) as exc:
             log.error("cannot reload the SIP front: %s", exc)
 
     async def _set_state(self, w: WorkerHandle, up: bool) -> bool:

@@ -276,3 +276,12 @@ def test_health_and_metrics_before_start(tmp_path: Path) -> None:
     fams = {f[0]: f for f in front.metrics()}
     got = dict((lbl["reason"], v) for lbl, v in fams["roomline_sip_front_rejections_total"][3])
     assert got["all_busy_486"] == 1 and got["flood_ban"] == 1 and got["malformed"] == 0
+
+
+async def test_impossible_front_options_are_a_roomline_error(tmp_path: Path) -> None:
+    # TLS files Kamailio cannot quote: refused while rendering, reported as SIPFrontError.
+    sip = _cfg(workers=1, tls_cert_file='/c"rt.pem', tls_key_file="/k.pem").sip
+    sup = WorkerSupervisor(plan_workers(sip), lambda req: None)  # type: ignore[arg-type,return-value]
+    front = SIPFront(sip, sup, str(tmp_path))
+    with pytest.raises(SIPFrontError, match="tls_cert_file"):
+        await front.preflight()
