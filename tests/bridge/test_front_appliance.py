@@ -14,6 +14,7 @@ LiveKit SDK, the control plane ``livekit-api``; audio is checked by FFT.
   the worker logs the caller's true ``ip:port;transport``.
 * ``/healthz`` lists the front and the workers; the files are in ``<data_dir>/sip-front``.
 * A room-side hangup: the worker's BYE reaches the caller through the front (Record-Route).
+* Kamailio killed: restarted, the workers pushed up again, calls flow.
 * After the module, no Kamailio or worker process is left.
 """
 
@@ -671,3 +672,29 @@ async def test_room_hangup_bye_reaches_caller_through_front(front: Front) -> Non
         )
     rc, out = await call
     assert rc == 0, out[-3000:]  # SIPp received the BYE (sent via the front's Record-Route)
+
+
+# --- 7. Kamailio itself dies: restarted, workers pushed up again, calls flow --------------------
+async def test_front_restarts_after_kill(front: Front) -> None:
+    server, wd = front.server, front.workdir
+    await _wait_idle(server)
+    _, body = _healthz(server)
+    pid = int(body.split("kamailio pid ")[1].split()[0])
+    os.kill(pid, signal.SIGKILL)
+    end = time.monotonic() + 30
+    while True:
+        status, body = _healthz(server)
+        if status == 200 and "kamailio pid" in body and f"pid {pid} " not in body:
+            break
+        assert time.monotonic() < end, body
+        await asyncio.sleep(0.2)
+    end = time.monotonic() + 15
+    while not _ready(server):  # the watcher re-pushed every worker's state
+        assert time.monotonic() < end, metrics(server)
+        await asyncio.sleep(0.2)
+    assert metrics(server)[("roomline_sip_front_restarts_total", "")] >= 1
+    sc = _scenario(
+        wd / "afterkill.xml", pcap=None, play_ms=500, caller=_caller(96), callee=_number(96)
+    )
+    rc, out = await run_sipp(_sipp(sc), wd, 30)
+    assert rc == 0, out[-3000:]
