@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -61,9 +62,12 @@ WORKER_BASE = 34070
 WORKERS = 8  # workers: auto with the default target_calls (32)
 RTP = (34200, 34519)
 RTC = (34600, 34699)
-SIPP_PORTS = iter(range(34100, 34150))
-PHONE_PORTS = iter(range(34150, 34180))
-MEDIA_PORTS = iter(range(34700, 34999, 20))
+# Reused round-robin (a run's ports are free again by the time they come round).
+SIPP_PORTS = itertools.cycle(range(34100, 34150))
+PHONE_PORTS = itertools.cycle(range(34150, 34180))
+#: SIPp media bases, 80 apart: 32 calls use up to 64 ports from the base.
+MEDIA_PORTS = itertools.cycle(range(34700, 34940, 80))
+PHONE_RTP = itertools.cycle(range(34950, 34999, 12))
 
 RATE = 48000
 #: Phone → room (measured at the SDK): 25-35 dB even with 24 calls on the shared 2-core host.
@@ -435,7 +439,7 @@ async def test_24_concurrent_calls_through_one_address(front: Front, tmp_path: P
                     "--port",
                     str(next(PHONE_PORTS)),
                     "--rtp-start",
-                    str(next(MEDIA_PORTS)),
+                    str(next(PHONE_RTP)),
                     "--caller",
                     _caller(i),
                     "--workdir",
