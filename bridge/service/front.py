@@ -131,6 +131,7 @@ def front_options_from_sip(
             pike_sampling_time=sip.pike_sampling_time,  # type: ignore[attr-defined]
             pike_reqs_density=sip.pike_reqs_density,  # type: ignore[attr-defined]
             ban_seconds=sip.ban_seconds,  # type: ignore[attr-defined]
+            contact_via_front=True,
         )
     internal = front_internal_port(sip) if not isinstance(workers_cfg, list) else 0  # type: ignore[arg-type]
     if internal:

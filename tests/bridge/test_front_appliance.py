@@ -258,14 +258,27 @@ def _scenario(
     ruri = f"sip:{callee}@[remote_ip]:[remote_port]"
     extra_lines = f"\n{extra}" if extra else ""
 
-    def send(method: str, cseq: str, to_tag: bool, body: str = "", retrans: bool = True) -> str:
+    def send(
+        method: str,
+        cseq: str,
+        to_tag: bool,
+        body: str = "",
+        retrans: bool = True,
+        in_dialog: bool = False,
+    ) -> str:
         h = hdr.format(to_tag="[peer_tag_param]" if to_tag else "", cseq=cseq)
+        uri = ruri
+        if in_dialog:
+            # An RFC 3261 UA: the R-URI is the remote target (the 200's Contact, which the front
+            # rewrote to itself) and the route set comes from Record-Route.
+            uri = "[next_url]"
+            h += "\n      [routes]"
         if body:
             tail = f"{extra_lines}\n      Content-Type: application/sdp\n      Content-Length: [len]\n\n      {body}"
         else:
             tail = "\n      Content-Length: 0"
         r = ' retrans="500"' if retrans else ""
-        return f"  <send{r}><![CDATA[\n\n      {method} {ruri} SIP/2.0\n{h}{tail}\n\n    ]]></send>"
+        return f"  <send{r}><![CDATA[\n\n      {method} {uri} SIP/2.0\n{h}{tail}\n\n    ]]></send>"
 
     parts = [
         '<?xml version="1.0" encoding="ISO-8859-1" ?>',
@@ -283,13 +296,13 @@ def _scenario(
     else:
         parts += [
             '  <recv response="200" rtd="true" rrs="true"/>',
-            send("ACK", "1 ACK", True, retrans=False),
+            send("ACK", "1 ACK", True, retrans=False, in_dialog=True),
         ]
         if pcap is not None:
             parts.append(f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>')
         parts += [
             f'  <pause milliseconds="{play_ms}"/>',
-            send("BYE", "2 BYE", True),
+            send("BYE", "2 BYE", True, in_dialog=True),
             '  <recv response="200"/>',
         ]
     parts.append("</scenario>\n")

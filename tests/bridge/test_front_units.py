@@ -250,6 +250,13 @@ def test_front_options_from_the_sip_config() -> None:
     assert opts.trusted_addresses == ("192.0.2.0/24",) and opts.pike_reqs_density == 50
     assert opts.advertise == ""
     opts.validate()
+    # Contact of the workers' replies → the front (rlw-<port>), routed back statelessly.
+    assert opts.contact_via_front
+    from bridge.service.kamailio_cfg import render_kamailio_cfg
+
+    text = render_kamailio_cfg(opts, "/tmp/d.list", "/tmp/t.cfg")
+    assert 'append_hf("Contact: <sip:rlw-$sp@$avp(rl_fh):$avp(rl_fp)>' in text
+    assert '$du = "sip:127.0.0.1:" + $(rU{s.substr,4,0});' in text
 
 
 async def test_missing_kamailio_is_a_clear_error(tmp_path: Path) -> None:
