@@ -20,6 +20,7 @@ Ports 39000-39999.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import shutil
 import subprocess
@@ -42,6 +43,7 @@ from tests.support.server import API_KEY, API_SECRET, Server, start_server, stop
 from tests.support.sip.fullstack import check_tone
 from tests.support.sip.peers import PhoneProcess, disconnected, run_phone
 from tests.support.sip.sipp import SIPP, run_sipp
+from tests.support.sip.sniff import can_sniff, rtp_payload_sizes, sniff_udp
 
 HAVE_TLS_MODULE = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so").exists()
 
@@ -222,11 +224,32 @@ async def _sip_participants(server: Server, room: str) -> list[str]:
     return [p.identity for p in resp.participants if p.kind == api.ParticipantInfo.Kind.SIP]
 
 
+#: PCMU 20 ms = 160 bytes of payload; SRTP adds the auth tag (10 bytes for *_80, 4 for *_32).
+PLAIN_SIZES = {160}
+SRTP_SIZES = {170, 164}
+
+
+def _sniff(seconds: float) -> asyncio.Task[list[Any]]:
+    """Capture the workers' RTP (both directions) in the background for ``seconds``."""
+    return asyncio.create_task(asyncio.to_thread(sniff_udp, range(RTP[0], RTP[1] + 1), seconds))
+
+
+def _assert_wire(packets: list[Any], sizes: set[int]) -> None:
+    """Both directions of one call carried PCMU RTP with payloads of exactly ``sizes``."""
+    seen = rtp_payload_sizes(packets)
+    print("RTP payload sizes on the wire:", seen)
+    to_worker = [v for (s, d), v in seen.items() if RTP[0] <= d <= RTP[1]]
+    from_worker = [v for (s, d), v in seen.items() if RTP[0] <= s <= RTP[1]]
+    assert to_worker and from_worker, seen
+    assert all(v <= sizes for v in to_worker + from_worker), seen
+
+
 async def _call_both_ways(
     app: Appliance, tmp: Path, number: str, *phone: str
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[Any]]:
     """The phone (tone 1000 Hz) calls ``number``; an SDK peer plays 440 Hz. Checks audio both
-    ways and that the caller is a SIP participant; returns the phone's events."""
+    ways and that the caller is a SIP participant; returns the phone's events and 2 s of the
+    call's RTP as captured on the loopback interface (empty without root)."""
     server = app.server
     heard = tmp / "heard.wav"
     room = await connect(server.ws_url, token("web", _room(number)))
@@ -242,7 +265,9 @@ async def _call_both_ways(
                 assert await _sip_participants(server, _room(number)) == [ident]
                 track = subscribed_audio(room, ident)
                 assert track is not None
+                sniffing = _sniff(2.0) if can_sniff() else None
                 pcm = await record(track, 2.0, skip=1.0)
+                packets = await sniffing if sniffing is not None else []
                 chk = check_tone(pcm, RATE, 1000.0)
                 print(f"phone 1000 Hz -> room: {chk}")
                 assert abs(chk.freq - 1000.0) < 5 and chk.snr >= ROOM_SNR, chk
@@ -256,19 +281,21 @@ async def _call_both_ways(
     chk = check_tone(pcm2[int(3.0 * rate) : int(8.0 * rate)], rate, 440.0)
     print(f"room 440 Hz -> phone: {chk}")
     assert abs(chk.freq - 440.0) < 8, chk
-    return events
+    return events, packets
 
 
 # --- SRTP --------------------------------------------------------------------------------------
 async def test_srtp_phone_to_require_trunk_answered_with_savp(
     appliance: Appliance, tmp_path: Path
 ) -> None:
-    events = await _call_both_ways(appliance, tmp_path, REQUIRE, "--srtp", "mandatory")
+    events, packets = await _call_both_ways(appliance, tmp_path, REQUIRE, "--srtp", "mandatory")
     ans = _answer(events)
     print("answer:", ans["status"], ans["sdp"])
     assert ans["status"].startswith("SIP/2.0 200")
     assert "m=audio" in ans["sdp"] and "RTP/SAVP" in ans["sdp"], ans
     assert "a=crypto:" in ans["sdp"], ans
+    if can_sniff():  # on the wire: SRTP both ways (auth tag after the encrypted payload)
+        _assert_wire(packets, SRTP_SIZES)
 
 
 async def test_plain_offer_to_require_trunk_gets_488(appliance: Appliance, tmp_path: Path) -> None:
@@ -283,6 +310,13 @@ async def test_plain_offer_to_require_trunk_gets_488(appliance: Appliance, tmp_p
     gone = disconnected(events)
     assert gone is not None and gone["code"] == 488, events
     assert not await _sip_participants(appliance.server, _room(REQUIRE))
+    # The worker refused it (the trunk matched), and said why.
+    states = [
+        e
+        for e in appliance.server.log_events()
+        if e.get("event") == "sip call state" and e.get("state") == "rejected"
+    ]
+    assert any("encryption-required" in str(e.get("reason")) for e in states), states
 
 
 async def test_srtp_only_offer_to_disable_trunk_gets_488(appliance: Appliance) -> None:
@@ -317,17 +351,30 @@ async def test_allow_trunk_takes_plain_and_srtp(appliance: Appliance, tmp_path: 
     events = await run_phone(_phone_args(ALLOW, tmp_path, "--srtp", "optional", "--duration", "1"))
     ans = _answer(events)
     assert ans["status"].startswith("SIP/2.0 200") and "a=crypto:" in ans["sdp"], ans
-    # ...and a plain phone gets plain RTP.
-    events = await run_phone(_phone_args(ALLOW, tmp_path, "--duration", "1"))
+    # ...and a plain phone gets plain RTP (on the wire too).
+    sniffing = _sniff(4.0) if can_sniff() else None
+    events = await run_phone(_phone_args(ALLOW, tmp_path, "--duration", "2", "--tone", "1000"))
     ans = _answer(events)
     assert ans["status"].startswith("SIP/2.0 200") and "a=crypto" not in ans["sdp"], ans
     assert "RTP/AVP" in ans["sdp"], ans
+    if sniffing is not None:
+        _assert_wire(await sniffing, PLAIN_SIZES)
+
+
+async def test_optional_srtp_offer_to_disable_trunk_is_answered(
+    appliance: Appliance, tmp_path: Path
+) -> None:
+    """Documented difference from LiveKit (docs/sip-trunks.md): pjsua2 builds the SDP answer
+    before the trunk is known, so optional crypto (RTP/AVP + a=crypto) is answered on DISABLE."""
+    events = await run_phone(_phone_args(PLAIN, tmp_path, "--srtp", "optional", "--duration", "1"))
+    ans = _answer(events)
+    assert ans["status"].startswith("SIP/2.0 200") and "RTP/AVP" in ans["sdp"], ans
 
 
 # --- TLS ---------------------------------------------------------------------------------------
 async def test_tls_srtp_phone_through_front(appliance: Appliance, tmp_path: Path) -> None:
     server = appliance.server
-    events = await _call_both_ways(
+    events, packets = await _call_both_ways(
         appliance,
         tmp_path,
         REQUIRE,
@@ -339,6 +386,8 @@ async def test_tls_srtp_phone_through_front(appliance: Appliance, tmp_path: Path
     )
     ans = _answer(events)
     assert "RTP/SAVP" in ans["sdp"] and "a=crypto:" in ans["sdp"], ans
+    if can_sniff():
+        _assert_wire(packets, SRTP_SIZES)
     accepted = [
         ln
         for ln in server.log_text().splitlines()
