@@ -5,11 +5,12 @@
 
 Dials, plays a tone (from a generated WAV, looped), records what it hears to a WAV (16 kHz),
 sends DTMF (RFC 4733 or SIP INFO), holds/resumes, hangs up after ``--duration`` seconds (unless the
-far end hangs up first). ``--tls`` dials over SIP/TLS (no server certificate check), ``--srtp
-optional|mandatory`` offers SDES SRTP (pjmedia: ``RTP/AVP`` + ``a=crypto`` resp. ``RTP/SAVP``). Reports on stdout as JSON lines prefixed ``PHONE `` (pjsua's own log goes
-elsewhere or is silenced): ``state``, ``media``, ``dtmf`` (received digits), ``disconnected``
-(status code, reason, whether we hung up), ``answer_sdp`` (the body of the final 2xx/488... response
-to the INVITE, as received), ``done``.
+far end hangs up first). ``--tls`` dials over SIP/TLS (no server certificate check); ``--srtp
+optional|mandatory`` offers SDES SRTP (pjmedia: ``RTP/AVP`` + ``a=crypto``, resp. ``RTP/SAVP``).
+Reports on stdout as JSON lines prefixed ``PHONE `` (pjsua's own log goes elsewhere or is
+silenced): ``state``, ``media``, ``dtmf`` (received digits), ``disconnected`` (status code,
+reason, whether we hung up), ``answer_sdp`` (status line and body of the final response to the
+INVITE, as received), ``done``.
 """
 
 from __future__ import annotations
