@@ -29,6 +29,11 @@ MAX_LINE_BYTES = 256 * 1024
 #: Final SIP status codes the supervisor may answer an INVITE with.
 INVITE_STATUSES = frozenset({200, 400, 401, 403, 404, 407, 480, 486, 488, 500, 503, 603})
 
+#: Per-trunk media encryption (LiveKit ``SIPMediaEncryption``): ``disable`` = plain RTP (an
+#: SRTP-only offer gets 488), ``allow`` = SRTP (SDES) when the caller offers it, ``require`` =
+#: SRTP or 488. Carried in :class:`InviteResult`; the worker applies it before answering.
+MEDIA_ENCRYPTIONS = frozenset({"disable", "allow", "require"})
+
 #: Call states reported in :class:`CallState`.
 CALL_STATES = frozenset({"ringing", "active", "hangup", "rejected"})
 
@@ -96,7 +101,9 @@ class InviteResult:
     call with that code and ``headers``. ``drop`` rejects without telling
     the caller more than pjsua already did (see docs/bridge.md). ``collect_pin`` (with 200, no
     token yet): answer, prompt for a PIN by DTMF and send :class:`PinEntered`; the room details
-    come in the :class:`PinResult`.
+    come in the :class:`PinResult`. ``media_encryption`` (one of :data:`MEDIA_ENCRYPTIONS`) is
+    the matched trunk's SRTP policy: with ``require`` the worker answers 488 to an offer without
+    SDES crypto, with ``disable`` it answers 488 to an SRTP-only (``RTP/SAVP``) offer.
     """
 
     TYPE: ClassVar[str] = "invite_result"
@@ -118,10 +125,13 @@ class InviteResult:
     media_timeout: float = 15.0
     media_timeout_initial: float = 30.0
     collect_pin: bool = False
+    media_encryption: str = "disable"
 
     def __post_init__(self) -> None:
         if self.status not in INVITE_STATUSES:
             raise ControlError(f"invite_result status {self.status} not allowed")
+        if self.media_encryption not in MEDIA_ENCRYPTIONS:
+            raise ControlError(f"invite_result media_encryption {self.media_encryption!r} unknown")
         if self.collect_pin and self.status != 200:
             raise ControlError("invite_result collect_pin needs status 200")
         needs_room = self.status == 200 and not self.drop and not self.collect_pin

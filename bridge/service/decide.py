@@ -121,10 +121,33 @@ class Decision:
     attributes_to_headers: dict[str, str] = field(default_factory=dict)
     ringing_timeout: float | None = None
     max_call_duration: float | None = None
+    #: The trunk's SRTP policy, ``bridge.control.MEDIA_ENCRYPTIONS`` (see :func:`media_encryption`).
+    media_encryption: str = "disable"
 
     @property
     def accepted(self) -> bool:
         return self.status == 200 and not self.drop
+
+
+#: LiveKit ``SIPMediaEncryption`` → the control protocol's ``media_encryption``.
+_ENCRYPTION_NAMES = {
+    sip_pb.SIP_MEDIA_ENCRYPT_DISABLE: "disable",
+    sip_pb.SIP_MEDIA_ENCRYPT_ALLOW: "allow",
+    sip_pb.SIP_MEDIA_ENCRYPT_REQUIRE: "require",
+}
+
+
+def media_encryption(trunk: sip_pb.SIPInboundTrunkInfo | None) -> str:
+    """The trunk's SRTP policy: ``media.encryption`` if set, else the older ``media_encryption``.
+
+    An unknown enum value (a newer proto) fails closed to ``require``.
+    """
+    if trunk is None:
+        return "disable"
+    value = trunk.media_encryption
+    if trunk.HasField("media") and trunk.media.encryption:
+        value = trunk.media.encryption
+    return _ENCRYPTION_NAMES.get(value, "require")
 
 
 def _reject(status: int, reason: str, **kw: Any) -> Decision:
@@ -347,6 +370,7 @@ class InviteDecider:
         extras: dict[str, Any] = {
             "headers": dict(trunk.headers),
             "attributes_to_headers": dict(trunk.attributes_to_headers),
+            "media_encryption": media_encryption(trunk),
         }
         if trunk.HasField("ringing_timeout") and trunk.ringing_timeout.ToTimedelta():
             extras["ringing_timeout"] = trunk.ringing_timeout.ToTimedelta().total_seconds()

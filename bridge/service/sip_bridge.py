@@ -159,10 +159,12 @@ class SIPBridge:
 
     @staticmethod
     def _answer_headers(decision: Decision) -> dict[str, Any]:
-        """The trunk's additions to the 200 OK (fixed headers, attributes mapped to headers)."""
+        """The trunk's additions to the 200 OK (fixed headers, attributes mapped to headers) and
+        its SRTP policy, which the worker applies to the SDP offer before answering."""
         return {
             "headers": dict(decision.headers),
             "attributes_to_headers": dict(decision.attributes_to_headers),
+            "media_encryption": decision.media_encryption,
         }
 
     def _join_fields(self, decision: Decision) -> dict[str, Any]:

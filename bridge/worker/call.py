@@ -10,6 +10,8 @@ channel. Policies (LiveKit SIP's, described in docs/bridge.md "Call life cycle")
 * Media timeout: no RTP from the phone for ``media_timeout`` s (``media_timeout_initial`` before the
   first packet) → BYE. Suspended while the phone holds the call (it may legitimately stop RTP).
 * ``max_call_duration`` → BYE. Room leave / channel loss → BYE, or 486 before the answer.
+* SRTP: the trunk's ``media_encryption`` against the INVITE's offer (bridge/worker/sdes.py); a
+  mismatch → 488 Not Acceptable Here before any answer.
 * PIN (``collect_pin``, a dispatch rule with a ``pin``): answer at once, play the prompt, collect
   DTMF digits until ``#`` (or :data:`PIN_DIGIT_TIMEOUT_S` after the last digit, or
   :data:`PIN_TOTAL_TIMEOUT_S` in all), then ask the supervisor (:class:`SendPin`). Its 200 joins
@@ -22,6 +24,7 @@ import enum
 from dataclasses import dataclass, field, replace
 
 from bridge.control import InviteResult, PinResult
+from bridge.worker.sdes import MediaOffer, refusal
 from roomline.wire import MAX_PIN_DIGITS, PIN_DIGITS, PIN_TERMINATOR
 
 #: LiveKit-like PIN entry limits: a pause this long after a digit ends the entry (as if ``#``)...
@@ -97,8 +100,11 @@ Action = Answer | Reject | Bye | JoinRoom | LeaveRoom | Status | PlayPrompt | Se
 class CallMachine:
     """State of one inbound call; every method returns the actions to carry out, in order."""
 
-    def __init__(self, call_id: str, now: float) -> None:
+    def __init__(self, call_id: str, now: float, offer: MediaOffer | None = None) -> None:
         self.call_id = call_id
+        #: The INVITE's SDP offer, as far as SRTP goes (the trunk's ``media_encryption`` is
+        #: checked against it before answering).
+        self.offer = offer if offer is not None else MediaOffer()
         self.phase = Phase.WAITING
         self.created = now
         self.decision: InviteResult | None = None
@@ -124,6 +130,10 @@ class CallMachine:
         if res.status != 200 or res.drop:
             reason = res.reason or "rejected"
             return self._end_before_answer(res.status, reason, res.headers, drop=res.drop)
+        refused = refusal(res.media_encryption, self.offer)
+        if refused is not None:
+            # LiveKit answers a media (crypto) mismatch with 488 before anything else is sent.
+            return self._end_before_answer(488, f"Not Acceptable Here ({refused})")
         if res.collect_pin:
             self.phase = Phase.PIN
             self.pin_started = now

@@ -164,6 +164,15 @@ class SipEndpoint:
             mt.publicAddress = rtp_public
         if rtp_host not in ("", "0.0.0.0"):
             mt.boundAddress = rtp_host
+        # SRTP (SDES) optional for every call: pjmedia answers an offer with usable a=crypto with
+        # SRTP and a plain offer with plain RTP; each trunk's media_encryption then refuses what it
+        # does not allow (bridge/worker/sdes.py). SDES over UDP/TCP too (secure signalling 0),
+        # as LiveKit does; no DTLS-SRTP.
+        mc = acfg.mediaConfig
+        mc.srtpUse = pj.PJMEDIA_SRTP_OPTIONAL
+        mc.srtpSecureSignaling = 0
+        mc.srtpOpt.keyings.clear()
+        mc.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
         acc = make_account()
         acc.create(acfg, True)
         self.acc = acc

@@ -47,6 +47,7 @@ from bridge.worker.endpoint import SipEndpoint, WorkerOptions, add_headers, stre
 from bridge.worker.port import BridgePort
 from bridge.worker.prompt import pin_prompt
 from bridge.worker.room_leg import TX_TARGET, RoomLeg, RoomLegEvents
+from bridge.worker.sdes import parse_offer
 from bridge.worker.sipmsg import (
     SipParseError,
     get_header,
@@ -173,7 +174,8 @@ class Worker:
         )
         rec = CallRecord(
             cast(WorkerCall, weakref.proxy(call)),
-            CallMachine(invite.call_id, time.monotonic()),
+            # The offer's SRTP side, checked against the trunk's media_encryption (sdes.py).
+            CallMachine(invite.call_id, time.monotonic(), parse_offer(str(rdata.wholeMsg))),
             invite,
             call_key=id(call),
         )

@@ -316,3 +316,31 @@ def test_decision_carries_trunk_timers_and_headers(store: SIPStore) -> None:
     assert d.headers == {"X-Roomline": "1"}
     assert d.attributes_to_headers == {"crm.id": "X-CRM-Id"}
     assert d.ringing_timeout == 20 and d.max_call_duration == 24 * 3600
+
+
+def test_decide_carries_trunk_media_encryption(store: SIPStore) -> None:
+    from livekit.protocol import sip as sip_pb
+
+    from bridge.service.decide import media_encryption
+
+    store.put_inbound_trunk(
+        trunk("ST_t", numbers=[CALLED], media_encryption=sip_pb.SIP_MEDIA_ENCRYPT_REQUIRE)
+    )
+    store.put_dispatch_rule(direct("SDR_d", "lobby"))
+    assert decider(store).decide(call(), NOW).media_encryption == "require"
+    # PIN rule: the answer for the prompt is subject to it too
+    store.put_dispatch_rule(direct("SDR_d", "lobby", pin="1234"))
+    d = decider(store).decide(call(), NOW)
+    assert d.pin_required and d.media_encryption == "require"
+
+    assert media_encryption(None) == "disable"
+    assert media_encryption(trunk("a")) == "disable"
+    assert media_encryption(trunk("a", media_encryption=1)) == "allow"
+    # the newer media.encryption wins over the deprecated field when set
+    newer = trunk(
+        "a",
+        media_encryption=sip_pb.SIP_MEDIA_ENCRYPT_ALLOW,
+        media=sip_pb.SIPMediaConfig(encryption=sip_pb.SIP_MEDIA_ENCRYPT_REQUIRE),
+    )
+    assert media_encryption(newer) == "require"
+    assert media_encryption(trunk("a", media_encryption=7)) == "require"  # unknown: fail closed

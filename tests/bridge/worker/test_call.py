@@ -140,3 +140,29 @@ def test_call_pin_wrong_pin_timeouts_and_hangups() -> None:
     m = CallMachine("c", 0.0)
     m.on_decision(control.InviteResult(id=1, status=200, collect_pin=True), 0.0)
     assert m.on_sip_disconnected(200, "") == [Status("hangup", "caller hung up")]
+
+
+def test_call_media_encryption_mismatch_gets_488_before_anything() -> None:
+    from bridge.worker.sdes import MediaOffer
+
+    plain, savp = MediaOffer(), MediaOffer(srtp=True, srtp_only=True)
+    m = CallMachine("c", 0.0, plain)
+    acts = m.on_decision(ok(media_encryption="require"), 0.0)  # type: ignore[arg-type]
+    assert acts == [Reject(488, "Not Acceptable Here (encryption-required)")]
+    assert m.phase is Phase.ENDED and m.end_status == 488
+    m = CallMachine("c", 0.0, savp)
+    acts = m.on_decision(ok(media_encryption="disable"), 0.0)  # type: ignore[arg-type]
+    assert acts == [Reject(488, "Not Acceptable Here (encryption-disabled)")]
+    # the PIN path is checked too (the PIN prompt is an answer)
+    m = CallMachine("c", 0.0, plain)
+    pin = control.InviteResult(id=1, status=200, collect_pin=True, media_encryption="require")
+    assert m.on_decision(pin, 0.0)[0] == Reject(488, "Not Acceptable Here (encryption-required)")
+    # matching offers go ahead; a rejection keeps its own status
+    assert CallMachine("c", 0.0, savp).on_decision(ok(media_encryption="require"), 0.0) == [  # type: ignore[arg-type]
+        JoinRoom()
+    ]
+    assert CallMachine("c", 0.0).on_decision(ok(), 0.0) == [JoinRoom()]
+    res = control.InviteResult(
+        id=1, status=404, reason="No trunk found", media_encryption="require"
+    )
+    assert CallMachine("c", 0.0, plain).on_decision(res, 0.0) == [Reject(404, "No trunk found")]

@@ -5,9 +5,12 @@
 
 Dials, plays a tone (from a generated WAV, looped), records what it hears to a WAV (16 kHz),
 sends DTMF (RFC 4733 or SIP INFO), holds/resumes, hangs up after ``--duration`` seconds (unless the
-far end hangs up first). Reports on stdout as JSON lines prefixed ``PHONE `` (pjsua's own log goes
-elsewhere or is silenced): ``state``, ``media``, ``dtmf`` (received digits), ``disconnected``
-(status code, reason, whether we hung up), ``done``.
+far end hangs up first). ``--tls`` dials over SIP/TLS (no server certificate check); ``--srtp
+optional|mandatory`` offers SDES SRTP (pjmedia: ``RTP/AVP`` + ``a=crypto``, resp. ``RTP/SAVP``).
+Reports on stdout as JSON lines prefixed ``PHONE `` (pjsua's own log goes elsewhere or is
+silenced): ``state``, ``media``, ``dtmf`` (received digits), ``disconnected`` (status code,
+reason, whether we hung up), ``answer_sdp`` (status line and body of the final response to the
+INVITE, as received), ``done``.
 """
 
 from __future__ import annotations
@@ -66,6 +69,18 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
     def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
         report("dtmf", digit=prm.digit, method=int(prm.method))
 
+    def onCallTsxState(self, prm: Any) -> None:  # noqa: N802
+        # The final response to our INVITE as received (the SDP answer is checked by tests).
+        e = prm.e
+        if e.type != pj.PJSIP_EVENT_TSX_STATE or e.body.tsxState.type != pj.PJSIP_EVENT_RX_MSG:
+            return
+        msg = str(e.body.tsxState.src.rdata.wholeMsg)
+        first, _, rest = msg.partition("\n")
+        cseq = next((ln for ln in rest.splitlines() if ln.lower().startswith("cseq:")), "")
+        if "INVITE" in cseq and first.startswith("SIP/2.0 ") and not first.startswith("SIP/2.0 1"):
+            body = msg.split("\r\n\r\n", 1)[1] if "\r\n\r\n" in msg else ""
+            report("answer_sdp", status=first.strip(), sdp=body)
+
 
 class Phone:
     def __init__(self, args: argparse.Namespace) -> None:
@@ -93,7 +108,13 @@ class Phone:
         tcfg = pj.TransportConfig()
         tcfg.port = a.port
         tcfg.boundAddress = "127.0.0.1"
-        ep.transportCreate(pj.PJSIP_TRANSPORT_TCP if a.tcp else pj.PJSIP_TRANSPORT_UDP, tcfg)
+        if a.tls:
+            tcfg.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
+            tcfg.tlsConfig.verifyServer = False
+            kind = pj.PJSIP_TRANSPORT_TLS
+        else:
+            kind = pj.PJSIP_TRANSPORT_TCP if a.tcp else pj.PJSIP_TRANSPORT_UDP
+        ep.transportCreate(kind, tcfg)
         ep.audDevManager().setNullDev()
         for ci in ep.codecEnum2():
             ep.codecSetPriority(ci.codecId, 0)
@@ -105,6 +126,12 @@ class Phone:
         acfg.mediaConfig.transportConfig.port = a.rtp_start
         acfg.mediaConfig.transportConfig.portRange = 40
         acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        if a.srtp != "off":
+            acfg.mediaConfig.srtpUse = (
+                pj.PJMEDIA_SRTP_MANDATORY if a.srtp == "mandatory" else pj.PJMEDIA_SRTP_OPTIONAL
+            )
+            acfg.mediaConfig.srtpSecureSignaling = 0
+            acfg.mediaConfig.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
         acc = pj.Account()
         acc.create(acfg, True)
 
@@ -125,7 +152,7 @@ class Phone:
 
         call = PhoneCall(self, acc)
         prm = pj.CallOpParam(True)
-        dest = a.dest + (";transport=tcp" if a.tcp else "")
+        dest = a.dest + (";transport=tls" if a.tls else ";transport=tcp" if a.tcp else "")
         call.makeCall(dest, prm)
         report("dialing", dest=dest)
 
@@ -193,6 +220,8 @@ def main() -> None:
     ap.add_argument("--hold-at", type=float)
     ap.add_argument("--resume-at", type=float)
     ap.add_argument("--tcp", action="store_true")
+    ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--srtp", choices=("off", "optional", "mandatory"), default="off")
     ap.add_argument("--workdir", default="/tmp")
     ap.add_argument("--log-level", type=int, default=0)
     Phone(ap.parse_args()).run()
