@@ -40,6 +40,7 @@ from livekit import api, rtc
 
 from tests.support.aio import wait_for
 from tests.support.audio import read_wav
+from tests.support.front_appliance import HAVE_KAMAILIO, _scenario
 from tests.support.lk import connect, record, subscribed_audio, token, tone_publisher
 from tests.support.server import API_KEY, API_SECRET, Server, stop_server, write_config
 from tests.support.sip.fullstack import check_tone, metrics, worker_pid
@@ -48,7 +49,6 @@ from tests.support.sip.peers import PhoneProcess
 from tests.support.sip.sipp import SIPP, run_sipp
 
 ROOT = Path(__file__).resolve().parents[2]
-HAVE_KAMAILIO = shutil.which("kamailio") is not None or os.path.exists("/usr/sbin/kamailio")
 
 pytestmark = [
     pytest.mark.slow,
@@ -228,90 +228,6 @@ def _children_of(marker: str) -> list[str]:
 
 
 # --- SIPp --------------------------------------------------------------------------------------
-def _scenario(
-    path: Path,
-    *,
-    pcap: Path | None,
-    play_ms: int,
-    expect: int = 200,
-    extra: str = "",
-    caller: str = "[field0]",
-    callee: str = "[field1]",
-) -> Path:
-    """A UAC: INVITE ``callee`` from ``caller`` (injection fields by default), PCMU, BYE."""
-    hdr = f"""      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: "Caller" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]fa[call_number]
-      To: <sip:{callee}@[remote_ip]:[remote_port]>{{to_tag}}
-      Call-ID: [call_id]
-      CSeq: {{cseq}}
-      Contact: <sip:{caller}@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      User-Agent: roomline-front-test"""
-    sdp = """v=0
-      o=caller 1 1 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[local_ip_type] [local_ip]
-      t=0 0
-      m=audio [auto_media_port] RTP/AVP 0 101
-      a=rtpmap:0 PCMU/8000
-      a=rtpmap:101 telephone-event/8000
-      a=ptime:20
-      a=sendrecv"""
-    ruri = f"sip:{callee}@[remote_ip]:[remote_port]"
-    extra_lines = f"\n{extra}" if extra else ""
-
-    def send(
-        method: str,
-        cseq: str,
-        to_tag: bool,
-        body: str = "",
-        retrans: bool = True,
-        in_dialog: bool = False,
-    ) -> str:
-        h = hdr.format(to_tag="[peer_tag_param]" if to_tag else "", cseq=cseq)
-        uri = ruri
-        if in_dialog:
-            # An RFC 3261 UA: the R-URI is the remote target (the 200's Contact, which the front
-            # rewrote to itself) and the route set comes from Record-Route.
-            uri = "[next_url]"
-            h += "\n      [routes]"
-        if body:
-            tail = f"{extra_lines}\n      Content-Type: application/sdp\n      Content-Length: [len]\n\n      {body}"
-        else:
-            tail = "\n      Content-Length: 0"
-        r = ' retrans="500"' if retrans else ""
-        return f"  <send{r}><![CDATA[\n\n      {method} {uri} SIP/2.0\n{h}{tail}\n\n    ]]></send>"
-
-    parts = [
-        '<?xml version="1.0" encoding="ISO-8859-1" ?>',
-        '<scenario name="roomline front">',
-        send("INVITE", "1 INVITE", False, sdp),
-        '  <recv response="100" optional="true"/>',
-        '  <recv response="180" optional="true"/>',
-        '  <recv response="183" optional="true"/>',
-    ]
-    if expect != 200:
-        parts += [
-            f'  <recv response="{expect}" rtd="true"/>',
-            send("ACK", "1 ACK", True, retrans=False),
-        ]
-    else:
-        parts += [
-            '  <recv response="200" rtd="true" rrs="true"/>',
-            send("ACK", "1 ACK", True, retrans=False, in_dialog=True),
-        ]
-        if pcap is not None:
-            parts.append(f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>')
-        parts += [
-            f'  <pause milliseconds="{play_ms}"/>',
-            send("BYE", "2 BYE", True, in_dialog=True),
-            '  <recv response="200"/>',
-        ]
-    parts.append("</scenario>\n")
-    path.write_text("\n".join(parts))
-    return path
-
-
 def _inject(path: Path, rows: list[tuple[str, str]]) -> Path:
     path.write_text("SEQUENTIAL\n" + "".join(f"{a};{b};\n" for a, b in rows))
     return path

@@ -35,9 +35,9 @@ from typing import Any
 import pytest
 from livekit import api
 
-from tests.bridge.test_front_appliance import HAVE_KAMAILIO, _scenario
 from tests.support.aio import wait_for
 from tests.support.audio import read_wav
+from tests.support.front_appliance import HAVE_KAMAILIO, _scenario
 from tests.support.lk import connect, record, subscribed_audio, token, tone_publisher
 from tests.support.server import API_KEY, API_SECRET, Server, start_server, stop_server
 from tests.support.sip.fullstack import check_tone
