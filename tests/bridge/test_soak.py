@@ -18,6 +18,7 @@ Ports: ``ROOMLINE_TEST_PORTS=LOW-HIGH`` keeps every port the run binds in that r
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -37,9 +38,12 @@ CONCURRENT = 4
 CALL_S = 9.0
 
 
-def test_workers_survive_steady_calls_with_agents(short_dir: Path) -> None:
+def test_workers_survive_steady_calls_with_agents(short_dir: Path, tmp_path: Path) -> None:
     res = run_soak(short_dir, DURATION_S, CONCURRENT, CALL_S)
     print(res.report())
+    if res.problems():  # short_dir is removed after the test: keep the logs where pytest does
+        shutil.copytree(short_dir, tmp_path / "soak", ignore=shutil.ignore_patterns("data"))
+        print(f"logs kept in {tmp_path / 'soak'}")
     if res.calls_failed:
         print(f"SIPp errors:\n{res.sipp_errors}\nSIPp output:\n{res.sipp_tail}")
     assert not res.problems(min_calls=max(CONCURRENT, res.expected_calls // 4)), res.report()

@@ -273,6 +273,22 @@ def sipp_counts(output: str) -> tuple[int, int]:
     return found.get("Successful call", 0), found.get("Failed call", 0)
 
 
+def sipp_stat_counts(path: Path) -> tuple[int, int]:
+    """(successful, failed) calls, cumulative, from the last line of SIPp's ``-trace_stat`` CSV
+    (written every 5 s while it runs; its screen reaches stdout only when it exits)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return 0, 0
+    if len(lines) < 2:
+        return 0, 0
+    row = dict(zip(lines[0].split(";"), lines[-1].split(";"), strict=False))
+    try:
+        return int(row.get("SuccessfulCall(C)", 0)), int(row.get("FailedCall(C)", 0))
+    except ValueError:
+        return 0, 0
+
+
 # --- the run -----------------------------------------------------------------------------------
 @dataclass
 class SoakResult:
@@ -454,7 +470,7 @@ def run_soak(
                          f" sipp rc={sipp.poll()}")  # fmt: skip
                 break
             if now >= next_sample:
-                ok, failed = sipp_counts(sipp_out.read_text(errors="replace"))
+                ok, failed = sipp_stat_counts(workdir / "sipp_stat.csv")
                 tree = process_tree(server.process.pid)
                 res.samples[f"load ({now - t0:.0f} s)"] = tree
                 progress(f"{now - t0:.0f} s: calls ok {ok} failed {failed}, active"
@@ -475,6 +491,8 @@ def run_soak(
         res.sipp_rc = sipp.returncode
         text = sipp_out.read_text(errors="replace")
         res.calls_ok, res.calls_failed = sipp_counts(text)
+        if "Successful call" not in text:  # killed before its last screen: the CSV's last line
+            res.calls_ok, res.calls_failed = sipp_stat_counts(workdir / "sipp_stat.csv")
         res.sipp_tail = text[-3000:]
         err = workdir / "sipp_err.log"
         res.sipp_errors = err.read_text(errors="replace")[-3000:] if err.exists() else ""
