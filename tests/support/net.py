@@ -55,3 +55,21 @@ def _bindable(port: int, kind: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_block(size: int, low: int = _RANGE_LOW, high: int = _RANGE_HIGH) -> int:
+    """First port of ``size`` consecutive ports in ``[low, high]`` free for both TCP and UDP now.
+
+    For a peer that needs several fixed ports at once (the soak's appliance, SIPp and RTP ranges),
+    or a run that must keep inside a port range it was given.
+    """
+    starts = list(range(low + low % 2, high - size + 2, 2))  # even: RTP ranges start on one
+    random.shuffle(starts)
+    for start in starts[:200]:
+        if all(
+            _bindable(p, kind)
+            for p in range(start, start + size)
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)
+        ):
+            return start
+    raise RuntimeError(f"no {size} consecutive free ports in {low}-{high}")
