@@ -115,7 +115,7 @@ class WorkerSupervisor:
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Ask every worker to shut down, kill those that do not within ``timeout``."""
-        self._stopping = True
+        self._procs.stopping = True
         for w in self.workers:
             w.send(control.Shutdown())
         # The worker treats SIGTERM like Shutdown (BYE to every call); SIGKILL after ``timeout``.

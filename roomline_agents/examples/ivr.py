@@ -96,12 +96,20 @@ class IVR:
         """Play the menu; a key pressed meanwhile interrupts it (barge-in)."""
         speaking = asyncio.ensure_future(self.say("menu"))
         key = asyncio.ensure_future(self.keys.get())
-        await asyncio.wait({speaking, key}, return_when=asyncio.FIRST_COMPLETED)
-        if not speaking.done():
-            speaking.cancel()
-            self.source.clear_queue()
-            await self.ctx.set_agent_state(AgentState.LISTENING)
-        return await key
+        try:
+            await asyncio.wait({speaking, key}, return_when=asyncio.FIRST_COMPLETED)
+            if not speaking.done():
+                speaking.cancel()
+                self.source.clear_queue()
+                await self.ctx.set_agent_state(AgentState.LISTENING)
+            return await key
+        finally:
+            # The job may be cancelled (caller hung up mid-menu): never leave a task behind
+            # whose exception nobody retrieves.
+            for task in (speaking, key):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(speaking, key, return_exceptions=True)
 
 
 async def entrypoint(ctx: JobContext) -> None:
