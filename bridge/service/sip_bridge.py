@@ -17,6 +17,7 @@ import structlog
 
 import bridge.control as control
 from bridge.service.decide import DecideOptions, Decision, InviteDecider
+from bridge.service.outbound import OutboundCalls
 from bridge.service.sip_service import SERVICE, SIPService
 from bridge.service.store import SIPStore
 from bridge.service.supervisor import WorkerHandle, WorkerSpec, WorkerSupervisor
@@ -278,9 +279,15 @@ def install(
         cfg.server.data_dir,
         config_trunks=cfg.sip.trunks,
         config_rules=cfg.sip.dispatch_rules,
+        config_outbound_trunks=cfg.sip.outbound_trunks,
     )
-    server.twirp.register(SERVICE, SIPService(store).methods())
+    service = SIPService(store)
+    server.twirp.register(SERVICE, service.methods())
     bridge = SIPBridge(server, store, local_socket, agent_starter) if cfg.sip.enabled else None
     if bridge is not None:
         server.metrics.collectors.append(bridge.metrics)
+        # Outbound calls and transfers (bridge/service/outbound.py).
+        service.outbound = OutboundCalls(
+            store, bridge.supervisor, server.node, cfg.keys, local_socket
+        )
     return SIPPart(store, bridge)

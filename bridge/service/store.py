@@ -173,6 +173,9 @@ class SIPStore:
             o = _parse_entry(entry, sip_pb.SIPOutboundTrunkInfo, "trunk", where)
             o.sip_trunk_id = o.sip_trunk_id or config_id(TRUNK_PREFIX, entry)
             self._add_config(o.sip_trunk_id, TRUNK_PREFIX, where)
+            from bridge.service.outbound import validate_outbound_trunk  # no import cycle
+
+            _config_check(validate_outbound_trunk, o, where)
             self._outbound[o.sip_trunk_id] = o
         for i, entry in enumerate(rules):
             where = f"sip.dispatch_rules[{i}]"
