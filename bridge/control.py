@@ -234,7 +234,8 @@ class Dial:
     """Supervisor asks a worker to place an outbound call (``CreateSIPParticipant``).
 
     The worker joins the callee to ``room`` with ``token`` at once, then INVITEs ``to_uri`` from
-    ``from_uri`` (``display_name`` None: none sent), answering 401/407 with the digest
+    ``sip:<from_user>@<from_host>`` (empty ``from_host``: the worker's own address;
+    ``display_name`` None or empty: none sent), answering 401/407 with the digest
     credentials, and reports :class:`DialProgress` with the same ``id`` and ``call_id``.
     """
 
@@ -242,11 +243,12 @@ class Dial:
     id: int
     call_id: str
     to_uri: str
-    from_uri: str
+    from_user: str
     token: str
     room: str
     identity: str
     socket: str
+    from_host: str = ""
     display_name: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     auth_username: str = ""
@@ -259,10 +261,12 @@ class Dial:
     headers_to_attributes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("to_uri", "from_uri", "call_id"):
+        bad = frozenset('<> "\r\n\0')
+        for name in ("to_uri", "from_user", "from_host", "call_id"):
             value = getattr(self, name)
-            if not value or not _single_line(value) or any(c in value for c in "<> "):
-                raise ControlError(f"dial {name} is not a SIP URI")
+            extra = "" if name == "to_uri" else "@"
+            if (not value and name != "from_host") or any(c in bad or c in extra for c in value):
+                raise ControlError(f"dial {name} is not usable in a SIP URI")
         if not self.token or not self.socket:
             raise ControlError("dial needs token and socket")
         if self.display_name is not None and (

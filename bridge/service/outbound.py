@@ -300,7 +300,7 @@ class Plan:
     call_to: str
     from_number: str
     to_uri: str
-    from_uri: str
+    from_host: str
     display_name: str | None
     headers: dict[str, str]
     dtmf: str
@@ -310,10 +310,6 @@ class Plan:
     wait_until_answered: bool
     hide_phone_number: bool
     include_headers: int
-
-
-def _host_port(addr: str) -> str:
-    return addr
 
 
 def plan_call(req: sip_pb.CreateSIPParticipantRequest, store: SIPStore | None) -> Plan:
@@ -362,7 +358,6 @@ def plan_call(req: sip_pb.CreateSIPParticipantRequest, store: SIPStore | None) -
     ringing = _duration(req.ringing_timeout) if req.HasField("ringing_timeout") else 0.0
     max_dur = _duration(req.max_call_duration) if req.HasField("max_call_duration") else 0.0
     params = f";transport={trunk.transport}" if trunk.transport else ""
-    from_host = trunk.from_host or "roomline.invalid"
     display_name: str | None = from_number
     if req.HasField("display_name"):
         display_name = req.display_name
@@ -383,7 +378,7 @@ def plan_call(req: sip_pb.CreateSIPParticipantRequest, store: SIPStore | None) -
         call_to=req.sip_call_to,
         from_number=from_number,
         to_uri=f"sip:{req.sip_call_to}@{trunk.address}{params}",
-        from_uri=f"sip:{from_number}@{from_host}",
+        from_host=trunk.from_host,
         display_name=display_name,
         headers=headers,
         dtmf=req.dtmf,
@@ -489,7 +484,8 @@ class OutboundCalls:
             id=call.request_id,
             call_id=plan.call_id,
             to_uri=plan.to_uri,
-            from_uri=plan.from_uri,
+            from_user=plan.from_number,
+            from_host=plan.from_host,
             display_name=plan.display_name,
             headers=plan.headers,
             auth_username=plan.trunk.auth_username,

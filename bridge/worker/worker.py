@@ -44,6 +44,7 @@ from bridge.worker.call import (
 )
 from bridge.worker.control_client import ControlClient
 from bridge.worker.endpoint import SipEndpoint, WorkerOptions, add_headers, stream_codec
+from bridge.worker.outbound import OutboundDialer
 from bridge.worker.port import BridgePort
 from bridge.worker.prompt import pin_prompt
 from bridge.worker.room_leg import TX_TARGET, RoomLeg, RoomLegEvents
@@ -128,11 +129,15 @@ class Worker:
         self.control = ControlClient(self._on_control, self._stop_soon)
         self.calls: dict[int, CallRecord] = {}
         self._stop = asyncio.Event()
+        #: Outbound calls and transfers (bridge/worker/outbound.py).
+        self.outbound = OutboundDialer(self.endpoint, self.control, opts)
 
     # --- control channel ----------------------------------------------------------------------
     def _on_control(self, msg: control.Message) -> None:
         if isinstance(msg, control.Shutdown):
             self._stop.set()
+        elif self.outbound.handle(msg):
+            pass
 
     def _stop_soon(self) -> None:
         # Supervisor gone: nobody can route calls any more, exit cleanly.
@@ -356,6 +361,7 @@ class Worker:
                 except pj.Error:
                     pass
             self._run(rec, rec.machine.tick(now))
+        self.outbound.tick(now)
         self.endpoint.sweep(now)
 
     def _release(self, pj_id: int) -> None:
@@ -384,6 +390,7 @@ class Worker:
         while not self._stop.is_set():
             self.endpoint.handle_events()
             self._pump_media()
+            self.outbound.pump()
             now = time.monotonic()
             if now - last_tick >= TICK_S:
                 last_tick = now
@@ -403,6 +410,7 @@ class Worker:
                 rec.port.active = False
             rec.leg.close()
         self.calls.clear()
+        self.outbound.close()
         self.endpoint.destroy()
 
     async def run(self) -> None:

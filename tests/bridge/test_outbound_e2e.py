@@ -1,0 +1,353 @@
+"""Outbound calls and transfers against the whole appliance with real SIP peers on loopback.
+
+One ``python -m appliance.cli serve`` per module (this tree, via PYTHONPATH) with two bridge
+workers; the callee is SIPp in UAS mode (tests/sip/sipp_uas.py); the control plane is the real
+``livekit-api``; the room side is the real LiveKit Python SDK (audio checked by FFT). Ports come
+from 37000-37999.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from livekit import api, rtc
+
+from tests.conftest import API_KEY, API_SECRET, ROOT, Server, stop_server
+from tests.lk import connect, record, subscribed_audio, token, wait_for
+from tests.sip.fullstack import check_tone
+from tests.sip.pcap import write_tone_pcap
+from tests.sip.sipp import SIPP
+from tests.sip.sipp_uas import uas_cmd, uas_scenario
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(SIPP is None, reason="sipp not installed"),
+    pytest.mark.timeout(120),
+]
+
+RATE = 48000
+PORT_LO, PORT_HI = 37000, 37999
+BLOCK = 200
+
+
+def _free(port: int) -> bool:
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+@dataclass
+class Ports:
+    base: int
+
+    @property
+    def http(self) -> int:
+        return self.base
+
+    def worker_sip(self, i: int) -> int:
+        return self.base + 1 + i
+
+    @property
+    def rtc(self) -> tuple[int, int]:
+        return self.base + 10, self.base + 73
+
+    def worker_rtp(self, i: int) -> tuple[int, int]:
+        start = self.base + 80 + 40 * i
+        return start, start + 39
+
+    def sipp(self, n: int) -> tuple[int, int]:
+        """SIPp's SIP port and media port (it uses media, media+2) for test number ``n``."""
+        return self.base + 160 + n % 10, self.base + 170 + 2 * (n % 15)
+
+
+def pick_ports() -> Ports:
+    blocks = list(range(PORT_LO, PORT_HI - BLOCK + 2, BLOCK))
+    random.shuffle(blocks)
+    for base in blocks:
+        if all(_free(p) for p in (base, base + 1, base + 2, base + 10, base + 80, base + 160)):
+            return Ports(base)
+    raise RuntimeError("no free port block in 37000-37999")
+
+
+def start_appliance(tmp: Path, ports: Ports) -> Server:
+    data_dir = tmp / "data"
+    cfg: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": ports.http, "data_dir": str(data_dir)},
+        "rtc": {
+            "interfaces": ["127.0.0.1"],
+            "node_ip": "127.0.0.1",
+            "port_range_start": ports.rtc[0],
+            "port_range_end": ports.rtc[1],
+        },
+        "logging": {"level": "info", "format": "json"},
+        "sip": {
+            "enabled": True,
+            "bind_address": "127.0.0.1",
+            "workers": [
+                {
+                    "sip_port": ports.worker_sip(i),
+                    "rtp_port_start": ports.worker_rtp(i)[0],
+                    "rtp_port_end": ports.worker_rtp(i)[1],
+                }
+                for i in range(2)
+            ],
+        },
+    }
+    config_path = tmp / "roomline.yaml"
+    config_path.write_text(yaml.safe_dump(cfg))
+    log_path = tmp / "roomline.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "appliance.cli", "serve", "--config", str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+            env=env,
+        )
+    server = Server(ports.http, data_dir, config_path, process, log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"roomline exited early:\n{server.log_text()}")
+        try:
+            with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=1) as resp:
+                text = resp.read().decode()
+            if text.count("roomline_sip_worker_max_calls{") == 2 and all(
+                f'roomline_sip_worker_max_calls{{sip_port="{ports.worker_sip(i)}"}} 0' not in text
+                for i in range(2)
+            ):
+                return server
+        except OSError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"roomline did not become ready:\n{server.log_text()}")
+
+
+@dataclass
+class Stack:
+    server: Server
+    ports: Ports
+    counter: int = 0
+
+    def next_sipp(self) -> tuple[int, int]:
+        self.counter += 1
+        return self.ports.sipp(self.counter)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("outbound")
+    server = None
+    for attempt in range(3):
+        ports = pick_ports()
+        try:
+            server = start_appliance(tmp, ports)
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
+    assert server is not None
+    try:
+        yield Stack(server, ports)
+    finally:
+        stop_server(server)
+        print("---- appliance log tail ----\n" + server.log_text()[-6000:])
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="rlob", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Callee:
+    """A SIPp UAS process."""
+
+    def __init__(self, stack: Stack, scenario: Path, cwd: Path) -> None:
+        self.port, self.media = stack.next_sipp()
+        self.cmd = uas_cmd(scenario, local_port=self.port, media_port=self.media)
+        self.cwd = cwd
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.cmd,
+            cwd=str(self.cwd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        await asyncio.sleep(0.3)  # SIPp binds its port
+
+    async def wait(self, timeout: float = 40) -> tuple[int, str]:
+        assert self.proc is not None
+        try:
+            out, _ = await asyncio.wait_for(self.proc.communicate(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            out, _ = await self.proc.communicate()
+        return self.proc.returncode or 0, out.decode(errors="replace")
+
+    def messages(self) -> str:
+        for p in self.cwd.glob("msgs.log"):
+            return p.read_text(errors="replace")
+        return ""
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+
+@contextlib.asynccontextmanager
+async def callee(stack: Stack, scenario: Path, cwd: Path) -> AsyncIterator[Callee]:
+    c = Callee(stack, scenario, cwd)
+    await c.start()
+    try:
+        yield c
+    finally:
+        c.kill()
+
+
+@contextlib.asynccontextmanager
+async def lkapi(stack: Stack) -> AsyncIterator[api.LiveKitAPI]:
+    client = api.LiveKitAPI(stack.server.http_url, API_KEY, API_SECRET)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def make_trunk(lk: api.LiveKitAPI, c: Callee, **kw: Any) -> str:
+    t = await lk.sip.create_outbound_trunk(
+        api.CreateSIPOutboundTrunkRequest(
+            trunk=api.SIPOutboundTrunkInfo(
+                name="sipp",
+                address=f"127.0.0.1:{c.port}",
+                numbers=["+15550001000"],
+                **kw,
+            )
+        )
+    )
+    return t.sip_trunk_id
+
+
+class Watcher:
+    """Records every ``sip.callStatus`` value the room sees for one identity."""
+
+    def __init__(self, room: rtc.Room, identity: str) -> None:
+        self.identity = identity
+        self.statuses: list[str] = []
+        self.left = asyncio.Event()
+        self.disconnect_reason: Any = None
+        room.on("participant_connected", self._joined)
+        room.on("participant_attributes_changed", self._changed)
+        room.on("participant_disconnected", self._left)
+        self.room = room
+
+    def _add(self, p: rtc.RemoteParticipant) -> None:
+        s = p.attributes.get("sip.callStatus")
+        if p.identity == self.identity and s and (not self.statuses or self.statuses[-1] != s):
+            self.statuses.append(s)
+
+    def _joined(self, p: rtc.RemoteParticipant) -> None:
+        self._add(p)
+
+    def _changed(self, changed: dict[str, str], p: rtc.Participant) -> None:
+        if isinstance(p, rtc.RemoteParticipant):
+            self._add(p)
+
+    def _left(self, p: rtc.RemoteParticipant) -> None:
+        if p.identity == self.identity:
+            self.disconnect_reason = p.disconnect_reason
+            self.left.set()
+
+    def attrs(self) -> dict[str, str]:
+        p = self.room.remote_participants.get(self.identity)
+        return dict(p.attributes) if p else {}
+
+
+@contextlib.asynccontextmanager
+async def observer(stack: Stack, room_name: str, identity: str) -> AsyncIterator[Watcher]:
+    room = await connect(stack.server.ws_url, token("observer", room_name))
+    try:
+        yield Watcher(room, identity)
+    finally:
+        await room.disconnect()
+
+
+async def remove(stack: Stack, room: str, identity: str) -> None:
+    async with lkapi(stack) as lk:
+        with contextlib.suppress(api.TwirpError):
+            await lk.room.remove_participant(
+                api.RoomParticipantIdentity(room=room, identity=identity)
+            )
+
+
+# --- answer with a tone; ringing observed; attributes ---------------------------------------------
+async def test_answer_tone_ringing_and_attributes(stack: Stack, short_dir: Path) -> None:
+    write_tone_pcap(short_dir / "tone.pcap", 1000.0, 8.0)
+    sc = uas_scenario(
+        short_dir / "uas.xml", provisional=180, ring_ms=1500, pcap="tone.pcap", play_ms=200
+    )
+    room, ident = "out_answer", "sip_+15557770001"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        trunk_id = await make_trunk(lk, c)
+        async with observer(stack, room, ident) as w:
+            t0 = time.monotonic()
+            info = await lk.sip.create_sip_participant(
+                api.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk_id,
+                    sip_call_to="+15557770001",
+                    room_name=room,
+                    participant_name="Callee",
+                    wait_until_answered=True,
+                )
+            )
+            print(f"answered after {time.monotonic() - t0:.2f} s")
+            assert info.participant_identity == ident and info.room_name == room
+            assert info.sip_call_id.startswith("SCL_") and info.participant_id.startswith("PA_")
+            await wait_for(lambda: "active" in w.statuses, 10, "active")
+            assert w.statuses[:3] == ["dialing", "ringing", "active"], w.statuses
+            a = w.attrs()
+            assert a["sip.callID"] == info.sip_call_id
+            assert a["sip.trunkID"] == trunk_id
+            assert a["sip.phoneNumber"] == "+15557770001"
+            assert a["sip.trunkPhoneNumber"] == "+15550001000"
+            assert a["sip.hostname"] == f"127.0.0.1:{c.port}"
+            assert a.get("sip.callIDFull"), a
+            p = w.room.remote_participants[ident]
+            assert p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP
+            assert p.name == "Callee"
+            await wait_for(lambda: subscribed_audio(w.room, ident) is not None, 10, "track")
+            track = subscribed_audio(w.room, ident)
+            assert track is not None
+            pcm = await record(track, 2.0, skip=0.5)
+            chk = check_tone(pcm, RATE, 1000.0)
+            print(f"callee PCMU 1 kHz -> SDK: {chk}")
+            assert abs(chk.freq - 1000.0) < 5 and chk.snr >= 20
+            await remove(stack, room, ident)  # roomline sends BYE; SIPp answers 200
+            rc, out = await c.wait(20)
+            assert rc == 0, out[-3000:]
+            assert "INVITE sip:+15557770001@127.0.0.1" in c.messages()
