@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
+from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 
 from tests.conftest import API_KEY, API_SECRET, ROOT, Server, stop_server
@@ -351,3 +352,165 @@ async def test_answer_tone_ringing_and_attributes(stack: Stack, short_dir: Path)
             rc, out = await c.wait(20)
             assert rc == 0, out[-3000:]
             assert "INVITE sip:+15557770001@127.0.0.1" in c.messages()
+
+
+# --- final non-2xx: exact Twirp codes and sip_status_code -----------------------------------------
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (486, "resource_exhausted"),
+        (603, "permission_denied"),
+        (404, "not_found"),
+        (480, "resource_exhausted"),
+        (500, "failed_precondition"),
+    ],
+)
+async def test_rejected_call_maps_status(
+    stack: Stack, short_dir: Path, status: int, code: str
+) -> None:
+    sc = uas_scenario(short_dir / "uas.xml", provisional=180, ring_ms=300, final=status)
+    room, ident = f"out_rej_{status}", f"sip_+1555777{status}"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        trunk_id = await make_trunk(lk, c)
+        async with observer(stack, room, ident) as w:
+            with pytest.raises(api.SipCallError) as exc:
+                await lk.sip.create_sip_participant(
+                    api.CreateSIPParticipantRequest(
+                        sip_trunk_id=trunk_id,
+                        sip_call_to=f"+1555777{status}",
+                        room_name=room,
+                        wait_until_answered=True,
+                    )
+                )
+            err = exc.value
+            print(f"{status} -> {err.code} ({err.status}) {err.sip_status_code} {err.sip_status}")
+            assert err.code == code
+            assert err.sip_status_code == status
+            await asyncio.wait_for(w.left.wait(), 10)
+            expected = (
+                rtc.DisconnectReason.USER_REJECTED
+                if status in (486, 603)
+                else rtc.DisconnectReason.SIP_TRUNK_FAILURE
+                if status >= 500
+                else rtc.DisconnectReason.USER_UNAVAILABLE
+            )
+            assert w.disconnect_reason == expected
+            assert "hangup" not in w.statuses
+        rc, out = await c.wait(15)
+        assert rc == 0, out[-3000:]
+
+
+async def test_rejected_without_wait_leaves_room(stack: Stack, short_dir: Path) -> None:
+    """Without wait_until_answered the RPC returns at once; the busy callee then leaves."""
+    sc = uas_scenario(short_dir / "uas.xml", provisional=180, ring_ms=1000, final=486)
+    room, ident = "out_nowait", "agent-callee"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        trunk_id = await make_trunk(lk, c)
+        async with observer(stack, room, ident) as w:
+            t0 = time.monotonic()
+            info = await lk.sip.create_sip_participant(
+                api.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk_id,
+                    sip_call_to="+15557770002",
+                    room_name=room,
+                    participant_identity=ident,
+                    hide_phone_number=True,
+                )
+            )
+            assert time.monotonic() - t0 < 1.0
+            assert info.participant_identity == ident
+            await wait_for(lambda: bool(w.statuses), 5, "joined")
+            assert w.statuses[0] == "dialing"
+            a = w.attrs()
+            assert "sip.phoneNumber" not in a and "sip.trunkPhoneNumber" not in a
+            await asyncio.wait_for(w.left.wait(), 10)
+            assert w.disconnect_reason == rtc.DisconnectReason.USER_REJECTED
+            assert "ringing" in w.statuses and "hangup" not in w.statuses
+        rc, out = await c.wait(15)
+        assert rc == 0, out[-3000:]
+
+
+async def test_no_answer_is_canceled(stack: Stack, short_dir: Path) -> None:
+    sc = uas_scenario(short_dir / "uas.xml", provisional=180, no_answer=True)
+    room, ident = "out_noanswer", "sip_+15557770003"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        trunk_id = await make_trunk(lk, c)
+        async with observer(stack, room, ident) as w:
+            t0 = time.monotonic()
+            with pytest.raises(api.TwirpError) as exc:
+                await lk.sip.create_sip_participant(
+                    api.CreateSIPParticipantRequest(
+                        sip_trunk_id=trunk_id,
+                        sip_call_to="+15557770003",
+                        room_name=room,
+                        wait_until_answered=True,
+                        ringing_timeout=Duration(seconds=3),
+                    )
+                )
+            took = time.monotonic() - t0
+            print(f"no answer: {exc.value.code} after {took:.2f} s")
+            assert exc.value.code == "canceled" and exc.value.status == 408
+            assert "sip_status_code" not in exc.value.metadata
+            assert 2.9 <= took < 6
+            await asyncio.wait_for(w.left.wait(), 10)
+            assert w.disconnect_reason == rtc.DisconnectReason.USER_UNAVAILABLE
+        rc, out = await c.wait(15)  # SIPp required the CANCEL
+        assert rc == 0, out[-3000:]
+        assert "CANCEL sip:" in c.messages()
+
+
+async def test_digest_challenge_answered(stack: Stack, short_dir: Path) -> None:
+    sc = uas_scenario(
+        short_dir / "uas.xml", challenge=("alice", "s3cret-pw"), provisional=180, play_ms=200
+    )
+    room, ident = "out_auth", "sip_+15557770004"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        trunk_id = await make_trunk(lk, c, auth_username="alice", auth_password="s3cret-pw")
+        info = await lk.sip.create_sip_participant(
+            api.CreateSIPParticipantRequest(
+                sip_trunk_id=trunk_id,
+                sip_call_to="+15557770004",
+                room_name=room,
+                wait_until_answered=True,
+                headers={"X-Campaign": "spring"},
+                display_name="Roomline Test",
+            )
+        )
+        assert info.participant_identity == ident
+        await remove(stack, room, ident)
+        rc, out = await c.wait(15)
+        assert rc == 0, out[-3000:]
+        msgs = c.messages()
+        assert "Authorization: Digest" in msgs and 'username="alice"' in msgs
+        assert "X-Campaign: spring" in msgs
+        assert 'From: "Roomline Test" <sip:+15550001000@' in msgs
+        assert "s3cret-pw" not in stack.server.log_text()
+
+
+async def test_early_media_reaches_room(stack: Stack, short_dir: Path) -> None:
+    write_tone_pcap(short_dir / "early.pcap", 700.0, 4.0)
+    sc = uas_scenario(
+        short_dir / "uas.xml", provisional=183, early_pcap="early.pcap", early_ms=3500, play_ms=200
+    )
+    room, ident = "out_early", "sip_+15557770005"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        trunk_id = await make_trunk(lk, c)
+        async with observer(stack, room, ident) as w:
+            await lk.sip.create_sip_participant(
+                api.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk_id, sip_call_to="+15557770005", room_name=room
+                )
+            )
+            await wait_for(lambda: subscribed_audio(w.room, ident) is not None, 10, "track")
+            track = subscribed_audio(w.room, ident)
+            assert track is not None
+            await wait_for(lambda: "ringing" in w.statuses, 5, "ringing")
+            pcm = await record(track, 1.5, skip=0.3)
+            assert w.statuses[-1] == "ringing", w.statuses  # still before the answer
+            chk = check_tone(pcm, RATE, 700.0)
+            print(f"early media 700 Hz -> SDK: {chk}")
+            assert abs(chk.freq - 700.0) < 5 and chk.snr >= 15
+            await wait_for(lambda: "active" in w.statuses, 10, "active")
+            await remove(stack, room, ident)
+        rc, out = await c.wait(15)
+        assert rc == 0, out[-3000:]

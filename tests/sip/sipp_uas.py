@@ -191,7 +191,9 @@ def uas_scenario(
         ]
         if pcap is not None:
             parts.append(f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>')
-        parts.append(f'  <pause milliseconds="{play_ms}"/>')
+        if not wait_bye and refer is None:
+            # Otherwise no pause: the pcap plays on while SIPp waits for the next request.
+            parts.append(f'  <pause milliseconds="{play_ms}"/>')
         if refer is not None:
             status = int(refer.get("status", 202))
             parts += [
