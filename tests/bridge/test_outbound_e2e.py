@@ -514,3 +514,143 @@ async def test_early_media_reaches_room(stack: Stack, short_dir: Path) -> None:
             await remove(stack, room, ident)
         rc, out = await c.wait(15)
         assert rc == 0, out[-3000:]
+
+
+# --- initial DTMF after the answer (RFC 4733, w = 0.5 s) ------------------------------------------
+class RtpSink(asyncio.DatagramProtocol):
+    """Receives roomline's RTP and decodes RFC 4733 events (payload type 101)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, float]] = []
+        self._seen: set[int] = set()
+        self.packets = 0
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.packets += 1
+        if len(data) < 16 or data[1] & 0x7F != 101:
+            return
+        ts = int.from_bytes(data[4:8], "big")
+        if ts in self._seen:
+            return
+        self._seen.add(ts)
+        self.events.append(("0123456789*#ABCD"[data[12]], time.monotonic()))
+
+
+async def test_initial_dtmf_in_order(stack: Stack, short_dir: Path) -> None:
+    rtp_port = stack.ports.base + 199
+    sc = uas_scenario(short_dir / "uas.xml", provisional=180, ring_ms=200, sdp_port=rtp_port)
+    room, ident = "out_dtmf", "sip_+15557770006"
+    loop = asyncio.get_running_loop()
+    transport, sink = await loop.create_datagram_endpoint(
+        RtpSink, local_addr=("127.0.0.1", rtp_port)
+    )
+    try:
+        async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+            trunk_id = await make_trunk(lk, c)
+            async with observer(stack, room, ident) as w:
+                t0 = time.monotonic()
+                await lk.sip.create_sip_participant(
+                    api.CreateSIPParticipantRequest(
+                        sip_trunk_id=trunk_id,
+                        sip_call_to="+15557770006",
+                        room_name=room,
+                        dtmf="12w3#",
+                        wait_until_answered=True,
+                    )
+                )
+                took = time.monotonic() - t0
+                digits = "".join(d for d, _ in sink.events)
+                print(f"DTMF received {digits!r}; RPC took {took:.2f} s; statuses {w.statuses}")
+                assert digits == "123#"
+                gap = sink.events[2][1] - sink.events[1][1]
+                assert gap >= 0.5, gap  # the 'w'
+                await wait_for(lambda: "active" in w.statuses, 5, "active")
+                assert w.statuses[-2:] == ["automation", "active"], w.statuses
+                await remove(stack, room, ident)
+            rc, out = await c.wait(15)
+            assert rc == 0, out[-3000:]
+    finally:
+        transport.close()
+
+
+# --- cold transfer (REFER) ------------------------------------------------------------------------
+async def _answered_call(lk: api.LiveKitAPI, c: Callee, room: str, number: str) -> None:
+    trunk_id = await make_trunk(lk, c)
+    await lk.sip.create_sip_participant(
+        api.CreateSIPParticipantRequest(
+            sip_trunk_id=trunk_id, sip_call_to=number, room_name=room, wait_until_answered=True
+        )
+    )
+
+
+async def test_transfer_accepted(stack: Stack, short_dir: Path) -> None:
+    sc = uas_scenario(
+        short_dir / "uas.xml",
+        provisional=180,
+        ring_ms=200,
+        refer={"status": 202, "notify": [100, 200]},
+    )
+    room, ident = "out_xfer_ok", "sip_+15557770007"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        async with observer(stack, room, ident) as w:
+            await _answered_call(lk, c, room, "+15557770007")
+            await wait_for(lambda: "active" in w.statuses, 5, "active")
+            t0 = time.monotonic()
+            await lk.sip.transfer_sip_participant(
+                api.TransferSIPParticipantRequest(
+                    participant_identity=ident,
+                    room_name=room,
+                    transfer_to="sip:+15550009999@127.0.0.1",
+                    headers={"X-Transfer-Reason": "sales"},
+                    play_dialtone=True,
+                )
+            )
+            print(f"transfer ok after {time.monotonic() - t0:.2f} s")
+            await asyncio.wait_for(w.left.wait(), 10)
+            assert w.statuses[-1] == "hangup", w.statuses
+        rc, out = await c.wait(15)
+        assert rc == 0, out[-3000:]
+        msgs = c.messages()
+        assert "Refer-To: <sip:+15550009999@127.0.0.1>" in msgs
+        assert "X-Transfer-Reason: sales" in msgs
+
+
+@pytest.mark.parametrize(
+    ("refer", "status", "code"),
+    [
+        ({"status": 202, "notify": [100, 486]}, 486, "resource_exhausted"),
+        ({"status": 405}, 405, "invalid_argument"),
+    ],
+)
+async def test_transfer_failed_call_goes_on(
+    stack: Stack, short_dir: Path, refer: dict[str, Any], status: int, code: str
+) -> None:
+    write_tone_pcap(short_dir / "tone.pcap", 1000.0, 12.0)
+    sc = uas_scenario(
+        short_dir / "uas.xml", provisional=180, ring_ms=200, refer=refer, pcap="tone.pcap"
+    )
+    number = f"+155577710{status}"
+    room, ident = f"out_xfer_{status}", f"sip_{number}"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        async with observer(stack, room, ident) as w:
+            await _answered_call(lk, c, room, number)
+            with pytest.raises(api.SipCallError) as exc:
+                await lk.sip.transfer_sip_participant(
+                    api.TransferSIPParticipantRequest(
+                        participant_identity=ident, room_name=room, transfer_to="tel:+15550009999"
+                    )
+                )
+            err = exc.value
+            print(f"transfer {refer} -> {err.code} {err.sip_status_code} {err.sip_status}")
+            assert err.code == code and err.sip_status_code == status
+            # The call goes on: still in the room, still active, audio still flowing.
+            await asyncio.sleep(1.0)
+            assert not w.left.is_set() and w.statuses[-1] == "active", w.statuses
+            track = subscribed_audio(w.room, ident)
+            assert track is not None
+            pcm = await record(track, 1.0, skip=0.2)
+            assert abs(check_tone(pcm, RATE, 1000.0).freq - 1000.0) < 5
+            await remove(stack, room, ident)
+        rc, out = await c.wait(15)
+        assert rc == 0, out[-3000:]
+        assert "Refer-To: tel:+15550009999" in c.messages()

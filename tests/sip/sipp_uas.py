@@ -9,6 +9,8 @@
 * ``no_answer``: ring and wait for roomline's CANCEL (200 to the CANCEL, 487 to the INVITE).
 * ``challenge``: answer the first INVITE 401 and require valid digest credentials on the
   second (a wrong password gets 403).
+* ``sdp_port``: advertise this RTP port in the 200 OK instead of SIPp's (a test socket then
+  receives roomline's RTP, e.g. to decode RFC 4733 DTMF).
 * ``refer``: after the answer, expect a REFER and answer it with ``refer["status"]``; with 202
   send NOTIFY sipfrags ``refer["notify"]`` (e.g. ``[100, 200]``), then wait for BYE.
 """
@@ -39,10 +41,16 @@ _SDP = """v=0
 
 
 def _response(
-    code: int, reason: str, sdp: bool = False, extra: str = "", retrans: bool = False
+    code: int,
+    reason: str,
+    sdp: bool = False,
+    extra: str = "",
+    retrans: bool = False,
+    sdp_port: int = 0,
 ) -> str:
+    body_sdp = _SDP.replace("[media_port]", str(sdp_port)) if sdp_port else _SDP
     body = (
-        f"Content-Type: application/sdp\n      Content-Length: [len]\n\n      {_SDP}"
+        f"Content-Type: application/sdp\n      Content-Length: [len]\n\n      {body_sdp}"
         if sdp
         else "Content-Length: 0"
     )
@@ -121,6 +129,7 @@ def uas_scenario(
     challenge: tuple[str, str] | None = None,
     refer: dict[str, Any] | None = None,
     wait_bye: bool = True,
+    sdp_port: int = 0,
 ) -> Path:
     parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>', '<scenario name="roomline uas">']
     if challenge is not None:
@@ -186,7 +195,7 @@ def uas_scenario(
         parts += [_response(final, _REASONS.get(final, "Failed")), '  <recv request="ACK"/>']
     else:
         parts += [
-            _response(200, "OK", sdp=True, retrans=True),
+            _response(200, "OK", sdp=True, retrans=True, sdp_port=sdp_port),
             '  <recv request="ACK" crlf="true"/>',
         ]
         if pcap is not None:
