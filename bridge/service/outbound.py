@@ -440,6 +440,8 @@ class OutboundCalls:
         self.socket = socket
         self._mint = mint
         self.calls: dict[str, OutboundCall] = {}
+        #: Transfers of inbound calls (by request id): their calls are not in ``calls``.
+        self.inbound_transfers: dict[int, asyncio.Future[control.TransferResult]] = {}
         self._next_id = 1
         supervisor.on_outbound = self.on_report
 
@@ -552,7 +554,7 @@ class OutboundCalls:
         """A worker's :class:`DialProgress` or :class:`TransferResult`."""
         if isinstance(msg, control.TransferResult):
             call = self.calls.get(msg.call_id)
-            fut = call.transfers.get(msg.id) if call else None
+            fut = call.transfers.get(msg.id) if call else self.inbound_transfers.get(msg.id)
             if fut is not None and not fut.done():
                 fut.set_result(msg)
             return
@@ -610,12 +612,17 @@ class OutboundCalls:
             raise NotFound(f"participant {req.participant_identity!r} is not in the room")
         call_id = participant.attributes.get(ATTR_CALL_ID, "")
         call = self.calls.get(call_id)
+        worker: WorkerHandle | None = call.worker if call is not None else None
         if call is None:
+            # An inbound caller: its worker knows the call by the SIP Call-ID.
+            call_id = participant.attributes.get(ATTR_CALL_ID_FULL, "")
+            worker = next((w for w in self.supervisor.workers if call_id in w.calls), None)
+        if worker is None or not call_id:
             raise FailedPrecondition(
                 f"participant {req.participant_identity!r} is not a SIP call this server can "
                 "transfer"
             )
-        if call.transfer_target and call.transfer_target != target:
+        if call is not None and call.transfer_target and call.transfer_target != target:
             raise InvalidRequest("call already being transferred elsewhere")
         if low.startswith(("sip:", "sips:")):
             target = f"<{target}>"
@@ -633,9 +640,13 @@ class OutboundCalls:
             ringing_timeout=timeout,
         )
         fut: asyncio.Future[control.TransferResult] = asyncio.get_running_loop().create_future()
-        call.transfers[msg.id] = fut
-        call.transfer_target = req.transfer_to
-        call.worker.send(msg)
+        if call is not None:
+            call.transfers[msg.id] = fut
+            call.transfer_target = req.transfer_to
+        else:
+            self.inbound_transfers[msg.id] = fut
+        log.info("sip transfer", call_id=call_id, to=req.transfer_to, worker_pid=worker.pid)
+        worker.send(msg)
         try:
             res = await asyncio.wait_for(asyncio.shield(fut), timeout + 5.0)
         except TimeoutError:
@@ -645,8 +656,10 @@ class OutboundCalls:
                 {"sip_transfer_reason": "STR_RINGING_TIMEOUT"},
             ) from None
         finally:
-            call.transfers.pop(msg.id, None)
-            call.transfer_target = ""
+            self.inbound_transfers.pop(msg.id, None)
+            if call is not None:
+                call.transfers.pop(msg.id, None)
+                call.transfer_target = ""
         if res.ok:
             return
         if res.reason == "ringing-timeout":

@@ -30,6 +30,7 @@ import math
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -98,6 +99,48 @@ def disconnect_reason(status: int) -> int:
     if 500 <= status < 600:
         return models.DisconnectReason.SIP_TRUNK_FAILURE
     return models.DisconnectReason.USER_UNAVAILABLE
+
+
+def send_refer(call: Any, msg: control.Transfer) -> str:
+    """Send the REFER for ``msg`` in ``call``'s dialog; an error text if pjsua refused."""
+    prm = pj.CallOpParam(True)
+    add_headers(prm, msg.headers)
+    try:
+        call.xfer(msg.transfer_to, prm)
+    except pj.Error as exc:
+        return f"REFER failed: {exc.info()}"
+    return ""
+
+
+def refer_outcome(prm: Any) -> tuple[bool | None, int, str]:
+    """(ok, status, reason) from ``onCallTransferStatus``; ok None while only 1xx arrived.
+
+    pjsua reports the REFER's own failure (e.g. 405) the same way as a NOTIFY sipfrag status.
+    """
+    code = int(prm.statusCode)
+    if code < 200 and not prm.finalNotify:
+        prm.cont = True
+        return None, code, str(prm.reason)
+    prm.cont = False
+    return 200 <= code < 300, code, str(prm.reason)
+
+
+def transfer_result(
+    msg: control.Transfer, ok: bool, status: int, reason: str
+) -> control.TransferResult:
+    log.info("call %s: transfer %s: %d %s", msg.call_id, "ok" if ok else "failed", status, reason)
+    return control.TransferResult(
+        id=msg.id, call_id=msg.call_id, ok=ok, status=status, reason=reason
+    )
+
+
+@dataclass
+class InboundTransfer:
+    """A REFER running for an inbound call (owned by the worker's CallRecord)."""
+
+    msg: control.Transfer
+    call: Any
+    started: float
 
 
 class OutboundLeg(RoomLeg):
@@ -386,6 +429,11 @@ class OutboundCall:
         return out
 
     def _disconnected(self, status: int, reason: str) -> None:
+        if self.transfer is not None:
+            # Released LiveKit: the call ending after the REFER was accepted counts as success.
+            self._transfer_done(self.transfer, True, 200, "call ended")
+            self.transfer = None
+            self.transfer_tone = False
         if self.state == "ended":
             self.dialer.release(self)
             return
@@ -459,52 +507,31 @@ class OutboundCall:
                 return  # the same transfer again: its result answers both
             self._transfer_done(msg, False, 0, "call already being transferred elsewhere")
             return
+        error = send_refer(self.pj_call, msg)
+        if error:
+            self._transfer_done(msg, False, 500, error)
+            return
         self.transfer = msg
         self.transfer_started = time.monotonic()
         self.transfer_tone = msg.play_dialtone
-        prm = pj.CallOpParam(True)
-        add_headers(prm, msg.headers)
-        try:
-            self.pj_call.xfer(msg.transfer_to, prm)
-        except pj.Error as exc:
-            self.transfer = None
-            self.transfer_tone = False
-            self._transfer_done(msg, False, 500, f"REFER failed: {exc.info()}")
-            return
         log.info("call %s: REFER to %s", self.dial.call_id, msg.transfer_to)
 
     def on_transfer_status(self, prm: Any) -> None:
         msg = self.transfer
         if msg is None:
             return
-        code = int(prm.statusCode)
-        final = bool(prm.finalNotify) or code >= 200
-        if code < 200 and not final:
-            prm.cont = True
+        ok, code, reason = refer_outcome(prm)
+        if ok is None:
             return
-        prm.cont = False
         self.transfer = None
         self.transfer_tone = False
-        if 200 <= code < 300:
-            self._transfer_done(msg, True, code, str(prm.reason))
+        self._transfer_done(msg, ok, code, reason)
+        if ok:
             self.end_reason = "transferred"
             asyncio.get_running_loop().call_later(REFER_BYE_TIMEOUT_S, self._hangup)
-        else:
-            self._transfer_done(msg, False, code, str(prm.reason))
 
     def _transfer_done(self, msg: control.Transfer, ok: bool, status: int, reason: str) -> None:
-        log.info(
-            "call %s: transfer %s: %d %s",
-            self.dial.call_id,
-            "ok" if ok else "failed",
-            status,
-            reason,
-        )
-        self.dialer.control.send(
-            control.TransferResult(
-                id=msg.id, call_id=msg.call_id, ok=ok, status=status, reason=reason
-            )
-        )
+        self.dialer.control.send(transfer_result(msg, ok, status, reason))
 
     # --- periodic -----------------------------------------------------------------------------
     def pump(self) -> None:
@@ -552,11 +579,20 @@ class OutboundCall:
 class OutboundDialer:
     """All outbound calls of one worker (see the module docstring)."""
 
-    def __init__(self, endpoint: SipEndpoint, control_client: Any, opts: WorkerOptions) -> None:
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        control_client: Any,
+        opts: WorkerOptions,
+        find_inbound: Callable[[str], Any] | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.control = control_client
         self.opts = opts
         self.calls: dict[str, OutboundCall] = {}
+        #: SIP Call-ID → the answered inbound call's pj.Call (or None); set by the worker.
+        self.find_inbound = find_inbound
+        self.inbound_transfers: dict[str, InboundTransfer] = {}
 
     def handle(self, msg: control.Message) -> bool:
         """Carry out a Dial or Transfer; False for messages that are not ours."""
@@ -569,16 +605,59 @@ class OutboundDialer:
             return True
         if isinstance(msg, control.Transfer):
             existing = self.calls.get(msg.call_id)
-            if existing is None:
-                self.control.send(
-                    control.TransferResult(
-                        id=msg.id, call_id=msg.call_id, ok=False, status=481, reason="no such call"
-                    )
-                )
-            else:
+            if existing is not None:
                 existing.start_transfer(msg)
+            else:
+                self._transfer_inbound(msg)
             return True
         return False
+
+    # --- transfers of inbound calls (cold, no dial tone: the inbound media pump is the worker's)
+    def _transfer_inbound(self, msg: control.Transfer) -> None:
+        call = self.find_inbound(msg.call_id) if self.find_inbound is not None else None
+        if call is None:
+            self.control.send(transfer_result(msg, False, 481, "no such active call"))
+            return
+        running = self.inbound_transfers.get(msg.call_id)
+        if running is not None:
+            if running.msg.transfer_to != msg.transfer_to:
+                self.control.send(
+                    transfer_result(msg, False, 0, "call already being transferred elsewhere")
+                )
+            return
+        error = send_refer(call, msg)
+        if error:
+            self.control.send(transfer_result(msg, False, 500, error))
+            return
+        log.info("call %s: REFER to %s", msg.call_id, msg.transfer_to)
+        self.inbound_transfers[msg.call_id] = InboundTransfer(msg, call, time.monotonic())
+
+    def on_inbound_transfer_status(self, call_id: str, prm: Any) -> None:
+        """``onCallTransferStatus`` of an inbound call (forwarded by the worker)."""
+        t = self.inbound_transfers.get(call_id)
+        if t is None:
+            return
+        ok, code, reason = refer_outcome(prm)
+        if ok is None:
+            return
+        del self.inbound_transfers[call_id]
+        self.control.send(transfer_result(t.msg, ok, code, reason))
+        if ok:
+            call = t.call
+
+            def bye() -> None:
+                try:
+                    call.hangup(pj.CallOpParam())
+                except (pj.Error, ReferenceError):
+                    pass  # the far end hung up already
+
+            asyncio.get_running_loop().call_later(REFER_BYE_TIMEOUT_S, bye)
+
+    def inbound_call_ended(self, call_id: str) -> None:
+        """An inbound call ended: a REFER still running counts as success (as LiveKit)."""
+        t = self.inbound_transfers.pop(call_id, None)
+        if t is not None:
+            self.control.send(transfer_result(t.msg, True, 200, "call ended"))
 
     def forget(self, call: OutboundCall) -> None:
         self.calls.pop(call.dial.call_id, None)
@@ -602,6 +681,10 @@ class OutboundDialer:
     def tick(self, now: float) -> None:
         for call in list(self.calls.values()):
             call.tick(now)
+        for call_id, t in list(self.inbound_transfers.items()):
+            if now - t.started >= t.msg.ringing_timeout:
+                del self.inbound_transfers[call_id]
+                self.control.send(transfer_result(t.msg, False, 408, "ringing-timeout"))
 
     def close(self) -> None:
         """Worker shutdown: forget every call (pjsua already hung them up)."""

@@ -108,6 +108,11 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
     def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
         self.worker.on_phone_dtmf(self, prm.digit)
 
+    def onCallTransferStatus(self, prm: Any) -> None:  # noqa: N802
+        rec = self.worker.calls.get(self.getId())
+        if rec is not None:  # transfers are bridge/worker/outbound.py's
+            self.worker.outbound.on_inbound_transfer_status(rec.invite.call_id, prm)
+
 
 class WorkerAccount(pj.Account):  # type: ignore[misc]
     """pjsua2 director of the worker's one account: hands new INVITEs to the worker."""
@@ -130,7 +135,7 @@ class Worker:
         self.calls: dict[int, CallRecord] = {}
         self._stop = asyncio.Event()
         #: Outbound calls and transfers (bridge/worker/outbound.py).
-        self.outbound = OutboundDialer(self.endpoint, self.control, opts)
+        self.outbound = OutboundDialer(self.endpoint, self.control, opts, self._active_call)
 
     # --- control channel ----------------------------------------------------------------------
     def _on_control(self, msg: control.Message) -> None:
@@ -142,6 +147,13 @@ class Worker:
     def _stop_soon(self) -> None:
         # Supervisor gone: nobody can route calls any more, exit cleanly.
         self._stop.set()
+
+    def _active_call(self, call_id: str) -> WorkerCall | None:
+        """The answered inbound call with SIP Call-ID ``call_id`` (transfers), or None."""
+        for rec in self.calls.values():
+            if rec.invite.call_id == call_id and rec.machine.phase is Phase.ACTIVE:
+                return rec.pj_call
+        return None
 
     # --- SIP events (asyncio thread, from libHandleEvents) ------------------------------------
     def on_incoming_call(self, acc: WorkerAccount, prm: Any) -> None:
@@ -233,6 +245,7 @@ class Worker:
         if rec is None or ci.state != pj.PJSIP_INV_STATE_DISCONNECTED:
             return
         acts = rec.machine.on_sip_disconnected(ci.lastStatusCode, ci.lastReason)
+        self.outbound.inbound_call_ended(rec.invite.call_id)
         self._run(rec, acts)
         self._release(ci.id)
 

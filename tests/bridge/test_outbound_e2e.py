@@ -654,3 +654,63 @@ async def test_transfer_failed_call_goes_on(
         rc, out = await c.wait(15)
         assert rc == 0, out[-3000:]
         assert "Refer-To: tel:+15550009999" in c.messages()
+
+
+# --- transfer of an inbound caller (the agent use case) -------------------------------------------
+async def test_transfer_inbound_caller(stack: Stack, short_dir: Path) -> None:
+    from tests.sip.sipp_uas import uac_refer_scenario
+
+    caller, number, room = "+15550007777", "+15550008888", "in_xfer"
+    ident = f"sip_{caller}"
+    sc = uac_refer_scenario(short_dir / "uac.xml", caller=caller)
+    async with lkapi(stack) as lk:
+        trunk = await lk.sip.create_inbound_trunk(
+            api.CreateSIPInboundTrunkRequest(
+                trunk=api.SIPInboundTrunkInfo(
+                    name="in", numbers=[number], allowed_addresses=["127.0.0.1"]
+                )
+            )
+        )
+        await lk.sip.create_dispatch_rule(
+            api.CreateSIPDispatchRuleRequest(
+                dispatch_rule=api.SIPDispatchRuleInfo(
+                    trunk_ids=[trunk.sip_trunk_id],
+                    rule=api.SIPDispatchRule(
+                        dispatch_rule_direct=api.SIPDispatchRuleDirect(room_name=room)
+                    ),
+                )
+            )
+        )
+        port, media = stack.next_sipp()
+        from tests.sip.sipp import SIPP
+
+        assert SIPP is not None
+        cmd = [
+            SIPP, "-sf", str(sc), f"127.0.0.1:{stack.ports.worker_sip(0)}", "-s", number,
+            "-i", "127.0.0.1", "-p", str(port), "-mi", "127.0.0.1", "-mp", str(media),
+            "-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error",
+            "-trace_msg", "-message_file", "msgs.log",
+        ]  # fmt: skip
+        async with observer(stack, room, ident) as w:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, cwd=str(short_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            try:
+                await wait_for(lambda: "active" in w.statuses, 15, "inbound caller active")
+                await lk.sip.transfer_sip_participant(
+                    api.TransferSIPParticipantRequest(
+                        participant_identity=ident,
+                        room_name=room,
+                        transfer_to="sip:reception@127.0.0.1:5999",
+                    )
+                )
+                await asyncio.wait_for(w.left.wait(), 10)
+                out, _ = await asyncio.wait_for(proc.communicate(), 20)
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+            assert w.statuses[-1] == "hangup", w.statuses
+        msgs = (short_dir / "msgs.log").read_text(errors="replace")
+        assert "Refer-To: <sip:reception@127.0.0.1:5999>" in msgs

@@ -66,7 +66,7 @@ def _response(
 
 
 _REASONS = {
-    180: "Ringing", 183: "Session Progress", 200: "OK", 202: "Accepted", 401: "Unauthorized",
+    100: "Trying", 180: "Ringing", 183: "Session Progress", 200: "OK", 202: "Accepted", 401: "Unauthorized",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
     480: "Temporarily Unavailable", 486: "Busy Here", 487: "Request Terminated",
     500: "Server Internal Error", 503: "Service Unavailable", 600: "Busy Everywhere",
@@ -239,3 +239,90 @@ def uas_cmd(
         "-timeout", f"{timeout_s}s", "-timeout_error", "-trace_msg", "-trace_err",
         "-message_file", "msgs.log", "-error_file", "errors.log",
     ]  # fmt: skip
+
+
+def uac_refer_scenario(
+    path: str | Path,
+    *,
+    caller: str = "+15550007777",
+    refer_status: int = 202,
+    notify: tuple[int, ...] = (100, 200),
+    pcap: str | Path | None = None,
+) -> Path:
+    """A caller (UAC) that calls ``[service]``, then expects roomline to REFER it away.
+
+    After the answer it answers the REFER with ``refer_status`` and (2xx) sends NOTIFYs with the
+    sipfrag statuses ``notify``, then waits for roomline's BYE.
+    """
+    hdr = f"""      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]rluac[call_number]
+      Call-ID: [call_id]
+      Contact: <sip:{caller}@[local_ip]:[local_port]>
+      Max-Forwards: 70"""
+    sdp = _SDP.replace("callee", "caller")
+    parts = [
+        '<?xml version="1.0" encoding="ISO-8859-1" ?>',
+        '<scenario name="roomline uac refer">',
+        f"""  <send retrans="500"><![CDATA[
+
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+{hdr}
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      CSeq: 1 INVITE
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      {sdp}
+
+    ]]></send>""",
+        '  <recv response="100" optional="true"/>',
+        '  <recv response="180" optional="true"/>',
+        """  <recv response="200" rtd="true">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="To:" assign_to="to_hdr"/>
+      <ereg regexp="&lt;([^&gt;]*)&gt;" search_in="hdr" header="Contact:" assign_to="junk,contact"/>
+      <log message="dialog to=[$to_hdr] contact=[$contact] [$junk]"/>
+    </action>
+  </recv>""",
+        f"""  <send><![CDATA[
+
+      ACK [$contact] SIP/2.0
+{hdr}
+      To: [$to_hdr]
+      CSeq: 1 ACK
+      Content-Length: 0
+
+    ]]></send>""",
+    ]
+    if pcap is not None:
+        parts.append(f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>')
+    parts += [
+        """  <recv request="REFER">
+    <action>
+      <ereg regexp=".*" search_in="hdr" header="Refer-To:" assign_to="refer_to"/>
+      <log message="REFER-TO [$refer_to]"/>
+    </action>
+  </recv>""",
+        _response(refer_status, _REASONS.get(refer_status, "Failed")),
+    ]
+    if 200 <= refer_status < 300:
+        for i, code in enumerate(notify):
+            state = "terminated;reason=noresource" if i == len(notify) - 1 else "active;expires=60"
+            parts.append(f"""  <send retrans="500"><![CDATA[
+
+      NOTIFY [$contact] SIP/2.0
+{hdr}
+      To: [$to_hdr]
+      CSeq: {2 + i} NOTIFY
+      Event: refer
+      Subscription-State: {state}
+      Content-Type: message/sipfrag;version=2.0
+      Content-Length: [len]
+
+      SIP/2.0 {code} {_REASONS.get(code, "Status")}
+    ]]></send>
+  <recv response="200"/>""")
+    parts += [_wait_bye(), "</scenario>\n"]
+    p = Path(path)
+    p.write_text("\n".join(parts))
+    return p
