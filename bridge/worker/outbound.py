@@ -141,6 +141,10 @@ class InboundTransfer:
     msg: control.Transfer
     call: Any
     started: float
+    waiters: list[control.Transfer] = field(default_factory=list)
+
+    def results(self, ok: bool, status: int, reason: str) -> list[control.TransferResult]:
+        return [transfer_result(m, ok, status, reason) for m in (self.msg, *self.waiters)]
 
 
 class OutboundLeg(RoomLeg):
@@ -244,6 +248,8 @@ class OutboundCall:
             request_id=dial.id,
         )
         self.transfer: control.Transfer | None = None
+        #: Repeated requests for the running transfer's target: answered with its outcome.
+        self.transfer_waiters: list[control.Transfer] = []
         self.transfer_started = 0.0
         self.transfer_tone = False
         self.sip_call_id = ""
@@ -504,8 +510,9 @@ class OutboundCall:
             return
         if self.transfer is not None:
             if self.transfer.transfer_to == msg.transfer_to:
-                return  # the same transfer again: its result answers both
-            self._transfer_done(msg, False, 0, "call already being transferred elsewhere")
+                self.transfer_waiters.append(msg)  # the same transfer again: same outcome
+            else:
+                self._transfer_done(msg, False, 0, "call already being transferred elsewhere")
             return
         error = send_refer(self.pj_call, msg)
         if error:
@@ -532,6 +539,10 @@ class OutboundCall:
 
     def _transfer_done(self, msg: control.Transfer, ok: bool, status: int, reason: str) -> None:
         self.dialer.control.send(transfer_result(msg, ok, status, reason))
+        if msg is self.transfer or self.transfer is None:
+            waiters, self.transfer_waiters = self.transfer_waiters, []
+            for w in waiters:
+                self.dialer.control.send(transfer_result(w, ok, status, reason))
 
     # --- periodic -----------------------------------------------------------------------------
     def pump(self) -> None:
@@ -624,6 +635,8 @@ class OutboundDialer:
                 self.control.send(
                     transfer_result(msg, False, 0, "call already being transferred elsewhere")
                 )
+            else:
+                running.waiters.append(msg)
             return
         error = send_refer(call, msg)
         if error:
@@ -641,7 +654,8 @@ class OutboundDialer:
         if ok is None:
             return
         del self.inbound_transfers[call_id]
-        self.control.send(transfer_result(t.msg, ok, code, reason))
+        for res in t.results(ok, code, reason):
+            self.control.send(res)
         if ok:
             call = t.call
 
@@ -657,7 +671,8 @@ class OutboundDialer:
         """An inbound call ended: a REFER still running counts as success (as LiveKit)."""
         t = self.inbound_transfers.pop(call_id, None)
         if t is not None:
-            self.control.send(transfer_result(t.msg, True, 200, "call ended"))
+            for res in t.results(True, 200, "call ended"):
+                self.control.send(res)
 
     def forget(self, call: OutboundCall) -> None:
         self.calls.pop(call.dial.call_id, None)
@@ -684,7 +699,8 @@ class OutboundDialer:
         for call_id, t in list(self.inbound_transfers.items()):
             if now - t.started >= t.msg.ringing_timeout:
                 del self.inbound_transfers[call_id]
-                self.control.send(transfer_result(t.msg, False, 408, "ringing-timeout"))
+                for res in t.results(False, 408, "ringing-timeout"):
+                    self.control.send(res)
 
     def close(self) -> None:
         """Worker shutdown: forget every call (pjsua already hung them up)."""
