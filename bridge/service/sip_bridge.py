@@ -253,9 +253,13 @@ class SIPPart(Service):
     """The SIP part of the appliance: the trunk/rule store and its Twirp service, plus the bridge
     workers when ``sip.enabled``."""
 
-    def __init__(self, store: SIPStore, bridge: SIPBridge | None) -> None:
+    def __init__(
+        self, store: SIPStore, bridge: SIPBridge | None, service: SIPService | None = None
+    ) -> None:
         self.store = store
         self.bridge = bridge
+        #: The ``livekit.SIP`` service (agents place calls and transfer through it).
+        self.service = service
 
     async def start(self) -> None:
         """Start the bridge workers (if SIP is enabled)."""
@@ -290,4 +294,4 @@ def install(
         service.outbound = OutboundCalls(
             store, bridge.supervisor, server.node, cfg.keys, local_socket
         )
-    return SIPPart(store, bridge)
+    return SIPPart(store, bridge, service)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -101,6 +102,10 @@ def start_appliance(tmp: Path, ports: Ports) -> Server:
             "port_range_end": ports.rtc[1],
         },
         "logging": {"level": "info", "format": "json"},
+        "agents": {
+            "workers": 1,
+            "registry": {"outbound_test": "tests.bridge.outbound_agent:entrypoint"},
+        },
         "sip": {
             "enabled": True,
             "bind_address": "127.0.0.1",
@@ -714,3 +719,59 @@ async def test_transfer_inbound_caller(stack: Stack, short_dir: Path) -> None:
             assert w.statuses[-1] == "hangup", w.statuses
         msgs = (short_dir / "msgs.log").read_text(errors="replace")
         assert "Refer-To: <sip:reception@127.0.0.1:5999>" in msgs
+
+
+# --- from an agent job: place a call, transfer it ---------------------------------------------------
+def _agent(room: rtc.Room) -> rtc.RemoteParticipant | None:
+    for p in room.remote_participants.values():
+        if p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
+            return p
+    return None
+
+
+async def test_agent_places_call_and_transfers(stack: Stack, short_dir: Path) -> None:
+    sc = uas_scenario(
+        short_dir / "uas.xml", provisional=180, ring_ms=200, refer={"status": 202, "notify": [200]}
+    )
+    room, number = "out_agent", "+15557770021"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        trunk_id = await make_trunk(lk, c)
+        async with observer(stack, room, f"sip_{number}") as w:
+            meta = {"trunk": trunk_id, "to": number, "transfer_to": "sip:desk@127.0.0.1"}
+            await lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(
+                    agent_name="outbound_test", room=room, metadata=json.dumps(meta)
+                )
+            )
+            await wait_for(lambda: _agent(w.room) is not None, 20, "agent joins")
+            agent = _agent(w.room)
+            assert agent is not None
+            await wait_for(lambda: "test.call" in agent.attributes, 20, "agent's call")
+            assert agent.attributes["test.call"] == f"ok:sip_{number}"
+            await wait_for(lambda: "test.transfer" in agent.attributes, 20, "agent's transfer")
+            assert agent.attributes["test.transfer"] == "ok"
+            await asyncio.wait_for(w.left.wait(), 10)
+            assert w.statuses[-1] == "hangup", w.statuses
+        rc, out = await c.wait(15)
+        assert rc == 0, out[-3000:]
+
+
+async def test_agent_call_rejected(stack: Stack, short_dir: Path) -> None:
+    sc = uas_scenario(short_dir / "uas.xml", provisional=None, final=603)
+    room, number = "out_agent_rej", "+15557770022"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        trunk_id = await make_trunk(lk, c)
+        async with observer(stack, room, f"sip_{number}") as w:
+            meta = {"trunk": trunk_id, "to": number}
+            await lk.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(
+                    agent_name="outbound_test", room=room, metadata=json.dumps(meta)
+                )
+            )
+            await wait_for(lambda: _agent(w.room) is not None, 20, "agent joins")
+            agent = _agent(w.room)
+            assert agent is not None
+            await wait_for(lambda: "test.call" in agent.attributes, 20, "agent's call")
+            assert agent.attributes["test.call"] == "err:permission_denied:603"
+        rc, out = await c.wait(15)
+        assert rc == 0, out[-3000:]
