@@ -25,7 +25,8 @@ from roomline.errors import InvalidRequest, PermissionDenied, Unavailable, Unimp
 from sfu.service.twirp import Method
 
 from .dispatch import validate_rule, validate_rule_conflicts
-from .outbound import OutboundCalls, plan_call, redacted, validate_outbound_trunk
+from .outbound import OutboundCalls, plan_call
+from .outbound_trunks import redacted, validate_outbound_trunk
 from .store import SIPStore, new_rule_id, new_trunk_id
 from .trunks import (
     apply_list_update,

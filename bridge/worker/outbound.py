@@ -682,12 +682,23 @@ class OutboundDialer:
         self.forget(call)
         if call.port is not None:
             call.port.active = False
-        self.endpoint.bury([call.port, call.account])
+        self.endpoint.bury([call.port])
         call.port = None
-        call.account = None
+        acc, call.account = call.account, None
+        if acc is not None:
+            # pjsua has few account slots (PJSUA_MAX_ACC): delete the call's account as soon as
+            # we are out of the DISCONNECTED callback, not after the graveyard delay.
+            asyncio.get_running_loop().call_soon(self._drop_account, acc)
         if call.call_key:
             self.endpoint.bury_call(call.call_key)
             call.call_key = 0
+
+    @staticmethod
+    def _drop_account(acc: OutboundAccount) -> None:
+        try:
+            acc.shutdown()
+        except pj.Error as exc:
+            log.info("cannot delete outbound account: %s", exc.info())
 
     def pump(self) -> None:
         for call in list(self.calls.values()):

@@ -775,3 +775,32 @@ async def test_agent_call_rejected(stack: Stack, short_dir: Path) -> None:
             assert agent.attributes["test.call"] == "err:permission_denied:603"
         rc, out = await c.wait(15)
         assert rc == 0, out[-3000:]
+
+
+async def test_dialtone_while_ringing(stack: Stack, short_dir: Path) -> None:
+    """play_dialtone: the room hears the 425 Hz ringing tone until the callee answers."""
+    sc = uas_scenario(short_dir / "uas.xml", provisional=180, ring_ms=4000)
+    room, ident = "out_dialtone", "sip_+15557770008"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        trunk_id = await make_trunk(lk, c)
+        async with observer(stack, room, ident) as w:
+            await lk.sip.create_sip_participant(
+                api.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk_id,
+                    sip_call_to="+15557770008",
+                    room_name=room,
+                    play_dialtone=True,
+                )
+            )
+            await wait_for(lambda: subscribed_audio(w.room, ident) is not None, 10, "track")
+            track = subscribed_audio(w.room, ident)
+            assert track is not None
+            pcm = await record(track, 0.6, skip=0.1)  # inside the tone's first 1 s burst
+            assert w.statuses[-1] in ("dialing", "ringing"), w.statuses
+            chk = check_tone(pcm, RATE, 425.0)
+            print(f"dial tone -> SDK: {chk}")
+            assert abs(chk.freq - 425.0) < 5 and chk.snr >= 15
+            await wait_for(lambda: "active" in w.statuses, 10, "active")
+            await remove(stack, room, ident)
+        rc, out = await c.wait(15)
+        assert rc == 0, out[-3000:]

@@ -14,11 +14,11 @@ import pytest
 from livekit import api
 
 from bridge.service.outbound import (
-    REDACTED,
     disconnect_reason_for,
     sip_status_error,
     twirp_code_for,
 )
+from bridge.service.outbound_trunks import REDACTED
 from roomline.errors import ConfigError
 from tests.test_sip_service import KEY, SECRET, Server
 
