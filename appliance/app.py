@@ -8,6 +8,7 @@ and the local participant channel; the hand-offs between parts are typed argumen
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from contextlib import suppress
 
@@ -61,10 +62,24 @@ class Appliance:
         await self.sfu.close()
 
 
-async def serve(cfg: Config) -> None:
-    """Run the appliance until SIGINT or SIGTERM."""
+def write_port_file(path: str, port: int) -> None:
+    """Write ``port`` to ``path`` atomically (a reader never sees a partial file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{port}\n")
+    os.replace(tmp, path)
+
+
+async def serve(cfg: Config, port_file: str | None = None) -> None:
+    """Run the appliance until SIGINT or SIGTERM.
+
+    ``port_file``: once listening, write the bound HTTP port there (with ``server.port: 0`` the
+    kernel picks it; also logged in the ``roomline listening`` event); removed when stopping.
+    """
     appliance = Appliance(cfg)
     await appliance.start()
+    if port_file:
+        write_port_file(port_file, appliance.sfu.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -73,4 +88,7 @@ async def serve(cfg: Config) -> None:
         await stop.wait()
     finally:
         log.info("roomline stopping")
+        if port_file:
+            with suppress(FileNotFoundError):
+                os.unlink(port_file)
         await appliance.stop()

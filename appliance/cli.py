@@ -37,8 +37,9 @@ def _version() -> str:
 
 
 def _port(text: str) -> int:
+    """A listen port; 0 asks the kernel for a free one (logged in ``roomline listening``)."""
     value = int(text)
-    if not 1 <= value <= 65535:
+    if not 0 <= value <= 65535:
         raise ValueError(text)
     return value
 
@@ -74,7 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the appliance until SIGINT/SIGTERM")
     serve.add_argument("--config", metavar="FILE", help=config_help)
     serve.add_argument("--host", help="HTTP listen address (server.host)")
-    serve.add_argument("--port", type=_port, help="HTTP listen port (server.port)")
+    serve.add_argument(
+        "--port",
+        type=_port,
+        help="HTTP listen port (server.port); 0 = any free port, logged by 'roomline listening'",
+    )
+    serve.add_argument(
+        "--port-file",
+        metavar="FILE",
+        help="once listening, write the bound HTTP port to FILE (useful with --port 0)",
+    )
     serve.add_argument("--data-dir", metavar="DIR", help="runtime directory (server.data_dir)")
     serve.add_argument("--log-format", choices=LOG_FORMATS, help="logging.format")
     serve.add_argument("--log-level", choices=LOG_LEVELS, help="logging.level")
@@ -157,7 +167,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         loop_factory = uvloop.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            runner.run(app.serve(cfg))
+            runner.run(app.serve(cfg, port_file=args.port_file))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except OSError as exc:

@@ -22,11 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiortc import MediaStreamTrack, RTCPeerConnection  # noqa: E402
-from bench_forwarding import (  # noqa: E402
+
+from bench.bench_forwarding import (  # noqa: E402
     Harness,
     PortRange,
     StampTrack,
@@ -34,7 +34,6 @@ from bench_forwarding import (  # noqa: E402
     pctl,
     split_ports,
 )
-
 from sfu.media.aiortc import PublishedTrackTap, configure_ice  # noqa: E402
 from sfu.media.forwarder import SourcePacket  # noqa: E402
 

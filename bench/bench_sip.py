@@ -43,10 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from livekit import rtc  # noqa: E402
 
-from tests.conftest import Server, start_server, stop_server  # noqa: E402
-from tests.lk import connect, subscribed_audio, token, wait_for  # noqa: E402
-from tests.sip.fullstack import cpu_seconds, room_for, sip_section, worker_pid  # noqa: E402
-from tests.sip.pcap import linear_to_ulaw  # noqa: E402
+from tests.support.aio import wait_for  # noqa: E402
+from tests.support.lk import connect, subscribed_audio, token  # noqa: E402
+from tests.support.server import Server, start_server, stop_server  # noqa: E402
+from tests.support.sip.fullstack import cpu_seconds, room_for, sip_section, worker_pid  # noqa: E402
+from tests.support.sip.pcap import linear_to_ulaw  # noqa: E402
 
 RATE = 8000
 SAMPLES = 160  # 20 ms of PCMU
@@ -356,7 +357,7 @@ def start_stack(tmp: Path, numbers: list[str], workers: int) -> Stack:
 
 
 async def wait_workers(stack: Stack) -> None:
-    from tests.sip.fullstack import worker_metric
+    from tests.support.sip.fullstack import worker_metric
 
     def ready() -> bool:
         return all(

@@ -19,10 +19,11 @@ import tempfile
 from pathlib import Path
 
 from bridge.service.supervisor import WorkerSpec, WorkerSupervisor
-from tests.bridge.conftest import Policy, free_port, rtp_range
-from tests.bridge.standin_room import StandinRoom
-from tests.sip.pcap import RtpStream
-from tests.sip.sipp import run_sipp, sipp_cmd, uac_scenario
+from tests.support.bridge import Policy
+from tests.support.net import free_port, free_udp_range
+from tests.support.sip.pcap import RtpStream
+from tests.support.sip.sipp import run_sipp, sipp_cmd, uac_scenario
+from tests.support.standin_room import StandinRoom
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -44,7 +45,7 @@ async def main(calls: int, seconds: float) -> None:
     room.tone_freq = 440.0
     await room.start()
     port = free_port()
-    start, end = rtp_range()
+    start, end = free_udp_range(40)
     sup = WorkerSupervisor(
         [WorkerSpec(port, start, end, "127.0.0.1")], Policy(socket=room.path).decide
     )

@@ -73,6 +73,7 @@ class ServerConfig:
     """HTTP/WebSocket edge: signalling, Twirp API, health and metrics."""
 
     host: str = "0.0.0.0"
+    #: 0 = any free port; the bound port is logged in the ``roomline listening`` event.
     port: int = 7880
     data_dir: str = "./data"
 
@@ -565,9 +566,12 @@ def _check_proto(items: list[dict[str, Any]], cls: type[Message], dotted: str, o
             raise o.error(where, f"invalid {cls.__name__}: {str(exc).splitlines()[0]}") from None
 
 
-def _check_port(value: int, dotted: str, o: _Origins) -> None:
+def _check_port(value: int, dotted: str, o: _Origins, *, allow_any: bool = False) -> None:
+    if allow_any and value == 0:
+        return
     if not 1 <= value <= 65535:
-        raise o.error(dotted, f"port must be in 1..65535, got {value}")
+        low = 0 if allow_any else 1
+        raise o.error(dotted, f"port must be in {low}..65535, got {value}")
 
 
 def _check_range(start: int, end: int, prefix: str, names: tuple[str, str], o: _Origins) -> None:
@@ -614,7 +618,7 @@ def _validate(cfg: Config, o: _Origins) -> None:
 
     if not cfg.server.host:
         raise o.error("server.host", "must not be empty")
-    _check_port(cfg.server.port, "server.port", o)
+    _check_port(cfg.server.port, "server.port", o, allow_any=True)
     if not cfg.server.data_dir:
         raise o.error("server.data_dir", "must not be empty")
 

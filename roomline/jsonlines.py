@@ -12,17 +12,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import logging
 import types
 import typing
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Generic, TypeVar
 
+import structlog
+
 from roomline.errors import InvalidRequest
 
 M = TypeVar("M")
 
-log = logging.getLogger(__name__)
+log = structlog.get_logger(__name__)
 
 
 class JsonLinesCodec(Generic[M]):
@@ -74,7 +75,7 @@ class JsonLinesCodec(Generic[M]):
             try:
                 yield self.decode(line)
             except self._error as exc:
-                log.warning("bad control message: %s", exc.message)
+                log.warning("bad control message", error=exc.message)
 
     def decode(self, line: bytes | str) -> M:
         """Parse one control line; raises the channel's error class on anything unexpected."""
@@ -89,6 +90,8 @@ class JsonLinesCodec(Generic[M]):
             obj = json.loads(line)
         except ValueError as exc:
             raise self._error("control line is not JSON") from exc
+        except RecursionError as exc:  # e.g. 100k nested "[": fits max_line, not the C stack
+            raise self._error("control line is nested too deeply") from exc
         if not isinstance(obj, dict):
             raise self._error("control message must be a JSON object")
         kind = obj.pop("type", None)

@@ -1,6 +1,13 @@
-"""Logging: structlog everywhere, one renderer for our events and for stdlib loggers.
+"""Logging: structlog key-value events, one renderer for our events and for stdlib loggers.
 
-JSON lines when stderr is not a terminal (or ``logging.format: json``), a console renderer otherwise.
+Style: ``log = get_logger(__name__)`` then ``log.info("call answered", call_id=..., room=...)``; a
+short constant event name and the variable parts as fields, never ``%``-formatted into the text.
+
+Main process (:func:`configure_logging`): JSON lines when stderr is not a terminal (or
+``logging.format: json``), a console renderer otherwise. Worker processes (bridge workers, agent
+jobs; :func:`configure_worker_logging`) always write JSON lines to stderr, tagged with the process
+name and pid; :class:`roomline.process.ProcessSupervisor` reads them and re-emits them through the
+main process's setup, so ``roomline serve`` writes one stream in one format.
 Context bound with ``structlog.contextvars.bind_contextvars(room=..., participant=..., call_id=...)``
 appears on every line. Third-party stdlib loggers (aiohttp, aiortc, aioice, pjsua) are routed through
 the same renderer at WARNING so their chatter cannot drown ours. A redaction processor masks any field
@@ -10,6 +17,7 @@ named like a secret and any string that looks like a JWT, because secrets must n
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 from collections.abc import Mapping
@@ -20,7 +28,14 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from roomline.config import LoggingConfig
 
-__all__ = ["REDACTED", "THIRD_PARTY_LOGGERS", "configure_logging", "get_logger", "redact_secrets"]
+__all__ = [
+    "REDACTED",
+    "THIRD_PARTY_LOGGERS",
+    "configure_logging",
+    "configure_worker_logging",
+    "get_logger",
+    "redact_secrets",
+]
 
 REDACTED = "***"
 
@@ -118,14 +133,32 @@ def _use_json(cfg: LoggingConfig, stream: TextIO) -> bool:
     return not (isatty is not None and isatty())
 
 
-def configure_logging(cfg: LoggingConfig, *, stream: TextIO | None = None) -> None:
-    """Configure structlog and the stdlib root logger. Safe to call again (replaces the setup)."""
+def _add_fields(fields: Mapping[str, Any]) -> Processor:
+    """A processor adding constant fields (a worker's process name and pid) unless already set."""
+    constant = dict(fields)
+
+    def add(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+        for key, value in constant.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+    return add
+
+
+def configure_logging(
+    cfg: LoggingConfig, *, stream: TextIO | None = None, fields: Mapping[str, Any] | None = None
+) -> None:
+    """Configure structlog and the stdlib root logger. Safe to call again (replaces the setup).
+
+    ``fields`` are added to every event (used by :func:`configure_worker_logging`).
+    """
     stream = sys.stderr if stream is None else stream
     level = _level_number(cfg.level)
     as_json = _use_json(cfg, stream)
 
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        *([_add_fields(fields)] if fields else []),
         structlog.stdlib.add_logger_name,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -175,6 +208,26 @@ def configure_logging(cfg: LoggingConfig, *, stream: TextIO | None = None) -> No
     root.setLevel(level)
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(max(level, logging.WARNING))
+
+
+def configure_worker_logging(
+    process_name: str, *, level: str | None = None, stream: TextIO | None = None
+) -> None:
+    """Logging for a worker process: JSON lines on stderr, every event tagged ``process`` and
+    ``pid``; stdlib ``logging`` calls (including third-party libraries) go the same way.
+
+    ``level`` defaults to ``$ROOMLINE_LOGGING_LEVEL`` (set by the supervisor to the main process's
+    level), else ``info``. The supervisor parses these lines and re-emits them in the main log.
+    """
+    if level is None:
+        level = os.environ.get("ROOMLINE_LOGGING_LEVEL") or "info"
+    if level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        level = "info"
+    configure_logging(
+        LoggingConfig(level=level.lower(), format="json"),
+        stream=stream,
+        fields={"process": process_name, "pid": os.getpid()},
+    )
 
 
 def get_logger(name: str | None = None, **initial: Any) -> Any:

@@ -6,6 +6,7 @@ reads the clock: callers pass ``now`` (seconds since the epoch) where time matte
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from roomline import ids
@@ -36,6 +37,19 @@ from sfu.participant import (
 )
 from sfu.roomstate import Limits, RoomState
 from sfu.track import SOURCE_SID_LETTER, TrackPublication, TrackSource, TrackType
+
+
+def check_metadata(limits: Limits, metadata: str) -> None:
+    """Metadata (a participant's, or what an agent dispatch gives its agent) is capped in bytes."""
+    if len(metadata.encode()) > limits.max_metadata_size:
+        raise LimitExceeded(f"metadata larger than {limits.max_metadata_size} bytes")
+
+
+def check_attributes(limits: Limits, attributes: Mapping[str, str]) -> None:
+    """Attributes are capped by the UTF-8 bytes of all keys and values together."""
+    size = sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items())
+    if size > limits.max_attributes_size:
+        raise LimitExceeded(f"attributes larger than {limits.max_attributes_size} bytes")
 
 
 @dataclass(slots=True)
@@ -213,13 +227,10 @@ class Room(RoomState):
     # ------------------------------------------------------------------ metadata & attributes
 
     def _check_metadata(self, metadata: str) -> None:
-        if len(metadata.encode()) > self.limits.max_metadata_size:
-            raise LimitExceeded(f"metadata larger than {self.limits.max_metadata_size} bytes")
+        check_metadata(self.limits, metadata)
 
-    def _check_attributes(self, attributes: dict[str, str]) -> None:
-        size = sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items())
-        if size > self.limits.max_attributes_size:
-            raise LimitExceeded(f"attributes larger than {self.limits.max_attributes_size} bytes")
+    def _check_attributes(self, attributes: Mapping[str, str]) -> None:
+        check_attributes(self.limits, attributes)
 
     def set_metadata(self, metadata: str) -> list[Event]:
         """Room metadata: every participant is told."""

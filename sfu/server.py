@@ -70,6 +70,8 @@ class SFUServer:
         #: Components that report into /healthz (the SIP front, bridge workers ...).
         self.health_checks: list[HealthCheck] = []
         self.runner: web.AppRunner | None = None
+        #: The bound HTTP port once :meth:`listen` returned (differs from the config for port 0).
+        self.port = cfg.server.port
 
     async def healthz(self, request: web.Request) -> web.Response:
         lines = ["ok"]
@@ -92,10 +94,12 @@ class SFUServer:
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.cfg.server.host, self.cfg.server.port)
         await site.start()
+        # With server.port 0 the kernel picked the port: report the one actually bound.
+        self.port = int(self.runner.addresses[0][1])
         log.info(
             "roomline listening",
             host=self.cfg.server.host,
-            port=self.cfg.server.port,
+            port=self.port,
             dev_mode=self.cfg.dev_mode,
         )
 

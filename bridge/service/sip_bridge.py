@@ -82,7 +82,11 @@ class SIPBridge:
             for w in cfg.sip.workers
         ]
         self.supervisor = WorkerSupervisor(
-            specs, self.decide, self.on_call_state, check_pin=self.check_pin
+            specs,
+            self.decide,
+            self.on_call_state,
+            check_pin=self.check_pin,
+            on_worker_lost=self.on_worker_lost,
         )
         self.rejected: dict[int, int] = {}
         # Calls answered for PIN entry, by SIP Call-ID: check_pin re-evaluates the same INVITE.
@@ -220,6 +224,14 @@ class SIPBridge:
             self.pin_calls.pop(state.call_id, None)
             self.decider.call_ended(state.call_id)
 
+    def on_worker_lost(self, worker: WorkerHandle, calls: dict[str, str]) -> None:
+        """A worker died with ``calls``: free their trunk slots and PIN state. Their participants
+        leave the room when the worker's local-channel connections drop (reason
+        SIP_TRUNK_FAILURE, see sfu/local/server.py)."""
+        for call_id in calls:
+            self.pin_calls.pop(call_id, None)
+            self.decider.call_ended(call_id)
+
     def metrics(self) -> Iterable[Family]:
         """Prometheus families for ``/metrics``: worker caps, active calls, restarts, rejections."""
         workers = self.supervisor.workers
@@ -240,6 +252,12 @@ class SIPBridge:
             "Bridge worker restarts after a crash.",
             "counter",
             [({"sip_port": str(w.spec.sip_port)}, w.restarts) for w in workers],
+        )
+        yield (
+            "roomline_sip_worker_crashes_total",
+            "Bridge workers that died while serving (signal, error exit or calls dropped).",
+            "counter",
+            [({"sip_port": str(w.spec.sip_port)}, w.crashes) for w in workers],
         )
         yield (
             "roomline_sip_rejected_calls_total",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import socket
 import sys
 import time
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 import structlog
 
 import bridge.control as control
+from roomline.process import Backoff, ProcessSupervisor, describe_exit
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +28,8 @@ DecideInvite = Callable[
 ]
 CheckPin = Callable[[control.PinEntered], control.PinResult | Awaitable[control.PinResult]]
 OnCallState = Callable[["WorkerHandle", control.CallState], None]
+#: A worker died carrying these calls (SIP Call-ID → last state).
+OnWorkerLost = Callable[["WorkerHandle", dict[str, str]], None]
 #: Receives outbound-call reports (:class:`~bridge.control.DialProgress`,
 #: :class:`~bridge.control.TransferResult`); see bridge/service/outbound.py.
 OnOutbound = Callable[["WorkerHandle", control.Message], None]
@@ -54,6 +56,8 @@ class WorkerHandle:
     max_calls: int = 0
     ready: bool = False
     restarts: int = 0
+    #: Deaths while serving (signal, error exit, or calls dropped), not planned stops.
+    crashes: int = 0
     calls: dict[str, str] = field(default_factory=dict)  # SIP Call-ID → state
     started_at: float = 0.0
     ready_event: asyncio.Event = field(default_factory=asyncio.Event)
@@ -87,17 +91,19 @@ class WorkerSupervisor:
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         stable_after: float = 30.0,
+        on_worker_lost: OnWorkerLost | None = None,
     ) -> None:
         self.workers = [WorkerHandle(s) for s in specs]
+        self._on_worker_lost = on_worker_lost
         self._decide = decide_invite
         self._on_call_state = on_call_state
         self._check_pin = check_pin
-        self._python = python
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
-        self._stable_after = stable_after
+        self._procs = ProcessSupervisor(
+            "bridge.worker",
+            python=python,
+            backoff=Backoff(backoff_initial, backoff_max, stable_after),
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
         #: Set by :class:`bridge.service.outbound.OutboundCalls` (outbound calls, transfers).
         self.on_outbound: OnOutbound | None = None
 
@@ -117,16 +123,14 @@ class WorkerSupervisor:
         self._stopping = True
         for w in self.workers:
             w.send(control.Shutdown())
-        for w in self.workers:
-            if w.proc is not None and w.proc.returncode is None:
-                try:
-                    await asyncio.wait_for(w.proc.wait(), timeout)
-                except TimeoutError:
-                    w.proc.kill()
-                    await w.proc.wait()
+        # The worker treats SIGTERM like Shutdown (BYE to every call); SIGKILL after ``timeout``.
+        await asyncio.gather(
+            *(self._procs.stop(w.proc, timeout) for w in self.workers if w.proc is not None)
+        )
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._procs.close()
 
     def pick_worker(self) -> WorkerHandle | None:
         """The ready worker with the most free call slots (outbound calls), or None if all full."""
@@ -144,28 +148,17 @@ class WorkerSupervisor:
 
     # --- internals ----------------------------------------------------------------------------
     async def _keep_running(self, w: WorkerHandle) -> None:
-        delay = self._backoff_initial
-        while not self._stopping:
-            started = time.monotonic()
-            try:
-                await self._run_once(w)
-            except OSError as exc:
-                log.error("bridge worker start failed", sip_port=w.spec.sip_port, error=str(exc))
-            if self._stopping:
-                return
-            if time.monotonic() - started >= self._stable_after:
-                delay = self._backoff_initial
+        def restarting(_delay: float) -> None:
             w.restarts += 1
-            log.warning("bridge worker exited", sip_port=w.spec.sip_port, restart_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self._backoff_max)
+
+        await self._procs.keep_running(
+            lambda: self._run_once(w), on_restart=restarting, sip_port=w.spec.sip_port
+        )
 
     async def _run_once(self, w: WorkerHandle) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         s = w.spec
         args = [
-            "-m",
-            "bridge.worker",
             "--sip-port",
             str(s.sip_port),
             "--sip-host",
@@ -180,9 +173,7 @@ class WorkerSupervisor:
             *s.extra_args,
         ]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self._python, *args, pass_fds=(child.fileno(),), env=_child_env()
-            )
+            proc = await self._procs.spawn("bridge.worker", args, pass_fds=(child.fileno(),))
         finally:
             child.close()
         w.proc, w.pid, w.started_at = proc, proc.pid, time.monotonic()
@@ -190,7 +181,8 @@ class WorkerSupervisor:
         w.writer = writer
         reader_task = asyncio.get_running_loop().create_task(self._read(w, reader))
         try:
-            await proc.wait()
+            code = await self._procs.wait(proc, sip_port=s.sip_port)
+            self._account_exit(w, code)
         finally:
             w.ready = False
             w.ready_event.clear()
@@ -198,6 +190,28 @@ class WorkerSupervisor:
             writer.close()
             reader_task.cancel()
             await asyncio.gather(reader_task, return_exceptions=True)
+
+    def _account_exit(self, w: WorkerHandle, code: int) -> None:
+        """A worker that dies (signal, non-zero exit, or any exit while it carried calls and the
+        appliance is not stopping) is a crash: count it, name the calls it took with it, and hand
+        them to ``on_worker_lost`` so the control plane can end them cleanly."""
+        if self._procs.stopping or (code == 0 and not w.calls):
+            return
+        lost = dict(w.calls)
+        w.crashes += 1
+        log.error(
+            "bridge worker died",
+            sip_port=w.spec.sip_port,
+            pid=w.pid,
+            status=describe_exit(code),
+            calls_lost=len(lost),
+            calls=", ".join(f"{cid} ({state})" for cid, state in lost.items()) or "none",
+        )
+        if self._on_worker_lost is not None:
+            try:
+                self._on_worker_lost(w, lost)
+            except Exception:
+                log.exception("on_worker_lost failed", sip_port=w.spec.sip_port)
 
     async def _read(self, w: WorkerHandle, reader: asyncio.StreamReader) -> None:
         async for msg in control.messages(reader):
@@ -248,11 +262,3 @@ class WorkerSupervisor:
             log.exception("check_pin failed", call_id=req.call_id)
             res = control.PinResult(id=req.id, call_id=req.call_id, status=503)
         w.send(res)
-
-
-def _child_env() -> dict[str, str]:
-    """Environment for workers: make sure the repo's packages import from the child."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env

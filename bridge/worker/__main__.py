@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import faulthandler
 import os
 import sys
 
 from bridge.worker.endpoint import WorkerOptions
 from bridge.worker.worker import Worker
+from roomline.log import configure_worker_logging
 
 
 def parse_args(argv: list[str] | None = None) -> WorkerOptions:
@@ -48,7 +49,10 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
 
 def main(argv: list[str] | None = None) -> None:
     """Run one worker until the supervisor says stop (or goes away), then exit at once."""
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="worker %(message)s")
+    # A fatal signal (SIGSEGV, SIGBUS, SIGABRT) dumps every thread's Python stack to stderr, which
+    # the supervisor forwards into the appliance's log stream: the crashing thread and the others.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    configure_worker_logging("bridge.worker")
     opts = parse_args(argv)
     asyncio.run(Worker(opts).run())
     # A pj object that still escaped (e.g. held by a traceback) would assert in its destructor

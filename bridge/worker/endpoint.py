@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,26 @@ from typing import Any
 import pjsua2 as pj
 
 from roomline.wire import FRAME_MS
+
+#: pjlib's own log lines go through stdlib logging under this name, so the worker's JSON-lines
+#: setup (roomline.log.configure_worker_logging) renders them like every other event.
+pjlog = logging.getLogger("bridge.worker.pjsip")
+#: pjlib levels 1 (error) .. 6 (trace) → logging levels.
+_PJ_LEVELS = {1: logging.ERROR, 2: logging.WARNING, 3: logging.INFO}
+
+
+class PjLogWriter(pj.LogWriter):  # type: ignore[misc]
+    """Routes pjlib log output into the worker's JSON log instead of raw lines on stdout.
+
+    Called from whichever pj thread logs (with the GIL, via the SWIG director); it must outlive
+    ``libDestroy``, so the endpoint keeps it until the process exits.
+    """
+
+    def write(self, entry: Any) -> None:
+        msg = str(entry.msg).rstrip()
+        if msg:
+            pjlog.log(_PJ_LEVELS.get(int(entry.level), logging.DEBUG), "pjsip: %s", msg)
+
 
 #: Grace before dropping Python refs of a finished call (the bridge removes ports asynchronously).
 GRAVEYARD_S = 2.0
@@ -85,6 +106,10 @@ class SipEndpoint:
         cfg.logConfig.level = o.log_level
         cfg.logConfig.consoleLevel = o.log_level
         cfg.logConfig.msgLogging = o.log_level >= 4
+        # No decoration: the JSON log adds time and thread; the message is all we keep.
+        cfg.logConfig.decor = 0
+        self.log_writer = PjLogWriter()
+        cfg.logConfig.writer = self.log_writer
         cfg.medConfig.clockRate = BRIDGE_CLOCK_RATE
         cfg.medConfig.sndClockRate = BRIDGE_CLOCK_RATE
         cfg.medConfig.audioFramePtime = FRAME_MS

@@ -2,7 +2,7 @@
 
 Each call subscribes to the room's audio tracks over its own local-channel connection; the SFU
 never sends a participant its own track, so summing everything received *is* the N−1 mix. Each
-input track has a :class:`~bridge.worker.jitter.JitterBuffer` and a decoder; :meth:`Mixer.next_frame`
+input track has a :class:`~sfu.local.jitter.JitterBuffer` and a decoder; :meth:`Mixer.next_frame`
 is called once per 20 ms (paced by the pjsua bridge clock) and always returns a full frame, silence
 when nobody talks, so the phone leg never has gaps.
 """
@@ -15,8 +15,8 @@ from typing import Protocol
 
 import numpy as np
 
-from bridge.worker.jitter import JitterBuffer, Kind
 from roomline.wire import FRAME_SAMPLES
+from sfu.local.jitter import JitterBuffer, Kind
 
 #: An input that produced nothing for this many ticks (10 s) is dropped; it is re-created by its
 #: next packet. Keeps state bounded when tracks are unpublished without notice.

@@ -5,6 +5,17 @@ times a second per call, so they do as little as possible: a deque append/pop an
 The asyncio side drains ``rx`` and keeps ``tx`` topped up; both deques are bounded (``tx`` bounds
 the room → phone latency). ``active`` is cleared on DISCONNECTED *before* the port is released:
 the bridge may still call in while the port is being removed.
+
+Lifetime: end a port with :meth:`BridgePort.close`, never by dropping the last Python
+reference. pjmedia keeps calling a port that is still in the conference bridge (``put_frame`` with
+NONE frames every tick even with no connections) until ``~AudioMediaPort`` clears its back
+pointer under the port's group lock, and SWIG's destructor wrapper releases the GIL while that
+C++ destructor runs. Dropping the last reference therefore ran the destructor from inside the
+Python object's deallocation: a clock-thread callback blocked on the GIL got in, ran a method on
+the dying object (refcount 0 -> 1 -> 0) and deallocated it a second time: a double free that
+corrupted the small-object allocator. :meth:`close` runs the destructor while this object is
+still referenced, so a callback racing with it only sees ``active`` false; afterwards pjmedia can
+no longer reach the object and it may be freed on any thread.
 """
 
 from __future__ import annotations
@@ -61,9 +72,24 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         self.tx_frames = 0
         self.underruns = 0
         self.active = True
+        self.closed = False
         fmt = pj.MediaFormatAudio()
         fmt.init(pj.PJMEDIA_FORMAT_PCM, SAMPLE_RATE, 1, FRAME_MS * 1000, 16)
         self.createPort(name, fmt)
+
+    def close(self) -> None:
+        """Silence the port and destroy its pjmedia side now (from a pj-registered thread).
+
+        Blocks until a callback in progress has returned (the destructor takes the port's group
+        lock). Idempotent; the port must not be used afterwards.
+        """
+        self.active = False
+        if self.closed:
+            return
+        self.closed = True
+        # SWIG's delete wrapper disowns ``this`` (the later Python deallocation does not touch C++)
+        # and runs ~AudioMediaPort: remove from the bridge, then no more callbacks.
+        pj.AudioMediaPort.__swig_destroy__(self)
 
     def onFrameReceived(self, frame: Any) -> None:  # noqa: N802 (pjsua2 name)
         if not getattr(self, "active", False):

@@ -382,8 +382,9 @@ class Worker:
         if rec is None:
             return
         if rec.port is not None:
-            # Before any reference drop: the bridge may still call the port while removing it.
-            rec.port.active = False
+            # Destroy the pjmedia side while we still hold the port (see bridge/worker/port.py:
+            # letting the last reference drop freed it twice when a bridge callback raced in).
+            rec.port.close()
             log.info(
                 "call %s ended: port rx=%d tx=%d underruns=%d; room inputs %s",
                 rec.invite.call_id,
@@ -420,7 +421,7 @@ class Worker:
         await asyncio.gather(*others, return_exceptions=True)
         for rec in self.calls.values():
             if rec.port is not None:
-                rec.port.active = False
+                rec.port.close()
             rec.leg.close()
         self.calls.clear()
         self.outbound.close()

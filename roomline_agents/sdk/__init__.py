@@ -20,6 +20,7 @@ docs/agents.md.
 from __future__ import annotations
 
 from roomline_agents.sdk.audio import AudioFrame, AudioFrameEvent, AudioSource, AudioStream
+from roomline_agents.sdk.event_emitter import EventEmitter
 from roomline_agents.sdk.job import (
     AGENT_STATE_ATTRIBUTE,
     AgentState,
@@ -27,25 +28,34 @@ from roomline_agents.sdk.job import (
     JobContext,
     JobInfo,
 )
+from roomline_agents.sdk.participant import (
+    LocalParticipant,
+    Participant,
+    ParticipantKind,
+    PublishError,
+    RemoteParticipant,
+)
 from roomline_agents.sdk.room import (
     ConnectError,
     ConnectionState,
     DataPacket,
     DataPacketKind,
-    LocalAudioTrack,
-    LocalParticipant,
-    LocalTrackPublication,
-    ParticipantKind,
-    PublishError,
-    RemoteAudioTrack,
-    RemoteParticipant,
-    RemoteTrackPublication,
     Room,
     RoomOptions,
     SipDTMF,
+)
+from roomline_agents.sdk.track import (
+    LocalAudioTrack,
+    RemoteAudioTrack,
+    Track,
     TrackKind,
-    TrackPublishOptions,
     TrackSource,
+)
+from roomline_agents.sdk.track_publication import (
+    LocalTrackPublication,
+    RemoteTrackPublication,
+    TrackPublication,
+    TrackPublishOptions,
 )
 
 __all__ = [
@@ -60,11 +70,13 @@ __all__ = [
     "ConnectionState",
     "DataPacket",
     "DataPacketKind",
+    "EventEmitter",
     "JobContext",
     "JobInfo",
     "LocalAudioTrack",
     "LocalParticipant",
     "LocalTrackPublication",
+    "Participant",
     "ParticipantKind",
     "PublishError",
     "RemoteAudioTrack",
@@ -73,7 +85,9 @@ __all__ = [
     "Room",
     "RoomOptions",
     "SipDTMF",
+    "Track",
     "TrackKind",
+    "TrackPublication",
     "TrackPublishOptions",
     "TrackSource",
 ]

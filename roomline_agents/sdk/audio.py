@@ -17,11 +17,13 @@ from typing import Any, Protocol
 import av
 import numpy as np
 
+# The local channel's audio (48 kHz mono int16, 20 ms Opus frames), re-exported for agent code.
+from sfu.local.codec import FRAME_BYTES as FRAME_BYTES
+from sfu.local.codec import FRAME_SAMPLES as FRAME_SAMPLES
+from sfu.local.codec import RATE as RATE
+
 log = logging.getLogger("roomline_agents.sdk")
 
-RATE = 48000
-FRAME_SAMPLES = 960  # 20 ms at 48 kHz, the Opus frame of the local channel
-FRAME_BYTES = FRAME_SAMPLES * 2
 #: Frames an AudioStream holds for a consumer that does not keep up (10 s): older frames are
 #: dropped so a slow agent costs bounded memory, never the SFU's.
 DEFAULT_STREAM_CAPACITY = 500

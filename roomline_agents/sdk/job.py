@@ -1,7 +1,7 @@
 """The job an agent entrypoint receives: ``async def entrypoint(ctx: JobContext)``.
 
-Shaped after LiveKit Agents' ``JobContext``: ``ctx.room`` (a :class:`~roomline_agents.sdk.room.Room`, not yet
-connected), ``await ctx.connect()``, ``ctx.job`` (who dispatched what, with which metadata),
+Shaped after LiveKit Agents' ``JobContext``: ``ctx.room`` (a
+:class:`~roomline_agents.sdk.room.Room`, not yet connected), ``await ctx.connect()``, ``ctx.job`` (who dispatched what, with which metadata),
 ``ctx.shutdown()`` and ``ctx.add_shutdown_callback()``. The job ends when the room disconnects (the
 agent was removed, the room closed) or when ``ctx.shutdown()`` is called; returning from the
 entrypoint does not end it while the room is connected, as in LiveKit Agents.
@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from roomline_agents.control import AGENT_STATE_ATTRIBUTE
-from roomline_agents.sdk.room import ParticipantKind, RemoteParticipant, Room, RoomOptions
+from roomline_agents.sdk.participant import ParticipantKind, RemoteParticipant
+from roomline_agents.sdk.room import Room, RoomOptions
 
 log = logging.getLogger("roomline_agents.sdk")
 

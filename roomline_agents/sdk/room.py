@@ -1,10 +1,12 @@
 """An agent's view of its room, shaped like ``livekit.rtc.Room`` (the subset agents need).
 
-The room talks to the SFU over the local participant channel (docs/architecture.md): the JOIN frame,
-then ``SignalRequest``/``SignalResponse`` protobufs exactly as on ``/rtc``, RTP frames tagged with a
-track sid and DATA frames carrying ``DataPacket``. Received RTP carries the *remote* track sid; the
-``join``/``update`` messages say which participant published it, which is how every frame an agent
-receives is attributed to a speaker.
+The room talks to the SFU over the local participant channel (:mod:`sfu.local.client`): a JOIN
+asking for audio only, then ``SignalRequest``/``SignalResponse`` protobufs exactly as on ``/rtc``,
+RTP frames tagged with a track sid and DATA frames carrying ``DataPacket``. Received RTP carries
+the *remote* track sid; the ``join``/``update`` messages say which participant published it, which
+is how every frame an agent receives is attributed to a speaker. Participants, tracks and
+publications live in :mod:`~roomline_agents.sdk.participant`, :mod:`~roomline_agents.sdk.track`
+and :mod:`~roomline_agents.sdk.track_publication`, as in ``livekit.rtc``.
 
 Events (``room.on(name)``), with the arguments ``livekit.rtc`` passes:
 
@@ -24,60 +26,33 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
-import json
 import logging
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from livekit.protocol import models, rtc
 
 from roomline.errors import RoomlineError
-from roomline_agents.sdk.audio import AudioSource, AudioStream
-from sfu.local.client import ChannelClient, Kind, encode_frame
-from sfu.local.codec import FRAME_SAMPLES, OpusDecoder, OpusEncoder, RtpPacketizer
-from sfu.media.rtp import RtpError, parse_rtp
+from roomline_agents.sdk.event_emitter import EventEmitter
+from roomline_agents.sdk.participant import (
+    LocalParticipant,
+    Participant,
+    PublishError,
+    RemoteParticipant,
+)
+from roomline_agents.sdk.track import RemoteAudioTrack, TrackKind, TrackSource
+from roomline_agents.sdk.track_publication import RemoteTrackPublication
+from sfu.local.client import ChannelClient
 
 log = logging.getLogger("roomline_agents.sdk")
 
-#: Opus payload type on the local channel.
-OPUS_PT = 111
 #: Seconds to wait for the SFU to answer a join, an add_track or an update_metadata.
 REQUEST_TIMEOUT = 10.0
-#: Sequence gap up to which lost packets are concealed (longer gaps are a paused/restarted stream).
-MAX_CONCEAL_GAP = 5
 
 
 class ConnectError(RoomlineError):
     """Joining the room failed (``livekit.rtc.ConnectError``)."""
-
-
-class PublishError(RoomlineError):
-    """A publish/update request was refused by the SFU."""
-
-
-class TrackKind(enum.IntEnum):
-    KIND_UNKNOWN = 0
-    KIND_AUDIO = 1
-    KIND_VIDEO = 2
-
-
-class TrackSource(enum.IntEnum):
-    SOURCE_UNKNOWN = 0
-    SOURCE_CAMERA = 1
-    SOURCE_MICROPHONE = 2
-    SOURCE_SCREENSHARE = 3
-    SOURCE_SCREENSHARE_AUDIO = 4
-
-
-class ParticipantKind(enum.IntEnum):
-    PARTICIPANT_KIND_STANDARD = 0
-    PARTICIPANT_KIND_INGRESS = 1
-    PARTICIPANT_KIND_EGRESS = 2
-    PARTICIPANT_KIND_SIP = 3
-    PARTICIPANT_KIND_AGENT = 4
 
 
 class ConnectionState(enum.IntEnum):
@@ -98,12 +73,6 @@ class RoomOptions:
 
 
 @dataclass
-class TrackPublishOptions:
-    source: TrackSource = TrackSource.SOURCE_MICROPHONE
-    dtx: bool = True
-
-
-@dataclass
 class DataPacket:
     data: bytes
     kind: int
@@ -118,313 +87,12 @@ class SipDTMF:
     participant: RemoteParticipant | None = None
 
 
-class EventEmitter:
-    """``on``/``once``/``off``/``emit`` like ``livekit.rtc.EventEmitter``; handler errors are logged."""
-
-    def __init__(self) -> None:
-        self._handlers: dict[str, list[Callable[..., Any]]] = {}
-
-    def on(self, event: str, callback: Callable[..., Any] | None = None) -> Callable[..., Any]:
-        if callback is not None:
-            self._handlers.setdefault(event, []).append(callback)
-            return callback
-
-        def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            self._handlers.setdefault(event, []).append(fn)
-            return fn
-
-        return register
-
-    def once(self, event: str, callback: Callable[..., Any] | None = None) -> Callable[..., Any]:
-        def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-            def once_fn(*args: Any) -> Any:
-                self.off(event, once_fn)
-                return fn(*args)
-
-            self.on(event, once_fn)
-            return fn
-
-        return wrap(callback) if callback is not None else wrap
-
-    def off(self, event: str, callback: Callable[..., Any]) -> None:
-        handlers = self._handlers.get(event, [])
-        if callback in handlers:
-            handlers.remove(callback)
-
-    def emit(self, event: str, *args: Any) -> None:
-        for fn in list(self._handlers.get(event, [])):
-            try:
-                result = fn(*args)
-                if asyncio.iscoroutine(result):
-                    # livekit.rtc refuses async handlers; running them is friendlier and harmless.
-                    asyncio.get_running_loop().create_task(result)
-            except Exception:
-                log.exception("event handler for %r failed", event)
-
-
-# ---------------------------------------------------------------------------------- tracks
-
-
-class Track:
-    def __init__(self, sid: str, name: str, kind: TrackKind) -> None:
-        self.sid = sid
-        self.name = name
-        self.kind = kind
-        self.muted = False
-
-
-class RemoteAudioTrack(Track):
-    """A subscribed remote audio track: decodes its Opus RTP into 48 kHz frames for streams."""
-
-    def __init__(self, sid: str, name: str) -> None:
-        super().__init__(sid, name, TrackKind.KIND_AUDIO)
-        self._streams: list[AudioStream] = []
-        self._decoder: OpusDecoder | None = None
-        self._last_seq: int | None = None
-        self.packets = 0
-        self.bad_packets = 0
-
-    def _add_stream(self, stream: AudioStream) -> None:
-        self._streams.append(stream)
-
-    def _remove_stream(self, stream: AudioStream) -> None:
-        if stream in self._streams:
-            self._streams.remove(stream)
-
-    def _on_rtp(self, data: bytes) -> None:
-        try:
-            pkt = parse_rtp(data)
-        except RtpError:
-            self.bad_packets += 1
-            return
-        payload = pkt.payload(data)
-        if pkt.payload_type != OPUS_PT or not payload:
-            return
-        self.packets += 1
-        if not self._streams:
-            self._last_seq = pkt.sequence_number  # nobody listens: skip decoding entirely
-            return
-        if self._decoder is None:
-            self._decoder = OpusDecoder()
-        if self._last_seq is not None:
-            gap = ((pkt.sequence_number - self._last_seq + 0x8000) & 0xFFFF) - 0x8000
-            if gap <= 0:
-                return  # duplicate or late: the frame was already concealed
-            if 1 < gap <= MAX_CONCEAL_GAP:
-                for _ in range(gap - 1):
-                    self._deliver(self._decoder.decode(None))
-        self._last_seq = pkt.sequence_number
-        self._deliver(self._decoder.decode(payload))
-
-    def _deliver(self, pcm: np.ndarray) -> None:
-        for stream in list(self._streams):
-            stream._push(pcm)
-
-    def _end(self) -> None:
-        for stream in list(self._streams):
-            stream._end()
-        self._streams.clear()
-
-
-class LocalAudioTrack(Track):
-    """A track fed by an :class:`AudioSource` (``LocalAudioTrack.create_audio_track``)."""
-
-    _ids = itertools.count(1)
-
-    def __init__(self, name: str, source: AudioSource) -> None:
-        super().__init__(f"local-{next(self._ids)}", name, TrackKind.KIND_AUDIO)
-        self.source = source
-
-    @staticmethod
-    def create_audio_track(name: str, source: AudioSource) -> LocalAudioTrack:
-        return LocalAudioTrack(name, source)
-
-    async def mute(self) -> None:
-        self.muted = True
-
-    async def unmute(self) -> None:
-        self.muted = False
-
-
-@dataclass
-class TrackPublication:
-    sid: str
-    name: str
-    kind: TrackKind
-    source: TrackSource
-    muted: bool = False
-    mime_type: str = ""
-
-
-@dataclass
-class RemoteTrackPublication(TrackPublication):
-    track: RemoteAudioTrack | None = None
-
-    @property
-    def subscribed(self) -> bool:
-        return self.track is not None
-
-
-@dataclass
-class LocalTrackPublication(TrackPublication):
-    track: LocalAudioTrack | None = None
-    _pump: asyncio.Task[None] | None = field(default=None, repr=False)
-
-    async def wait_for_subscription(self) -> None:
-        return None
-
-
-# ---------------------------------------------------------------------------------- participants
-
-
-class Participant:
-    """Common view of a participant (``livekit.rtc.Participant``)."""
-
-    def __init__(self, info: models.ParticipantInfo) -> None:
-        self._info = models.ParticipantInfo()
-        self._info.CopyFrom(info)
-        self.disconnect_reason = 0
-
-    @property
-    def sid(self) -> str:
-        return self._info.sid
-
-    @property
-    def identity(self) -> str:
-        return self._info.identity
-
-    @property
-    def name(self) -> str:
-        return self._info.name
-
-    @property
-    def metadata(self) -> str:
-        return self._info.metadata
-
-    @property
-    def attributes(self) -> dict[str, str]:
-        return dict(self._info.attributes)
-
-    @property
-    def kind(self) -> int:
-        return int(self._info.kind)
-
-    @property
-    def state(self) -> int:
-        return int(self._info.state)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(identity={self.identity!r}, sid={self.sid!r})"
-
-
-class RemoteParticipant(Participant):
-    def __init__(self, info: models.ParticipantInfo) -> None:
-        super().__init__(info)
-        self.track_publications: dict[str, RemoteTrackPublication] = {}
-
-
-class LocalParticipant(Participant):
-    """The agent itself: publish audio, set attributes, send data and DTMF."""
-
-    def __init__(self, room: Room, info: models.ParticipantInfo) -> None:
-        super().__init__(info)
-        self._room = room
-        self.track_publications: dict[str, LocalTrackPublication] = {}
-
-    async def publish_track(
-        self, track: LocalAudioTrack, options: TrackPublishOptions | None = None
-    ) -> LocalTrackPublication:
-        """AddTrack, then send the source's audio as Opus RTP on a steady 20 ms clock."""
-        options = options or TrackPublishOptions()
-        req = rtc.AddTrackRequest(
-            cid=track.sid,
-            name=track.name,
-            type=models.TrackType.AUDIO,
-            source=int(options.source),  # type: ignore[arg-type]
-            disable_dtx=not options.dtx,
-        )
-        info = await self._room._add_track(req)
-        pub = LocalTrackPublication(
-            sid=info.sid,
-            name=info.name,
-            kind=TrackKind.KIND_AUDIO,
-            source=options.source,
-            mime_type="audio/opus",
-            track=track,
-        )
-        track.sid = info.sid
-        pub._pump = asyncio.get_running_loop().create_task(self._room._pump(pub))
-        self.track_publications[pub.sid] = pub
-        self._room.emit("local_track_published", pub, track)
-        return pub
-
-    async def unpublish_track(self, track_sid: str) -> None:
-        pub = self.track_publications.pop(track_sid, None)
-        if pub is None:
-            raise PublishError(f"track {track_sid!r} is not published")
-        if pub._pump is not None:
-            pub._pump.cancel()
-        # The local channel unpublishes by muting; the track ends when the agent leaves.
-        self._room._send(rtc.SignalRequest(mute=rtc.MuteTrackRequest(sid=track_sid, muted=True)))
-
-    async def set_attributes(self, attributes: dict[str, str]) -> None:
-        """Merge ``attributes`` into this participant's (an empty value deletes a key)."""
-        await self._room._update_metadata(attributes=attributes)
-
-    async def set_metadata(self, metadata: str) -> None:
-        await self._room._update_metadata(metadata=metadata)
-
-    async def set_name(self, name: str) -> None:
-        await self._room._update_metadata(name=name)
-
-    async def publish_data(
-        self,
-        payload: bytes | str,
-        *,
-        reliable: bool = True,
-        destination_identities: list[str] | None = None,
-        topic: str = "",
-    ) -> None:
-        if isinstance(payload, str):
-            payload = payload.encode()
-        pkt = models.DataPacket(
-            kind=models.DataPacket.Kind.RELIABLE if reliable else models.DataPacket.Kind.LOSSY,
-            destination_identities=list(destination_identities or []),
-            user=models.UserPacket(payload=payload, topic=topic),
-        )
-        self._room._send_data(pkt)
-
-    async def publish_dtmf(self, *, code: int, digit: str) -> None:
-        """Send a SIP DTMF digit; a SIP participant's bridge plays it to the phone (RFC 4733)."""
-        pkt = models.DataPacket(
-            kind=models.DataPacket.Kind.RELIABLE,
-            sip_dtmf=models.SipDTMF(code=code, digit=digit),
-        )
-        self._room._send_data(pkt)
-
-
-# ---------------------------------------------------------------------------------- channel
-
-
-class AgentChannel(ChannelClient):
-    """:class:`sfu.local.client.ChannelClient` over a socket the supervisor opened for this job."""
-
-    async def connect_sock(self, sock: socket.socket, join: dict[str, Any]) -> None:
-        reader, writer = await asyncio.open_unix_connection(sock=sock)
-        self._writer = writer
-        writer.write(encode_frame(Kind.JOIN, json.dumps(join).encode()))
-        self._task = asyncio.get_running_loop().create_task(self._read(reader))
-
-
-# ---------------------------------------------------------------------------------- room
-
-
 class Room(EventEmitter):
     """One room as seen by an agent (``livekit.rtc.Room``)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._channel: AgentChannel | None = None
+        self._channel: ChannelClient | None = None
         self._local: LocalParticipant | None = None
         self._remote: dict[str, RemoteParticipant] = {}  # by identity
         self._by_sid: dict[str, RemoteParticipant] = {}
@@ -475,29 +143,31 @@ class Room(EventEmitter):
         loop = asyncio.get_running_loop()
         self._auto_subscribe = options.auto_subscribe
         self._joined = loop.create_future()
-        self._channel = AgentChannel(
+        self._channel = ChannelClient(
             on_signal=self._on_signal,
             on_rtp=self._on_rtp,
             on_data=self._on_data,
             on_closed=self._on_closed,
         )
-        join = {
-            "token": token,
-            "auto_subscribe": options.auto_subscribe,
-            "subscribe_kinds": ["audio"],
-        }
-        await self._channel.connect_sock(sock, join)
+        # Audio only: the SFU does not forward video an agent could not decode anyway.
+        await self._channel.connect_socket(
+            sock, token, auto_subscribe=options.auto_subscribe, subscribe_kinds=["audio"]
+        )
         try:
-            resp = await asyncio.wait_for(self._joined, REQUEST_TIMEOUT)
+            await asyncio.wait_for(self._joined, REQUEST_TIMEOUT)
         except TimeoutError:
             self._channel.close()
             raise ConnectError("the SFU did not answer the join") from None
+        self.emit("connected")
+
+    def _on_join(self, resp: rtc.JoinResponse) -> None:
+        # Applied as it arrives, not when _connect resumes: updates read in the same chunk as the
+        # join (our own ACTIVE state, for one) must already know who the local participant is.
         self._room_info.CopyFrom(resp.room)
         self._local = LocalParticipant(self, resp.participant)
         self._state = ConnectionState.CONN_CONNECTED
         for info in resp.other_participants:
             self._apply_participant(info, announce=False)
-        self.emit("connected")
 
     async def disconnect(self) -> None:
         """Leave the room (the SFU removes us with CLIENT_INITIATED)."""
@@ -550,6 +220,10 @@ class Room(EventEmitter):
             raise ConnectError("not connected")
         self._channel.send_data(pkt)
 
+    def _send_rtp(self, track_sid: str, packet: bytes) -> None:
+        if self._channel is not None:
+            self._channel.send_rtp(track_sid, packet)
+
     async def _add_track(self, req: rtc.AddTrackRequest) -> models.TrackInfo:
         fut: asyncio.Future[models.TrackInfo] = asyncio.get_running_loop().create_future()
         self._pending_tracks[req.cid] = fut
@@ -577,37 +251,12 @@ class Room(EventEmitter):
         finally:
             self._pending_requests.pop(request_id, None)
 
-    async def _pump(self, pub: LocalTrackPublication) -> None:
-        """The track's 20 ms clock: one Opus packet per tick while the source has audio."""
-        assert pub.track is not None
-        source = pub.track.source
-        packetizer = RtpPacketizer()
-        encoder: OpusEncoder | None = None
-        loop = asyncio.get_running_loop()
-        tick = FRAME_SAMPLES / 48000
-        deadline = loop.time()
-        while self.isconnected():
-            pcm = source._pull()
-            if pcm is not None and not pub.track.muted and self._channel is not None:
-                if encoder is None:
-                    encoder = OpusEncoder()
-                for payload in encoder.encode(pcm):
-                    self._channel.send_rtp(pub.sid, packetizer.packet(payload))
-            else:
-                # Nothing to say: send nothing, keep the RTP clock running (Opus DTX style).
-                packetizer.ts = (packetizer.ts + FRAME_SAMPLES) & 0xFFFFFFFF
-            deadline += tick
-            delay = deadline - loop.time()
-            if delay < -0.2:  # the loop stalled: restart the clock instead of bursting
-                deadline = loop.time()
-                delay = 0.0
-            await asyncio.sleep(max(delay, 0.0))
-
     # ---- incoming
     def _on_signal(self, msg: rtc.SignalResponse) -> None:
         which = msg.WhichOneof("message")
         if which == "join":
             if self._joined is not None and not self._joined.done():
+                self._on_join(msg.join)
                 self._joined.set_result(msg.join)
         elif which == "update":
             for info in msg.update.participants:

@@ -4,8 +4,11 @@ Started idle by the supervisor (imports done, so a job starts in milliseconds), 
 job and exits. One process per job keeps a crashing or CPU-hogging agent away from other rooms'
 agents, from SIP calls and from the SFU: the worst it can do is lose its own job.
 
-* control (``--control-fd``): JSON lines (:mod:`roomline_agents.control`). A heartbeat every second from
-  this event loop lets the supervisor detect a job that blocks the loop.
+* control (``--control-fd``): JSON lines (:mod:`roomline_agents.control`). A heartbeat every
+  second from this event loop lets the supervisor detect a job that blocks the loop.
+* logging: stdlib loggers, rendered by :func:`roomline.log.configure_logging` as the main process
+  renders its own (``--log-level``/``--log-format``, passed on from ``logging.*``), to the stderr
+  both share; every line carries the job process's ``pid``, and its job's ``job``/``room``/``agent``.
 * ``--fd-socket``: receives the local-channel connection (SCM_RIGHTS) the supervisor opens when the
   entrypoint calls ``ctx.connect()``. The supervisor keeps a duplicate of it so that if this process
   dies, the SFU does not see the socket close before the supervisor has reported the failure with
@@ -26,6 +29,10 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
+
+from roomline.config import LoggingConfig
+from roomline.log import configure_logging
 from roomline_agents import control
 from roomline_agents.sdk.job import JobContext, JobInfo
 
@@ -170,6 +177,10 @@ class JobProcess:
             self._requests.pop(request_id, None)
 
     async def _run_job(self, start: control.StartJob) -> None:
+        # Every line this job logs (its tasks inherit this context) says whose it is.
+        structlog.contextvars.bind_contextvars(
+            job=start.job_id, room=start.room, agent=start.agent_name
+        )
         info = JobInfo(
             id=start.job_id,
             dispatch_id=start.dispatch_id,
@@ -188,7 +199,7 @@ class JobProcess:
             self.send(control.JobStatus(state="running"))
             await self._run_entrypoint(ctx, entrypoint)
         except Exception as exc:
-            log.exception("agent job %s failed", start.job_id)
+            log.exception("agent job failed")
             self.send(control.JobStatus(state="failed", error=_error_text(exc)))
             # Stay in the room: the supervisor removes us with AGENT_ERROR, so the room sees why.
             if ctx.room.isconnected():
@@ -238,12 +249,11 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="roomline_agents.sdk.worker")
     ap.add_argument("--control-fd", type=int, required=True)
     ap.add_argument("--fd-socket", type=int, required=True)
+    ap.add_argument("--log-level", default="info")
+    ap.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
     args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format=f"%(asctime)s agent-job[{os.getpid()}] %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(LoggingConfig(level=args.log_level, format=args.log_format))
+    structlog.contextvars.bind_contextvars(pid=os.getpid())
     # Heavy imports happen here, while the process is idle, not when a call is waiting.
     import roomline_agents.sdk.room  # noqa: F401
     import sfu.local.codec  # noqa: F401

@@ -45,6 +45,7 @@ from roomline_agents.service.dispatch import (
 from roomline_agents.service.supervisor import JobSpec, JobSupervisor
 from sfu.local import socket_path
 from sfu.participant import DisconnectReason, ParticipantKind
+from sfu.room import check_attributes, check_metadata
 from sfu.roomstate import RoomState
 from sfu.service.metrics import Family
 from sfu.service.twirp import Method
@@ -76,6 +77,7 @@ class AgentManager(Service):
             socket_path(self.cfg.server.data_dir),
             self.on_status,
             self.remove_for_job,
+            log_config=self.cfg.logging,
         )
         self.failures: Counter[tuple[str, str]] = Counter()
         self.started: Counter[str] = Counter()
@@ -445,12 +447,10 @@ class AgentDispatchService:
         _require_admin(claims, req.room)
         m = self.manager
         m.check_agent(req.agent_name)
-        limits = m.cfg.limits
-        if len(req.metadata.encode()) > limits.max_metadata_size:
-            raise LimitExceeded(f"metadata larger than {limits.max_metadata_size} bytes")
+        # The same limits, counted in bytes, as the room applies to the agent's participant.
+        check_metadata(m.node.rooms.limits, req.metadata)
         attrs = dict(req.attributes)
-        if sum(len(k) + len(v) for k, v in attrs.items()) > limits.max_attributes_size:
-            raise LimitExceeded(f"attributes larger than {limits.max_attributes_size} bytes")
+        check_attributes(m.node.rooms.limits, attrs)
         if req.restart_policy not in (dispatch_pb.JRP_ON_FAILURE, dispatch_pb.JRP_NEVER):
             raise InvalidRequest(f"unknown restart_policy {req.restart_policy}")
         if req.room not in m.node.rooms.rooms:

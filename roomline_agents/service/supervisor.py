@@ -11,12 +11,14 @@ crashes, the SFU therefore does not see the participant's socket close first (wh
 an ordinary SIGNAL_CLOSE); the supervisor reports the failure, the owner removes the participant
 with AGENT_ERROR, and only then is the duplicate closed. A job whose event loop stops sending
 heartbeats for :data:`HANG_TIMEOUT` seconds is killed and reported the same way.
+
+Spawning, stopping and exit logging are :class:`roomline.process.ProcessSupervisor`'s (which also
+forwards the jobs' stderr log lines into the appliance's log).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import socket
 import sys
@@ -25,9 +27,13 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
+from roomline.config import LoggingConfig
+from roomline.process import Backoff, ProcessSupervisor, describe_exit
 from roomline_agents import control
 
-log = logging.getLogger("roomline_agents.service.supervisor")
+log = structlog.get_logger(__name__)
 
 #: A job whose event loop has not sent a heartbeat for this long is considered hung and killed.
 #: Heartbeats come every second; 5 s tolerates a GC pause or a slow model load step.
@@ -93,6 +99,7 @@ class JobSupervisor:
         on_remove: OnRemove,
         python: str = sys.executable,
         hang_timeout: float = HANG_TIMEOUT,
+        log_config: LoggingConfig | None = None,
     ) -> None:
         self.idle_target = idle_processes
         self.channel_path = channel_path
@@ -100,8 +107,17 @@ class JobSupervisor:
         self._on_remove = on_remove
         #: Answers agents' :class:`~roomline_agents.control.SipCall` (set by the appliance).
         self.on_sip: OnSip | None = None
-        self._python = python
+        # The working directory is importable too: registries name agent modules relative to it.
+        self._procs = ProcessSupervisor(
+            "agent-job",
+            python=python,
+            backoff=Backoff(SPAWN_BACKOFF, SPAWN_BACKOFF_MAX),
+            stop_grace=STOP_GRACE,
+            extra_paths=(os.getcwd(),),
+        )
         self.hang_timeout = hang_timeout
+        #: Job processes log like the main process (level and renderer) to the stderr they inherit.
+        self.log_config = log_config or LoggingConfig()
         self.idle: list[JobProc] = []
         self.busy: dict[str, JobProc] = {}
         self.starting = 0
@@ -118,23 +134,20 @@ class JobSupervisor:
         self._refill()
 
     async def stop(self) -> None:
-        self._stopping = True
+        self._stopping = self._procs.stopping = True
         for jp in list(self.busy.values()):
             jp.send(control.StopJob(reason="appliance stopping"))
         for jp in list(self.idle):
             jp.send(control.Shutdown())
         procs = [jp.proc for jp in [*self.idle, *self.busy.values()]]
-        for proc in procs:
-            if proc.returncode is None:
-                try:
-                    await asyncio.wait_for(proc.wait(), STOP_GRACE)
-                except TimeoutError:
-                    proc.kill()
+        # Asked above; SIGTERM after STOP_GRACE, SIGKILL after another second.
+        await asyncio.gather(*(self._procs.stop(p, 1.0, polite_wait=STOP_GRACE) for p in procs))
         if self._watchdog is not None:
             self._watchdog.cancel()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._procs.close()
 
     def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -153,8 +166,8 @@ class JobSupervisor:
         except (OSError, TimeoutError) as exc:
             self.starting -= 1
             self.spawn_failures += 1
-            delay = min(SPAWN_BACKOFF * 2 ** min(self.spawn_failures, 6), SPAWN_BACKOFF_MAX)
-            log.error("cannot start an agent job process (%s); retry in %.1fs", exc, delay)
+            delay = self._procs.backoff.after_failures(self.spawn_failures)
+            log.error("cannot start an agent job process", error=str(exc), retry_in=delay)
             await asyncio.sleep(delay)
             self._refill()
             return
@@ -169,17 +182,19 @@ class JobSupervisor:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fd_parent, fd_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self._python,
-                "-m",
+            proc = await self._procs.spawn(
                 "roomline_agents.sdk.worker",
-                "--control-fd",
-                str(child.fileno()),
-                "--fd-socket",
-                str(fd_child.fileno()),
+                [
+                    "--control-fd",
+                    str(child.fileno()),
+                    "--fd-socket",
+                    str(fd_child.fileno()),
+                    "--log-level",
+                    self.log_config.level,
+                    "--log-format",
+                    self.log_config.format,
+                ],
                 pass_fds=(child.fileno(), fd_child.fileno()),
-                env=_child_env(),
-                stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
             child.close()
@@ -219,7 +234,7 @@ class JobSupervisor:
     async def _run(self, jp: JobProc, reader: asyncio.StreamReader) -> None:
         read = asyncio.get_running_loop().create_task(self._read(jp, reader))
         try:
-            code = await jp.proc.wait()
+            code = await self._procs.wait(jp.proc, **({"job": jp.job.job_id} if jp.job else {}))
         finally:
             read.cancel()
             await asyncio.gather(read, return_exceptions=True)
@@ -232,8 +247,8 @@ class JobSupervisor:
             self.busy.pop(spec.job_id, None)
             error = ""
             if not jp.final and jp.stop_deadline is None:
-                error = jp.killed_reason or f"agent process exited with code {code}"
-                log.warning("agent job %s ended abnormally: %s", spec.job_id, error)
+                error = jp.killed_reason or f"agent process exited ({describe_exit(code)})"
+                log.warning("agent job ended abnormally", job=spec.job_id, error=error)
             # "exited" always comes last: the owner settles the job and the participant here.
             self._on_status(spec.job_id, "exited", error)
             self._refill()
@@ -303,7 +318,7 @@ class JobSupervisor:
         try:
             error = await self._on_remove(jp.job.job_id, msg.identity, msg.destination)
         except Exception as exc:  # the agent gets an error, the supervisor lives on
-            log.exception("remove_participant for agent job failed")
+            log.exception("remove_participant for agent job failed", job=jp.job.job_id)
             error = str(exc) or type(exc).__name__
         jp.send(control.Result(request_id=msg.request_id, ok=not error, error=error))
 
@@ -319,7 +334,7 @@ class JobSupervisor:
                         f"agent job hung (no heartbeat for {self.hang_timeout:.0f} s)"
                     )
                     self.killed_hung += 1
-                    log.warning("killing agent job process %d: %s", jp.pid, jp.killed_reason)
+                    log.warning("killing agent job process", pid=jp.pid, reason=jp.killed_reason)
                     jp.proc.kill()
                 elif jp.stop_deadline is not None and now > jp.stop_deadline:
                     jp.killed_reason = "agent job did not stop in time"
@@ -331,14 +346,3 @@ class JobSupervisor:
             "busy": len(self.busy),
             "killed_hung": self.killed_hung,
         }
-
-
-def _child_env() -> dict[str, str]:
-    """Job processes import the repo's packages (and the registry's agent modules) like we do."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    paths = [root, os.getcwd()]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env

@@ -1,8 +1,10 @@
 """Local participant channel: how SIP callers and in-appliance agents join rooms without WebRTC.
 
 ``server`` runs in the main process; ``client`` in the processes that join through it (bridge
-workers, agent jobs); ``protocol`` is the sans-I/O state machine both sides use; ``framing`` the
-byte format.
+workers, agent jobs); ``protocol`` is the sans-I/O state machine both sides use (and documents the
+JOIN), ``stream`` the little asyncio plumbing they add to it, ``framing`` the byte format. What the
+receivers of its audio share: ``codec`` (Opus and the RTP header) and ``jitter`` (the playout
+buffer).
 """
 
 from __future__ import annotations

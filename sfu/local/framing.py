@@ -62,6 +62,11 @@ class FrameDecoder:
 
     _buf: bytearray | None = None
 
+    @property
+    def pending(self) -> int:
+        """Bytes held of a frame not yet complete."""
+        return len(self._buf) if self._buf is not None else 0
+
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         if self._buf is None:
             self._buf = bytearray()

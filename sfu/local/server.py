@@ -1,17 +1,20 @@
-"""Server end of the local participant channel: a Unix socket where each connection is a participant.
+"""Server end of the local participant channel: a Unix socket, one participant per connection.
 
-SIP bridge workers and agent workers join here instead of over WebRTC. After a JOIN frame carrying a
-LiveKit token, the connection speaks the same ``SignalRequest``/``SignalResponse`` messages as ``/rtc``;
-media travels as plain RTP (Opus) frames tagged with the track sid, so the SFU treats a local
-participant like any other publisher and subscriber, without ICE, DTLS or SRTP.
+SIP bridge workers and agent workers join here instead of over WebRTC. After a JOIN frame carrying
+a LiveKit token, the connection speaks the same ``SignalRequest``/``SignalResponse`` messages as
+``/rtc``; media travels as plain RTP (Opus) frames tagged with the track sid, so the SFU treats a
+local participant like any other publisher and subscriber, without ICE, DTLS or SRTP. The protocol
+itself (JOIN fields, handshake, frame handling) is the sans-I/O :mod:`sfu.local.protocol`; this
+module is its asyncio layer and the :class:`~sfu.signal.SignalSession` of a local participant.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import copy
+import dataclasses
 import os
-from typing import Any
+import socket
 
 import structlog
 from livekit.protocol import rtc
@@ -20,19 +23,32 @@ from roomline.auth import verify_token
 from roomline.config import Config
 from roomline.errors import InvalidRequest, RoomlineError
 from roomline.lifecycle import Service
+from sfu.admission import CLIENT_PROTOCOL_DEFAULT, participant_init
 from sfu.events import SubscriptionChanged
-from sfu.local.framing import (
-    MAX_FRAME,
-    FrameDecoder,
-    FrameError,
-    Kind,
-    decode_rtp,
-    encode_frame,
-    encode_rtp,
+from sfu.local import stream
+from sfu.local.codec import OPUS_PT, RATE
+from sfu.local.framing import MAX_FRAME
+from sfu.local.protocol import (
+    ConnectionClosed,
+    DataReceived,
+    Event,
+    FrameRejected,
+    JoinReceived,
+    JoinRequest,
+    RtpReceived,
+    ServerProtocol,
+    SignalRequestReceived,
+    State,
 )
 from sfu.media.forwarder import SourceInfo, SourcePacket
 from sfu.node import Node
-from sfu.participant import DisconnectReason, Participant, ParticipantInit, ParticipantState
+from sfu.participant import (
+    DisconnectReason,
+    Participant,
+    ParticipantInit,
+    ParticipantKind,
+    ParticipantState,
+)
 from sfu.proto import participant_info, room_info
 from sfu.relay import TrackRelay
 from sfu.room import Room, TrackRequest
@@ -40,12 +56,15 @@ from sfu.signal import SignalSession
 
 log = structlog.get_logger(__name__)
 
-#: Opus as local publishers send it: the static-ish PT LiveKit clients use, 48 kHz RTP clock.
-LOCAL_OPUS = SourceInfo(kind="audio", mime="audio/opus", clock_rate=48000, payload_type=111)
+#: Opus as local publishers send it: LiveKit clients' payload type, 48 kHz RTP clock.
+LOCAL_OPUS = SourceInfo(kind="audio", mime="audio/opus", clock_rate=RATE, payload_type=OPUS_PT)
 #: A JOIN frame must arrive this fast after connecting (seconds).
 JOIN_TIMEOUT = 5.0
 #: Bytes queued towards a slow local client before its media is dropped (signal is never dropped).
 MAX_WRITE_BACKLOG = 2 * 1024 * 1024
+#: What local participants advertise to other clients: neither the bridge nor the agent SDK
+#: implements RPC or data streams.
+LOCAL_CLIENT_PROTOCOL = CLIENT_PROTOCOL_DEFAULT
 
 
 class LocalSink:
@@ -59,7 +78,7 @@ class LocalSink:
         self.dropped = 0
 
     async def send(self, pkt: SourcePacket, now_ntp: int | None = None) -> bool:
-        if not self.session.write_media(encode_rtp(self.prefix, pkt.data)):
+        if not self.session.write_media(self.prefix, pkt.data):
             self.dropped += 1
             return False
         return True
@@ -81,10 +100,12 @@ class LocalSession(SignalSession):
         cfg: Config,
         room: Room,
         participant: Participant,
+        protocol: ServerProtocol,
         writer: asyncio.StreamWriter,
         subscribe_kinds: frozenset[str],
     ) -> None:
         super().__init__(node, cfg, room, participant)
+        self.protocol = protocol
         self.writer = writer
         self.subscribe_kinds = subscribe_kinds
         self._published: set[str] = set()
@@ -92,25 +113,27 @@ class LocalSession(SignalSession):
         #: Track sids the client still uses after a move → the sids of the moved tracks.
         self._aliases: dict[str, str] = {}
 
-    def _write(self, frame: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(frame)
+    def flush(self) -> None:
+        """Write what the protocol has queued."""
+        stream.flush(self.protocol, self.writer)
 
-    def write_media(self, frame: bytes) -> bool:
+    def write_media(self, track_sid: str, packet: bytes) -> bool:
         if self.closed or self.writer.is_closing():
             return False
         if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
             return False  # a stalled client loses media, never the SFU's memory
-        self.writer.write(frame)
+        if not self.protocol.send_rtp(track_sid, packet):
+            return False
+        self.flush()
         return True
 
     def send_wire(self, wire: bytes) -> None:
-        if not self.closed:
-            self._write(encode_frame(Kind.SIGNAL, wire))
+        if not self.closed and self.protocol.send_signal(wire):
+            self.flush()
 
     def send_data(self, packet: bytes, reliable: bool) -> None:
-        if not self.closed:
-            self._write(encode_frame(Kind.DATA, packet))
+        if not self.closed and self.protocol.send_data(packet):
+            self.flush()
 
     def track_added(self, track_sid: str) -> None:
         """Local media needs no negotiation: the track is bound as soon as it is announced."""
@@ -141,15 +164,9 @@ class LocalSession(SignalSession):
         the bridge renegotiating anything; the client is told with ``room_moved``.
         """
         old = self.participant
+        # Everything a join gives a participant, as it is now (Participant has every such field).
         init = ParticipantInit(
-            identity=old.identity,
-            name=old.name,
-            metadata=old.metadata,
-            attributes=dict(old.attributes),
-            kind=old.kind,
-            permission=old.permission,
-            auto_subscribe=old.auto_subscribe,
-            client_protocol=old.client_protocol,
+            **{f.name: copy.copy(getattr(old, f.name)) for f in dataclasses.fields(ParticipantInit)}
         )
         destination_room = self.node.rooms.rooms.get(destination)
         if destination_room is not None:
@@ -196,8 +213,7 @@ class LocalSession(SignalSession):
         self.node.dispatch(room.set_state(participant.sid, ParticipantState.ACTIVE))
         self.log.info("participant moved", destination=destination)
 
-    async def on_rtp_frame(self, payload: bytes) -> None:
-        track_sid, packet = decode_rtp(payload)
+    async def on_rtp(self, track_sid: str, packet: bytes) -> None:
         track_sid = self._aliases.get(track_sid, track_sid)
         if track_sid not in self._published:
             raise InvalidRequest(
@@ -222,8 +238,16 @@ class LocalSession(SignalSession):
                 relay.remove_sink(self.participant.sid)
         self._published.clear()
         self._sinks.clear()
+        self.protocol.close()
         if not self.writer.is_closing():
             self.writer.close()
+
+
+#: Why a local participant left when its connection dropped without a leave.
+UNCLEAN_CLOSE_REASONS = {
+    ParticipantKind.SIP: DisconnectReason.SIP_TRUNK_FAILURE,
+    ParticipantKind.AGENT: DisconnectReason.AGENT_ERROR,
+}
 
 
 class LocalChannelServer(Service):
@@ -234,6 +258,7 @@ class LocalChannelServer(Service):
         self.cfg = cfg
         self.path = path
         self._server: asyncio.AbstractServer | None = None
+        self._pair_tasks: set[asyncio.Task[None]] = set()
         self.sessions: set[LocalSession] = set()
 
     async def start(self) -> None:
@@ -252,80 +277,46 @@ class LocalChannelServer(Service):
             self._server.close()
         for session in list(self.sessions):
             session.close(DisconnectReason.SERVER_SHUTDOWN)
+        for task in list(self._pair_tasks):
+            task.cancel()
         if os.path.exists(self.path):
             os.unlink(self.path)
 
-    async def _refuse(self, writer: asyncio.StreamWriter, message: str) -> None:
-        log.info("local join refused", reason=message)
-        writer.write(encode_frame(Kind.ERROR, message.encode()))
-        try:
-            await writer.drain()
-        finally:
-            writer.close()
+    async def connect_pair(self) -> socket.socket:
+        """A connected socket whose other end is served here, as if it had come in on the path.
 
-    async def _read_join(
-        self, reader: asyncio.StreamReader, decoder: FrameDecoder
-    ) -> dict[str, Any]:
-        while True:
-            data = await reader.read(65536)
-            if not data:
-                raise InvalidRequest("connection closed before JOIN")
-            frames = decoder.feed(data)
-            if frames:
-                kind, payload = frames[0]
-                if kind != Kind.JOIN:
-                    raise InvalidRequest(f"first frame must be JOIN, got kind {kind}")
-                if len(frames) > 1:
-                    raise InvalidRequest("frames sent before the join was answered")
-                try:
-                    join = json.loads(payload)
-                except ValueError:
-                    raise InvalidRequest("JOIN payload is not JSON") from None
-                if not isinstance(join, dict) or not isinstance(join.get("token"), str):
-                    raise InvalidRequest("JOIN needs a JSON object with a string 'token'")
-                return join
+        Runs the whole channel in one process without a listening socket (tests, embedding).
+        """
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        reader, writer = await asyncio.open_unix_connection(sock=mine, limit=MAX_FRAME + 8)
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
+        self._pair_tasks.add(task)
+        task.add_done_callback(self._pair_tasks.discard)
+        return theirs
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = FrameDecoder()
+        protocol = ServerProtocol()
         try:
-            join = await asyncio.wait_for(self._read_join(reader, decoder), JOIN_TIMEOUT)
-            claims = verify_token(join["token"], self.cfg.keys)
-            if not claims.video.room_join or not claims.video.room:
-                raise InvalidRequest("token does not grant roomJoin for a room")
-            room_name = join.get("room") or claims.video.room
-            if room_name != claims.video.room:
-                raise InvalidRequest("JOIN room differs from the token's room")
-            from sfu.rtc.service import participant_init
-
-            init = participant_init(claims, bool(join.get("auto_subscribe", True)), 2)
-            room, participant, events = self.node.join(room_name, init)
+            session = await asyncio.wait_for(
+                self._handshake(reader, writer, protocol), JOIN_TIMEOUT
+            )
         except TimeoutError:
-            await self._refuse(writer, "no JOIN frame within 5 s")
+            session = None
+            protocol.fail(f"no JOIN frame within {JOIN_TIMEOUT:g} s")
+        except (ConnectionError, OSError):
+            session = None
+            protocol.close()
+        if session is None:
+            log.info("local join refused", reason=protocol.close_reason)
+            await stream.close(protocol, writer)
             return
-        except (RoomlineError, FrameError) as exc:
-            await self._refuse(writer, exc.message)
-            return
-        kinds = join.get("subscribe_kinds") or ["audio", "video"]
-        session = LocalSession(
-            self.node, self.cfg, room, participant, writer, frozenset(map(str, kinds))
-        )
-        self.sessions.add(session)
-        session.log.info("local participant joined", kind=participant.kind.name)
-        session.send_signal(rtc.SignalResponse(join=session.join_response()))
-        self.node.attach(session)
-        self.node.dispatch(events)
-        # No ICE here: the participant is connected as soon as it joined.
-        self.node.dispatch(room.set_state(participant.sid, ParticipantState.ACTIVE))
-        reason = DisconnectReason.SIGNAL_CLOSE
+        # The connection ending without a LeaveRequest means the process behind it went away:
+        # for a SIP caller that is the bridge worker (the call is lost), for an agent its job.
+        reason = UNCLEAN_CLOSE_REASONS.get(session.participant.kind, DisconnectReason.SIGNAL_CLOSE)
         try:
-            while not session.closed:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                for kind, payload in decoder.feed(data):
-                    await self._on_frame(session, kind, payload)
-        except FrameError as exc:
-            session.log.info("local channel framing error", error=exc.message)
+            while protocol.state is State.OPEN and not session.closed:
+                for event in await stream.receive(reader, protocol):
+                    await self._on_event(session, event)
         except (ConnectionError, OSError):
             pass
         finally:
@@ -334,23 +325,58 @@ class LocalChannelServer(Service):
                 self.node.detach(session, reason)
                 session.close(reason)
 
-    async def _on_frame(self, session: LocalSession, kind: int, payload: bytes) -> None:
+    async def _handshake(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: ServerProtocol
+    ) -> LocalSession | None:
+        """Read until the JOIN; admit the participant or refuse (``protocol`` is then CLOSED)."""
+        while protocol.state is State.CONNECTING:
+            for event in await stream.receive(reader, protocol):
+                if isinstance(event, JoinReceived):
+                    return self._admit(protocol, writer, event.join)
+        return None
+
+    def _admit(
+        self, protocol: ServerProtocol, writer: asyncio.StreamWriter, join: JoinRequest
+    ) -> LocalSession | None:
         try:
-            if kind == Kind.RTP:
-                await session.on_rtp_frame(payload)
-            elif kind == Kind.SIGNAL:
-                req = rtc.SignalRequest()
-                try:
-                    req.ParseFromString(payload)
-                except Exception:
-                    raise InvalidRequest("malformed SignalRequest") from None
-                session.handle_request(req)
-            elif kind == Kind.DATA:
-                session.handle_data(payload, reliable=True)
-            else:
-                raise InvalidRequest(f"unknown frame kind {kind}")
+            claims = verify_token(join.token, self.cfg.keys)
+            if not claims.video.room_join or not claims.video.room:
+                raise InvalidRequest("token does not grant roomJoin for a room")
+            room_name = join.room or claims.video.room
+            if room_name != claims.video.room:
+                raise InvalidRequest("JOIN room differs from the token's room")
+            init = participant_init(claims, join.auto_subscribe, LOCAL_CLIENT_PROTOCOL)
+            room, participant, events = self.node.join(room_name, init)
         except RoomlineError as exc:
-            session.log.info("local frame refused", kind=kind, error=exc.message)
+            protocol.fail(exc.message)
+            return None
+        protocol.accept()
+        session = LocalSession(
+            self.node, self.cfg, room, participant, protocol, writer, join.subscribe_kinds
+        )
+        self.sessions.add(session)
+        session.log.info("local participant joined", kind=participant.kind.name)
+        session.send_signal(rtc.SignalResponse(join=session.join_response()))
+        self.node.attach(session)
+        self.node.dispatch(events)
+        # No ICE here: the participant is connected as soon as it joined.
+        self.node.dispatch(room.set_state(participant.sid, ParticipantState.ACTIVE))
+        return session
+
+    async def _on_event(self, session: LocalSession, event: Event) -> None:
+        try:
+            if isinstance(event, RtpReceived):
+                await session.on_rtp(event.track_sid, event.packet)
+            elif isinstance(event, SignalRequestReceived):
+                session.handle_request(event.request)
+            elif isinstance(event, DataReceived):
+                session.handle_data(event.payload, reliable=True)
+            elif isinstance(event, FrameRejected):
+                raise InvalidRequest(event.message)
+            elif isinstance(event, ConnectionClosed) and not event.clean:
+                session.log.info("local channel closed", reason=event.reason)
+        except RoomlineError as exc:
+            session.log.info("local frame refused", frame=type(event).__name__, error=exc.message)
             session.send_signal(
                 rtc.SignalResponse(
                     request_response=rtc.RequestResponse(

@@ -16,9 +16,9 @@ from livekit.protocol import rtc
 from roomline.auth import Claims, verify_token
 from roomline.config import Config
 from roomline.errors import InvalidRequest, RoomFull, RoomlineError, RoomNotFound, TokenError
+from sfu.admission import participant_init
 from sfu.node import Node
-from sfu.participant import DisconnectReason, ParticipantInit, ParticipantKind
-from sfu.proto import permission_from_info
+from sfu.participant import DisconnectReason
 from sfu.rtc.session import RTCSession
 from sfu.signal import leave_response
 
@@ -53,25 +53,6 @@ class JoinParams:
     auto_subscribe: bool
     reconnect: bool
     client_protocol: int
-
-
-def participant_init(claims: Claims, auto_subscribe: bool, client_protocol: int) -> ParticipantInit:
-    permission = permission_from_info(claims.video.permission())
-    kind = (
-        ParticipantKind(claims.kind)
-        if claims.kind in ParticipantKind._value2member_map_
-        else ParticipantKind.STANDARD
-    )
-    return ParticipantInit(
-        identity=claims.identity,
-        name=claims.name,
-        metadata=claims.metadata,
-        attributes=dict(claims.attributes),
-        kind=kind,
-        permission=permission,
-        auto_subscribe=auto_subscribe,
-        client_protocol=client_protocol,
-    )
 
 
 class RTCService:

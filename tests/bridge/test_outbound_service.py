@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 from livekit import api
 
 from bridge.service.outbound import (
@@ -19,8 +21,41 @@ from bridge.service.outbound import (
     twirp_code_for,
 )
 from bridge.service.outbound_trunks import REDACTED
+from bridge.service.sip_service import SERVICE, SIPService
+from bridge.service.store import SIPStore
 from roomline.errors import ConfigError
-from tests.test_sip_service import KEY, SECRET, Server
+from sfu.service.twirp import TwirpRouter
+
+KEY, SECRET = "APItestkey", "a-test-secret-that-is-long-enough-0123"
+MAX_BODY = 1024 * 1024
+
+
+class Server:
+    """The SIP Twirp service alone on the production Twirp edge, on a loopback HTTP port."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.store: SIPStore | None = None
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self, **config: Any) -> None:
+        self.store = SIPStore.open(self.data_dir, **config)
+        router = TwirpRouter({KEY: SECRET}, MAX_BODY)
+        router.register(SERVICE, SIPService(self.store).methods())
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_routes(router.routes())
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        sock = site._server.sockets[0]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    async def stop(self) -> None:
+        assert self.runner is not None and self.store is not None
+        await self.runner.cleanup()
+        self.store.close()
 
 
 @pytest.fixture

@@ -127,3 +127,43 @@ def test_worker_processes_do_not_import_main_process_code() -> None:
         if dep.startswith(("bridge.service", "roomline_agents.service", "appliance"))
     ]
     assert wrong == []
+
+
+def imports_of(folder: str) -> dict[str, set[str]]:
+    """Absolute imports (module names as written) of every .py file under ``folder``."""
+    found: dict[str, set[str]] = {}
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        names: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module)
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+def test_test_helpers_stay_in_tests_support() -> None:
+    """Fixtures live in conftest.py and are never imported; shared helpers are tests.support.*.
+    The benchmarks may use those helpers (the same peers), never a test module or a fixture."""
+    wrong = [
+        f"{path} -> {name}"
+        for folder in ("tests", "bench")
+        for path, names in imports_of(folder).items()
+        for name in names
+        if name.split(".")[0] == "tests"
+        and not name.startswith("tests.support")
+        and not (name == "tests" and path.startswith("tests/"))
+    ]
+    assert wrong == []
+
+
+def test_production_code_does_not_import_tests_or_bench() -> None:
+    wrong = [
+        f"{path} -> {name}"
+        for pkg in PACKAGES
+        for path, names in imports_of(pkg).items()
+        for name in names
+        if name.split(".")[0] in ("tests", "bench")
+    ]
+    assert wrong == []

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bridge.service.front import FrontOptions, FrontWorker, KamailioFront
-from tests.bridge.service.front_sip import (
+from tests.support.front_sip import (
     Worker,
     free_ports,
     header,

@@ -23,7 +23,7 @@ from roomline.auth import mint_token, verify_token
 from roomline.errors import Unavailable
 from roomline_agents.service.agent_ws import AgentWorkerService
 from roomline_agents.service.worker_registry import AGENT_NAME_ATTRIBUTE, AgentJob, JobPhase
-from tests.roomline_agents.service.worker_helpers import (
+from tests.support.agent_workers import (
     agents_python,
     start_worker,
     stop_worker,
@@ -117,7 +117,7 @@ async def test_register_ping_and_bad_peers(harness: Harness) -> None:
         await garbage.send_bytes(b"\xff\xff\xff\xff")
         msg = await garbage.receive(timeout=5)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1002
-        assert "malformed WorkerMessage" in msg.extra
+        assert "malformed WorkerMessage" in msg.extra  # type: ignore[operator]
 
         silent = await s.ws_connect(url, headers=headers)
         msg = await silent.receive(timeout=5)  # register_timeout=1.5 s
@@ -126,7 +126,7 @@ async def test_register_ping_and_bad_peers(harness: Harness) -> None:
         # WebSocket pings do not stand in for registering.
         pinger = await s.ws_connect(url, headers=headers)
         t0 = time.monotonic()
-        msg = None
+        msg = None  # type: ignore[assignment]
         for _ in range(30):
             if pinger.closed:
                 break

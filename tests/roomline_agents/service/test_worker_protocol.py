@@ -1,3 +1,4 @@
+# mypy: disable-error-code="union-attr"
 """WorkerConnection (sans-I/O) fed real protobuf frames: valid, invalid and truncated."""
 
 from __future__ import annotations
@@ -293,7 +294,7 @@ def test_invalid_after_register_closes_too() -> None:
 )
 def test_invalid_register_fields(kw: dict[str, object], words: str) -> None:
     conn = WorkerConnection()
-    conn.receive_data(register_frame(**kw))
+    conn.receive_data(register_frame(**kw))  # type: ignore[arg-type]
     [err] = conn.events_received()
     assert isinstance(err, ProtocolError) and err.fatal and words in err.message
     assert not conn.registered and conn.data_to_send() == []

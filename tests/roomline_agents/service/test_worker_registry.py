@@ -47,7 +47,7 @@ class Harness:
             req.allowed_permissions.CopyFrom(perms)
         conn.receive_data(wm(register=req))
         [ev] = conn.events_received()
-        self.reg.add_worker(conn, ev, "devkey", self.now)
+        self.reg.add_worker(conn, ev, "devkey", self.now)  # type: ignore[arg-type]
         conn.data_to_send()
         if load:
             self.feed(conn, wm(update_worker=agent_pb.UpdateWorkerStatus(load=load)))
@@ -87,7 +87,7 @@ def test_dispatch_offer_accept_assign_token() -> None:
     assert req.availability.job.room.name == "room1" and req.availability.job.metadata == "m"
     assert req.availability.job.agent_name == "support"
     assert req.availability.job.state.status == agent_pb.JS_RUNNING
-    out = h.answer(
+    out = h.answer(  # type: ignore[assignment]
         w,
         job.id,
         available=True,
@@ -270,7 +270,7 @@ def test_worker_loss_redispatches_to_same_name() -> None:
     out = h.reg.tick(6.0)
     [req] = h.sent(w2)
     assert req.availability.job.id == job.id and req.availability.resuming
-    out = h.answer(w2, job.id, available=True)
+    out = h.answer(w2, job.id, available=True)  # type: ignore[assignment]
     assert out == [JobAssigned(job, resumed=True)] and job.worker_id == w2.worker_id
     claims = verify_token(job.token, KEYS, now=T0)
     assert claims.identity == f"agent-{job.id}" and first_token  # same identity: replaces the old

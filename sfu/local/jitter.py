@@ -1,0 +1,179 @@
+"""Bounded playout buffer for audio received over the local channel (sans-I/O).
+
+Packets from the room arrive with network and scheduling jitter. This buffer reorders by RTP
+sequence number, drops late and duplicate packets, never holds more than ``max_frames`` (200 ms:
+older frames are skipped so latency stays bounded), and tells the caller when to conceal a lost
+frame (Opus PLC / repeat). It serves two kinds of consumer:
+
+* with a playout clock (a bridge call: the pjsua bridge pulls one 20 ms frame per tick), call
+  :meth:`JitterBuffer.pop` once per tick: playing starts once ``target`` frames are queued (60 ms
+  by default), and the buffer says to play silence while it re-buffers after an underrun;
+* without one (an agent's track, which hands frames on as they arrive), call
+  :meth:`JitterBuffer.pop_ready` after each push: in-order frames come out at once, and a missing
+  frame is concealed once a frame ``target`` sequence numbers later has arrived.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+#: Sequence distance beyond which a packet is treated as a stream restart rather than reordering.
+_RESTART_GAP = 1000
+#: Consecutive frames concealed before the buffer gives up on a gap: 60 ms of PLC bridges a short
+#: hiccup; longer gaps are talk pauses, a dead stream or a restarted one.
+_MAX_CONCEAL = 3
+
+
+class Kind(enum.Enum):
+    PLAY = "play"  # payload is the next frame
+    CONCEAL = "conceal"  # a frame is missing: run packet-loss concealment
+    SILENCE = "silence"  # nothing to play (not started / re-buffering)
+
+
+@dataclass(frozen=True)
+class Playout:
+    kind: Kind
+    payload: bytes = b""
+
+
+@dataclass
+class JitterStats:
+    received: int = 0
+    played: int = 0
+    concealed: int = 0
+    late: int = 0
+    duplicate: int = 0
+    overflow_dropped: int = 0
+    underruns: int = 0
+
+
+def _diff(a: int, b: int) -> int:
+    """Signed distance a - b in 16-bit sequence space."""
+    return ((a - b + 0x8000) & 0xFFFF) - 0x8000
+
+
+class JitterBuffer:
+    """Reorders and paces one track's RTP payloads; see the module docstring."""
+
+    def __init__(self, target_frames: int = 3, max_frames: int = 10) -> None:
+        if not 1 <= target_frames <= max_frames:
+            raise ValueError("need 1 <= target_frames <= max_frames")
+        self.target = target_frames
+        self.max = max_frames
+        self._frames: dict[int, bytes] = {}
+        self._next: int | None = None  # next sequence number to play
+        self._playing = False
+        self._empty_ticks = 0
+        self._skipped_ahead = False  # _trim moved _next: the frames before it are not "lost"
+        self.stats = JitterStats()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def push(self, seq: int, payload: bytes) -> None:
+        seq &= 0xFFFF
+        self.stats.received += 1
+        if self._next is not None:
+            d = _diff(seq, self._next)
+            if abs(d) > _RESTART_GAP:
+                self._frames.clear()
+                self._next = None
+                self._playing = False
+            elif d < 0 and self._playing:
+                self.stats.late += 1  # its slot was already played or concealed
+                return
+        if seq in self._frames:
+            self.stats.duplicate += 1
+            return
+        self._frames[seq] = payload
+        if self._next is None or _diff(seq, self._next) < 0:
+            self._next = seq
+        self._trim()
+
+    def _newest(self) -> int:
+        assert self._next is not None
+        return max(self._frames, key=lambda s: _diff(s, self._next or 0))
+
+    def _trim(self) -> None:
+        """Skip ahead when the span held exceeds ``max`` frames (bounded latency)."""
+        if self._next is None or not self._frames:
+            return
+        newest = self._newest()
+        span = _diff(newest, self._next) + 1
+        if span <= self.max:
+            return
+        new_next = (newest - self.target + 1) & 0xFFFF
+        for s in list(self._frames):
+            if _diff(s, new_next) < 0:
+                del self._frames[s]
+                self.stats.overflow_dropped += 1
+        self._next = new_next
+        self._skipped_ahead = True
+
+    def pop(self) -> Playout:
+        """The frame for this 20 ms tick."""
+        if self._next is None:
+            return Playout(Kind.SILENCE)
+        if not self._playing:
+            span = _diff(self._newest(), self._next) + 1 if self._frames else 0
+            if span < self.target:
+                return Playout(Kind.SILENCE)
+            self._playing = True
+            self._empty_ticks = 0
+        if not self._frames:
+            self._empty_ticks += 1
+            if self._empty_ticks > _MAX_CONCEAL:
+                # Sustained underrun: stop, wait for `target` frames again.
+                # The sender paused (or died): forget the position so the next packet,
+                # whatever its sequence number, starts a fresh buffering phase.
+                self._playing = False
+                self._next = None
+                self.stats.underruns += 1
+                return Playout(Kind.SILENCE)
+            self._next = (self._next + 1) & 0xFFFF
+            self.stats.concealed += 1
+            return Playout(Kind.CONCEAL)
+        self._empty_ticks = 0
+        seq = self._next
+        self._next = (seq + 1) & 0xFFFF
+        payload = self._frames.pop(seq, None)
+        if payload is None:
+            self.stats.concealed += 1
+            return Playout(Kind.CONCEAL)
+        self.stats.played += 1
+        return Playout(Kind.PLAY, payload)
+
+    def pop_ready(self) -> list[Playout]:
+        """For a consumer without a playout clock: every frame that can be played now, in order.
+
+        A missing frame is concealed once a frame ``target`` sequence numbers later is held (with
+        ``target=1``, as soon as any later frame arrives); a gap of more than ``_MAX_CONCEAL``
+        frames is skipped without concealment.
+        """
+        out: list[Playout] = []
+        if self._skipped_ahead and self._frames and self._next not in self._frames:
+            # Overflow moved the position into a gap: resume at the oldest frame held instead
+            # of concealing frames that were skipped on purpose.
+            nxt = self._next
+            self._next = min(self._frames, key=lambda s: _diff(s, nxt or 0))
+        self._skipped_ahead = False
+        while self._frames and self._next is not None:
+            payload = self._frames.pop(self._next, None)
+            if payload is not None:
+                self._playing = True
+                self._next = (self._next + 1) & 0xFFFF
+                self.stats.played += 1
+                out.append(Playout(Kind.PLAY, payload))
+                continue
+            nxt = self._next
+            oldest = min(self._frames, key=lambda s: _diff(s, nxt))
+            if _diff(oldest, nxt) > _MAX_CONCEAL:
+                self._next = oldest  # a pause or a restart, not a loss: nothing to conceal
+                continue
+            if _diff(self._newest(), nxt) < self.target:
+                break  # the missing frame may still arrive out of order
+            self._next = (nxt + 1) & 0xFFFF
+            self.stats.concealed += 1
+            out.append(Playout(Kind.CONCEAL))
+        return out

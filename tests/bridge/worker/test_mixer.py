@@ -1,0 +1,49 @@
+"""bridge/worker/mixer.py: N-1 mixing of the room's tracks for one call."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bridge.worker.mixer import Mixer, mix
+from tests.support.audio import tone
+
+
+class RawDecoder:
+    """Test decoder: payload is raw int16 PCM."""
+
+    def decode(self, payload: bytes | None) -> np.ndarray:
+        if payload is None:
+            return np.zeros(960, np.int16)
+        return np.frombuffer(payload, np.int16)
+
+
+def test_mix_sums_and_clips() -> None:
+    a = np.full(960, 20000, np.int16)
+    b = np.full(960, 20000, np.int16)
+    assert mix([a, b]).max() == 32767
+    assert mix([-a, -b]).min() == -32768
+    assert not mix([]).any()
+
+
+def test_mixer_sums_tracks_and_emits_silence_without_gaps() -> None:
+    m = Mixer(RawDecoder)
+    assert m.next_frame() == bytes(1920)
+    t1 = tone(440, 0.2, 48000, 5000)
+    t2 = tone(1000, 0.2, 48000, 5000)
+    for i in range(10):
+        m.push("TR_a", i, t1[i * 960 : (i + 1) * 960].tobytes())
+        m.push("TR_b", 500 + i, t2[i * 960 : (i + 1) * 960].tobytes())
+    out = np.frombuffer(b"".join(m.next_frame() for _ in range(10)), np.int16)
+    assert len(out) == 9600
+    spec = np.abs(np.fft.rfft(out))
+    freqs = np.fft.rfftfreq(len(out), 1 / 48000)
+    peaks = sorted(freqs[np.argsort(spec)[-2:]])
+    assert abs(peaks[0] - 440) < 6 and abs(peaks[1] - 1000) < 6
+    assert len(m.next_frame()) == 1920  # still a full frame after the inputs ran dry
+
+
+def test_mixer_input_cap() -> None:
+    m = Mixer(RawDecoder)
+    for i in range(100):
+        m.push(f"TR_{i}", 0, bytes(1920))
+    assert len(m.inputs) == 32

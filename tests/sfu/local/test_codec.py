@@ -1,0 +1,62 @@
+"""sfu/local/codec.py: Opus and RTP for local-channel participants."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from sfu.local.codec import FRAME_BYTES, OpusDecoder, OpusEncoder, RtpPacketizer
+from sfu.media.rtp import RtpError, parse_rtp
+from tests.support.audio import dominant_frequency, snr_db, tone
+
+
+def test_rtp_packetizer_and_parse() -> None:
+    pk = RtpPacketizer(ssrc=0x01020304)
+    first, second = pk.packet(b"abc"), pk.packet(b"def")
+    a, b = parse_rtp(first), parse_rtp(second)
+    assert (a.payload_type, a.ssrc, a.marker) == (111, 0x01020304, True)
+    assert (a.payload(first), b.payload(second)) == (b"abc", b"def")
+    assert b.sequence_number == (a.sequence_number + 1) & 0xFFFF and not b.marker
+    assert b.timestamp == (a.timestamp + 960) & 0xFFFFFFFF
+
+
+def test_rtp_parse_csrc_extension_padding() -> None:
+    hdr = struct.pack("!BBHII", 0xB1, 111, 1, 2, 3) + b"\0\0\0\x09"  # P, X, 1 CSRC
+    ext = struct.pack("!HH", 0xBEDE, 1) + b"\x10\xff\0\0"
+    data = hdr + ext + b"payload" + b"\0\0\x03"
+    assert parse_rtp(data).payload(data) == b"payload"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x80\x6f\0\x01",  # truncated
+        struct.pack("!BBHII", 0x40, 0, 0, 0, 0),  # version 1
+        struct.pack("!BBHII", 0x90, 0, 0, 0, 0) + b"\xbe",  # truncated extension
+        struct.pack("!BBHII", 0xA0, 0, 0, 0, 0) + b"x\x09",  # padding too long
+        struct.pack("!BBHII", 0x8F, 0, 0, 0, 0),  # 15 CSRCs missing
+    ],
+)
+def test_rtp_parse_invalid(data: bytes) -> None:
+    with pytest.raises(RtpError):
+        parse_rtp(data)
+
+
+def test_opus_roundtrip_snr() -> None:
+    enc, dec = OpusEncoder(), OpusDecoder()
+    x = tone(1000, 1.0, 48000)
+    out = []
+    for i in range(50):
+        for p in enc.encode(x[i * 960 : (i + 1) * 960].tobytes()):
+            out.append(dec.decode(p))
+    y = np.concatenate(out)[4800:]
+    assert abs(dominant_frequency(y, 48000) - 1000) < 2
+    assert snr_db(y, 48000, 1000) > 30
+    assert len(dec.decode(None)) == 960  # concealment
+    garbage = dec.decode(b"\xff\xff\xff")  # no exception: a silent frame, counted
+    assert len(garbage) == 960 and not garbage.any() and dec.errors == 1
+    with pytest.raises(ValueError):
+        enc.encode(bytes(FRAME_BYTES - 2))

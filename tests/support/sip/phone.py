@@ -1,0 +1,204 @@
+"""A pjsua2 "test phone" run as its own process (pjsua2 is process-global and capped at 4 calls).
+
+    python -m tests.support.sip.phone --dest sip:room@127.0.0.1:5080 --port 25001 --tone 1000 \
+        --record heard.wav --duration 8 --dtmf 1234*# --dtmf-at 3 --hold-at 4 --resume-at 5
+
+Dials, plays a tone (from a generated WAV, looped), records what it hears to a WAV (16 kHz),
+sends DTMF (RFC 4733 or SIP INFO), holds/resumes, hangs up after ``--duration`` seconds (unless the
+far end hangs up first). Reports on stdout as JSON lines prefixed ``PHONE `` (pjsua's own log goes
+elsewhere or is silenced): ``state``, ``media``, ``dtmf`` (received digits), ``disconnected``
+(status code, reason, whether we hung up), ``done``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import pjsua2 as pj
+
+from tests.support.audio import tone, write_wav
+
+RATE = 16000
+
+
+def report(event: str, **kw: Any) -> None:
+    sys.stdout.write("PHONE " + json.dumps({"event": event, **kw}) + "\n")
+    sys.stdout.flush()
+
+
+class PhoneCall(pj.Call):  # type: ignore[misc]
+    def __init__(self, phone: Phone, acc: pj.Account) -> None:
+        super().__init__(acc)
+        self.phone = phone
+
+    def onCallState(self, prm: Any) -> None:  # noqa: N802
+        ci = self.getInfo()
+        report("state", state=ci.stateText, code=ci.lastStatusCode)
+        if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.phone.answered_at is None:
+            self.phone.answered_at = time.monotonic()
+        if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            report(
+                "disconnected",
+                code=ci.lastStatusCode,
+                reason=ci.lastReason,
+                local_hangup=self.phone.hung_up,
+            )
+            self.phone.finished = True
+
+    def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
+        ci = self.getInfo()
+        for mi in ci.media:
+            if mi.type == pj.PJMEDIA_TYPE_AUDIO:
+                report("media", status=int(mi.status))
+                if mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                    am = self.getAudioMedia(mi.index)
+                    if self.phone.player is not None:
+                        self.phone.player.startTransmit(am)
+                    if self.phone.recorder is not None:
+                        am.startTransmit(self.phone.recorder)
+
+    def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
+        report("dtmf", digit=prm.digit, method=int(prm.method))
+
+
+class Phone:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.answered_at: float | None = None
+        self.finished = False
+        self.hung_up = False
+        self.player: pj.AudioMediaPlayer | None = None
+        self.recorder: pj.AudioMediaRecorder | None = None
+
+    def run(self) -> None:
+        a = self.args
+        ep = pj.Endpoint()
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        cfg.logConfig.level = a.log_level
+        cfg.logConfig.consoleLevel = a.log_level
+        cfg.medConfig.clockRate = RATE
+        cfg.medConfig.sndClockRate = RATE
+        cfg.medConfig.ecTailLen = 0
+        cfg.medConfig.noVad = True
+        ep.libInit(cfg)
+        tcfg = pj.TransportConfig()
+        tcfg.port = a.port
+        tcfg.boundAddress = "127.0.0.1"
+        ep.transportCreate(pj.PJSIP_TRANSPORT_TCP if a.tcp else pj.PJSIP_TRANSPORT_UDP, tcfg)
+        ep.audDevManager().setNullDev()
+        for ci in ep.codecEnum2():
+            ep.codecSetPriority(ci.codecId, 0)
+        ep.codecSetPriority(a.codec, 255)
+        ep.libStart()
+
+        acfg = pj.AccountConfig()
+        acfg.idUri = f"sip:{a.caller}@127.0.0.1:{a.port}"
+        acfg.mediaConfig.transportConfig.port = a.rtp_start
+        acfg.mediaConfig.transportConfig.portRange = 40
+        acfg.mediaConfig.transportConfig.boundAddress = "127.0.0.1"
+        acc = pj.Account()
+        acc.create(acfg, True)
+
+        if a.tone:
+            wav = os.path.join(a.workdir, f"phone_tone_{a.port}.wav")
+            # One WAV covering the whole call: pjmedia's WAV player leaves a ~20 ms hole at
+            # every loop point, which costs a 2 s window ~15 dB of SNR at the far end.
+            seconds = min(a.duration, a.max_wait) + 5.0
+            samples = tone(a.tone, seconds, RATE, a.amplitude)
+            if a.tone_seconds:  # tone, then silence (a caller who speaks and pauses)
+                samples[int(a.tone_seconds * RATE) :] = 0
+            write_wav(wav, samples, RATE)
+            self.player = pj.AudioMediaPlayer()
+            self.player.createPlayer(wav, 0)
+        if a.record:
+            self.recorder = pj.AudioMediaRecorder()
+            self.recorder.createRecorder(a.record)
+
+        call = PhoneCall(self, acc)
+        prm = pj.CallOpParam(True)
+        dest = a.dest + (";transport=tcp" if a.tcp else "")
+        call.makeCall(dest, prm)
+        report("dialing", dest=dest)
+
+        dtmf_sent = hold_done = resume_done = False
+        deadline = time.monotonic() + a.max_wait
+        while not self.finished and time.monotonic() < deadline:
+            ep.libHandleEvents(10)
+            if self.answered_at is None:
+                continue
+            t = time.monotonic() - self.answered_at
+            try:
+                if a.dtmf and not dtmf_sent and t >= a.dtmf_at:
+                    dtmf_sent = True
+                    if a.dtmf_method == "info":
+                        dp = pj.CallSendDtmfParam()
+                        dp.digits = a.dtmf
+                        dp.method = pj.PJSUA_DTMF_METHOD_SIP_INFO
+                        call.sendDtmf(dp)
+                    else:
+                        call.dialDtmf(a.dtmf)
+                    report("dtmf_sent", digits=a.dtmf)
+                if a.hold_at is not None and not hold_done and t >= a.hold_at:
+                    hold_done = True
+                    call.setHold(pj.CallOpParam(True))
+                    report("hold")
+                if a.resume_at is not None and not resume_done and t >= a.resume_at:
+                    resume_done = True
+                    rp = pj.CallOpParam(True)
+                    rp.opt.flag = pj.PJSUA_CALL_UNHOLD
+                    call.reinvite(rp)
+                    report("resume")
+                if t >= a.duration and not self.hung_up:
+                    self.hung_up = True
+                    call.hangup(pj.CallOpParam())
+            except pj.Error as exc:
+                report("error", info=exc.info())
+        for _ in range(30):
+            ep.libHandleEvents(10)
+        report("done", finished=self.finished)
+        # teardown order: drop pj objects before libDestroy (docs/background.md §3.4)
+        del call
+        self.player = self.recorder = None
+        acc.shutdown()
+        del acc
+        gc.collect()
+        ep.libDestroy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dest", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--rtp-start", type=int, default=40000)
+    ap.add_argument("--caller", default="+15551234567")
+    ap.add_argument("--codec", default="PCMU/8000")
+    ap.add_argument("--tone", type=float, default=0.0)
+    ap.add_argument("--amplitude", type=float, default=8000.0)
+    ap.add_argument("--tone-seconds", type=float, default=0.0, help="then silence (0 = whole call)")
+    ap.add_argument("--record", default="")
+    ap.add_argument("--duration", type=float, default=6.0, help="hang up this long after answer")
+    ap.add_argument("--max-wait", type=float, default=60.0)
+    ap.add_argument("--dtmf", default="")
+    ap.add_argument("--dtmf-at", type=float, default=2.0)
+    ap.add_argument("--dtmf-method", choices=("rfc2833", "info"), default="rfc2833")
+    ap.add_argument("--hold-at", type=float)
+    ap.add_argument("--resume-at", type=float)
+    ap.add_argument("--tcp", action="store_true")
+    ap.add_argument("--workdir", default="/tmp")
+    ap.add_argument("--log-level", type=int, default=0)
+    Phone(ap.parse_args()).run()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
