@@ -259,6 +259,9 @@ class Dial:
     max_call_duration: float = 24 * 3600.0
     include_headers: int = 0
     headers_to_attributes: dict[str, str] = field(default_factory=dict)
+    #: Route the INVITE (and the dialog) through this SIP proxy, e.g. the Kamailio front
+    #: ``sip:127.0.0.1:5060;lr``; empty: straight to the trunk.
+    outbound_proxy: str = ""
 
     def __post_init__(self) -> None:
         bad = frozenset('<> "\r\n\0')
@@ -269,6 +272,11 @@ class Dial:
                 raise ControlError(f"dial {name} is not usable in a SIP URI")
         if not self.token or not self.socket:
             raise ControlError("dial needs token and socket")
+        if self.outbound_proxy and (
+            not self.outbound_proxy.startswith(("sip:", "sips:"))
+            or any(c in bad for c in self.outbound_proxy)
+        ):
+            raise ControlError("dial outbound_proxy must be a sip: URI")
         if self.display_name is not None and (
             not _single_line(self.display_name) or '"' in self.display_name
         ):

@@ -12,7 +12,10 @@ into ``SipCallError``.
 
 Routing: the worker sends the INVITE straight to the trunk address. When the Kamailio front
 (bridge/service/front.py) carries signalling, outbound INVITEs are meant to leave through it too
-(the workers then sit on loopback); until then the worker's own SIP port is the source.
+(the workers then sit on loopback): set :attr:`OutboundCalls.outbound_proxy` to the front's
+loopback URI (``sip:127.0.0.1:<port>;lr``) and each call's pjsua account routes the dialog
+through it (the front relays requests from workers to their R-URI). Until then the worker's own
+SIP port is the source.
 """
 
 from __future__ import annotations
@@ -359,6 +362,7 @@ class OutboundCalls:
         keys: Mapping[str, str],
         socket: str,
         mint: Minter | None = None,
+        outbound_proxy: str = "",
     ) -> None:
         self.store = store
         self.supervisor = supervisor
@@ -366,6 +370,9 @@ class OutboundCalls:
         self.keys = keys
         self.socket = socket
         self._mint = mint
+        #: SIP proxy outbound INVITEs go through (the Kamailio front, once it carries
+        #: signalling); empty: the worker sends straight to the trunk.
+        self.outbound_proxy = outbound_proxy
         self.calls: dict[str, OutboundCall] = {}
         #: Transfers of inbound calls (by request id): their calls are not in ``calls``.
         self.inbound_transfers: dict[int, asyncio.Future[control.TransferResult]] = {}
@@ -429,6 +436,7 @@ class OutboundCalls:
             max_call_duration=plan.max_call_duration,
             include_headers=plan.include_headers,
             headers_to_attributes=plan.trunk.headers_to_attributes,
+            outbound_proxy=self.outbound_proxy,
         )
         worker.calls[plan.call_id] = "ringing"
         log.info(

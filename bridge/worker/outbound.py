@@ -317,6 +317,8 @@ class OutboundCall:
         acfg = pj.AccountConfig()
         acfg.idUri = f'"{d.display_name}" <{uri}>' if d.display_name else f"<{uri}>"
         acfg.regConfig.registerOnAdd = False
+        if d.outbound_proxy:
+            acfg.sipConfig.proxies.append(d.outbound_proxy)
         if d.auth_username:
             acfg.sipConfig.authCreds.append(
                 pj.AuthCredInfo("digest", "*", d.auth_username, 0, d.auth_password)
