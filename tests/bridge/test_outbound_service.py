@@ -283,3 +283,62 @@ def test_error_table() -> None:
     assert disconnect_reason_for(603) == "USER_REJECTED"
     assert disconnect_reason_for(480) == "USER_UNAVAILABLE"
     assert disconnect_reason_for(404) == "USER_UNAVAILABLE"
+
+
+def test_control_messages_round_trip() -> None:
+    import bridge.control as control
+
+    dial = control.Dial(
+        id=7,
+        call_id="SCL_abc",
+        to_uri="sip:+15551234@carrier.example:5080;transport=tcp",
+        from_user="+15550001",
+        token="t",
+        room="r",
+        identity="sip_+15551234",
+        socket="/tmp/s.sock",
+        display_name=None,
+        headers={"X-A": "1"},
+        auth_username="u",
+        auth_password="p",
+        dtmf="1w2",
+        outbound_proxy="sip:127.0.0.1:5060;lr",
+    )
+    assert "auth_password" not in repr(dial)  # never in a log line
+    for msg in (
+        dial,
+        control.DialProgress(id=7, call_id="SCL_abc", state="ringing", status=180),
+        control.Transfer(id=8, call_id="SCL_abc", transfer_to="<sip:a@b>", headers={"X-B": "2"}),
+        control.TransferResult(id=8, call_id="SCL_abc", ok=False, status=486, reason="Busy"),
+    ):
+        assert control.decode(control.encode(msg)) == msg
+    bad: list[dict[str, object]] = [
+        {"from_user": "a@b"},
+        {"to_uri": "sip:<x>"},
+        {"headers": {"Bad Name": "x"}},
+        {"display_name": 'a"b'},
+        {"ringing_timeout": 0},
+        {"outbound_proxy": "http://x"},
+    ]
+    for kw in bad:
+        with pytest.raises(control.ControlError):
+            control.Dial(**{**dial.__dict__, **kw})  # type: ignore[arg-type]
+    with pytest.raises(control.ControlError):
+        control.DialProgress(id=1, call_id="x", state="bogus")
+
+
+def test_ringing_tone_cadence() -> None:
+    import numpy as np
+
+    from bridge.worker.outbound import _ToneCache
+    from roomline.wire import FRAME_SAMPLES, SAMPLE_RATE
+    from tests.support.audio import dominant_frequency
+
+    frames_per_s = SAMPLE_RATE // FRAME_SAMPLES
+    on = np.frombuffer(b"".join(_ToneCache.get(i) for i in range(frames_per_s)), dtype=np.int16)
+    off = np.frombuffer(
+        b"".join(_ToneCache.get(i) for i in range(frames_per_s, 4 * frames_per_s)), dtype=np.int16
+    )
+    assert abs(dominant_frequency(on, SAMPLE_RATE) - 425.0) < 2
+    assert not off.any()
+    assert _ToneCache.get(5 * frames_per_s) == _ToneCache.get(0)  # 5 s period
