@@ -6,8 +6,10 @@ dataclass here; :func:`encode` / :func:`decode` convert them. Decoding is strict
 missing or unknown field, or a field of the wrong type raises :class:`ControlError`, so a version skew
 between supervisor and worker fails loudly instead of half-working.
 
-Worker → supervisor: :class:`Ready`, :class:`InviteRequest`, :class:`PinEntered`, :class:`CallState`.
-Supervisor → worker: :class:`InviteResult`, :class:`PinResult`, :class:`Shutdown`.
+Worker → supervisor: :class:`Ready`, :class:`InviteRequest`, :class:`PinEntered`, :class:`CallState`,
+:class:`DialProgress`, :class:`TransferResult`.
+Supervisor → worker: :class:`InviteResult`, :class:`PinResult`, :class:`Shutdown`, :class:`Dial`
+(outbound call), :class:`Transfer` (REFER).
 
 There is no "hang up this call" message: the main process ends a caller's call by removing the
 participant from its room; the worker sees the room leg leave and sends BYE.

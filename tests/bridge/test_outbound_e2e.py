@@ -240,7 +240,7 @@ async def test_answer_tone_ringing_and_attributes(stack: Stack, short_dir: Path)
             await wait_for(lambda: subscribed_audio(w.room, ident) is not None, 10, "track")
             track = subscribed_audio(w.room, ident)
             assert track is not None
-            pcm = await record(track, 2.0, skip=0.5)
+            pcm = await asyncio.wait_for(record(track, 2.0, skip=0.5), 20)
             chk = check_tone(pcm, RATE, 1000.0)
             print(f"callee PCMU 1 kHz -> SDK: {chk}")
             assert abs(chk.freq - 1000.0) < 5 and chk.snr >= 20
@@ -401,7 +401,7 @@ async def test_early_media_reaches_room(stack: Stack, short_dir: Path) -> None:
             track = subscribed_audio(w.room, ident)
             assert track is not None
             await wait_for(lambda: "ringing" in w.statuses, 5, "ringing")
-            pcm = await record(track, 1.5, skip=0.3)
+            pcm = await asyncio.wait_for(record(track, 1.5, skip=0.3), 20)
             assert w.statuses[-1] == "ringing", w.statuses  # still before the answer
             chk = check_tone(pcm, RATE, 700.0)
             print(f"early media 700 Hz -> SDK: {chk}")
@@ -544,7 +544,7 @@ async def test_transfer_failed_call_goes_on(
             assert not w.left.is_set() and w.statuses[-1] == "active", w.statuses
             track = subscribed_audio(w.room, ident)
             assert track is not None
-            pcm = await record(track, 1.0, skip=0.2)
+            pcm = await asyncio.wait_for(record(track, 1.0, skip=0.2), 20)
             assert abs(check_tone(pcm, RATE, 1000.0).freq - 1000.0) < 5
             await remove(stack, room, ident)
         rc, out = await c.wait(15)
@@ -686,7 +686,9 @@ async def test_dialtone_while_ringing(stack: Stack, short_dir: Path) -> None:
             await wait_for(lambda: subscribed_audio(w.room, ident) is not None, 10, "track")
             track = subscribed_audio(w.room, ident)
             assert track is not None
-            pcm = await record(track, 0.6, skip=0.1)  # inside the tone's first 1 s burst
+            pcm = await asyncio.wait_for(
+                record(track, 0.6, skip=0.1), 20
+            )  # inside the tone's first 1 s burst
             assert w.statuses[-1] in ("dialing", "ringing"), w.statuses
             chk = check_tone(pcm, RATE, 425.0)
             print(f"dial tone -> SDK: {chk}")
@@ -694,4 +696,29 @@ async def test_dialtone_while_ringing(stack: Stack, short_dir: Path) -> None:
             await wait_for(lambda: "active" in w.statuses, 10, "active")
             await remove(stack, room, ident)
         rc, out = await c.wait(15)
+        assert rc == 0, out[-3000:]
+
+
+async def test_max_call_duration_ends_call(stack: Stack, short_dir: Path) -> None:
+    sc = uas_scenario(short_dir / "uas.xml", provisional=None)
+    room, ident = "out_maxdur", "sip_+15557770009"
+    async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
+        trunk_id = await make_trunk(lk, c)
+        async with observer(stack, room, ident) as w:
+            await lk.sip.create_sip_participant(
+                api.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk_id,
+                    sip_call_to="+15557770009",
+                    room_name=room,
+                    wait_until_answered=True,
+                    max_call_duration=Duration(seconds=2),
+                )
+            )
+            t0 = time.monotonic()
+            await asyncio.wait_for(w.left.wait(), 10)
+            took = time.monotonic() - t0
+            print(f"max_call_duration 2 s: ended after {took:.2f} s")
+            assert 1.5 <= took < 4.0
+            assert w.statuses[-1] == "hangup", w.statuses
+        rc, out = await c.wait(15)  # SIPp got roomline's BYE
         assert rc == 0, out[-3000:]
