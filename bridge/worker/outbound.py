@@ -254,6 +254,8 @@ class OutboundCall:
         self.transfer_tone = False
         self.sip_call_id = ""
         self.failed_reported = False
+        #: The 200 OK's text (for headers → attributes), once seen.
+        self.answer_msg = ""
 
     # --- reporting ----------------------------------------------------------------------------
     def report(self, state: str, status: int = 0, reason: str = "") -> None:
@@ -353,6 +355,8 @@ class OutboundCall:
         if call is None:
             return
         ci = call.getInfo()
+        if self.answer_msg == "":
+            self._capture_answer(prm)
         if ci.state in (pj.PJSIP_INV_STATE_EARLY,) and self.state == "dialing":
             if ci.lastStatusCode in (180, 181, 182, 183):
                 self.state = "ringing"
@@ -366,7 +370,7 @@ class OutboundCall:
     def _answered(self, ci: Any, prm: Any) -> None:
         self.answered_at = time.monotonic()
         attrs = {"sip.callIDFull": str(ci.callIdString)}
-        attrs.update(self._answer_header_attrs(prm))
+        attrs.update(self._answer_header_attrs())
         self.leg.set_attributes(attrs)
         self.report("answered", 200, "OK")
         if self.dial.dtmf:
@@ -411,21 +415,38 @@ class OutboundCall:
         except pj.Error as exc:
             log.info("call %s: cannot send DTMF: %s", self.dial.call_id, exc.info())
 
-    def _answer_header_attrs(self, prm: Any) -> dict[str, str]:
-        """``headers_to_attributes`` and ``include_headers`` from the 200 OK, when visible."""
-        d = self.dial
-        if not d.headers_to_attributes and not d.include_headers:
-            return {}
+    def _capture_answer(self, prm: Any) -> None:
+        """Keep the text of the 2xx answer when pjsua's state event carries it (CONNECTING)."""
         try:
             e = prm.e
-            if e.type != pj.PJSIP_EVENT_TSX_STATE:
-                return {}
-            text = str(e.body.tsxState.src.rdata.wholeMsg)
-            _start, headers = parse_headers(text)
-        except (pj.Error, AttributeError, SipParseError):
+            if e.type == pj.PJSIP_EVENT_TSX_STATE:
+                if e.body.tsxState.type != pj.PJSIP_EVENT_RX_MSG:
+                    return
+                text = str(e.body.tsxState.src.rdata.wholeMsg)
+            elif e.type == pj.PJSIP_EVENT_RX_MSG:
+                text = str(e.body.rxMsg.rdata.wholeMsg)
+            else:
+                return
+        except (pj.Error, AttributeError):
+            return
+        if text.startswith("SIP/2.0 2"):
+            self.answer_msg = text
+
+    def _answer_header_attrs(self) -> dict[str, str]:
+        """``sip.callTag``, ``headers_to_attributes`` and ``include_headers`` from the 200 OK."""
+        d = self.dial
+        if not self.answer_msg:
+            return {}
+        try:
+            _start, headers = parse_headers(self.answer_msg)
+        except SipParseError:
             return {}
         out: dict[str, str] = {}
         lower = {k.lower(): v for k, v in headers.items()}
+        to = lower.get("to") or lower.get("t") or ""
+        tag = next((p[4:] for p in to.split(";") if p.strip().lower().startswith("tag=")), "")
+        if tag:
+            out["sip.callTag"] = tag.strip()
         for header, attr in d.headers_to_attributes.items():
             value = lower.get(header.lower())
             if value is not None:

@@ -206,11 +206,21 @@ async def remove(stack: Stack, room: str, identity: str) -> None:
 async def test_answer_tone_ringing_and_attributes(stack: Stack, short_dir: Path) -> None:
     write_tone_pcap(short_dir / "tone.pcap", 1000.0, 8.0)
     sc = uas_scenario(
-        short_dir / "uas.xml", provisional=180, ring_ms=1500, pcap="tone.pcap", play_ms=200
+        short_dir / "uas.xml",
+        provisional=180,
+        ring_ms=1500,
+        pcap="tone.pcap",
+        play_ms=200,
+        answer_headers={"X-Callee-Info": "vip", "X-Other": "1"},
     )
     room, ident = "out_answer", "sip_+15557770001"
     async with callee(stack, sc, short_dir) as c, lkapi(stack) as lk:
-        trunk_id = await make_trunk(lk, c)
+        trunk_id = await make_trunk(
+            lk,
+            c,
+            headers_to_attributes={"X-Callee-Info": "callee.info"},
+            include_headers=api.SIPHeaderOptions.SIP_X_HEADERS,
+        )
         async with observer(stack, room, ident) as w:
             t0 = time.monotonic()
             info = await lk.sip.create_sip_participant(
@@ -234,6 +244,9 @@ async def test_answer_tone_ringing_and_attributes(stack: Stack, short_dir: Path)
             assert a["sip.trunkPhoneNumber"] == "+15550001000"
             assert a["sip.hostname"] == f"127.0.0.1:{c.port}"
             assert a.get("sip.callIDFull"), a
+            assert a.get("callee.info") == "vip", a  # headers_to_attributes from the 200 OK
+            assert a.get("sip.h.x-other") == "1", a  # include_headers: SIP_X_HEADERS
+            assert a.get("sip.callTag", "").endswith("rluas1"), a  # the 200 OK's To-tag
             p = w.room.remote_participants[ident]
             assert p.kind == rtc.ParticipantKind.PARTICIPANT_KIND_SIP
             assert p.name == "Callee"

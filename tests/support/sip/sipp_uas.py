@@ -9,6 +9,7 @@
 * ``no_answer``: ring and wait for roomline's CANCEL (200 to the CANCEL, 487 to the INVITE).
 * ``challenge``: answer the first INVITE 401 and require valid digest credentials on the
   second (a wrong password gets 403).
+* ``answer_headers``: extra headers on the 200 OK.
 * ``sdp_port``: advertise this RTP port in the 200 OK instead of SIPp's (a test socket then
   receives roomline's RTP, e.g. to decode RFC 4733 DTMF).
 * ``refer``: after the answer, expect a REFER and answer it with ``refer["status"]``; with 202
@@ -130,6 +131,7 @@ def uas_scenario(
     refer: dict[str, Any] | None = None,
     wait_bye: bool = True,
     sdp_port: int = 0,
+    answer_headers: dict[str, str] | None = None,
 ) -> Path:
     parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>', '<scenario name="roomline uas">']
     if challenge is not None:
@@ -195,7 +197,14 @@ def uas_scenario(
         parts += [_response(final, _REASONS.get(final, "Failed")), '  <recv request="ACK"/>']
     else:
         parts += [
-            _response(200, "OK", sdp=True, retrans=True, sdp_port=sdp_port),
+            _response(
+                200,
+                "OK",
+                sdp=True,
+                retrans=True,
+                sdp_port=sdp_port,
+                extra="\n      ".join(f"{k}: {v}" for k, v in (answer_headers or {}).items()),
+            ),
             '  <recv request="ACK" crlf="true"/>',
         ]
         if pcap is not None:
