@@ -20,6 +20,7 @@ import sfu.service.web
 from bridge.service import sip_bridge
 from roomline.config import Config
 from roomline.lifecycle import Service
+from roomline_agents.service import agents as agent_names
 from roomline_agents.service import manager as agents
 from sfu.local.server import LocalChannelServer
 from sfu.server import SFUServer
@@ -39,14 +40,25 @@ class Appliance:
         self.rtc = sfu.rtc.install(self.sfu)
         self.web = sfu.service.web.install(self.sfu)
         self.local_channel: LocalChannelServer = sfu.local.install(self.sfu)
+        #: Built-in agents (job processes over the local channel).
         self.agents: agents.AgentManager = agents.install(self.sfu)
+        #: ``/agent`` (external livekit-agents workers) and the one registry of agent names that
+        #: routes every dispatch to an external worker or a built-in.
+        self.agent_names: agent_names.Agents = agent_names.install(self.sfu, self.agents)
         self.sip: sip_bridge.SIPPart = sip_bridge.install(
-            self.sfu, self.local_channel.path, agent_starter=self.agents
+            self.sfu, self.local_channel.path, agent_starter=self.agent_names
         )
         # Agents place outbound calls and transfer SIP participants through the SIP service.
         self.agents.sip_service = self.sip.service
         #: Started in this order, stopped in reverse.
-        self.parts: list[Service] = [self.rtc, self.local_channel, self.web, self.sip, self.agents]
+        self.parts: list[Service] = [
+            self.rtc,
+            self.local_channel,
+            self.web,
+            self.sip,
+            self.agents,
+            self.agent_names,
+        ]
 
     async def start(self) -> None:
         await self.sfu.start()

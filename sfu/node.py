@@ -10,14 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 import structlog
 
 from roomline.errors import InvalidRequest, Unimplemented
-from sfu.events import Event, RoomClosed, SpeakersChanged, SubscriptionChanged
-from sfu.participant import DisconnectReason, Participant, ParticipantInit
+from sfu.events import (
+    Event,
+    ParticipantUpdated,
+    RoomClosed,
+    SpeakersChanged,
+    SubscriptionChanged,
+)
+from sfu.participant import DisconnectReason, Participant, ParticipantInit, ParticipantState
 from sfu.relay import TrackRelay
 from sfu.room import Room
 from sfu.roommanager import RoomManager
@@ -53,6 +59,7 @@ class Session(Protocol):
 
 
 RoomListener = Callable[[RoomState, bool], None]
+ParticipantListener = Callable[[RoomState, Participant, bool], None]
 
 
 class Node:
@@ -71,6 +78,9 @@ class Node:
         self.relays: dict[str, TrackRelay] = {}
         #: Called with (room, created) whenever a room is created (True) or closed (False).
         self.room_listeners: list[RoomListener] = []
+        #: Called with (room, participant, joined) when a participant joins (True) or leaves
+        #: (False; not for the participants of a room that closes: see ``room_listeners``).
+        self.participant_listeners: list[ParticipantListener] = []
         #: Serializes recipient-independent events once (set by the signalling layer).
         #: Serializes an event once for many recipients (``sfu.signal.encode_broadcast``); passed in
         #: because ``signal`` imports this module.
@@ -153,12 +163,29 @@ class Node:
 
     # ------------------------------------------------------------------ participants
 
-    def join(self, room_name: str, init: ParticipantInit) -> tuple[Room, Participant, list[Event]]:
-        """Admit a participant; the caller attaches its session, then calls :meth:`dispatch`."""
-        room, participant, events, created = self.rooms.join(room_name, init, self.clock())
+    def join(
+        self,
+        room_name: str,
+        init: ParticipantInit,
+        room_options: Mapping[str, Any] | None = None,
+    ) -> tuple[Room, Participant, list[Event]]:
+        """Admit a participant; the caller attaches its session, then calls :meth:`dispatch`.
+
+        ``room_options`` are used if the join creates the room (a token's ``roomConfig``)."""
+        room, participant, events, created = self.rooms.join(
+            room_name, init, self.clock(), room_options
+        )
         if created:
             self._room_changed(room, True)
+        self._participant_changed(room, participant, True)
         return room, participant, events
+
+    def _participant_changed(self, room: RoomState, participant: Participant, joined: bool) -> None:
+        for listener in list(self.participant_listeners):
+            try:
+                listener(room, participant, joined)
+            except Exception:
+                log.exception("participant listener failed", room=room.name)
 
     def attach(self, session: Session) -> None:
         self.sessions[session.participant.sid] = session
@@ -201,6 +228,13 @@ class Node:
             if isinstance(event, RoomClosed):
                 self._room_changed(event.room, False)
                 continue
+            if (
+                isinstance(event, ParticipantUpdated)
+                and event.participant.state == ParticipantState.DISCONNECTED
+                and self.participant_listeners
+            ):
+                # The room model announces a departure exactly once (``Room._remove``).
+                self._participant_changed(event.room, event.participant, False)
             targets = recipients(event)
             wire = self.encode_broadcast(event) if len(targets) > 1 else None
             for sid in targets:

@@ -148,6 +148,16 @@ class Participant:
     def is_publisher(self) -> bool:
         return bool(self.tracks)
 
+    @property
+    def dependent(self) -> bool:
+        """Agents and recorders (LiveKit ``IsDependent``): they take no seat (max_participants),
+        do not keep a room open and never trigger agent jobs."""
+        return (
+            self.kind in (ParticipantKind.AGENT, ParticipantKind.EGRESS)
+            or self.permission.agent
+            or self.permission.recorder
+        )
+
     def track_by_cid(self, cid: str) -> TrackPublication | None:
         for track in self.tracks.values():
             if track.cid == cid:

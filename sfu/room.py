@@ -31,6 +31,7 @@ from sfu.participant import (
     DisconnectReason,
     Participant,
     ParticipantInit,
+    ParticipantKind,
     ParticipantState,
     Permission,
     SubscriptionPermission,
@@ -50,6 +51,15 @@ def check_attributes(limits: Limits, attributes: Mapping[str, str]) -> None:
     size = sum(len(k.encode()) + len(v.encode()) for k, v in attributes.items())
     if size > limits.max_attributes_size:
         raise LimitExceeded(f"attributes larger than {limits.max_attributes_size} bytes")
+
+
+def _init_dependent(init: ParticipantInit) -> bool:
+    """:attr:`Participant.dependent` for a participant not admitted yet."""
+    return (
+        init.kind in (ParticipantKind.AGENT, ParticipantKind.EGRESS)
+        or init.permission.agent
+        or init.permission.recorder
+    )
 
 
 @dataclass(slots=True)
@@ -131,10 +141,12 @@ class Room(RoomState):
         if self.closed:
             raise InvalidRequest("room is closed")
         self.check_init(init)
-        if init.permission.hidden:
-            return  # recorders and other hidden participants do not take a seat
+        if init.permission.hidden or _init_dependent(init):
+            return  # agents, recorders and hidden participants do not take a seat
         previous = self.by_identity.get(init.identity)
-        count = self.num_participants - (1 if previous and not previous.hidden else 0)
+        count = sum(1 for p in self.participants.values() if not p.hidden and not p.dependent)
+        if previous is not None and not previous.hidden and not previous.dependent:
+            count -= 1
         cap = self.limits.max_participants_per_room
         if self.max_participants:
             cap = min(cap, self.max_participants)
@@ -163,8 +175,11 @@ class Room(RoomState):
         )
         self.participants[participant.sid] = participant
         self.by_identity[participant.identity] = participant
-        self.ever_joined = True
-        self.last_left_at = None
+        if not participant.dependent:
+            self.ever_joined = True
+            self.last_left_at = None
+        elif not self.has_independent and self.ever_joined and self.last_left_at is None:
+            self.last_left_at = now  # an agent replaced the last human (duplicate identity)
         events.append(self._announce(participant))
         events += self._reconcile_subscriber(participant)
         events.append(RoomUpdated(self, self._others(participant.sid)))
@@ -178,7 +193,7 @@ class Room(RoomState):
         if participant is None:
             return []
         events = self._remove(participant, reason, tell_self)
-        if not self.participants:
+        if not self.has_independent and self.last_left_at is None:
             self.last_left_at = now
         return events
 

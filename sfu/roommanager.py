@@ -7,8 +7,9 @@ distributed one would fill.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from roomline.errors import InvalidRequest, RoomNotFound
 from sfu.events import Disconnect, Event, RoomClosed, SubscriptionChanged
@@ -62,6 +63,7 @@ class RoomManager:
         max_participants: int = 0,
         metadata: str = "",
         agents: list[str] | None = None,
+        agent_metadata: Mapping[str, str] | None = None,
     ) -> tuple[Room, bool]:
         """CreateRoom: returns ``(room, created)``; an existing room is returned unchanged."""
         existing = self.rooms.get(name)
@@ -78,20 +80,28 @@ class RoomManager:
             empty_timeout=empty_timeout or self.defaults.empty_timeout,
             departure_timeout=departure_timeout or self.defaults.departure_timeout,
             agents=list(agents or []),
+            agent_metadata=dict(agent_metadata or {}),
         )
         self.rooms[name] = room
         return room, True
 
     def join(
-        self, room_name: str, init: ParticipantInit, now: float
+        self,
+        room_name: str,
+        init: ParticipantInit,
+        now: float,
+        room_options: Mapping[str, Any] | None = None,
     ) -> tuple[Room, Participant, list[Event], bool]:
-        """Join ``room_name``, creating it on demand: ``(room, participant, events, created)``."""
+        """Join ``room_name``, creating it on demand: ``(room, participant, events, created)``.
+
+        ``room_options`` (:meth:`create_room` keywords, from the token's ``roomConfig``) apply only
+        when this join creates the room, as in LiveKit."""
         created = False
         room = self.rooms.get(room_name)
         if room is None:
             if not self.defaults.auto_create:
                 raise RoomNotFound(room_name)
-            room, created = self.create_room(room_name, now)
+            room, created = self.create_room(room_name, now, **dict(room_options or {}))
         try:
             participant, events = room.join(init, now)
         except Exception:
@@ -121,7 +131,9 @@ class RoomManager:
         """Close rooms whose empty or departure timeout has passed."""
         events: list[Event] = []
         for room in list(self.rooms.values()):
-            if room.participants:
+            # Agents and recorders alone do not keep a room open (LiveKit ``CloseIfEmpty``);
+            # closing it disconnects them.
+            if room.has_independent:
                 continue
             if room.ever_joined and room.last_left_at is not None:
                 if now - room.last_left_at >= room.departure_timeout:
@@ -129,3 +141,38 @@ class RoomManager:
             elif not room.ever_joined and now - room.created_at >= room.empty_timeout:
                 events += self._close(room, DisconnectReason.ROOM_CLOSED, now)
         return events
+
+
+def room_options_from_config(room_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """:meth:`RoomManager.create_room` keywords from a token's ``roomConfig`` claim (LiveKit's
+    ``RoomConfiguration`` as JSON: camelCase, or snake_case from some SDKs). Unknown or malformed
+    fields are ignored: the claim was signed by the API key holder, but is not worth a failed join.
+    """
+    if not room_config:
+        return {}
+    options: dict[str, Any] = {}
+    for key, attr in (
+        ("emptyTimeout", "empty_timeout"),
+        ("departureTimeout", "departure_timeout"),
+        ("maxParticipants", "max_participants"),
+    ):
+        value = room_config.get(key, room_config.get(attr))
+        if isinstance(value, int | str) and str(value).isdigit():
+            options[attr] = int(value)
+    agents = room_config.get("agents")
+    if isinstance(agents, list):
+        names: list[str] = []
+        metadata: dict[str, str] = {}
+        for entry in agents:
+            if isinstance(entry, dict):
+                name = entry.get("agentName", entry.get("agent_name"))
+                if isinstance(name, str) and name:
+                    names.append(name)
+                    meta = entry.get("metadata")
+                    if isinstance(meta, str) and meta:
+                        metadata[name] = meta
+        if names:
+            options["agents"] = names
+        if metadata:
+            options["agent_metadata"] = metadata
+    return options

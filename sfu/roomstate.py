@@ -42,18 +42,27 @@ class RoomState:
     departure_timeout: int = 20
     participants: dict[str, Participant] = field(default_factory=dict)
     by_identity: dict[str, Participant] = field(default_factory=dict)
-    #: Set when the last participant left; None while someone is in the room.
+    #: Set when the last participant who is not an agent or recorder left; None while one is in
+    #: the room (agents alone do not keep a room open).
     last_left_at: float | None = None
+    #: Whether a participant other than an agent or recorder has ever joined.
     ever_joined: bool = False
     closed: bool = False
     #: Names of agents to dispatch when the room is created (CreateRoom ``agents``).
     agents: list[str] = field(default_factory=list)
+    #: Dispatch metadata per agent name in ``agents`` (CreateRoom / roomConfig ``RoomAgentDispatch``).
+    agent_metadata: dict[str, str] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ views
 
     @property
     def num_participants(self) -> int:
         return sum(1 for p in self.participants.values() if not p.hidden)
+
+    @property
+    def has_independent(self) -> bool:
+        """Is anyone but agents and recorders in the room (what keeps a room open)?"""
+        return any(not p.dependent for p in self.participants.values())
 
     @property
     def num_publishers(self) -> int:

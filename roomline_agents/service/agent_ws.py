@@ -47,6 +47,7 @@ from roomline_agents.service.worker_registry import (
     JobAssigned,
     JobEnded,
     JobOrphaned,
+    JobRedispatching,
     Output,
     WorkerLog,
     WorkerRecord,
@@ -65,6 +66,7 @@ MAX_WORKERS = 256
 
 JobHook = Callable[[AgentJob], Any]
 WorkerHook = Callable[[WorkerRecord], Any]
+RedispatchHook = Callable[[AgentJob, str], Any]
 
 
 @dataclass(eq=False)
@@ -96,6 +98,7 @@ class AgentWorkerService:
         on_job_ended: JobHook | None = None,
         on_job_orphaned: JobHook | None = None,
         on_worker_registered: WorkerHook | None = None,
+        on_job_redispatching: RedispatchHook | None = None,
         register_timeout: float = REGISTER_TIMEOUT,
         assign_timeout: float = ASSIGN_TIMEOUT,
         redispatch_grace: float = REDISPATCH_GRACE,
@@ -112,6 +115,9 @@ class AgentWorkerService:
         #: Called when a worker registers, e.g. to give it jobs for rooms that already exist
         #: (LiveKit does not: livekit/agents#518).
         self.on_worker_registered = on_worker_registered
+        #: Called synchronously, before the orphaned job is offered to another worker, with the
+        #: job and the lost worker's participant identity (to remove it from the room first).
+        self.on_job_redispatching = on_job_redispatching
         self.register_timeout = register_timeout
         self.heartbeat = heartbeat
         self.max_workers = max_workers
@@ -437,6 +443,19 @@ class AgentWorkerService:
             elif isinstance(out, JobOrphaned):
                 log.warning("agent job lost its worker", job=out.job.id, worker=out.lost_worker_id)
                 self._hook(self.on_job_orphaned, out.job)
+            elif isinstance(out, JobRedispatching):
+                log.info(
+                    "agent job re-dispatched",
+                    job=out.job.id,
+                    room=out.job.room_name,
+                    lost_worker=out.lost_worker_id,
+                    old_identity=out.old_identity,
+                )
+                if self.on_job_redispatching is not None:
+                    try:
+                        self.on_job_redispatching(out.job, out.old_identity)
+                    except Exception:
+                        log.exception("agent hook failed", subject=out.job.id)
             elif isinstance(out, WorkerLog):
                 log.debug("agent worker", worker=out.worker_id, note=out.message)
         self._timer_wake.set()

@@ -54,6 +54,7 @@ __all__ = [
     "JobEnded",
     "JobOrphaned",
     "JobPhase",
+    "JobRedispatching",
     "Output",
     "WorkerRecord",
     "WorkerRegistry",
@@ -222,6 +223,16 @@ class JobOrphaned:
 
 
 @dataclass(frozen=True, slots=True)
+class JobRedispatching:
+    """An orphaned job is about to be offered to another worker: the lost worker's agent
+    participant ``old_identity`` (if still in the room) should be removed first."""
+
+    job: AgentJob
+    lost_worker_id: str
+    old_identity: str
+
+
+@dataclass(frozen=True, slots=True)
 class WorkerLog:
     """Something the edge should log about a worker (non-fatal protocol errors, ignored input)."""
 
@@ -229,7 +240,7 @@ class WorkerLog:
     message: str
 
 
-Output = JobAssigned | JobEnded | JobOrphaned | WorkerLog
+Output = JobAssigned | JobEnded | JobOrphaned | JobRedispatching | WorkerLog
 
 
 def agent_token(
@@ -590,7 +601,8 @@ class WorkerRegistry:
     def _redispatch(self, job: AgentJob, now: float) -> list[Output]:
         job.redispatches += 1
         job.tried = {job.worker_id}  # the lost worker; every other may be tried again
-        return self._offer(job, now, resuming=True)
+        out: list[Output] = [JobRedispatching(job, job.worker_id, job.participant_identity)]
+        return out + self._offer(job, now, resuming=True)
 
     def _end(self, job: AgentJob, status: int, error: str, reason: str) -> list[Output]:
         was_assigned = job.phase in (JobPhase.ASSIGNED, JobPhase.RUNNING, JobPhase.ORPHANED)

@@ -19,6 +19,7 @@ from roomline.errors import InvalidRequest, RoomFull, RoomlineError, RoomNotFoun
 from sfu.admission import participant_init
 from sfu.node import Node
 from sfu.participant import DisconnectReason
+from sfu.roommanager import room_options_from_config
 from sfu.rtc.session import RTCSession
 from sfu.signal import leave_response
 
@@ -149,7 +150,9 @@ class RTCService:
             )
         init = participant_init(params.claims, params.auto_subscribe, params.client_protocol)
         try:
-            room, participant, events = self.node.join(params.room, init)
+            room, participant, events = self.node.join(
+                params.room, init, room_options_from_config(params.claims.room_config)
+            )
         except RoomlineError as exc:
             # Lost a race with another join (room filled meanwhile): tell the client and close.
             log.info("join failed after upgrade", reason=exc.message)

@@ -67,6 +67,7 @@ class RoomService:
             max_participants=req.max_participants,
             metadata=req.metadata,
             agents=agents,
+            agent_metadata={d.agent_name: d.metadata for d in req.agents if d.metadata},
         )
         return room_info(room)
 

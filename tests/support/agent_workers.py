@@ -2,7 +2,8 @@
 
 livekit-agents 1.8.x pins an older ``livekit`` (rtc) than the appliance's test venv, so the worker
 may run from another interpreter: ``ROOMLINE_AGENTS_PYTHON``, else this one if it can import
-``livekit.agents``, else ``/tmp/agents-venv/bin/python``. Tests skip when none has it.
+``livekit.agents``, else ``.venv-agents/bin/python`` (made by ``.ci/setup --test``), else
+``/tmp/agents-venv/bin/python``. Tests skip when none has it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 FALLBACK_PYTHON = "/tmp/agents-venv/bin/python"
+SETUP_PYTHON = Path(__file__).resolve().parents[3] / ".venv-agents" / "bin" / "python"
 
 
 def agents_python() -> str | None:
-    candidates = [os.environ.get("ROOMLINE_AGENTS_PYTHON", ""), sys.executable, FALLBACK_PYTHON]
+    candidates = [
+        os.environ.get("ROOMLINE_AGENTS_PYTHON", ""),
+        sys.executable,
+        str(SETUP_PYTHON),
+        FALLBACK_PYTHON,
+    ]
     for py in candidates:
         if not py or not Path(py).exists():
             continue

@@ -18,6 +18,7 @@ from roomline_agents.service.worker_registry import (
     JobEnded,
     JobOrphaned,
     JobPhase,
+    JobRedispatching,
     WorkerRegistry,
 )
 
@@ -299,7 +300,9 @@ def test_worker_loss_without_other_worker_fails_job() -> None:
     h.answer(w1, job.id, available=True)
     out = h.reg.remove_worker(w1.worker_id, 1.0)
     assert out[0] == JobOrphaned(job, w1.worker_id)
-    assert out[1] == JobEnded(job, True) and job.status == agent_pb.JS_FAILED
+    # Before the offer: remove the lost worker's agent participant (the appliance does).
+    assert out[1] == JobRedispatching(job, w1.worker_id, f"agent-{job.id}")
+    assert out[2] == JobEnded(job, True) and job.status == agent_pb.JS_FAILED
 
 
 def test_worker_loss_while_offered_moves_offer() -> None:
