@@ -704,7 +704,9 @@ class OutboundDialer:
         """The SIP call ended: drop it and hand its pj objects to the endpoint's graveyard."""
         self.forget(call)
         if call.port is not None:
-            call.port.active = False
+            # As the worker does for inbound calls (bridge/worker/port.py): destroy the pjmedia
+            # side while we still hold the port.
+            call.port.close()
         self.endpoint.bury([call.port])
         call.port = None
         acc, call.account = call.account, None
@@ -740,7 +742,7 @@ class OutboundDialer:
         """Worker shutdown: forget every call (pjsua already hung them up)."""
         for call in self.calls.values():
             if call.port is not None:
-                call.port.active = False
+                call.port.close()
             call.leg.close()
             call.port = None
             call.account = None
