@@ -8,6 +8,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ROOMLINE_SERVER_DATA_DIR=/var/lib/roomline
 
 WORKDIR /opt/roomline
+# The SIP front: Kamailio owns the public SIP port and spreads calls over the bridge workers
+# (docs/sip-front.md). kamailio-tls-modules adds SIP over TLS on 5061 (sip.tls_cert_file/key_file).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends kamailio kamailio-tls-modules \
+    && rm -rf /var/lib/apt/lists/*
 # .ci/setup hashes pyproject.toml; the rest of the tree is needed for the (editable) install.
 COPY . .
 RUN .ci/setup \
@@ -20,8 +25,9 @@ ENV PATH=/opt/roomline/.venv/bin:$PATH
 USER roomline
 VOLUME ["/var/lib/roomline"]
 
-# HTTP/WebSocket (signalling, Twirp API), WebRTC media, SIP signalling, SIP RTP.
-EXPOSE 7880/tcp 50000-50999/udp 5060/udp 5060/tcp 10000-10999/udp
+# HTTP/WebSocket (signalling, Twirp API), WebRTC media, SIP (the Kamailio front: UDP+TCP, TLS),
+# SIP RTP (sip.rtp_port_start..end, split between the workers). Worker ports 5070+ stay inside.
+EXPOSE 7880/tcp 50000-50999/udp 5060/udp 5060/tcp 5061/tcp 10000-10999/udp
 
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s \
     CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:7880/healthz', timeout=4)"

@@ -145,7 +145,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         api_keys=sorted(cfg.keys),
         rtc_ports=f"{cfg.rtc.port_range_start}-{cfg.rtc.port_range_end}",
         sip_enabled=cfg.sip.enabled,
-        sip_ports=[w.sip_port for w in cfg.sip.workers] if cfg.sip.enabled else [],
+        sip_ports=_sip_ports(cfg),
+        sip_workers=cfg.sip.worker_count() if cfg.sip.enabled else 0,
         trunks=len(cfg.sip.trunks),
         dispatch_rules=len(cfg.sip.dispatch_rules),
     )
@@ -176,6 +177,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"roomline: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _sip_ports(cfg: Config) -> list[int]:
+    """Public SIP ports: the front's (UDP/TCP, TLS), or each worker's in the older direct mode."""
+    sip = cfg.sip
+    if not sip.enabled:
+        return []
+    if isinstance(sip.workers, list):
+        return [w.sip_port for w in sip.workers]
+    return [sip.port, *([sip.tls_port] if sip.tls_cert_file and sip.tls_key_file else [])]
 
 
 def _cmd_token(args: argparse.Namespace) -> int:

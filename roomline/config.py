@@ -63,6 +63,13 @@ ENV_CONFIG_FILE = "ROOMLINE_CONFIG"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("auto", "json", "console")
 SIP_ANSWER_MODES = ("immediate", "wait_for_audio")
+#: Calls one bridge worker takes: the PyPI pjsua2 wheel is built with ``PJSUA_MAX_CALLS`` = 4.
+#: ``sip.workers: auto`` sizes with it; the front uses each worker's detected cap once known.
+CALLS_PER_WORKER = 4
+#: Most workers ``sip.workers`` may ask for.
+MAX_SIP_WORKERS = 64
+#: Fewest RTP ports one worker's slice may have (RTP+RTCP per call, and some slack).
+MIN_RTP_PORTS_PER_WORKER = 10
 ICE_URL_SCHEMES = ("stun:", "stuns:", "turn:", "turns:")
 _AGENT_TARGET_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 _REDACTED = "***"
@@ -156,9 +163,32 @@ class SIPConfig:
     """
 
     enabled: bool = True
+    #: Public SIP (the Kamailio front): UDP and TCP on ``port``, TLS on ``tls_port`` when both
+    #: ``tls_cert_file`` and ``tls_key_file`` are set. Also the address RTP binds to.
     bind_address: str = "0.0.0.0"
     public_ip: str = ""
-    workers: list[SIPWorkerConfig] = field(default_factory=lambda: [SIPWorkerConfig()])
+    port: int = 5060
+    tls_port: int = 5061
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: Bridge worker processes behind the front: a count, or ``auto`` (enough
+    #: :data:`CALLS_PER_WORKER`-call workers for ``target_calls``). A list of
+    #: ``{sip_port, rtp_port_start, rtp_port_end}`` mappings is the older direct mode: no front,
+    #: each worker listens on its own public port.
+    workers: Any = "auto"
+    target_calls: int = 32
+    #: Workers listen on 127.0.0.1 only, on ``worker_base_port`` + 0, 1, 2 ...
+    worker_base_port: int = 5070
+    #: RTP goes directly phone <-> worker: this range is split evenly between the workers.
+    rtp_port_start: int = 10000
+    rtp_port_end: int = 10999
+    #: Carrier IPs or CIDRs: exempt from the flood limits, may OPTIONS-ping the front.
+    trusted_addresses: list[str] = field(default_factory=list)
+    #: Flood limits: more than ``pike_reqs_density`` requests in ``pike_sampling_time`` seconds
+    #: from one IP bans it for ``ban_seconds``.
+    pike_sampling_time: int = 2
+    pike_reqs_density: int = 30
+    ban_seconds: int = 300
     answer: str = "immediate"
     ringing_timeout: float = 30.0
     media_timeout: float = 15.0
@@ -171,6 +201,19 @@ class SIPConfig:
     dispatch_rules: list[dict[str, Any]] = field(default_factory=list)
     #: Outbound trunks: LiveKit ``SIPOutboundTrunkInfo`` JSON (read-only over the API).
     outbound_trunks: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def front_enabled(self) -> bool:
+        """True unless ``workers`` is the older list of directly reachable workers."""
+        return not isinstance(self.workers, list)
+
+    def worker_count(self) -> int:
+        """How many bridge workers run (``auto`` resolved from ``target_calls``)."""
+        if isinstance(self.workers, list):
+            return len(self.workers)
+        if self.workers == "auto":
+            return max(1, -(-self.target_calls // CALLS_PER_WORKER))
+        return int(self.workers)
 
     def inbound_trunks(self) -> list[sip_pb.SIPInboundTrunkInfo]:
         """The configured trunks as protobuf messages (already validated at load time)."""
@@ -679,9 +722,62 @@ def _validate_sip(cfg: Config, o: _Origins) -> None:
         )
     _check_positive(sip, "sip", ("ringing_timeout", "media_timeout", "max_call_duration"), o)
     _check_non_negative(sip, "sip", ("max_calls_per_trunk",), o)
-    if sip.enabled and not sip.workers:
-        raise o.error("sip.workers", "at least one worker is required when sip.enabled is true")
+    _check_sip_workers(cfg, o)
+    if isinstance(sip.workers, list):
+        _validate_direct_workers(cfg, o)
+    else:
+        _validate_front(cfg, o)
 
+    for i, ua in enumerate(sip.blocked_user_agents):
+        if not ua:
+            raise o.error(f"sip.blocked_user_agents[{i}]", "must not be empty")
+    _check_proto(sip.trunks, sip_pb.SIPInboundTrunkInfo, "sip.trunks", o)
+    _check_proto(sip.dispatch_rules, sip_pb.SIPDispatchRuleInfo, "sip.dispatch_rules", o)
+    _check_proto(sip.outbound_trunks, sip_pb.SIPOutboundTrunkInfo, "sip.outbound_trunks", o)
+
+
+_WORKERS_HELP = (
+    "expected a worker count (e.g. 8), 'auto' (from sip.target_calls), or the older list of "
+    "{sip_port, rtp_port_start, rtp_port_end} mappings"
+)
+
+
+def _check_sip_workers(cfg: Config, o: _Origins) -> None:
+    """``sip.workers``: a count, ``auto``, or a list of worker mappings (direct mode)."""
+    sip = cfg.sip
+    w = sip.workers
+    if isinstance(w, list):
+        if sip.enabled and not w:
+            raise o.error("sip.workers", "at least one worker is required when sip.enabled is true")
+        sip.workers = [
+            _build(SIPWorkerConfig, item, f"sip.workers[{i}]", o) for i, item in enumerate(w)
+        ]
+        return
+    if isinstance(w, str):
+        if w.strip().lower() != "auto":
+            if w.strip().isdigit():
+                sip.workers = w = int(w.strip())
+            else:
+                raise o.error("sip.workers", f"{_WORKERS_HELP}, got {w!r}")
+        else:
+            sip.workers = "auto"
+            _check_positive(sip, "sip", ("target_calls",), o)
+            if sip.worker_count() > MAX_SIP_WORKERS:
+                raise o.error(
+                    "sip.target_calls",
+                    f"{sip.target_calls} calls need {sip.worker_count()} workers, more than "
+                    f"{MAX_SIP_WORKERS}",
+                )
+            return
+    if isinstance(w, bool) or not isinstance(w, int):
+        raise o.error("sip.workers", f"{_WORKERS_HELP}, {_got(w)}")
+    if not 1 <= w <= MAX_SIP_WORKERS:
+        raise o.error("sip.workers", f"expected 1..{MAX_SIP_WORKERS} workers, got {w}")
+
+
+def _validate_direct_workers(cfg: Config, o: _Origins) -> None:
+    """The older direct mode: each listed worker listens publicly on its own SIP port."""
+    sip = cfg.sip
     # Every UDP range must be disjoint: two sockets cannot share a port.
     ranges: list[tuple[int, int, str]] = [
         (cfg.rtc.port_range_start, cfg.rtc.port_range_end, "rtc.port_range_start")
@@ -709,9 +805,59 @@ def _validate_sip(cfg: Config, o: _Origins) -> None:
             if start <= port <= end:
                 raise o.error(where, f"port {port} lies inside the UDP range of {other}")
 
-    for i, ua in enumerate(sip.blocked_user_agents):
-        if not ua:
-            raise o.error(f"sip.blocked_user_agents[{i}]", "must not be empty")
-    _check_proto(sip.trunks, sip_pb.SIPInboundTrunkInfo, "sip.trunks", o)
-    _check_proto(sip.dispatch_rules, sip_pb.SIPDispatchRuleInfo, "sip.dispatch_rules", o)
-    _check_proto(sip.outbound_trunks, sip_pb.SIPOutboundTrunkInfo, "sip.outbound_trunks", o)
+
+def _validate_front(cfg: Config, o: _Origins) -> None:
+    """Front mode: Kamailio on ``sip.port`` (and ``tls_port``), workers on loopback ports."""
+    sip = cfg.sip
+    n = sip.worker_count()
+    _check_port(sip.port, "sip.port", o)
+    tls = bool(sip.tls_cert_file or sip.tls_key_file)
+    if tls:
+        if not (sip.tls_cert_file and sip.tls_key_file):
+            missing = "sip.tls_key_file" if sip.tls_cert_file else "sip.tls_cert_file"
+            raise o.error(missing, "sip.tls_cert_file and sip.tls_key_file go together")
+        _check_port(sip.tls_port, "sip.tls_port", o)
+        if sip.tls_port == sip.port:
+            raise o.error("sip.tls_port", f"{sip.tls_port} is already sip.port")
+    _check_port(sip.worker_base_port, "sip.worker_base_port", o)
+    last = sip.worker_base_port + n - 1
+    if last > 65535:
+        raise o.error("sip.worker_base_port", f"{n} workers from here run past port 65535")
+    for name, port in (("sip.port", sip.port), ("sip.tls_port", sip.tls_port if tls else -1)):
+        if sip.worker_base_port <= port <= last:
+            raise o.error(
+                "sip.worker_base_port",
+                f"worker ports {sip.worker_base_port}-{last} include {name} {port}",
+            )
+    _check_range(sip.rtp_port_start, sip.rtp_port_end, "sip", ("rtp_port_start", "rtp_port_end"), o)
+    per_worker = (sip.rtp_port_end - sip.rtp_port_start + 1) // n
+    if per_worker < MIN_RTP_PORTS_PER_WORKER:
+        raise o.error(
+            "sip.rtp_port_end",
+            f"the RTP range {sip.rtp_port_start}-{sip.rtp_port_end} gives each of {n} workers "
+            f"{per_worker} ports; at least {MIN_RTP_PORTS_PER_WORKER} are needed",
+        )
+    rtc = cfg.rtc
+    if sip.rtp_port_start <= rtc.port_range_end and rtc.port_range_start <= sip.rtp_port_end:
+        raise o.error("sip.rtp_port_start", "the SIP RTP range overlaps rtc.port_range_start..end")
+    udp = [
+        ("sip.port", sip.port),
+        *((("sip.tls_port", sip.tls_port),) if tls else ()),
+        ("sip.worker_base_port", sip.worker_base_port),
+    ]
+    for name, port in udp:
+        for start, end, other in (
+            (sip.rtp_port_start, sip.rtp_port_end, "sip.rtp_port_start"),
+            (rtc.port_range_start, rtc.port_range_end, "rtc.port_range_start"),
+        ):
+            hi = port + (n - 1 if name == "sip.worker_base_port" else 0)
+            if port <= end and start <= hi:
+                raise o.error(name, f"port {port} lies inside the UDP range of {other}")
+    for i, addr in enumerate(sip.trusted_addresses):
+        try:
+            ipaddress.ip_network(addr, strict=False)
+        except ValueError:
+            raise o.error(
+                f"sip.trusted_addresses[{i}]", f"expected an IP address or network, got {addr!r}"
+            ) from None
+    _check_positive(sip, "sip", ("pike_sampling_time", "pike_reqs_density", "ban_seconds"), o)

@@ -22,7 +22,7 @@ import re
 import shutil
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bridge.service.kamailio_cfg import (
@@ -92,22 +92,53 @@ def _module_dir(opts: FrontOptions) -> str | None:
     return None
 
 
-def front_options_from_sip(sip: object, **overrides: object) -> FrontOptions:
-    """:class:`FrontOptions` from ``roomline.config.SIPConfig`` (workers, blocked UAs, bind address).
+def front_options_from_sip(
+    sip: object, maxloads: Sequence[int] = (), **overrides: object
+) -> FrontOptions:
+    """:class:`FrontOptions` from ``roomline.config.SIPConfig``.
 
-    The public port/TLS/trust settings are not in ``SIPConfig`` yet: pass them as ``overrides``.
+    With ``sip.workers`` a count or ``auto`` (front mode) everything comes from the config: the
+    public ``port``/``tls_port`` and TLS files, the loopback workers of
+    :func:`bridge.service.workers.plan_workers`, trusted addresses and flood limits.
+    ``maxloads`` gives each worker's call cap (default 4, the wheel's ``PJSUA_MAX_CALLS``).
+    With the older list form the listed ``sip_port`` values are taken as loopback workers.
+    ``overrides`` replace any option.
     """
+    from bridge.service.workers import front_bind_address, front_internal_port, plan_workers
+
+    workers_cfg = getattr(sip, "workers", ())
+    if isinstance(workers_cfg, list):
+        ports = [w.sip_port for w in workers_cfg]
+    else:
+        ports = [spec.sip_port for spec in plan_workers(sip)]  # type: ignore[arg-type]
     workers = tuple(
-        FrontWorker(port=w.sip_port, host="127.0.0.1")  # type: ignore[attr-defined]
-        for w in getattr(sip, "workers", ())
+        FrontWorker(port=p, host="127.0.0.1", maxload=maxloads[i] if i < len(maxloads) else 4)
+        for i, p in enumerate(ports)
     )
     values: dict[str, object] = {
         "workers": workers,
         "bind_address": getattr(sip, "bind_address", "0.0.0.0"),
         "blocked_user_agents": tuple(getattr(sip, "blocked_user_agents", ())),
     }
-    if getattr(sip, "public_ip", ""):
+    if not isinstance(workers_cfg, list):
+        values.update(
+            bind_address=front_bind_address(sip),  # type: ignore[arg-type]
+            port=sip.port,  # type: ignore[attr-defined]
+            tls_port=sip.tls_port,  # type: ignore[attr-defined]
+            tls_cert_file=sip.tls_cert_file,  # type: ignore[attr-defined]
+            tls_key_file=sip.tls_key_file,  # type: ignore[attr-defined]
+            trusted_addresses=tuple(sip.trusted_addresses),  # type: ignore[attr-defined]
+            pike_sampling_time=sip.pike_sampling_time,  # type: ignore[attr-defined]
+            pike_reqs_density=sip.pike_reqs_density,  # type: ignore[attr-defined]
+            ban_seconds=sip.ban_seconds,  # type: ignore[attr-defined]
+            contact_via_front=True,
+        )
+    internal = front_internal_port(sip) if not isinstance(workers_cfg, list) else 0  # type: ignore[arg-type]
+    if internal:
+        # Behind 1:1 NAT: the public address in Via/Record-Route, the workers reached from a
+        # loopback socket of their own.
         values["advertise"] = sip.public_ip  # type: ignore[attr-defined]
+        values["internal_port"] = internal
     values.update(overrides)
     return FrontOptions(**values)  # type: ignore[arg-type]
 

@@ -18,10 +18,12 @@ import structlog
 import bridge.control as control
 from bridge.service.decide import DecideOptions, Decision, InviteDecider
 from bridge.service.outbound import OutboundCalls
+from bridge.service.sip_front import SIPFront
 from bridge.service.sip_service import SERVICE, SIPService
 from bridge.service.store import SIPStore
-from bridge.service.supervisor import WorkerHandle, WorkerSpec, WorkerSupervisor
+from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
 from bridge.service.trunks import InboundCall
+from bridge.service.workers import plan_workers
 from roomline.lifecycle import Service
 from sfu.service.metrics import Family
 
@@ -39,6 +41,12 @@ CALL_FIELDS = tuple(f.name for f in dataclasses.fields(InboundCall) if f.name !=
 def inbound_call(req: control.InviteRequest) -> InboundCall:
     """The decider's view of an INVITE a worker reported."""
     return InboundCall(**{name: getattr(req, name) for name in CALL_FIELDS})
+
+
+def _source(call: InboundCall) -> str:
+    """The caller's true ``ip:port;transport`` (behind the front: from X-Roomline-Source)."""
+    host = f"[{call.src_ip}]" if ":" in call.src_ip else call.src_ip
+    return f"{host}:{call.src_port};{call.transport or 'udp'}"
 
 
 class AgentStarter(Protocol):
@@ -71,22 +79,18 @@ class SIPBridge:
             ),
         )
         self.socket = local_socket
-        specs = [
-            WorkerSpec(
-                sip_port=w.sip_port,
-                rtp_start=w.rtp_port_start,
-                rtp_end=w.rtp_port_end,
-                sip_host=cfg.sip.bind_address,
-                public_ip=cfg.sip.public_ip,
-            )
-            for w in cfg.sip.workers
-        ]
         self.supervisor = WorkerSupervisor(
-            specs,
+            plan_workers(cfg.sip),
             self.decide,
             self.on_call_state,
             check_pin=self.check_pin,
             on_worker_lost=self.on_worker_lost,
+        )
+        #: The Kamailio front (None in the older direct mode, ``sip.workers`` as a list).
+        self.front = (
+            SIPFront(cfg.sip, self.supervisor, cfg.server.data_dir)
+            if cfg.sip.front_enabled
+            else None
         )
         self.rejected: dict[int, int] = {}
         # Calls answered for PIN entry, by SIP Call-ID: check_pin re-evaluates the same INVITE.
@@ -110,7 +114,12 @@ class SIPBridge:
             )
         if not decision.accepted:
             status = self._rejected(
-                "sip call rejected", call, decision, dropped=decision.drop, src_ip=call.src_ip
+                "sip call rejected",
+                call,
+                decision,
+                dropped=decision.drop,
+                src_ip=call.src_ip,
+                src=_source(call),
             )
             return control.InviteResult(
                 id=req.id,
@@ -127,6 +136,7 @@ class SIPBridge:
             identity=decision.participant_identity,
             trunk=decision.trunk_id,
             rule=decision.rule_id,
+            src=_source(call),
         )
         return control.InviteResult(
             id=req.id,
@@ -232,6 +242,15 @@ class SIPBridge:
             self.pin_calls.pop(call_id, None)
             self.decider.call_ended(call_id)
 
+    def health(self) -> tuple[str, bool, str]:
+        """/healthz line: healthy while at least one worker takes calls."""
+        workers = self.supervisor.workers
+        ready = [w for w in workers if w.ready]
+        cap = sum(w.max_calls for w in ready)
+        active = sum(w.active_calls for w in workers)
+        detail = f"{len(ready)}/{len(workers)} ready, {active}/{cap} calls"
+        return "sip-workers", bool(ready), detail
+
     def metrics(self) -> Iterable[Family]:
         """Prometheus families for ``/metrics``: worker caps, active calls, restarts, rejections."""
         workers = self.supervisor.workers
@@ -280,13 +299,30 @@ class SIPPart(Service):
         self.service = service
 
     async def start(self) -> None:
-        """Start the bridge workers (if SIP is enabled)."""
-        if self.bridge is not None:
-            await self.bridge.supervisor.start()
+        """Start the SIP front (if configured) and the bridge workers."""
+        if self.bridge is None:
+            return
+        front = self.bridge.front
+        if front is not None:
+            await front.preflight()  # before any worker: a missing kamailio stops serve here
+        else:
+            log.warning(
+                "sip.workers is a list: direct mode without the SIP front, each worker on its "
+                "own public port; write `workers: auto` (or a count) for one SIP address"
+            )
+        await self.bridge.supervisor.start()
+        if front is not None:
+            try:
+                await front.start()
+            except Exception:
+                await self.bridge.supervisor.stop()
+                raise
 
     async def stop(self) -> None:
         """Stop the bridge workers and close the store."""
         if self.bridge is not None:
+            if self.bridge.front is not None:
+                await self.bridge.front.stop()
             await self.bridge.supervisor.stop()
         self.store.close()
 
@@ -308,6 +344,10 @@ def install(
     bridge = SIPBridge(server, store, local_socket, agent_starter) if cfg.sip.enabled else None
     if bridge is not None:
         server.metrics.collectors.append(bridge.metrics)
+        server.health_checks.append(bridge.health)
+        if bridge.front is not None:
+            server.metrics.collectors.append(bridge.front.metrics)
+            server.health_checks.append(bridge.front.health)
         # Outbound calls and transfers (bridge/service/outbound.py).
         service.outbound = OutboundCalls(
             store, bridge.supervisor, server.node, cfg.keys, local_socket

@@ -31,6 +31,14 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
     ap.add_argument("--max-calls", type=int, default=32, help="requested; clamped by the build")
     ap.add_argument("--no-tcp", action="store_true")
     ap.add_argument("--log-level", type=int, default=1, help="pjsua log level 0-6")
+    ap.add_argument("--rtp-host", default=None, help="address RTP binds to (default: --sip-host)")
+    ap.add_argument("--rtp-public-ip", default=None, help="SDP c= address (default: --public-ip)")
+    ap.add_argument(
+        "--front-source",
+        action="append",
+        default=[],
+        help="ip:port of the SIP front; X-Roomline-Source is trusted only from there",
+    )
     a = ap.parse_args(argv)
     if not 0 < a.rtp_start <= a.rtp_end < 65536:
         ap.error("need 0 < rtp-start <= rtp-end < 65536")
@@ -44,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
         max_calls=a.max_calls,
         tcp=not a.no_tcp,
         log_level=a.log_level,
+        rtp_host=a.rtp_host,
+        rtp_public_ip=a.rtp_public_ip,
+        front_sources=tuple(a.front_source),
     )
 
 

@@ -72,6 +72,11 @@ class WorkerOptions:
     max_calls: int = 32
     tcp: bool = True
     log_level: int = 1
+    # Front mode (bridge/service/workers.py): RTP binds/advertises apart from SIP (SIP stays on
+    # loopback), and X-Roomline-Source is trusted only from these front ip:port sources.
+    rtp_host: str | None = None  # None = sip_host
+    rtp_public_ip: str | None = None  # None = public_ip
+    front_sources: tuple[str, ...] = ()
 
     @property
     def bind_address(self) -> str:
@@ -153,10 +158,12 @@ class SipEndpoint:
         mt = acfg.mediaConfig.transportConfig
         mt.port = o.rtp_start
         mt.portRange = max(0, o.rtp_end - o.rtp_start)
-        if o.public_ip:
-            mt.publicAddress = o.public_ip
-        if o.bind_address:
-            mt.boundAddress = o.bind_address
+        rtp_public = o.public_ip if o.rtp_public_ip is None else o.rtp_public_ip
+        rtp_host = o.sip_host if o.rtp_host is None else o.rtp_host
+        if rtp_public:
+            mt.publicAddress = rtp_public
+        if rtp_host not in ("", "0.0.0.0"):
+            mt.boundAddress = rtp_host
         acc = make_account()
         acc.create(acfg, True)
         self.acc = acc

@@ -55,6 +55,7 @@ from bridge.worker.sipmsg import (
     parse_name_addr,
     via_transport,
 )
+from bridge.worker.source import true_source
 from roomline.wire import FRAME_BYTES
 
 log = logging.getLogger("bridge.worker.worker")
@@ -169,7 +170,9 @@ class Worker:
             log.info("rejecting INVITE with unparsable headers: %s", exc.message)
             self.endpoint.reject_now(call, 400, "Bad Request")
             return
-        src_ip, _, src_port = str(rdata.srcAddress).rpartition(":")
+        # Behind the SIP front the packet comes from Kamailio; the caller's own address is in
+        # X-Roomline-Source, trusted only from the front (bridge/worker/source.py).
+        source, headers = true_source(str(rdata.srcAddress), headers, self.opts.front_sources)
         invite = control.InviteRequest(
             id=self.control.new_id(),
             call_id=get_header(headers, "Call-ID") or "",
@@ -178,10 +181,10 @@ class Worker:
             from_tag=frm.tag,
             to_user=to.user,
             to_host=to.host,
-            src_ip=src_ip.strip("[]"),
-            src_port=int(src_port) if src_port.isdigit() else 0,
+            src_ip=source.ip,
+            src_port=source.port,
             user_agent=get_header(headers, "User-Agent") or "",
-            transport=via_transport(get_header(headers, "Via")),
+            transport=source.transport or via_transport(get_header(headers, "Via")),
             headers=headers,
             authorization=get_header(headers, "Proxy-Authorization"),
         )

@@ -45,7 +45,7 @@ from livekit.protocol import agent_dispatch as dispatch_pb
 
 from roomline import ids
 from roomline.auth import Claims
-from roomline.errors import InvalidRequest, LimitExceeded, NotFound, RoomlineError
+from roomline.errors import InvalidRequest, NotFound, PermissionDenied, RoomlineError
 from roomline.lifecycle import Service
 from roomline_agents.service.agent_ws import AgentWorkerService
 from roomline_agents.service.dispatch import DISPATCH_PREFIX, dispatch_proto
@@ -53,11 +53,11 @@ from roomline_agents.service.manager import (
     MAX_AGENT_NAME,
     SERVICE,
     AgentManager,
-    _require_admin,
 )
 from roomline_agents.service.worker_registry import AgentJob, WorkerRecord
 from sfu.participant import DisconnectReason, Participant
 from sfu.proto import participant_info
+from sfu.room import check_attributes, check_metadata
 from sfu.roomstate import RoomState
 from sfu.service.metrics import Family
 from sfu.service.twirp import Method
@@ -448,6 +448,13 @@ class Agents(Service):
 # ---------------------------------------------------------------------------------- Twirp
 
 
+def _require_admin(claims: Claims, room: str) -> None:
+    if not room:
+        raise InvalidRequest("room is required")
+    if not (claims.video.room_admin and claims.video.room == room):
+        raise PermissionDenied(f"missing grant: roomAdmin for room {room!r}")
+
+
 class AgentDispatchService:
     """``livekit.AgentDispatchService`` over both kinds of agents."""
 
@@ -465,13 +472,10 @@ class AgentDispatchService:
         _require_admin(claims, req.room)
         a = self.agents
         a.check_agent(req.agent_name)
-        limits = a.cfg.limits
-        if len(req.metadata.encode()) > limits.max_metadata_size:
-            raise LimitExceeded(f"metadata larger than {limits.max_metadata_size} bytes")
+        # The same limits, counted in bytes, as the room applies to the agent's participant.
+        check_metadata(a.node.rooms.limits, req.metadata)
         attrs = dict(req.attributes)
-        size = sum(len(k.encode()) + len(v.encode()) for k, v in attrs.items())
-        if size > limits.max_attributes_size:
-            raise LimitExceeded(f"attributes larger than {limits.max_attributes_size} bytes")
+        check_attributes(a.node.rooms.limits, attrs)
         if req.restart_policy not in (dispatch_pb.JRP_ON_FAILURE, dispatch_pb.JRP_NEVER):
             raise InvalidRequest(f"unknown restart_policy {req.restart_policy}")
         if req.room not in a.node.rooms.rooms:

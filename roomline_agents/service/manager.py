@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from livekit.protocol import agent_dispatch as dispatch_pb
 
-from roomline.auth import Claims, mint_token
+from roomline.auth import mint_token
 from roomline.errors import (
     InvalidRequest,
     LimitExceeded,
     NotFound,
-    PermissionDenied,
     RoomlineError,
     Unavailable,
 )
@@ -40,15 +39,12 @@ from roomline_agents.service.dispatch import (
     DispatchTable,
     Job,
     JobState,
-    dispatch_proto,
 )
 from roomline_agents.service.supervisor import JobSpec, JobSupervisor
 from sfu.local import socket_path
 from sfu.participant import DisconnectReason, ParticipantKind
-from sfu.room import check_attributes, check_metadata
 from sfu.roomstate import RoomState
 from sfu.service.metrics import Family
-from sfu.service.twirp import Method
 
 if TYPE_CHECKING:
     from sfu.server import SFUServer
@@ -301,7 +297,7 @@ class AgentManager(Service):
         from google.protobuf import json_format
         from livekit.protocol import sip as sip_pb
 
-        from roomline.auth import SIPGrant, VideoGrant
+        from roomline.auth import Claims, SIPGrant, VideoGrant
 
         def fail(code: str, error: str, meta: dict[str, str] | None = None) -> control.Result:
             return control.Result(
@@ -420,65 +416,9 @@ class AgentManager(Service):
         )
 
 
-# ---------------------------------------------------------------------------------- Twirp
-
-
-def _require_admin(claims: Claims, room: str) -> None:
-    if not room:
-        raise InvalidRequest("room is required")
-    if not (claims.video.room_admin and claims.video.room == room):
-        raise PermissionDenied(f"missing grant: roomAdmin for room {room!r}")
-
-
-class AgentDispatchService:
-    """``livekit.AgentDispatchService``: CreateDispatch, ListDispatch, DeleteDispatch."""
-
-    def __init__(self, manager: AgentManager) -> None:
-        self.manager = manager
-
-    def methods(self) -> dict[str, Method]:
-        return {
-            "CreateDispatch": Method(dispatch_pb.CreateAgentDispatchRequest, self.create),
-            "ListDispatch": Method(dispatch_pb.ListAgentDispatchRequest, self.list),
-            "DeleteDispatch": Method(dispatch_pb.DeleteAgentDispatchRequest, self.delete),
-        }
-
-    async def create(self, req: dispatch_pb.CreateAgentDispatchRequest, claims: Claims) -> Any:
-        _require_admin(claims, req.room)
-        m = self.manager
-        m.check_agent(req.agent_name)
-        # The same limits, counted in bytes, as the room applies to the agent's participant.
-        check_metadata(m.node.rooms.limits, req.metadata)
-        attrs = dict(req.attributes)
-        check_attributes(m.node.rooms.limits, attrs)
-        if req.restart_policy not in (dispatch_pb.JRP_ON_FAILURE, dispatch_pb.JRP_NEVER):
-            raise InvalidRequest(f"unknown restart_policy {req.restart_policy}")
-        if req.room not in m.node.rooms.rooms:
-            m.node.create_room(req.room)  # as LiveKit: dispatching to a new room creates it
-        d = m.dispatch(
-            req.room, req.agent_name, req.metadata, attrs, restart_policy=req.restart_policy
-        )
-        return dispatch_proto(d)
-
-    async def list(self, req: dispatch_pb.ListAgentDispatchRequest, claims: Claims) -> Any:
-        _require_admin(claims, req.room)
-        found = self.manager.table.find(req.room, req.dispatch_id)
-        return dispatch_pb.ListAgentDispatchResponse(
-            agent_dispatches=[dispatch_proto(d) for d in found]
-        )
-
-    async def delete(self, req: dispatch_pb.DeleteAgentDispatchRequest, claims: Claims) -> Any:
-        _require_admin(claims, req.room)
-        if not req.dispatch_id:
-            raise InvalidRequest("dispatch_id is required")
-        d = self.manager.table.remove(req.dispatch_id, req.room, time.time())
-        self.manager.stop_dispatch(d, "dispatch deleted")
-        return dispatch_proto(d)
-
-
 def install(server: SFUServer) -> AgentManager:
-    """Create the agents part and register its Twirp service and metrics with the SFU server."""
+    """Create the built-in agents' part and register its metrics with the SFU server; the Twirp
+    ``AgentDispatchService`` over built-ins and external workers is :mod:`.agents`'s."""
     manager = AgentManager(server)
-    server.twirp.register(SERVICE, AgentDispatchService(manager).methods())
     server.metrics.collectors.append(manager.metrics)
     return manager

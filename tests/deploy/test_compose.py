@@ -61,13 +61,15 @@ def test_compose_ports_and_mounts() -> None:
     cfg = load_config(None, env={})  # the embedded defaults the image ships with
     expected = {(cfg.server.port, cfg.server.port, "tcp")}
     expected |= {(p, p, "udp") for p in range(cfg.rtc.port_range_start, cfg.rtc.port_range_end + 1)}
-    for worker in cfg.sip.workers:
-        expected |= {
-            (worker.sip_port, worker.sip_port, "udp"),
-            (worker.sip_port, worker.sip_port, "tcp"),
-        }
-        expected |= {(p, p, "udp") for p in range(worker.rtp_port_start, worker.rtp_port_end + 1)}
+    # The SIP front: UDP+TCP on sip.port, TLS on sip.tls_port, and every worker's RTP; the
+    # workers' own SIP ports are loopback-only and must not be published.
+    sip = cfg.sip
+    expected |= {(sip.port, sip.port, "udp"), (sip.port, sip.port, "tcp")}
+    expected |= {(sip.tls_port, sip.tls_port, "tcp")}
+    expected |= {(p, p, "udp") for p in range(sip.rtp_port_start, sip.rtp_port_end + 1)}
     assert ports == expected
+    workers = range(sip.worker_base_port, sip.worker_base_port + sip.worker_count())
+    assert not any(p in workers for p, _, _ in ports)
     assert (7880, 7880, "tcp") in ports and (5060, 5060, "udp") in ports
     assert (50000, 50000, "udp") in ports and (50999, 50999, "udp") in ports
     assert (10000, 10000, "udp") in ports and (10999, 10999, "udp") in ports
@@ -90,6 +92,7 @@ def test_dockerfile_uses_ci_setup_and_serves_mounted_config() -> None:
     ]
     assert lines[0] == "FROM python:3.11-slim-bookworm"
     assert any(line.startswith("RUN .ci/setup") for line in lines)
+    assert "kamailio kamailio-tls-modules" in text  # the SIP front
     assert 'CMD ["serve", "--config", "/etc/roomline/roomline.yaml"]' in lines
     assert 'ENTRYPOINT ["roomline"]' in lines
     ignored = (REPO / ".dockerignore").read_text().split()

@@ -49,7 +49,7 @@ def test_embedded_default_equals_code_defaults() -> None:
     assert cfg.dev_mode
     assert cfg.server.port == 7880 and cfg.server.host == "0.0.0.0"
     assert cfg.rtc.port_range_start == 50000 and cfg.rtc.port_range_end == 50999
-    assert cfg.sip.workers == [SIPWorkerConfig(5060, 10000, 10999)]
+    assert cfg.sip.workers == "auto" and cfg.sip.worker_count() == 8 and cfg.sip.port == 5060
     assert cfg.sip.blocked_user_agents == ["friendly-scanner", "sipvicious", "sipcli"]
     assert cfg.limits.max_signal_message_size == 1048576
 

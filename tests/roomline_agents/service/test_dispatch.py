@@ -44,7 +44,7 @@ def test_dispatch_never_restart_policy() -> None:
 async def test_dispatch_limits_count_bytes_like_the_room() -> None:
     from roomline.auth import Claims, VideoGrant
     from roomline.errors import LimitExceeded
-    from roomline_agents.service.manager import AgentDispatchService
+    from roomline_agents.service.agents import AgentDispatchService
     from sfu.roomstate import Limits
 
     class FakeManager:

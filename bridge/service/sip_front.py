@@ -1,0 +1,228 @@
+"""The appliance's SIP front: :class:`KamailioFront` wired to the supervised bridge workers.
+
+* Files go to ``<data_dir>/sip-front`` (``kamailio.cfg``, ``dispatcher.list``, ``tls.cfg``, the
+  ``kamcmd`` socket ``kamailio_ctl``).
+* :meth:`SIPFront.preflight` runs before any worker starts: a missing ``kamailio`` binary (or TLS
+  module) or a config Kamailio refuses stops ``roomline serve`` with a message naming the Debian
+  package (:class:`SIPFrontError`).
+* Worker state is pushed into Kamailio's dispatcher at once (``kamcmd dispatcher.set_state``): a
+  worker that exits is marked down before the OPTIONS probes would notice, and marked up again as
+  soon as its restart reports ready. The probes (every ``ping_interval`` s) remain the safety net.
+* Each worker's ``maxload`` is its detected call cap (``WorkerHandle.max_calls``); the list starts
+  at 4 (the wheel's ``PJSUA_MAX_CALLS``) and is re-rendered, with a Kamailio restart, only if a
+  worker reports a different cap.
+* Kamailio's log lines go to the ``bridge.front`` logger and count front rejections by reason
+  (``roomline_sip_front_rejections_total``): 486 all full, 503 no worker, blocked user agent,
+  flood ban, malformed request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+from bridge.service import front as front_mod
+from bridge.service.front import (
+    FrontConfigError,
+    FrontError,
+    KamailioFront,
+    front_options_from_sip,
+)
+from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
+from roomline.config import CALLS_PER_WORKER, SIPConfig
+from roomline.errors import RoomlineError
+from sfu.service.metrics import Family
+
+__all__ = ["REJECTION_PATTERNS", "SIPFront", "SIPFrontError"]
+
+log = logging.getLogger("bridge.front")
+
+#: Substrings of the generated script's xlog lines → rejection reason label.
+REJECTION_PATTERNS: tuple[tuple[str, str], ...] = (
+    ("front: all workers full", "all_busy_486"),
+    ("front: no worker up", "no_worker_503"),
+    ("front: blocked user-agent", "blocked_user_agent"),
+    ("front: flood from", "flood_ban"),
+    ("front: malformed request", "malformed"),
+    ("front: dropped ", "oversized"),
+)
+
+#: How often worker state is compared with what Kamailio was told.
+WATCH_INTERVAL = 0.2
+
+
+class SIPFrontError(RoomlineError):
+    """The SIP front cannot run (Kamailio missing, or it refused its config)."""
+
+
+class SIPFront:
+    """Kamailio in front of ``supervisor``'s workers, configured from ``sip``."""
+
+    def __init__(
+        self,
+        sip: SIPConfig,
+        supervisor: WorkerSupervisor,
+        data_dir: str,
+        *,
+        binary: str = "kamailio",
+    ) -> None:
+        self.sip = sip
+        self.supervisor = supervisor
+        self.run_dir = Path(data_dir) / "sip-front"
+        self.maxloads = [CALLS_PER_WORKER] * len(supervisor.workers)
+        self.front = KamailioFront(
+            front_options_from_sip(sip, self.maxloads),
+            self.run_dir,
+            binary=binary,
+            on_line=self._on_line,
+        )
+        self.rejections: dict[str, int] = {reason: 0 for _, reason in REJECTION_PATTERNS}
+        self._told: dict[int, bool] = {}  # sip_port → state last pushed to Kamailio
+        self._watch: asyncio.Task[None] | None = None
+        self._kamcmd = shutil.which("kamcmd") or shutil.which("kamcmd", path="/usr/sbin:/sbin")
+
+    # --- lifecycle -----------------------------------------------------------------------------
+    async def preflight(self) -> None:
+        """Binary, modules and ``kamailio -c`` on the rendered files; :class:`SIPFrontError`."""
+        try:
+            await self.front.check()
+        except (FrontError, FrontConfigError) as exc:
+            raise SIPFrontError(f"SIP front: {exc}") from None
+
+    async def start(self) -> None:
+        try:
+            await self.front.start()
+            await self.front.wait_ready()
+        except (FrontError, FrontConfigError) as exc:
+            await self.front.stop()
+            raise SIPFrontError(f"SIP front: {exc}") from None
+        log.info(
+            "SIP front listening on %s:%d (udp, tcp%s)%s for %d workers",
+            self.front.options.bind_address,
+            self.sip.port,
+            f", tls {self.sip.tls_port}" if self.front.options.tls_enabled else "",
+            f" advertising {self.front.options.advertise}" if self.front.options.advertise else "",
+            len(self.supervisor.workers),
+        )
+        self._watch = asyncio.get_running_loop().create_task(self._watch_workers())
+
+    async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            await asyncio.gather(self._watch, return_exceptions=True)
+            self._watch = None
+        await self.front.stop()
+
+    # --- health and metrics --------------------------------------------------------------------
+    @property
+    def up(self) -> bool:
+        return self.front.pid is not None
+
+    def health(self) -> tuple[str, bool, str]:
+        pid = self.front.pid
+        detail = f"kamailio pid {pid} on port {self.sip.port}" if pid else "kamailio not running"
+        if self.front.restarts:
+            detail += f", {self.front.restarts} restarts"
+        return "sip-front", pid is not None, detail
+
+    def metrics(self) -> Iterable[Family]:
+        yield ("roomline_sip_front_up", "1 while Kamailio runs.", "gauge", [({}, int(self.up))])
+        yield (
+            "roomline_sip_front_restarts_total",
+            "Kamailio restarts after it exited.",
+            "counter",
+            [({}, self.front.restarts)],
+        )
+        yield (
+            "roomline_sip_front_rejections_total",
+            "Requests the front answered or dropped itself, by reason (from its log lines).",
+            "counter",
+            [({"reason": r}, n) for r, n in sorted(self.rejections.items())],
+        )
+        yield (
+            "roomline_sip_worker_dispatch_up",
+            "1 while the front may send calls to the worker.",
+            "gauge",
+            [
+                ({"sip_port": str(w.spec.sip_port)}, int(self._told.get(w.spec.sip_port, False)))
+                for w in self.supervisor.workers
+            ],
+        )
+
+    # --- internals -----------------------------------------------------------------------------
+    def _on_line(self, line: str) -> None:
+        for needle, reason in REJECTION_PATTERNS:
+            if needle in line:
+                self.rejections[reason] += 1
+                break
+        if self.front._stopping:
+            # Kamailio reports its children's exits at ALERT level while it shuts down.
+            log.info("kamailio: %s", line)
+            return
+        front_mod._log_line(line)
+
+    async def _watch_workers(self) -> None:
+        """Push each worker's up/down state (and a changed call cap) into Kamailio."""
+        pid = None
+        while True:
+            if self.front.pid != pid:  # a (re)started Kamailio loaded the list: tell it again
+                pid = self.front.pid
+                self._told.clear()
+            if pid is not None:
+                await self._sync_caps()
+                for w in self.supervisor.workers:
+                    ready = w.ready
+                    if self._told.get(w.spec.sip_port) is not ready:
+                        if await self._set_state(w, ready):
+                            self._told[w.spec.sip_port] = ready
+            await asyncio.sleep(WATCH_INTERVAL)
+
+    async def _sync_caps(self) -> None:
+        workers = self.supervisor.workers
+        caps = [w.max_calls if w.max_calls > 0 else self.maxloads[i] for i, w in enumerate(workers)]
+        if caps == self.maxloads:
+            return
+        log.info(
+            "worker call caps %s differ from the dispatcher's %s: reloading", caps, self.maxloads
+        )
+        self.maxloads = caps
+        self.front.options = front_options_from_sip(self.sip, caps)
+        try:
+            await self.front.reload_config()
+        except (FrontError, FrontConfigError) as exc:
+            log.error("cannot reload the SIP front: %s", exc)
+
+    async def _set_state(self, w: WorkerHandle, up: bool) -> bool:
+        if self._kamcmd is None:
+            return True  # the OPTIONS probes do it, only slower
+        uri = f"sip:127.0.0.1:{w.spec.sip_port}"
+        state = "a" if up else "ip"
+        proc = await asyncio.create_subprocess_exec(
+            self._kamcmd,
+            "-s",
+            f"unix:{self.front.ctl_socket}",
+            "dispatcher.set_state",
+            state,
+            "1",
+            uri,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            return False
+        if proc.returncode != 0:
+            if os.path.exists(self.front.ctl_socket):
+                log.debug("kamcmd dispatcher.set_state %s %s: %s", state, uri, err.decode()[:200])
+            return False
+        log.info("worker %s marked %s in the SIP front", uri, "up" if up else "down")
+        return True
