@@ -10,12 +10,11 @@ the answer; a final non-2xx becomes a Twirp error with ``sip_status_code``/``sip
 (:func:`sip_status_error`, LiveKit's ``sipCodeToGRPCCode`` table), which ``livekit-api`` turns
 into ``SipCallError``.
 
-Routing: the worker sends the INVITE straight to the trunk address. When the Kamailio front
-(bridge/service/front.py) carries signalling, outbound INVITEs are meant to leave through it too
-(the workers then sit on loopback): set :attr:`OutboundCalls.outbound_proxy` to the front's
-loopback URI (``sip:127.0.0.1:<port>;lr``) and each call's pjsua account routes the dialog
-through it (the front relays requests from workers to their R-URI). Until then the worker's own
-SIP port is the source.
+Routing: behind the Kamailio front (bridge/service/sip_front.py) :attr:`OutboundCalls.outbound_proxy`
+is the front's URI as the loopback workers reach it (``sip_bridge.front_proxy_uri``); each call's
+pjsua account routes the dialog through it, and the front (``route[FROM_WORKER]``) consumes its
+own Route, record-routes and relays to the trunk. In the older direct mode the worker sends the
+INVITE straight to the trunk address from its own SIP port.
 """
 
 from __future__ import annotations

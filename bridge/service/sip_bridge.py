@@ -327,6 +327,23 @@ class SIPPart(Service):
         self.store.close()
 
 
+def front_proxy_uri(sip: Any) -> str:
+    """The loose-route URI the workers send outbound requests through (the front's address as
+    the loopback workers reach it)."""
+    import ipaddress
+
+    from bridge.service.workers import front_bind_address, front_internal_port
+
+    internal = front_internal_port(sip)
+    if internal:
+        return f"sip:127.0.0.1:{internal};lr"
+    bind = front_bind_address(sip)
+    host = "127.0.0.1" if ipaddress.ip_address(bind).is_unspecified else bind
+    if ":" in host:
+        host = f"[{host}]"
+    return f"sip:{host}:{sip.port};lr"
+
+
 def install(
     server: SFUServer, local_socket: str, agent_starter: AgentStarter | None = None
 ) -> SIPPart:
@@ -348,8 +365,10 @@ def install(
         if bridge.front is not None:
             server.metrics.collectors.append(bridge.front.metrics)
             server.health_checks.append(bridge.front.health)
-        # Outbound calls and transfers (bridge/service/outbound.py).
+        # Outbound calls and transfers (bridge/service/outbound.py); behind the front, outbound
+        # INVITEs leave through it too (one SIP address for carriers).
+        proxy = front_proxy_uri(cfg.sip) if bridge.front is not None else ""
         service.outbound = OutboundCalls(
-            store, bridge.supervisor, server.node, cfg.keys, local_socket
+            store, bridge.supervisor, server.node, cfg.keys, local_socket, outbound_proxy=proxy
         )
     return SIPPart(store, bridge, service)

@@ -45,6 +45,16 @@ class Ports:
         return self.base + 1 + i
 
     @property
+    def front(self) -> int:
+        """The Kamailio front's SIP port (front mode)."""
+        return self.base + 3
+
+    @property
+    def front_workers(self) -> int:
+        """First loopback worker port in front mode (two workers)."""
+        return self.base + 4
+
+    @property
     def rtc(self) -> tuple[int, int]:
         return self.base + 10, self.base + 73
 
@@ -66,7 +76,9 @@ def pick_ports() -> Ports:
     raise RuntimeError("no free port block in 37000-37999")
 
 
-def start_appliance(tmp: Path, ports: Ports) -> Server:
+def start_appliance(tmp: Path, ports: Ports, front: bool = False) -> Server:
+    """The appliance: direct workers on ``worker_sip(i)``, or with ``front`` the Kamailio front
+    on :attr:`Ports.front` and loopback workers from ``front_workers``."""
     data_dir = tmp / "data"
     cfg: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": ports.http, "data_dir": str(data_dir)},
@@ -94,6 +106,21 @@ def start_appliance(tmp: Path, ports: Ports) -> Server:
             ],
         },
     }
+    if front:
+        cfg["sip"] = {
+            "enabled": True,
+            "bind_address": "127.0.0.1",
+            "workers": 2,
+            "port": ports.front,
+            "worker_base_port": ports.front_workers,
+            "rtp_port_start": ports.worker_rtp(0)[0],
+            "rtp_port_end": ports.worker_rtp(1)[1],
+        }
+    worker_ports = (
+        [ports.front_workers, ports.front_workers + 1]
+        if front
+        else [ports.worker_sip(i) for i in range(2)]
+    )
     config_path = tmp / "roomline.yaml"
     config_path.write_text(yaml.safe_dump(cfg))
     log_path = tmp / "roomline.log"
@@ -115,9 +142,11 @@ def start_appliance(tmp: Path, ports: Ports) -> Server:
             with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=1) as resp:
                 text = resp.read().decode()
             if text.count("roomline_sip_worker_max_calls{") == 2 and all(
-                f'roomline_sip_worker_max_calls{{sip_port="{ports.worker_sip(i)}"}} 0' not in text
-                for i in range(2)
+                f'roomline_sip_worker_max_calls{{sip_port="{p}"}} 0' not in text
+                for p in worker_ports
             ):
+                if front:
+                    time.sleep(2.0)  # the front marks the workers up once they answer OPTIONS
                 return server
         except OSError:
             pass
