@@ -48,6 +48,8 @@ class Appliance:
         self.sip: sip_bridge.SIPPart = sip_bridge.install(
             self.sfu, self.local_channel.path, agent_starter=self.agent_names
         )
+        # Agents place outbound calls and transfer SIP participants through the SIP service.
+        self.agents.sip_service = self.sip.service
         #: Started in this order, stopped in reverse.
         self.parts: list[Service] = [
             self.rtc,

@@ -6,8 +6,10 @@ dataclass here; :func:`encode` / :func:`decode` convert them. Decoding is strict
 missing or unknown field, or a field of the wrong type raises :class:`ControlError`, so a version skew
 between supervisor and worker fails loudly instead of half-working.
 
-Worker → supervisor: :class:`Ready`, :class:`InviteRequest`, :class:`PinEntered`, :class:`CallState`.
-Supervisor → worker: :class:`InviteResult`, :class:`PinResult`, :class:`Shutdown`.
+Worker → supervisor: :class:`Ready`, :class:`InviteRequest`, :class:`PinEntered`, :class:`CallState`,
+:class:`DialProgress`, :class:`TransferResult`.
+Supervisor → worker: :class:`InviteResult`, :class:`PinResult`, :class:`Shutdown`, :class:`Dial`
+(outbound call), :class:`Transfer` (REFER).
 
 There is no "hang up this call" message: the main process ends a caller's call by removing the
 participant from its room; the worker sees the room leg leave and sends BYE.
@@ -231,13 +233,147 @@ class Shutdown:
     TYPE: ClassVar[str] = "shutdown"
 
 
-Message = Ready | InviteRequest | InviteResult | PinEntered | PinResult | CallState | Shutdown
+# --- outbound calls and transfers (issue 11) -------------------------------------------------------
+
+#: States reported in :class:`DialProgress`: ``joined`` (callee in the room, INVITE going out),
+#: ``ringing`` (first 18x), ``answered`` (200 OK, initial DTMF playing), ``active``, ``failed``
+#: (final non-2xx, ringing timeout, error: ``status``/``reason``), ``hangup`` (normal end).
+DIAL_STATES = frozenset({"joined", "ringing", "answered", "active", "failed", "hangup"})
+
+
+@dataclass(frozen=True)
+class Dial:
+    """Supervisor asks a worker to place an outbound call (``CreateSIPParticipant``).
+
+    The worker joins the callee to ``room`` with ``token`` at once, then INVITEs ``to_uri`` from
+    ``sip:<from_user>@<from_host>`` (empty ``from_host``: the worker's own address;
+    ``display_name`` None or empty: none sent), answering 401/407 with the digest
+    credentials, and reports :class:`DialProgress` with the same ``id`` and ``call_id``.
+    """
+
+    TYPE: ClassVar[str] = "dial"
+    id: int
+    call_id: str
+    to_uri: str
+    from_user: str
+    token: str
+    room: str
+    identity: str
+    socket: str
+    from_host: str = ""
+    display_name: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    auth_username: str = ""
+    auth_password: str = field(default="", repr=False)
+    dtmf: str = ""
+    play_dialtone: bool = False
+    ringing_timeout: float = 180.0
+    max_call_duration: float = 24 * 3600.0
+    include_headers: int = 0
+    headers_to_attributes: dict[str, str] = field(default_factory=dict)
+    #: Route the INVITE (and the dialog) through this SIP proxy, e.g. the Kamailio front
+    #: ``sip:127.0.0.1:5060;lr``; empty: straight to the trunk.
+    outbound_proxy: str = ""
+
+    def __post_init__(self) -> None:
+        bad = frozenset('<> "\r\n\0')
+        for name in ("to_uri", "from_user", "from_host", "call_id"):
+            value = getattr(self, name)
+            extra = "" if name == "to_uri" else "@"
+            if (not value and name != "from_host") or any(c in bad or c in extra for c in value):
+                raise ControlError(f"dial {name} is not usable in a SIP URI")
+        if not self.token or not self.socket:
+            raise ControlError("dial needs token and socket")
+        if self.outbound_proxy and (
+            not self.outbound_proxy.startswith(("sip:", "sips:"))
+            or any(c in bad for c in self.outbound_proxy)
+        ):
+            raise ControlError("dial outbound_proxy must be a sip: URI")
+        if self.display_name is not None and (
+            not _single_line(self.display_name) or '"' in self.display_name
+        ):
+            raise ControlError("dial display_name must be one line without quotes")
+        for name in ("ringing_timeout", "max_call_duration"):
+            if getattr(self, name) <= 0:
+                raise ControlError(f"dial {name} must be positive")
+        _check_headers("dial headers", self.headers)
+        _check_headers("dial headers_to_attributes", dict.fromkeys(self.headers_to_attributes, ""))
+
+
+@dataclass(frozen=True)
+class DialProgress:
+    """A worker reports how an outbound call (:class:`Dial` ``id``) goes."""
+
+    TYPE: ClassVar[str] = "dial_progress"
+    id: int
+    call_id: str
+    state: str
+    status: int = 0
+    reason: str = ""
+    participant_sid: str = ""
+    sip_call_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.state not in DIAL_STATES:
+            raise ControlError(f"dial_progress state {self.state!r} unknown")
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """Supervisor asks the worker owning outbound/inbound call ``call_id`` for a cold transfer
+    (REFER to ``transfer_to``, already in name-addr form for sip/sips)."""
+
+    TYPE: ClassVar[str] = "transfer"
+    id: int
+    call_id: str
+    transfer_to: str
+    headers: dict[str, str] = field(default_factory=dict)
+    play_dialtone: bool = False
+    ringing_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.transfer_to or not _single_line(self.transfer_to):
+            raise ControlError("transfer transfer_to must be one line")
+        if self.ringing_timeout <= 0:
+            raise ControlError("transfer ringing_timeout must be positive")
+        _check_headers("transfer headers", self.headers)
+
+
+@dataclass(frozen=True)
+class TransferResult:
+    """Outcome of :class:`Transfer` ``id``: ``ok``, else the failing SIP ``status``/``reason``
+    (``reason`` ``ringing-timeout`` when no final NOTIFY came in time)."""
+
+    TYPE: ClassVar[str] = "transfer_result"
+    id: int
+    call_id: str
+    ok: bool
+    status: int = 0
+    reason: str = ""
+
+
+Message = (
+    Ready
+    | InviteRequest
+    | InviteResult
+    | PinEntered
+    | PinResult
+    | CallState
+    | Shutdown
+    | Dial
+    | DialProgress
+    | Transfer
+    | TransferResult
+)
 
 _CODEC: JsonLinesCodec[Message] = JsonLinesCodec(
-    (Ready, InviteRequest, InviteResult, PinEntered, PinResult, CallState, Shutdown),
+    (
+        Ready, InviteRequest, InviteResult, PinEntered, PinResult, CallState, Shutdown,
+        Dial, DialProgress, Transfer, TransferResult,
+    ),
     ControlError,
     MAX_LINE_BYTES,
-)
+)  # fmt: skip
 #: One JSON line (with trailing newline) for a message.
 encode = _CODEC.encode
 #: Parse one control line; raises :class:`ControlError` on anything unexpected.

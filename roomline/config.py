@@ -158,7 +158,8 @@ class SIPConfig:
     """SIP/PSTN bridge: listening address, workers, call timers, trunks and dispatch rules.
 
     ``trunks`` items are LiveKit ``SIPInboundTrunkInfo`` JSON, ``dispatch_rules`` items are
-    ``SIPDispatchRuleInfo`` JSON; both are validated at load time.
+    ``SIPDispatchRuleInfo`` JSON, ``outbound_trunks`` items ``SIPOutboundTrunkInfo`` JSON; all are
+    validated at load time.
     """
 
     enabled: bool = True
@@ -198,6 +199,8 @@ class SIPConfig:
     blocked_user_agents: list[str] = field(default_factory=_default_blocked_user_agents)
     trunks: list[dict[str, Any]] = field(default_factory=list)
     dispatch_rules: list[dict[str, Any]] = field(default_factory=list)
+    #: Outbound trunks: LiveKit ``SIPOutboundTrunkInfo`` JSON (read-only over the API).
+    outbound_trunks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def front_enabled(self) -> bool:
@@ -255,7 +258,7 @@ class Config:
         for ice in data["rtc"]["ice_servers"]:
             if ice.get("credential"):
                 ice["credential"] = _REDACTED
-        for trunk in data["sip"]["trunks"]:
+        for trunk in [*data["sip"]["trunks"], *data["sip"]["outbound_trunks"]]:
             for name in ("auth_password", "authPassword"):
                 if name in trunk:
                     trunk[name] = _REDACTED
@@ -730,6 +733,7 @@ def _validate_sip(cfg: Config, o: _Origins) -> None:
             raise o.error(f"sip.blocked_user_agents[{i}]", "must not be empty")
     _check_proto(sip.trunks, sip_pb.SIPInboundTrunkInfo, "sip.trunks", o)
     _check_proto(sip.dispatch_rules, sip_pb.SIPDispatchRuleInfo, "sip.dispatch_rules", o)
+    _check_proto(sip.outbound_trunks, sip_pb.SIPOutboundTrunkInfo, "sip.outbound_trunks", o)
 
 
 _WORKERS_HELP = (

@@ -8,7 +8,7 @@ Decoding is strict, like the bridge's (bridge/control.py): unknown type, missing
 a wrong type raises :class:`ControlError`, so version skew fails loudly.
 
 Job → supervisor: :class:`Ready`, :class:`Heartbeat`, :class:`ConnectRequest`, :class:`JobStatus`,
-:class:`RemoveParticipant`.
+:class:`RemoveParticipant`, :class:`SipCall`.
 Supervisor → job: :class:`StartJob`, :class:`StopJob`, :class:`ConnectFailed`, :class:`Result`,
 :class:`Shutdown`.
 """
@@ -125,12 +125,38 @@ class RemoveParticipant:
 
 @dataclass(frozen=True)
 class Result:
-    """Answer to a request carrying ``request_id``."""
+    """Answer to a request carrying ``request_id``.
+
+    For :class:`SipCall`: ``response`` is the RPC's answer (protobuf JSON) and a failure carries
+    the Twirp ``code`` and ``meta`` (``sip_status_code``...) so the SDK can raise like livekit-api.
+    """
 
     TYPE: ClassVar[str] = "result"
     request_id: int
     ok: bool
     error: str = ""
+    code: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
+    response: str = ""
+
+
+#: SIP RPCs an agent job may call (bridge/service/outbound.py), always in its own room.
+SIP_METHODS = frozenset({"CreateSIPParticipant", "TransferSIPParticipant"})
+
+
+@dataclass(frozen=True)
+class SipCall:
+    """An agent places a call or transfers a SIP participant: ``request`` is the LiveKit request
+    message as protobuf JSON; its ``room_name`` must be the job's room (empty: filled in)."""
+
+    TYPE: ClassVar[str] = "sip_call"
+    request_id: int
+    method: str
+    request: str
+
+    def __post_init__(self) -> None:
+        if self.method not in SIP_METHODS:
+            raise ControlError(f"sip_call method {self.method!r} unknown")
 
 
 @dataclass(frozen=True)
@@ -151,6 +177,7 @@ Message = (
     | RemoveParticipant
     | Result
     | Shutdown
+    | SipCall
 )
 
 _CODEC: JsonLinesCodec[Message] = JsonLinesCodec(
@@ -165,6 +192,7 @@ _CODEC: JsonLinesCodec[Message] = JsonLinesCodec(
         RemoveParticipant,
         Result,
         Shutdown,
+        SipCall,
     ),
     ControlError,
     MAX_LINE_BYTES,

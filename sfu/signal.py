@@ -40,6 +40,15 @@ PING_INTERVAL = 5
 PING_TIMEOUT = 15
 
 _REASONS = rtc.RequestResponse.Reason
+#: Disconnect reasons a SIP participant may give when it leaves (see ``Session.on_leave``).
+_SIP_LEAVE_REASONS = frozenset(
+    {
+        DisconnectReason.USER_UNAVAILABLE,
+        DisconnectReason.USER_REJECTED,
+        DisconnectReason.SIP_TRUNK_FAILURE,
+        DisconnectReason.MEDIA_FAILURE,
+    }
+)
 
 
 def now_ms() -> int:
@@ -248,8 +257,16 @@ class SignalSession(abc.ABC):
 
     def on_leave(self, leave: rtc.LeaveRequest) -> None:
         self.log.info("client left", reason=leave.reason)
-        self.node.detach(self, DisconnectReason.CLIENT_INITIATED)
-        self.close(DisconnectReason.CLIENT_INITIATED)
+        reason = DisconnectReason.CLIENT_INITIATED
+        # A SIP participant may say why its call ended (outbound call rejected / unanswered),
+        # as LiveKit's SIP service does; other clients always leave CLIENT_INITIATED.
+        if (
+            self.participant.kind == models.ParticipantInfo.Kind.SIP
+            and leave.reason in _SIP_LEAVE_REASONS
+        ):
+            reason = DisconnectReason(leave.reason)
+        self.node.detach(self, reason)
+        self.close(reason)
 
     def on_add_track(self, req: rtc.AddTrackRequest) -> None:
         try:

@@ -651,6 +651,9 @@ route[WITHINDLG] {{
 
 # A worker dialling out (or a worker's own out-of-dialog request): out through the front.
 route[FROM_WORKER] {{
+	# An outbound INVITE routed through the front (the worker's outbound proxy): drop our own
+	# Route entry so the request goes to its R-URI, the trunk.
+	loose_route();
 	record_route();
 	route(RELAY);
 }}

@@ -17,6 +17,7 @@ import structlog
 
 import bridge.control as control
 from bridge.service.decide import DecideOptions, Decision, InviteDecider
+from bridge.service.outbound import OutboundCalls
 from bridge.service.sip_front import SIPFront
 from bridge.service.sip_service import SERVICE, SIPService
 from bridge.service.store import SIPStore
@@ -291,9 +292,13 @@ class SIPPart(Service):
     """The SIP part of the appliance: the trunk/rule store and its Twirp service, plus the bridge
     workers when ``sip.enabled``."""
 
-    def __init__(self, store: SIPStore, bridge: SIPBridge | None) -> None:
+    def __init__(
+        self, store: SIPStore, bridge: SIPBridge | None, service: SIPService | None = None
+    ) -> None:
         self.store = store
         self.bridge = bridge
+        #: The ``livekit.SIP`` service (agents place calls and transfer through it).
+        self.service = service
 
     async def start(self) -> None:
         """Start the SIP front (if configured) and the bridge workers."""
@@ -324,6 +329,23 @@ class SIPPart(Service):
         self.store.close()
 
 
+def front_proxy_uri(sip: Any) -> str:
+    """The loose-route URI the workers send outbound requests through (the front's address as
+    the loopback workers reach it)."""
+    import ipaddress
+
+    from bridge.service.workers import front_bind_address, front_internal_port
+
+    internal = front_internal_port(sip)
+    if internal:
+        return f"sip:127.0.0.1:{internal};lr"
+    bind = front_bind_address(sip)
+    host = "127.0.0.1" if ipaddress.ip_address(bind).is_unspecified else bind
+    if ":" in host:
+        host = f"[{host}]"
+    return f"sip:{host}:{sip.port};lr"
+
+
 def install(
     server: SFUServer, local_socket: str, agent_starter: AgentStarter | None = None
 ) -> SIPPart:
@@ -334,8 +356,10 @@ def install(
         cfg.server.data_dir,
         config_trunks=cfg.sip.trunks,
         config_rules=cfg.sip.dispatch_rules,
+        config_outbound_trunks=cfg.sip.outbound_trunks,
     )
-    server.twirp.register(SERVICE, SIPService(store).methods())
+    service = SIPService(store)
+    server.twirp.register(SERVICE, service.methods())
     bridge = SIPBridge(server, store, local_socket, agent_starter) if cfg.sip.enabled else None
     if bridge is not None:
         server.metrics.collectors.append(bridge.metrics)
@@ -343,4 +367,10 @@ def install(
         if bridge.front is not None:
             server.metrics.collectors.append(bridge.front.metrics)
             server.health_checks.append(bridge.front.health)
-    return SIPPart(store, bridge)
+        # Outbound calls and transfers (bridge/service/outbound.py); behind the front, outbound
+        # INVITEs leave through it too (one SIP address for carriers).
+        proxy = front_proxy_uri(cfg.sip) if bridge.front is not None else ""
+        service.outbound = OutboundCalls(
+            store, bridge.supervisor, server.node, cfg.keys, local_socket, outbound_proxy=proxy
+        )
+    return SIPPart(store, bridge, service)

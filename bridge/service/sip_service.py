@@ -6,8 +6,8 @@ token ``claims`` and returning the response protobuf. :data:`METHODS` maps Twirp
 can decode, dispatch and encode without knowing SIP.
 
 Grants (as LiveKit): trunk and dispatch-rule calls need ``sip.admin``; ``CreateSIPParticipant``
-needs ``sip.call``; ``TransferSIPParticipant`` needs ``sip.call``. Outbound calls and transfers are
-not implemented yet and answer Twirp ``unimplemented``. Errors are :mod:`roomline.errors` exceptions
+needs ``sip.call``; ``TransferSIPParticipant`` needs ``sip.call`` and room admin. Outbound calls and
+transfers are carried out by :mod:`bridge.service.outbound`. Errors are :mod:`roomline.errors` exceptions
 whose ``twirp_code`` the edge puts on the wire; validation messages name the offending field.
 """
 
@@ -21,16 +21,17 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from livekit.protocol import sip as sip_pb
 
-from roomline.errors import InvalidRequest, PermissionDenied, Unimplemented
+from roomline.errors import InvalidRequest, PermissionDenied, Unavailable, Unimplemented
 from sfu.service.twirp import Method
 
 from .dispatch import validate_rule, validate_rule_conflicts
+from .outbound import OutboundCalls, plan_call
+from .outbound_trunks import redacted, validate_outbound_trunk
 from .store import SIPStore, new_rule_id, new_trunk_id
 from .trunks import (
     apply_list_update,
     normalize_number,
     validate_list_update,
-    validate_number,
     validate_trunk,
     validate_trunk_conflicts,
 )
@@ -200,20 +201,8 @@ def _apply_update(current: M, req: Any, spec: _Updatable) -> M:
 
 
 def _validate_outbound(info: sip_pb.SIPOutboundTrunkInfo) -> None:
-    """LiveKit's outbound trunk checks: an address (host[:port], not a URI) and numbers."""
-    addr = info.address
-    if not addr:
-        raise InvalidRequest("trunk.address: must not be empty")
-    if "transport=" in addr:
-        raise InvalidRequest("trunk.address: should not contain transport parameter")
-    if any(c in addr for c in "@; \t\r\n") or addr.startswith(("sip:", "sips:")):
-        raise InvalidRequest("trunk.address: should be a hostname or IP, not SIP URI")
-    if not info.numbers:
-        raise InvalidRequest("trunk.numbers: no trunk numbers specified")
-    for i, num in enumerate(info.numbers):
-        validate_number(num, f"trunk.numbers[{i}]")
-    if bool(info.auth_username) != bool(info.auth_password):
-        raise InvalidRequest("trunk.auth_password: auth_username and auth_password go together")
+    """LiveKit's outbound trunk checks (bridge/service/outbound.py)."""
+    validate_outbound_trunk(info)
 
 
 class SIPService:
@@ -221,6 +210,8 @@ class SIPService:
 
     def __init__(self, store: SIPStore) -> None:
         self.store = store
+        #: Outbound calls and transfers; set by ``sip_bridge.install`` when the bridge runs.
+        self.outbound: OutboundCalls | None = None
 
     def methods(self) -> dict[str, Method]:
         """The RPCs for the appliance's Twirp edge (``sfu.service.twirp.TwirpRouter``)."""
@@ -337,7 +328,7 @@ class SIPService:
         if not req.sip_trunk_id:
             raise InvalidRequest("sip_trunk_id: trunk ID is required")
         trunk = self.store.get_outbound_trunk(req.sip_trunk_id)
-        return sip_pb.GetSIPOutboundTrunkResponse(trunk=trunk)
+        return sip_pb.GetSIPOutboundTrunkResponse(trunk=redacted(trunk))
 
     async def list_sip_outbound_trunk(
         self, req: sip_pb.ListSIPOutboundTrunkRequest, claims: Claims
@@ -352,7 +343,7 @@ class SIPService:
             "numbers",
             wanted.__contains__ if wanted else None,
         )
-        return sip_pb.ListSIPOutboundTrunkResponse(items=items)
+        return sip_pb.ListSIPOutboundTrunkResponse(items=[redacted(t) for t in items])
 
     async def delete_sip_trunk(
         self, req: sip_pb.DeleteSIPTrunkRequest, claims: Claims
@@ -452,26 +443,34 @@ class SIPService:
             raise InvalidRequest("sip_dispatch_rule_id: rule ID is required")
         return self.store.delete_dispatch_rule(req.sip_dispatch_rule_id)
 
-    # --- calls (not implemented) ----------------------------------------------------------
+    # --- calls: outbound and transfer (bridge/service/outbound.py) --------------------------
 
     async def create_sip_participant(
         self, req: sip_pb.CreateSIPParticipantRequest, claims: Claims
     ) -> sip_pb.SIPParticipantInfo:
         if not _has_grant(claims, "call"):
             raise PermissionDenied("sip.call grant required")
-        raise Unimplemented(
-            "outbound SIP calls (CreateSIPParticipant) are not implemented in roomline yet; "
-            "only inbound calls through trunks and dispatch rules are supported"
-        )
+        if self.outbound is None:
+            plan_call(req, self.store)  # validation errors first, as LiveKit
+            raise Unavailable("SIP bridge is not running (sip.enabled is false)")
+        return await self.outbound.create(req)
 
     async def transfer_sip_participant(
         self, req: sip_pb.TransferSIPParticipantRequest, claims: Claims
     ) -> sip_pb.TransferSIPParticipantResponse:
         if not _has_grant(claims, "call"):
             raise PermissionDenied("sip.call grant required")
-        raise Unimplemented(
-            "SIP call transfer (TransferSIPParticipant, SIP REFER) is not implemented in "
-            "roomline yet"
+        video = getattr(claims, "video", None)
+        if not (
+            getattr(video, "room_admin", False) and getattr(video, "room", "") == req.room_name
+        ):
+            raise PermissionDenied(f"roomAdmin for room {req.room_name!r} required")
+        if self.outbound is None:
+            raise Unavailable("SIP bridge is not running (sip.enabled is false)")
+        await self.outbound.transfer(req)
+        return sip_pb.TransferSIPParticipantResponse(
+            status=sip_pb.SIPTransferStatus.STS_TRANSFER_SUCCESSFUL,
+            reason=sip_pb.SIPTransferReason.STR_COMPLETED,
         )
 
 

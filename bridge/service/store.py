@@ -31,6 +31,7 @@ from roomline.errors import ConfigError, InvalidRequest, NotFound
 from roomline.ids import random_id
 
 from .dispatch import validate_rule, validate_rule_conflicts
+from .outbound_trunks import validate_outbound_trunk
 from .trunks import validate_trunk, validate_trunk_conflicts
 
 __all__ = [
@@ -173,6 +174,7 @@ class SIPStore:
             o = _parse_entry(entry, sip_pb.SIPOutboundTrunkInfo, "trunk", where)
             o.sip_trunk_id = o.sip_trunk_id or config_id(TRUNK_PREFIX, entry)
             self._add_config(o.sip_trunk_id, TRUNK_PREFIX, where)
+            _config_check(validate_outbound_trunk, o, where)
             self._outbound[o.sip_trunk_id] = o
         for i, entry in enumerate(rules):
             where = f"sip.dispatch_rules[{i}]"

@@ -30,6 +30,9 @@ CheckPin = Callable[[control.PinEntered], control.PinResult | Awaitable[control.
 OnCallState = Callable[["WorkerHandle", control.CallState], None]
 #: A worker died carrying these calls (SIP Call-ID → last state).
 OnWorkerLost = Callable[["WorkerHandle", dict[str, str]], None]
+#: Receives outbound-call reports (:class:`~bridge.control.DialProgress`,
+#: :class:`~bridge.control.TransferResult`); see bridge/service/outbound.py.
+OnOutbound = Callable[["WorkerHandle", control.Message], None]
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,8 @@ class WorkerSupervisor:
             backoff=Backoff(backoff_initial, backoff_max, stable_after),
         )
         self._tasks: list[asyncio.Task[None]] = []
+        #: Set by :class:`bridge.service.outbound.OutboundCalls` (outbound calls, transfers).
+        self.on_outbound: OnOutbound | None = None
 
     async def start(self) -> None:
         """Start every worker (each is restarted with backoff whenever it exits)."""
@@ -126,6 +131,11 @@ class WorkerSupervisor:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._procs.close()
+
+    def pick_worker(self) -> WorkerHandle | None:
+        """The ready worker with the most free call slots (outbound calls), or None if all full."""
+        free = [w for w in self.workers if w.ready and w.active_calls < w.max_calls]
+        return max(free, key=lambda w: w.max_calls - w.active_calls, default=None)
 
     def metrics(self) -> dict[str, int]:
         return {
@@ -219,6 +229,9 @@ class WorkerSupervisor:
                     w.calls[msg.call_id] = msg.state
                 if self._on_call_state is not None:
                     self._on_call_state(w, msg)
+            elif isinstance(msg, control.DialProgress | control.TransferResult):
+                if self.on_outbound is not None:
+                    self.on_outbound(w, msg)
 
     async def _answer(self, w: WorkerHandle, req: control.InviteRequest) -> None:
         try:

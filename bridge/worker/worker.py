@@ -44,6 +44,7 @@ from bridge.worker.call import (
 )
 from bridge.worker.control_client import ControlClient
 from bridge.worker.endpoint import SipEndpoint, WorkerOptions, add_headers, stream_codec
+from bridge.worker.outbound import OutboundDialer
 from bridge.worker.port import BridgePort
 from bridge.worker.prompt import pin_prompt
 from bridge.worker.room_leg import TX_TARGET, RoomLeg, RoomLegEvents
@@ -109,6 +110,11 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
     def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
         self.worker.on_phone_dtmf(self, prm.digit)
 
+    def onCallTransferStatus(self, prm: Any) -> None:  # noqa: N802
+        rec = self.worker.calls.get(self.getId())
+        if rec is not None:  # transfers are bridge/worker/outbound.py's
+            self.worker.outbound.on_inbound_transfer_status(rec.invite.call_id, prm)
+
 
 class WorkerAccount(pj.Account):  # type: ignore[misc]
     """pjsua2 director of the worker's one account: hands new INVITEs to the worker."""
@@ -130,15 +136,26 @@ class Worker:
         self.control = ControlClient(self._on_control, self._stop_soon)
         self.calls: dict[int, CallRecord] = {}
         self._stop = asyncio.Event()
+        #: Outbound calls and transfers (bridge/worker/outbound.py).
+        self.outbound = OutboundDialer(self.endpoint, self.control, opts, self._active_call)
 
     # --- control channel ----------------------------------------------------------------------
     def _on_control(self, msg: control.Message) -> None:
         if isinstance(msg, control.Shutdown):
             self._stop.set()
+        elif self.outbound.handle(msg):
+            pass
 
     def _stop_soon(self) -> None:
         # Supervisor gone: nobody can route calls any more, exit cleanly.
         self._stop.set()
+
+    def _active_call(self, call_id: str) -> WorkerCall | None:
+        """The answered inbound call with SIP Call-ID ``call_id`` (transfers), or None."""
+        for rec in self.calls.values():
+            if rec.invite.call_id == call_id and rec.machine.phase is Phase.ACTIVE:
+                return rec.pj_call
+        return None
 
     # --- SIP events (asyncio thread, from libHandleEvents) ------------------------------------
     def on_incoming_call(self, acc: WorkerAccount, prm: Any) -> None:
@@ -233,6 +250,7 @@ class Worker:
         if rec is None or ci.state != pj.PJSIP_INV_STATE_DISCONNECTED:
             return
         acts = rec.machine.on_sip_disconnected(ci.lastStatusCode, ci.lastReason)
+        self.outbound.inbound_call_ended(rec.invite.call_id)
         self._run(rec, acts)
         self._release(ci.id)
 
@@ -361,6 +379,7 @@ class Worker:
                 except pj.Error:
                     pass
             self._run(rec, rec.machine.tick(now))
+        self.outbound.tick(now)
         self.endpoint.sweep(now)
 
     def _release(self, pj_id: int) -> None:
@@ -390,6 +409,7 @@ class Worker:
         while not self._stop.is_set():
             self.endpoint.handle_events()
             self._pump_media()
+            self.outbound.pump()
             now = time.monotonic()
             if now - last_tick >= TICK_S:
                 last_tick = now
@@ -409,6 +429,7 @@ class Worker:
                 rec.port.close()
             rec.leg.close()
         self.calls.clear()
+        self.outbound.close()
         self.endpoint.destroy()
 
     async def run(self) -> None:

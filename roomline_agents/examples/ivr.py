@@ -5,6 +5,9 @@ Menu (the prompts are spoken with espeak-ng when installed, tone patterns otherw
 * **1** — echo test: the agent becomes the ``echo`` agent for the rest of the call.
 * **2** — transfer: the agent records ``ivr.transfer_to`` (the destination room), says so, moves
   the caller there (MoveParticipant: the call goes on in that room) and leaves.
+* **3** — (only with ``sip_transfer_to`` in the job metadata) operator: a SIP caller is
+  cold-transferred there by SIP REFER (``TransferSIPParticipant``; the call leaves roomline). If
+  the far end refuses, the caller hears "that line is busy" and the menu again.
 * **9** — hang up: the agent says goodbye and removes the caller (RemoveParticipant → the bridge
   sends BYE), then leaves.
 * **\\*** — repeat the menu; any other key: "not an option" and the menu again.
@@ -13,11 +16,12 @@ Attributes the agent sets on itself (the room sees them as ``participant_attribu
 
 * ``lk.agent.state``: initializing → speaking (prompt) → listening (waiting for a key) ...
 * ``ivr.caller``: identity of the participant being served
-* ``ivr.menu``: ``main`` → ``echo`` | ``transfer`` | ``hangup``
+* ``ivr.menu``: ``main`` → ``echo`` | ``transfer`` | ``operator`` | ``hangup``
 * ``ivr.choice``: the last key pressed
 * ``ivr.transfer_to``: destination room after **2**
 
-Job metadata (JSON, optional): ``{"transfer_to": "front-desk", "greeting": "Welcome to ..."}``.
+Job metadata (JSON, optional): ``{"transfer_to": "front-desk", "greeting": "Welcome to ...",
+"sip_transfer_to": "sip:operator@pbx.example.com"}``.
 """
 
 from __future__ import annotations
@@ -58,13 +62,19 @@ def options(metadata: str) -> dict[str, str]:
     return {
         "greeting": str(data.get("greeting") or DEFAULT_GREETING),
         "transfer_to": str(data.get("transfer_to") or DEFAULT_TRANSFER_TO),
+        "sip_transfer_to": str(data.get("sip_transfer_to") or ""),
     }
 
 
 async def render_prompts(opts: dict[str, str]) -> dict[str, np.ndarray]:
     """Every prompt as 48 kHz PCM, rendered once before the caller needs it."""
+    menu = MENU
+    if opts.get("sip_transfer_to"):
+        menu = menu.replace("Press 9", "Press 3 for an operator. Press 9")
     texts = {
-        "menu": (f"{opts['greeting']} {MENU}", [660.0, 880.0, 990.0]),
+        "menu": (f"{opts['greeting']} {menu}", [660.0, 880.0, 990.0]),
+        "operator": ("Transferring you to an operator.", [660.0, 990.0]),
+        "busy": ("Sorry, that line is busy.", [330.0, 330.0]),
         "echo": ("Echo test. Say something, and pause.", [880.0]),
         "transfer": ("Please hold. Someone from the front desk will join you.", [660.0, 660.0]),
         "goodbye": ("Goodbye.", [990.0, 660.0]),
@@ -112,6 +122,22 @@ class IVR:
             await asyncio.gather(speaking, key, return_exceptions=True)
 
 
+async def sip_transfer(ctx: JobContext, identity: str, target: str) -> bool:
+    """Cold-transfer ``identity`` to ``target`` by SIP REFER; False if the far end refused."""
+    from livekit import api
+
+    try:
+        await ctx.transfer_sip_participant(
+            api.TransferSIPParticipantRequest(
+                participant_identity=identity, room_name=ctx.room.name, transfer_to=target
+            )
+        )
+    except api.TwirpError as exc:
+        log.info("ivr: SIP transfer of %s to %s failed: %s", identity, target, exc)
+        return False
+    return True
+
+
 async def entrypoint(ctx: JobContext) -> None:
     opts = options(ctx.job.metadata)
     rendering = asyncio.ensure_future(render_prompts(opts))
@@ -129,6 +155,8 @@ async def entrypoint(ctx: JobContext) -> None:
     while True:
         key = await ivr.menu_until_key()
         menu = {"1": "echo", "2": "transfer", "9": "hangup"}.get(key)
+        if key == "3" and opts["sip_transfer_to"]:
+            menu = "operator"
         changes = {"ivr.choice": key, **({"ivr.menu": menu} if menu else {})}
         if menu == "transfer":
             changes["ivr.transfer_to"] = opts["transfer_to"]
@@ -143,6 +171,13 @@ async def entrypoint(ctx: JobContext) -> None:
             await ctx.move_participant(caller.identity, opts["transfer_to"])
             ctx.shutdown("caller transferred")
             return
+        if menu == "operator":
+            await ivr.say("operator")
+            if await sip_transfer(ctx, caller.identity, opts["sip_transfer_to"]):
+                ctx.shutdown("caller transferred by SIP REFER")
+                return
+            await ivr.say("busy")
+            continue
         if menu == "hangup":
             await ivr.say("goodbye")
             await ctx.remove_participant(caller.identity)

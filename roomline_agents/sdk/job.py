@@ -63,8 +63,10 @@ class JobContext:
         token: str,
         open_channel: Callable[[], Awaitable[socket.socket]],
         remove_participant: Callable[..., Awaitable[None]],
+        sip_call: Callable[[str, str, float], Awaitable[Any]] | None = None,
     ) -> None:
         self.job = job
+        self._sip_call = sip_call
         self.room = Room()
         self._token = token
         self._open_channel = open_channel
@@ -129,6 +131,53 @@ class JobContext:
         Supported for SIP callers and other local participants: the call goes on in the new room.
         """
         await self._remove_participant(identity, destination_room)
+
+    async def create_sip_participant(self, request: Any, *, timeout: float | None = None) -> Any:
+        """Place an outbound call into this job's room, like ``livekit-api``'s
+        ``lk.sip.create_sip_participant(api.CreateSIPParticipantRequest(...))``.
+
+        ``room_name`` may be left empty (this job's room); another room is refused. Returns the
+        ``SIPParticipantInfo``; a failed call raises ``livekit.api.SipCallError`` (with
+        ``sip_status_code``) or ``livekit.api.TwirpError``, exactly as the server API does.
+        """
+        from livekit.protocol import sip as sip_pb
+
+        if timeout is None:
+            ringing = request.ringing_timeout.seconds if request.HasField("ringing_timeout") else 0
+            timeout = (ringing or 180) + 40.0 if request.wait_until_answered else 30.0
+        return await self._sip("CreateSIPParticipant", request, sip_pb.SIPParticipantInfo, timeout)
+
+    async def transfer_sip_participant(self, request: Any, *, timeout: float | None = None) -> Any:
+        """Cold-transfer a SIP participant of this job's room (SIP REFER), like ``livekit-api``'s
+        ``lk.sip.transfer_sip_participant(api.TransferSIPParticipantRequest(...))``.
+
+        Success returns when the far end accepted and reported 200; a failure raises
+        ``livekit.api.SipCallError`` and the call goes on.
+        """
+        from livekit.protocol import sip as sip_pb
+
+        if timeout is None:
+            ringing = request.ringing_timeout.seconds if request.HasField("ringing_timeout") else 0
+            timeout = (ringing or 30) + 10.0
+        return await self._sip(
+            "TransferSIPParticipant", request, sip_pb.TransferSIPParticipantResponse, timeout
+        )
+
+    async def _sip(self, method: str, request: Any, response_type: Any, timeout: float) -> Any:
+        from google.protobuf import json_format
+        from livekit import api
+
+        from sfu.service.twirp import TWIRP_STATUS
+
+        if self._sip_call is None:
+            raise RuntimeError("this job cannot reach the SIP service")
+        res = await self._sip_call(method, json_format.MessageToJson(request), timeout)
+        if not res.ok:
+            err_cls = api.SipCallError if "sip_status_code" in res.meta else api.TwirpError
+            code = res.code or "unknown"
+            status = TWIRP_STATUS.get(code, 500)
+            raise err_cls(code, res.error, status=status, metadata=dict(res.meta))
+        return json_format.Parse(res.response or "{}", response_type())
 
     def add_shutdown_callback(self, callback: Callable[[], Awaitable[Any]]) -> None:
         self._callbacks.append(callback)

@@ -165,6 +165,17 @@ class JobProcess:
         if not result.ok:
             raise RuntimeError(result.error)
 
+    async def _sip_call(self, method: str, request_json: str, timeout: float) -> control.Result:
+        """Send a :class:`~roomline_agents.control.SipCall` and wait for its result."""
+        request_id = next(self._request_ids)
+        fut: asyncio.Future[control.Result] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = fut
+        self.send(control.SipCall(request_id=request_id, method=method, request=request_json))
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._requests.pop(request_id, None)
+
     async def _run_job(self, start: control.StartJob) -> None:
         # Every line this job logs (its tasks inherit this context) says whose it is.
         structlog.contextvars.bind_contextvars(
@@ -179,7 +190,9 @@ class JobProcess:
             metadata=start.metadata,
             attributes=dict(start.attributes),
         )
-        ctx = JobContext(info, start.token, self._open_channel, self._remove_participant)
+        ctx = JobContext(
+            info, start.token, self._open_channel, self._remove_participant, self._sip_call
+        )
         self._ctx = ctx
         try:
             entrypoint = load_entrypoint(start.target)

@@ -83,6 +83,10 @@ class AgentManager(Service):
         self.node.room_listeners.append(self.on_room)
         key = next(iter(self.cfg.keys))
         self._key, self._secret = key, self.cfg.keys[key]
+        #: The ``livekit.SIP`` service (bridge/service/sip_service.py), set by the appliance:
+        #: agents place calls and transfer through it (:meth:`sip_for_job`).
+        self.sip_service: Any = None
+        self.supervisor.on_sip = self.sip_for_job
 
     async def start(self) -> None:
         if self.enabled:
@@ -283,6 +287,58 @@ class AgentManager(Service):
         log.info("agent removes participant", job=job.id, room=job.room, identity=identity)
         self.node.dispatch(room.remove_by_identity(identity, self.node.clock()))
         return ""
+
+    async def sip_for_job(self, job_id: str, msg: control.SipCall) -> control.Result:
+        """An agent places an outbound call or transfers a SIP participant, in its own room.
+
+        The request goes to the SIP service (``sip_service``, set by the appliance) with the
+        grants LiveKit asks for: ``sip.call`` and roomAdmin of the job's room.
+        """
+        from google.protobuf import json_format
+        from livekit.protocol import sip as sip_pb
+
+        from roomline.auth import Claims, SIPGrant, VideoGrant
+
+        def fail(code: str, error: str, meta: dict[str, str] | None = None) -> control.Result:
+            return control.Result(
+                request_id=msg.request_id, ok=False, error=error, code=code, meta=meta or {}
+            )
+
+        job = self.table.jobs.get(job_id)
+        if job is None or not job.active:
+            return fail("failed_precondition", "job is not running")
+        service = self.sip_service
+        if service is None:
+            return fail("unavailable", "SIP is not enabled on this appliance")
+        req_type: Any = (
+            sip_pb.CreateSIPParticipantRequest
+            if msg.method == "CreateSIPParticipant"
+            else sip_pb.TransferSIPParticipantRequest
+        )
+        try:
+            req = json_format.Parse(msg.request, req_type())
+        except json_format.ParseError as exc:
+            return fail("malformed", f"bad {msg.method} request: {exc}")
+        if not req.room_name:
+            req.room_name = job.room
+        if req.room_name != job.room:
+            return fail("permission_denied", f"an agent may only use its own room {job.room!r}")
+        claims = Claims(
+            identity=job.identity,
+            video=VideoGrant(room_admin=True, room=job.room),
+            sip=SIPGrant(call=True),
+        )
+        log.info("agent sip request", job=job.id, room=job.room, method=msg.method)
+        try:
+            if msg.method == "CreateSIPParticipant":
+                resp = await service.create_sip_participant(req, claims)
+            else:
+                resp = await service.transfer_sip_participant(req, claims)
+        except RoomlineError as exc:
+            return fail(exc.twirp_code, exc.message, dict(getattr(exc, "meta", {}) or {}))
+        return control.Result(
+            request_id=msg.request_id, ok=True, response=json_format.MessageToJson(resp)
+        )
 
     # ------------------------------------------------------------------ rooms
 

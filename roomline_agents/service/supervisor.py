@@ -49,6 +49,8 @@ SPAWN_BACKOFF_MAX = 30.0
 OnStatus = Callable[[str, str, str], None]
 #: (job id, participant identity) → error text or "" on success
 OnRemove = Callable[[str, str, str], Awaitable[str]]
+#: (job id, request) → the answer; see :meth:`roomline_agents.service.manager.AgentManager.sip_for_job`.
+OnSip = Callable[[str, control.SipCall], Awaitable[control.Result]]
 
 
 @dataclass
@@ -103,6 +105,8 @@ class JobSupervisor:
         self.channel_path = channel_path
         self._on_status = on_status
         self._on_remove = on_remove
+        #: Answers agents' :class:`~roomline_agents.control.SipCall` (set by the appliance).
+        self.on_sip: OnSip | None = None
         # The working directory is importable too: registries name agent modules relative to it.
         self._procs = ProcessSupervisor(
             "agent-job",
@@ -272,6 +276,27 @@ class JobSupervisor:
             self._on_status(jp.job.job_id, msg.state, msg.error)
         elif isinstance(msg, control.RemoveParticipant) and jp.job is not None:
             self._spawn_task(self._remove(jp, msg))
+        elif isinstance(msg, control.SipCall) and jp.job is not None:
+            self._spawn_task(self._sip(jp, msg))
+
+    async def _sip(self, jp: JobProc, msg: control.SipCall) -> None:
+        assert jp.job is not None
+        if self.on_sip is None:
+            jp.send(
+                control.Result(
+                    request_id=msg.request_id, ok=False, error="SIP is not available",
+                    code="unavailable",
+                )
+            )  # fmt: skip
+            return
+        try:
+            res = await self.on_sip(jp.job.job_id, msg)
+        except Exception as exc:  # the agent gets an error, the supervisor lives on
+            log.exception("sip request for agent job failed")
+            res = control.Result(
+                request_id=msg.request_id, ok=False, error=str(exc) or "error", code="internal"
+            )
+        jp.send(res)
 
     async def _connect(self, jp: JobProc) -> None:
         if jp.channel is not None:

@@ -329,22 +329,32 @@ async def test_permissions(server: Server) -> None:
         assert resp.status == 403
 
 
-async def test_outbound_calls_unimplemented(lk: api.LiveKitAPI) -> None:
+async def test_outbound_calls_without_bridge(lk: api.LiveKitAPI) -> None:
+    """Without bridge workers: validation still answers first, then ``unavailable``."""
     with pytest.raises(api.TwirpError) as exc:
         await lk.sip.create_sip_participant(
             api.CreateSIPParticipantRequest(
                 sip_trunk_id="ST_x", sip_call_to="+15550001111", room_name="r"
             )
         )
-    assert exc.value.code == "unimplemented" and exc.value.status == 501
-    assert "not implemented" in exc.value.message
+    assert exc.value.code == "not_found" and exc.value.status == 404
+    with pytest.raises(api.TwirpError) as exc:
+        await lk.sip.create_sip_participant(
+            api.CreateSIPParticipantRequest(
+                trunk=api.SIPOutboundConfig(hostname="carrier.net"),
+                sip_number="+15550002222",
+                sip_call_to="+15550001111",
+                room_name="r",
+            )
+        )
+    assert exc.value.code == "unavailable"
     with pytest.raises(api.TwirpError) as exc:
         await lk.sip.transfer_sip_participant(
             api.TransferSIPParticipantRequest(
                 participant_identity="sip_1", room_name="r", transfer_to="tel:+15550001111"
             )
         )
-    assert exc.value.code == "unimplemented"
+    assert exc.value.code == "unavailable"
 
 
 async def admin_post(

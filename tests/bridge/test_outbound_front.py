@@ -1,0 +1,87 @@
+"""Outbound calls behind the Kamailio front: the INVITE leaves through the front (one SIP address
+for carriers), record-routed, so the callee's in-dialog requests come back through it too."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from livekit import api
+
+from tests.support.outbound import pick_ports, start_appliance
+from tests.support.server import API_KEY, API_SECRET, stop_server
+from tests.support.sip.sipp import SIPP
+from tests.support.sip.sipp_uas import uas_cmd, uas_scenario
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(SIPP is None or shutil.which("kamailio", path="/usr/sbin:/usr/bin") is None,
+                       reason="sipp or kamailio not installed"),
+    pytest.mark.timeout(120),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def front_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[object, object]]:
+    tmp = tmp_path_factory.mktemp("outfront")
+    ports = pick_ports()
+    server = start_appliance(tmp, ports, front=True)
+    try:
+        yield server, ports
+    finally:
+        stop_server(server)
+        print("---- appliance log tail ----\n" + server.log_text()[-5000:])
+
+
+async def test_outbound_through_front(front_stack: tuple[object, object]) -> None:
+    server, ports = front_stack
+    short = Path(tempfile.mkdtemp(prefix="rlof", dir="/tmp"))
+    try:
+        sc = uas_scenario(short / "uas.xml", provisional=180, ring_ms=200)
+        sipp_port, media = ports.base + 160, ports.base + 170  # type: ignore[attr-defined]
+        proc = await asyncio.create_subprocess_exec(
+            *uas_cmd(sc, local_port=sipp_port, media_port=media),
+            cwd=str(short),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        await asyncio.sleep(0.3)
+        lk = api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)  # type: ignore[attr-defined]
+        try:
+            trunk = await lk.sip.create_outbound_trunk(
+                api.CreateSIPOutboundTrunkRequest(
+                    trunk=api.SIPOutboundTrunkInfo(
+                        address=f"127.0.0.1:{sipp_port}", numbers=["+15550001000"]
+                    )
+                )
+            )
+            info = await lk.sip.create_sip_participant(
+                api.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk.sip_trunk_id,
+                    sip_call_to="+15557770031",
+                    room_name="front_out",
+                    wait_until_answered=True,
+                )
+            )
+            assert info.participant_identity == "sip_+15557770031"
+            await lk.room.remove_participant(
+                api.RoomParticipantIdentity(room="front_out", identity=info.participant_identity)
+            )
+        finally:
+            await lk.aclose()
+        out, _ = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+        msgs = (short / "msgs.log").read_text(errors="replace")
+        front = f"127.0.0.1:{ports.front}"  # type: ignore[attr-defined]
+        invite = msgs[msgs.index("INVITE sip:") :]
+        invite = invite[: invite.index("\n\n")]
+        print(invite)
+        assert f"Record-Route: <sip:{front}" in invite  # the dialog stays on the front
+        assert "Route: <" not in invite.replace("Record-Route: <", "")  # own Route consumed
+        assert f"Via: SIP/2.0/UDP {front}" in invite  # the carrier sees the front's address
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
