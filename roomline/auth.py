@@ -1,4 +1,4 @@
-"""LiveKit access tokens: verify and mint HS256 JWTs (livekit-protocol.md §7).
+"""LiveKit access tokens: verify and mint HS256 JWTs (claims and grants as LiveKit defines them).
 
 A token is a JWT signed with HS256 by an API secret; ``iss`` names the API key, ``sub`` the
 participant identity, and camelCase custom claims carry the grants (``video``, ``sip``), ``name``,

@@ -15,7 +15,6 @@ them to wire errors (Twirp codes, signalling ``request_response`` reasons, SIP s
     │   ├── RoomNotFound
     │   ├── ParticipantNotFound
     │   └── TrackNotFound
-    ├── AlreadyExists
     ├── Unavailable              a worker or resource is down or at capacity
     └── Unimplemented            a LiveKit API roomline does not offer (yet)
 """
@@ -90,12 +89,6 @@ class TrackNotFound(NotFound):
     def __init__(self, track_sid: str) -> None:
         super().__init__(f"track {track_sid} does not exist")
         self.track_sid = track_sid
-
-
-class AlreadyExists(RoomlineError):
-    """An object with that identifier already exists."""
-
-    twirp_code = "already_exists"
 
 
 class Unavailable(RoomlineError):

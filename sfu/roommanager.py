@@ -1,15 +1,14 @@
 """All rooms of this node: creation on demand, explicit creation and deletion, timeouts. Sans-I/O.
 
-LiveKit has a local and a distributed (Redis) room store behind one interface; roomline is one
-node, so this local manager is the implementation, and :class:`RoomStore` is the seam a
-distributed one would fill.
+LiveKit keeps rooms in a local or a distributed (Redis) store; roomline is one node, so this local
+manager is the only implementation (no interface is kept for a second one that does not exist).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from roomline.errors import InvalidRequest, RoomNotFound
 from sfu.events import Disconnect, Event, RoomClosed, SubscriptionChanged
@@ -25,13 +24,6 @@ class RoomDefaults:
     empty_timeout: int = 300
     departure_timeout: int = 20
     max_participants: int = 0
-
-
-class RoomStore(Protocol):
-    """What the service edge needs from a room registry."""
-
-    def get(self, name: str) -> Room: ...
-    def list_rooms(self, names: list[str] | None = None) -> list[Room]: ...
 
 
 @dataclass(slots=True)

@@ -2,7 +2,7 @@
 
 An unmodified ``livekit-agents`` worker connects to ``/agent`` and exchanges one serialized protobuf
 per binary WebSocket frame: it sends ``livekit.WorkerMessage`` and the server answers with
-``livekit.ServerMessage`` (shared/docs/agents-worker-protocol.md §1-§3). This module is the state
+``livekit.ServerMessage`` (docs/agents.md, "Run your LiveKit Agents against roomline"). This module is the state
 machine of one such connection, in the style of the ``websockets`` library's sans-I/O core::
 
     conn = WorkerConnection(now=loop.time())

@@ -1,6 +1,6 @@
 """Connected agent workers and the jobs offered to them, without any I/O.
 
-Mirrors LiveKit's ``AgentHandler`` (shared/docs/agents-worker-protocol.md §3):
+Mirrors the LiveKit server's agent handler (docs/agents.md):
 
 * workers are keyed by (agent_name, namespace, job_type, deployment);
 * a job goes to a WS_AVAILABLE worker of its key, picked at random weighted by ``max(0, 1 - load)``
