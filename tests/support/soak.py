@@ -59,8 +59,9 @@ Progress = Callable[[str], None]
 # --- ports -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SoakPorts:
-    """Offsets in the block: 0 HTTP, 1 SIP, 2 SIPp SIP, 3 SIPp control, 4/6 SIPp media (audio,
-    video), 8–71 WebRTC, 100–199 the worker's RTP."""
+    """Offsets in the block: 0 HTTP, 1 SIP (the Kamailio front), 2 SIPp SIP, 3 SIPp control, 4/6
+    SIPp media (audio, video), 7 the bridge worker behind the front, 8–71 WebRTC, 100–199 the
+    worker's RTP."""
 
     first: int
     fixed_http: bool
@@ -76,6 +77,11 @@ class SoakPorts:
     @property
     def sipp(self) -> int:
         return self.first + 2
+
+    @property
+    def worker(self) -> int:
+        """The one bridge worker behind the SIP front (loopback)."""
+        return self.first + 7
 
     @property
     def sipp_control(self) -> int:
@@ -123,11 +129,13 @@ def default_config_sections(ports: SoakPorts) -> dict[str, dict[str, Any]]:
     sections["rtc"] = {"port_range_start": ports.rtc[0], "port_range_end": ports.rtc[1]}
     sections["logging"] = {**cfg["logging"], "format": "json"}
     sip = sections["sip"]
-    assert len(sip["workers"]) == 1, "the default config has one bridge worker"
+    # The default front-door setup (Kamailio on sip.port, workers behind it), with one worker so
+    # the soak runs at that worker's full 4 calls.
     sip["bind_address"] = "127.0.0.1"
-    sip["workers"] = [
-        {"sip_port": ports.sip, "rtp_port_start": ports.rtp[0], "rtp_port_end": ports.rtp[1]}
-    ]
+    sip["port"] = ports.sip
+    sip["workers"] = 1
+    sip["worker_base_port"] = ports.worker
+    sip["rtp_port_start"], sip["rtp_port_end"] = ports.rtp
     return sections
 
 
@@ -440,7 +448,7 @@ def run_soak(
         if not ready:
             res.notes.append("appliance not ready (bridge worker or warm agent process) in 60 s")
             return res
-        res.worker_pid_start = worker_pid(server, ports.sip)
+        res.worker_pid_start = worker_pid(server, ports.worker)
         res.samples["start"] = process_tree(server.process.pid)
         progress(f"appliance ready (HTTP {server.port}, SIP {ports.sip}); placing calls")
         sipp_out = workdir / "sipp.out"
@@ -516,7 +524,7 @@ def run_soak(
         res.agent_jobs_failed = {
             labels: v for (n, labels), v in m.items() if n == "roomline_agent_jobs_failed_total"
         }
-        res.worker_pid_end = worker_pid(server, ports.sip)
+        res.worker_pid_end = worker_pid(server, ports.worker)
         res.server_alive = server.alive()
     finally:
         if sipp is not None and sipp.poll() is None:
