@@ -20,6 +20,7 @@ from roomline.auth import verify_token
 from roomline.config import Config
 from roomline.errors import InvalidRequest, RoomlineError
 from roomline.lifecycle import Service
+from roomline.wire import AUDIO_LEVEL_EXT_ID
 from sfu.events import SubscriptionChanged
 from sfu.local.framing import (
     MAX_FRAME,
@@ -41,7 +42,13 @@ from sfu.signal import SignalSession
 log = structlog.get_logger(__name__)
 
 #: Opus as local publishers send it: the static-ish PT LiveKit clients use, 48 kHz RTP clock.
-LOCAL_OPUS = SourceInfo(kind="audio", mime="audio/opus", clock_rate=48000, payload_type=111)
+LOCAL_OPUS = SourceInfo(
+    kind="audio",
+    mime="audio/opus",
+    clock_rate=48000,
+    payload_type=111,
+    audio_level_id=AUDIO_LEVEL_EXT_ID,
+)
 #: A JOIN frame must arrive this fast after connecting (seconds).
 JOIN_TIMEOUT = 5.0
 #: Bytes queued towards a slow local client before its media is dropped (signal is never dropped).
