@@ -150,6 +150,11 @@ class JitterBuffer:
                 self._playing = False
                 self._next = None
                 self.stats.underruns += 1
+                # A gap this long is a pause (or a dead sender), not lateness: take back the
+                # cushion its first empty tick added.
+                if self.level > self.target:
+                    self.level -= 1
+                    self.stats.level = self.level
                 return Playout(Kind.SILENCE)
             if self._empty_ticks == 1:
                 # A stall: the frame is late. Hold the position (it still plays when it comes)
