@@ -60,9 +60,13 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
 
     ``on_rx`` (optional) is called on the clock thread after each received frame: the worker uses
     it to wake its asyncio loop once per conference tick (see ``Worker._clock_wake``), so the
-    media pump runs right after the bridge delivered this tick's audio and ``tx`` needs to hold
-    only the next frame. ``tx_target`` is the depth the pump keeps ``tx`` at: 1 frame, raised by
-    one (up to :data:`TX_MAX_TARGET`) after an underrun, lowered again after
+    media pump encodes the phone's audio right after the bridge delivered it.
+
+    Towards the phone, while the call is in its room, ``produce`` is set: the bridge's request
+    for a frame mixes it on the spot (room jitter buffers → decoders → mix, under the room leg's
+    lock), so nothing is queued and a late asyncio loop or a burst of catch-up ticks of the
+    clock cannot underrun. Otherwise (PIN prompt) the pump keeps ``tx`` at ``tx_target``: 1 frame,
+    raised by one (up to :data:`TX_MAX_TARGET`) after an underrun, lowered again after
     :data:`TX_RELAX_TICKS` ticks without one.
     """
 
@@ -76,6 +80,10 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         self.tx: collections.deque[bytes] = collections.deque(maxlen=TX_FRAMES)
         self.silence = bytes(self.frame_bytes)
         self.on_rx = on_rx
+        #: Called on the clock thread for this tick's frame when ``tx`` is empty (thread-safe
+        #: producer: the room leg's locked mixer); None = play ``tx`` / silence.
+        self.produce: Callable[[], bytes] | None = None
+        self.produced = 0
         self.rx_frames = 0
         self.tx_frames = 0
         self.underruns = 0
@@ -103,6 +111,18 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         try:
             data = self.tx.popleft()
         except IndexError:
+            produce = self.produce
+            if produce is not None:
+                # Mix this tick's frame now, on the clock thread: no queue, no underrun.
+                try:
+                    data = produce()
+                except Exception:  # never let an exception unwind into pjmedia
+                    data = self.silence
+                self.produced += 1
+                self.tx_frames += 1
+                frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+                bytes_into_bv(frame.buf, data)
+                return
             data = self.silence
             if self.started:
                 self.underruns += 1
@@ -136,6 +156,7 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         """
         self.active = False
         self.on_rx = None
+        self.produce = None
         if getattr(self, "_closed", False):
             return
         self._closed = True

@@ -12,6 +12,7 @@ Every method runs on the worker's asyncio thread.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -67,6 +68,8 @@ class RoomLeg:
         self.identity = identity
         self.request_id = request_id
         self.channel: ChannelClient | None = None
+        #: The mixer is shared with the bridge clock thread (:meth:`produce`): every use holds it.
+        self._mix_lock = threading.Lock()
         self.mixer = Mixer(
             lambda: OpusDecoder(rate), ROOM_JITTER_TARGET, samples=rate * FRAME_MS // 1000
         )
@@ -141,7 +144,13 @@ class RoomLeg:
             level = audio_level(np.frombuffer(pcm, np.int16))
             for payload in enc.encode(pcm):
                 ch.send_rtp(sid, self.packetizer.packet(payload, audio_level=level))
-        port.fill(self.mixer.next_frame)
+        port.tx.clear()
+        port.produce = self.produce
+
+    def produce(self) -> bytes:
+        """This tick's frame for the phone; runs on the bridge clock thread (see BridgePort)."""
+        with self._mix_lock:
+            return self.mixer.next_frame()
 
     def send_dtmf(self, digit: str) -> None:
         """A key the phone pressed, for the room (LiveKit spells A–D in lowercase)."""
@@ -160,7 +169,8 @@ class RoomLeg:
 
     def input_stats(self) -> dict[str, dict[str, int]]:
         """Jitter-buffer counters per mixed room track (for the end-of-call log line)."""
-        return {sid: vars(i.jitter.stats) for sid, i in self.mixer.inputs.items()}
+        with self._mix_lock:
+            return {sid: dict(vars(i.jitter.stats)) for sid, i in self.mixer.inputs.items()}
 
     # --- room → call ------------------------------------------------------------------------
     def _on_signal(self, ch: ChannelClient, msg: rtc.SignalResponse) -> None:
@@ -196,7 +206,8 @@ class RoomLeg:
             gone = p.state == models.ParticipantInfo.State.DISCONNECTED
             now = set() if gone else {t.sid for t in p.tracks}
             for sid in self._tracks.get(p.sid, set()) - now:
-                self.mixer.remove(sid)
+                with self._mix_lock:
+                    self.mixer.remove(sid)
             if now:
                 self._tracks[p.sid] = now
             else:
@@ -217,7 +228,8 @@ class RoomLeg:
             return
         if pkt.payload_type != OPUS_PT or pkt.payload_end <= pkt.payload_offset:
             return
-        self.mixer.push(sid, pkt.sequence_number, pkt.payload(data))
+        with self._mix_lock:
+            self.mixer.push(sid, pkt.sequence_number, pkt.payload(data))
         if not self.room_audio_seen:
             self.room_audio_seen = True
             self.events.audio()

@@ -358,6 +358,7 @@ class Worker:
                 continue
             # Early media (pjsua puts the SDP answer in the 180): drop what the phone sends
             # while ringing instead of bursting up to 2 s of stale audio into the room later.
+            port.produce = None
             port.rx.clear()
             if rec.machine.phase in (Phase.PIN, Phase.PIN_CHECK):
                 # Answered for PIN entry: the prompt, then silence (no underrun clicks).
@@ -384,11 +385,12 @@ class Worker:
             # a registered port die by refcount.
             rec.port.close()
             log.info(
-                "call %s ended: port rx=%d tx=%d underruns=%d; room inputs %s",
+                "call %s ended: port rx=%d tx=%d underruns=%d produced=%d; room inputs %s",
                 rec.invite.call_id,
                 rec.port.rx_frames,
                 rec.port.tx_frames,
                 rec.port.underruns,
+                rec.port.produced,
                 rec.leg.input_stats(),
             )
         # pjsua may report DISCONNECTED synchronously inside our own hangup(), before the
