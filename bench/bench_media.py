@@ -193,6 +193,68 @@ async def latency_probe(stack, data_dir: Path, number: str, seconds: float) -> d
     return res
 
 
+SPEECH = Path(__file__).resolve().parent.parent / "tests/data/speech/harvard_8k.wav"
+PESQ_DIR = SPEECH.parent
+
+
+def read_speech() -> np.ndarray:
+    import wave
+
+    with wave.open(str(SPEECH)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).copy()
+
+
+async def pesq_run(stack, number: str, loss: float, jitter: float, save: str) -> None:  # type: ignore[no-untyped-def]
+    """Speech phone A → room → phone B (both bridge legs); PESQ NB beside G.711 alone."""
+    import wave
+
+    from pesq import pesq
+
+    from bench.bench_sip import ulaw_to_linear
+
+    ref = read_speech()
+    a, b = SipUA("+15553910001"), SipUA("+15553910002")
+    await a.open()
+    await b.open()
+    try:
+        await b.call(stack.ports[-1], number)
+        await a.call(stack.ports[-1], number)
+        keep_b = asyncio.create_task(
+            b.stream(np.zeros(int((len(ref) / RATE + 6) * RATE), np.int16))
+        )
+        await asyncio.sleep(1.0)
+        b.received.clear()
+        lead = np.zeros(RATE // 2, np.int16)
+        await a.stream(np.concatenate([lead, ref, lead]), loss=loss, jitter=jitter, seed=11)
+        await asyncio.sleep(0.5)
+        keep_b.cancel()
+        await a.hangup(stack.ports[-1])
+        await b.hangup(stack.ports[-1])
+    finally:
+        a.close()
+        b.close()
+    deg = b.received_pcm().astype(np.float64)
+    r = ref.astype(np.float64)
+    corr = np.correlate(deg[: len(deg)], r[: RATE * 2], mode="valid")
+    off = int(np.argmax(np.abs(corr)))
+    deg = deg[off : off + len(r)]
+    if len(deg) < len(r):
+        deg = np.pad(deg, (0, len(r) - len(deg)))
+    score = float(pesq(RATE, r, deg, "nb"))
+    g711 = ulaw_to_linear(linear_to_ulaw(ref).tobytes()).astype(np.float64)
+    ceiling = float(pesq(RATE, r, g711, "nb"))
+    print(
+        f"  PESQ NB phone -> room -> phone, {loss * 100:.0f} % loss + {jitter * 1000:.0f} ms "
+        f"jitter on A's uplink: {score:.2f}  (G.711 encode+decode alone: {ceiling:.2f})"
+    )
+    if save:
+        with wave.open(str(PESQ_DIR / save), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(RATE)
+            w.writeframes(np.clip(deg, -32768, 32767).astype(np.int16).tobytes())
+
+
 def call_logs(log_text: str) -> list[tuple[int, int, str]]:
     """(port underruns, rx frames, room input stats) of each finished call, from worker logs."""
     out = []
@@ -210,6 +272,8 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--latency-seconds", type=float, default=8.0)
     ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--pesq", action="store_true", help="only the PESQ runs (no load)")
+    ap.add_argument("--save-pesq", action="store_true", help="store the degraded recordings")
     ap.add_argument(
         "--server-tree", default="", help="PYTHONPATH of the appliance (e.g. another worktree)"
     )
@@ -224,6 +288,15 @@ async def main() -> None:
         stack = start_stack(Path(tmp), numbers, workers)
         try:
             await wait_workers(stack)
+            if a.pesq:
+                sv = a.save_pesq
+                await pesq_run(stack, numbers[-1], 0.0, 0.0, "deg_clean.wav" if sv else "")
+                await pesq_run(stack, numbers[-1], 0.03, 0.03, "deg_loss3_jit30.wav" if sv else "")
+                await asyncio.sleep(1.0)
+                for line in stack.server.log_text().splitlines():
+                    if "ended: port" in line:
+                        print("  " + line[line.index("call "):][:400])
+                return
             pids = [worker_pid(stack.server, p) for p in stack.ports]
             main_pid = stack.server.process.pid
 
