@@ -283,7 +283,12 @@ async def main() -> None:
     numbers = [f"+155508{i:05d}" for i in range(pairs)] + ["+15550899999"]
     workers = -(-calls // 4) + (0 if a.no_latency else 1)  # +1: the latency probe's own worker
     if a.server_tree:
+        # The appliance is started with cwd = the repository root and workers run as
+        # ``python -m bridge.worker`` (cwd first on sys.path): point both at the other tree.
+        import tests.conftest
+
         os.environ["PYTHONPATH"] = a.server_tree
+        tests.conftest.ROOT = Path(a.server_tree)
     with tempfile.TemporaryDirectory(prefix="rlbm") as tmp:
         stack = start_stack(Path(tmp), numbers, workers)
         try:
@@ -295,7 +300,7 @@ async def main() -> None:
                 await asyncio.sleep(1.0)
                 for line in stack.server.log_text().splitlines():
                     if "ended: port" in line:
-                        print("  " + line[line.index("call "):][:400])
+                        print("  " + line[line.index("call ") :][:400])
                 return
             pids = [worker_pid(stack.server, p) for p in stack.ports]
             main_pid = stack.server.process.pid
