@@ -142,6 +142,9 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: A wake-up from the clock thread is queued and not yet run (read/written under the GIL).
         self._wake_pending = False
+        #: Ports registered with the bridge, and how many received their frame this tick.
+        self._ports_open = 0
+        self._rx_this_tick = 0
         self._last_service = 0.0
         self._last_tick = 0.0
         #: Clock-driven service runs (for tests and the end-of-run log).
@@ -266,6 +269,7 @@ class Worker:
                 am = call.getAudioMedia(mi.index)
                 if rec.port is None:
                     rec.port = BridgePort(f"br{ci.id}", BRIDGE_CLOCK_RATE, self._clock_wake)
+                    self._ports_open += 1
                 # (Re)connect both ways: after a re-INVITE (hold/resume, session refresh) the
                 # stream may be recreated; startTransmit is idempotent for an existing link.
                 am.startTransmit(rec.port)
@@ -384,6 +388,7 @@ class Worker:
             # Unregister the port from the bridge while we still hold it (issue 13): never let
             # a registered port die by refcount.
             rec.port.close()
+            self._ports_open -= 1
             log.info(
                 "call %s ended: port rx=%d tx=%d underruns=%d produced=%d; room inputs %s",
                 rec.invite.call_id,
@@ -400,9 +405,17 @@ class Worker:
         self.endpoint.bury_call(rec.call_key)
 
     def _clock_wake(self) -> None:
-        """Clock thread, after a port received its frame: run :meth:`_service` once this tick."""
-        if self._wake_pending:
+        """Clock thread, after a port received its frame: run :meth:`_service` once this tick.
+
+        The wake-up is sent after the *last* port of the tick (the bridge delivers to every port
+        in one pass), so the loop does not compete for the GIL with the clock thread while it is
+        still serving the other ports. Should a port miss a tick, the :meth:`_poller` timer
+        services the loop within :data:`POLL_S` anyway.
+        """
+        self._rx_this_tick += 1
+        if self._rx_this_tick < self._ports_open or self._wake_pending:
             return
+        self._rx_this_tick = 0
         loop = self._loop
         if loop is None:
             return
@@ -415,6 +428,7 @@ class Worker:
     def _service(self) -> None:
         """Poll pjsua and pump every call's media (one batch per conference tick)."""
         self._wake_pending = False
+        self._rx_this_tick = 0
         self.services += 1
         self.endpoint.handle_events()
         self._pump_media()
