@@ -328,6 +328,10 @@ async def main() -> None:
             w1, m1, t1 = *cpu(), time.monotonic()
             dt = t1 - t0
             busy_w, busy_m = (w1 - w0) / dt, (m1 - m0) / dt
+            # packets each phone received inside the window: 50/s when the bridge clock kept up
+            pps = statistics.median(
+                sum(1 for r in list(u.received) if t0 <= r.t < t1) / dt for u in uas
+            )
             ceiling_us = statistics.median(codec_ceiling() for _ in range(3))
             lat = None
             if not a.no_latency:
@@ -363,6 +367,10 @@ async def main() -> None:
         f"{(1 / all_in) / (20000 / ceiling_us):.2f}"
     )
     print(f"  phone packets received per call: median {statistics.median(heard)}")
+    print(
+        f"  in the window: {pps:.1f} pkt/s per phone (50 = every tick served); all-in per "
+        f"served tick: {all_in * 50 / pps * 100:.2f} % -> {pps / 50 / all_in:.1f} calls/core"
+    )
     und = [u for u, rx, _ in logs if rx > 100]
     stalls = [
         sum(v.get("stalls", 0) for v in json.loads(s.replace("'", '"')).values())
