@@ -54,8 +54,8 @@ GRAVEYARD_S = 2.0
 _SOLE_OWNER_REFS = 3
 #: Phone-leg codecs by preference: G.722 keeps wideband audio, then G.711 µ-law and A-law.
 CODEC_PRIORITIES = (("G722/16000", 250), ("PCMU/8000", 240), ("PCMA/8000", 230))
-#: Conference-bridge clock (Hz). 16 kHz keeps G.722 wideband; pjmedia resamples the 48 kHz
-#: BridgePort in C, so Python never resamples.
+#: Conference-bridge clock (Hz). 16 kHz keeps G.722 wideband; the BridgePort runs at this rate too,
+#: so neither pjmedia nor Python resamples between the bridge and the port.
 BRIDGE_CLOCK_RATE = 16000
 #: pjsua media quality: 8 = large-filter resampler in the conference bridge (see ``start``).
 RESAMPLE_QUALITY = 8

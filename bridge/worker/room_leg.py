@@ -6,7 +6,9 @@ and relays DTMF both ways as LiveKit ``SipDTMF`` data packets. It knows nothing 
 worker feeds it the phone's PCM (:meth:`RoomLeg.pump`) and hears about the room through
 :class:`RoomLegEvents`.
 
-Every method runs on the worker's asyncio thread.
+Every method runs on the worker's asyncio thread except :meth:`RoomLeg.produce`, which the bridge
+clock thread calls (through the port) for the phone's frame of each tick; the mixer is shared
+between the two under ``_mix_lock``.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ class RoomLeg:
 
     # --- media ------------------------------------------------------------------------------
     def pump(self, port: BridgePort) -> None:
-        """Phone → room: encode what the bridge delivered. Room → phone: keep ``tx`` at target.
+        """Phone → room: encode what the bridge delivered. Room → phone: hand the port
+        :meth:`produce`, which mixes each tick's frame when the bridge asks (no ``tx`` queue).
 
         Each packet to the room carries the frame's RFC 6464 level, so the room's speaker
         detection hears the caller.
