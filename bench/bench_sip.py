@@ -240,8 +240,14 @@ class SipUA:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.responses.get(), 3)
 
-    async def stream(self, pcm: np.ndarray, loss: float = 0.0, seed: int = 7) -> None:
-        """Send ``pcm`` (8 kHz int16) as PCMU, one packet per 20 ms on an absolute schedule."""
+    async def stream(
+        self, pcm: np.ndarray, loss: float = 0.0, seed: int = 7, jitter: float = 0.0
+    ) -> None:
+        """Send ``pcm`` (8 kHz int16) as PCMU, one packet per 20 ms on an absolute schedule.
+
+        ``loss``: share of packets dropped at random; ``jitter``: each packet is held back by a
+        random 0..``jitter`` s (so packets may arrive reordered).
+        """
         assert self.rtp is not None and self.remote_rtp is not None
         rng = random.Random(seed)
         ssrc = random.getrandbits(32)
@@ -256,8 +262,13 @@ class SipUA:
             hdr = bytes([0x80, 0x80 if i == 0 else 0]) + seq.to_bytes(2, "big")
             hdr += ts.to_bytes(4, "big") + ssrc.to_bytes(4, "big")
             self.sent_at[i * SAMPLES] = time.monotonic()
+            pkt = hdr + payloads[i * SAMPLES : (i + 1) * SAMPLES]
+            hold = rng.random() * jitter if jitter else 0.0
             if not (loss and rng.random() < loss):
-                self.rtp.sendto(hdr + payloads[i * SAMPLES : (i + 1) * SAMPLES], self.remote_rtp)
+                if hold > 0:
+                    loop.call_later(hold, self.rtp.sendto, pkt, self.remote_rtp)
+                else:
+                    self.rtp.sendto(pkt, self.remote_rtp)
             seq = (seq + 1) & 0xFFFF
             ts = (ts + SAMPLES) & 0xFFFFFFFF
 

@@ -18,6 +18,10 @@ FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
 FRAME_BYTES = FRAME_SAMPLES * 2
 #: RTP payload type of Opus on the local participant channel.
 OPUS_PT = 111
+#: RFC 8285 one-byte header-extension ID of RFC 6464 ``ssrc-audio-level`` on the local channel:
+#: publishers on the channel (SIP callers) put their level there, the SFU's speaker detection
+#: reads it.
+AUDIO_LEVEL_EXT_ID = 1
 
 #: DTMF keys in RFC 4733 event-code order (code 0..15): ``DTMF_DIGITS[code]`` is the key.
 DTMF_DIGITS = "0123456789*#ABCD"

@@ -54,9 +54,11 @@ GRAVEYARD_S = 2.0
 _SOLE_OWNER_REFS = 3
 #: Phone-leg codecs by preference: G.722 keeps wideband audio, then G.711 µ-law and A-law.
 CODEC_PRIORITIES = (("G722/16000", 250), ("PCMU/8000", 240), ("PCMA/8000", 230))
-#: Conference-bridge clock (Hz). 16 kHz keeps G.722 wideband; pjmedia resamples the 48 kHz
-#: BridgePort in C, so Python never resamples.
+#: Conference-bridge clock (Hz). 16 kHz keeps G.722 wideband; the BridgePort runs at this rate too,
+#: so neither pjmedia nor Python resamples between the bridge and the port.
 BRIDGE_CLOCK_RATE = 16000
+#: pjsua media quality: 8 = large-filter resampler in the conference bridge (see ``start``).
+RESAMPLE_QUALITY = 8
 
 
 @dataclass
@@ -120,6 +122,11 @@ class SipEndpoint:
         cfg.medConfig.audioFramePtime = FRAME_MS
         cfg.medConfig.ptime = FRAME_MS
         cfg.medConfig.ecTailLen = 0
+        # Resampler of the conference bridge (G.711 8 kHz <-> 16 kHz bridge): quality >= 5 keeps
+        # pjmedia's large filter. The small one (3-4) saved ~14 % of a busy worker's CPU
+        # (FilterUD/FilterUp in perf) but cost 0.4 PESQ on speech phone -> room -> phone
+        # (3.17 vs 3.56, bench/bench_media.py --pesq): quality wins.
+        cfg.medConfig.quality = RESAMPLE_QUALITY
         cfg.medConfig.noVad = True
         # Phone-leg jitter buffer: start at 1 frame and let pjmedia's adaptive prefetch grow to
         # 8 (160 ms) on a jittery trunk; the defaults held more on clean links (~10 ms p50).

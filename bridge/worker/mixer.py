@@ -49,8 +49,10 @@ class Mixer:
     """Per-call mixer of room tracks; ``decoder_factory`` makes one decoder per track."""
 
     decoder_factory: Callable[[], Decoder]
-    target_frames: int = 3
+    target_frames: int = 1
     max_frames: int = 10
+    #: Samples per 20 ms frame at the rate the decoders produce (16 kHz bridge: 320).
+    samples: int = FRAME_SAMPLES
     inputs: dict[str, _Input] = field(default_factory=dict)
     frames_out: int = 0
 
@@ -84,4 +86,8 @@ class Mixer:
                 if inp.idle > IDLE_TICKS:
                     del self.inputs[sid]
         self.frames_out += 1
-        return mix(frames).tobytes()
+        if not frames:
+            return bytes(2 * self.samples)
+        if len(frames) == 1 and len(frames[0]) == self.samples:
+            return frames[0].tobytes()
+        return mix(frames, self.samples).tobytes()

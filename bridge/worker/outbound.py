@@ -38,11 +38,17 @@ import pjsua2 as pj
 from livekit.protocol import models, rtc
 
 import bridge.control as control
-from bridge.worker.endpoint import SipEndpoint, WorkerOptions, add_headers, stream_codec
+from bridge.worker.endpoint import (
+    BRIDGE_CLOCK_RATE,
+    SipEndpoint,
+    WorkerOptions,
+    add_headers,
+    stream_codec,
+)
 from bridge.worker.port import BridgePort
-from bridge.worker.room_leg import TX_TARGET, RoomLeg, RoomLegEvents
+from bridge.worker.room_leg import RoomLeg, RoomLegEvents
 from bridge.worker.sipmsg import SipParseError, parse_headers
-from roomline.wire import FRAME_SAMPLES, SAMPLE_RATE
+from roomline.wire import FRAME_MS
 
 log = logging.getLogger("bridge.worker.outbound")
 
@@ -60,36 +66,42 @@ TONE_AMPLITUDE = 6000.0
 _REJECTED = frozenset({403, 486, 488, 600, 603, 607, 608})
 
 
-def tone_frame(n: int) -> bytes:
-    """Frame ``n`` (20 ms, 48 kHz s16le) of the ringing tone cadence."""
-    start = n * FRAME_SAMPLES
-    t0 = start / SAMPLE_RATE
+def tone_frame(n: int, rate: int = BRIDGE_CLOCK_RATE) -> bytes:
+    """Frame ``n`` (20 ms, s16le at ``rate``: the bridge port's) of the ringing tone cadence."""
+    samples_per_frame = rate * FRAME_MS // 1000
+    start = n * samples_per_frame
+    t0 = start / rate
     if t0 % TONE_PERIOD_S >= TONE_ON_S:
-        return bytes(FRAME_SAMPLES * 2)
-    w = 2 * math.pi * TONE_HZ / SAMPLE_RATE
-    samples = (int(TONE_AMPLITUDE * math.sin(w * (start + i))) for i in range(FRAME_SAMPLES))
+        return bytes(samples_per_frame * 2)
+    w = 2 * math.pi * TONE_HZ / rate
+    samples = (int(TONE_AMPLITUDE * math.sin(w * (start + i))) for i in range(samples_per_frame))
     return b"".join(s.to_bytes(2, "little", signed=True) for s in samples)
 
 
 class _ToneCache:
-    """Precomputed tone frames (one 5 s period)."""
+    """Precomputed tone frames (one 5 s period) per sample rate."""
 
-    frames: list[bytes] = []
+    frames: dict[int, list[bytes]] = {}
 
     @classmethod
-    def get(cls, n: int) -> bytes:
-        if not cls.frames:
-            period = int(TONE_PERIOD_S * SAMPLE_RATE / FRAME_SAMPLES)
-            cls.frames = [tone_frame(i) for i in range(period)]
-        return cls.frames[n % len(cls.frames)]
+    def get(cls, n: int, rate: int = BRIDGE_CLOCK_RATE) -> bytes:
+        frames = cls.frames.get(rate)
+        if frames is None:
+            period = int(TONE_PERIOD_S * 1000 / FRAME_MS)
+            frames = cls.frames[rate] = [tone_frame(i, rate) for i in range(period)]
+        return frames[n % len(frames)]
 
 
 @dataclass
 class _FakePort:
-    """Stands in for a :class:`BridgePort` while there is no SIP media yet (dial tone only)."""
+    """Stands in for a :class:`BridgePort` while there is no SIP media yet (dial tone only):
+    :meth:`RoomLeg.pump` encodes its ``rx`` into the room and hands it a ``produce`` nobody
+    calls (there is no phone to hear the room yet)."""
 
+    rate: int = BRIDGE_CLOCK_RATE
     rx: deque[bytes] = field(default_factory=deque)
     tx: deque[bytes] = field(default_factory=deque)
+    produce: Callable[[], bytes] | None = None
 
 
 def disconnect_reason(status: int) -> int:
@@ -151,8 +163,18 @@ class OutboundLeg(RoomLeg):
     """The callee's room leg: remembers its participant sid, leaves with a reason."""
 
     def __init__(self, events: RoomLegEvents, identity: str, request_id: int) -> None:
-        super().__init__(events, identity=identity, request_id=request_id)
+        super().__init__(events, identity=identity, request_id=request_id, rate=BRIDGE_CLOCK_RATE)
         self.participant_sid = ""
+        #: While set (a transfer with ``play_dialtone``), the phone hears these frames instead
+        #: of the room; called on the bridge clock thread like :meth:`produce`.
+        self.tone: Callable[[], bytes] | None = None
+
+    def produce(self) -> bytes:
+        """The phone's frame of this tick (bridge clock thread): the room mix, or the transfer
+        tone while one plays (the room's audio is then still drained, muted, not queued up)."""
+        tone = self.tone
+        frame = super().produce()
+        return frame if tone is None else tone()
 
     def _on_signal(self, ch: Any, msg: rtc.SignalResponse) -> None:
         if msg.WhichOneof("message") == "join":
@@ -518,7 +540,7 @@ class OutboundCall:
             if mi.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 am = call.getAudioMedia(mi.index)
                 if self.port is None:
-                    self.port = BridgePort(f"out{ci.id}")
+                    self.port = self.dialer.open_port(f"out{ci.id}")
                 am.startTransmit(self.port)
                 self.port.startTransmit(am)
                 self.media_index = mi.index
@@ -572,22 +594,34 @@ class OutboundCall:
         if not self.in_room:
             return
         if self.port is not None and self.state != "ended":
+            # Room -> phone is produced on demand on the clock thread (OutboundLeg.produce); the
+            # transfer tone replaces the room's mix there while it plays.
             if self.transfer_tone:
-                while len(self.port.tx) < TX_TARGET:
-                    self.port.tx.append(_ToneCache.get(self.tone_n))
-                    self.tone_n += 1
-                    self.leg.mixer.next_frame()  # room audio muted, not queued up
+                if self.leg.tone is None:
+                    self.tone_n = 0
+                    self.leg.tone = self._transfer_tone_frame
+            else:
+                self.leg.tone = None
             self.leg.pump(self.port)
             return
         if self.dial.play_dialtone and self.state in ("dialing", "ringing"):
             # No SIP media yet: the room hears the ringing tone (real time, one frame per 20 ms).
+            tp = self.tone_port
             elapsed = time.monotonic() - self.created
-            due = int(elapsed * SAMPLE_RATE / FRAME_SAMPLES) + 1
+            due = int(elapsed * 1000 / FRAME_MS) + 1
             while self.tone_n < due:
-                self.tone_port.rx.append(_ToneCache.get(self.tone_n))
+                tp.rx.append(_ToneCache.get(self.tone_n, tp.rate))
                 self.tone_n += 1
-            self.leg.pump(cast(BridgePort, self.tone_port))
-            self.tone_port.tx.clear()
+            self.leg.pump(cast(BridgePort, tp))
+            tp.produce = None
+
+    def _transfer_tone_frame(self) -> bytes:
+        """The ringing tone for the phone during a transfer (bridge clock thread)."""
+        port = self.port
+        rate = port.rate if port is not None else BRIDGE_CLOCK_RATE
+        n = self.tone_n
+        self.tone_n = n + 1
+        return _ToneCache.get(n, rate)
 
     def tick(self, now: float) -> None:
         if self.state == "ended":
@@ -627,6 +661,25 @@ class OutboundDialer:
         #: SIP Call-ID → the answered inbound call's pj.Call (or None); set by the worker.
         self.find_inbound = find_inbound
         self.inbound_transfers: dict[str, InboundTransfer] = {}
+        #: The worker's hooks for the ports it serves each clock tick: ``on_rx`` (the clock
+        #: thread's wake-up, see ``Worker._clock_wake``) and ``ports_changed(+1/-1)``.
+        self.on_rx: Callable[[], None] | None = None
+        self.ports_changed: Callable[[int], None] | None = None
+
+    def open_port(self, name: str) -> BridgePort:
+        """A call's bridge port at the bridge's clock rate, registered with the worker's clock."""
+        port = BridgePort(name, BRIDGE_CLOCK_RATE, self.on_rx)
+        if self.ports_changed is not None:
+            self.ports_changed(1)
+        return port
+
+    def close_port(self, port: BridgePort) -> None:
+        """End ``port`` (issue 13: destroy the pjmedia side while we still hold it)."""
+        if port.closed:
+            return
+        port.close()
+        if self.ports_changed is not None:
+            self.ports_changed(-1)
 
     def handle(self, msg: control.Message) -> bool:
         """Carry out a Dial or Transfer; False for messages that are not ours."""
@@ -703,10 +756,11 @@ class OutboundDialer:
     def release(self, call: OutboundCall) -> None:
         """The SIP call ended: drop it and hand its pj objects to the endpoint's graveyard."""
         self.forget(call)
+        call.leg.tone = None
         if call.port is not None:
             # As the worker does for inbound calls (bridge/worker/port.py): destroy the pjmedia
             # side while we still hold the port.
-            call.port.close()
+            self.close_port(call.port)
         self.endpoint.bury([call.port])
         call.port = None
         acc, call.account = call.account, None
@@ -742,7 +796,7 @@ class OutboundDialer:
         """Worker shutdown: forget every call (pjsua already hung them up)."""
         for call in self.calls.values():
             if call.port is not None:
-                call.port.close()
+                self.close_port(call.port)
             call.leg.close()
             call.port = None
             call.account = None

@@ -1,10 +1,12 @@
-"""The pjsua2 AudioMediaPort that taps a call's audio at 48 kHz, mono, 16-bit, 20 ms frames.
+"""The pjsua2 AudioMediaPort that taps a call's audio: mono, 16-bit, 20 ms frames.
 
-Both callbacks run on the pjmedia conference-bridge clock thread with the GIL taken by SWIG, 100
-times a second per call, so they do as little as possible: a deque append/pop and one memmove.
-The asyncio side drains ``rx`` and keeps ``tx`` topped up; both deques are bounded (``tx`` bounds
-the room → phone latency). ``active`` is cleared on DISCONNECTED *before* the port is released:
-the bridge may still call in while the port is being removed.
+The worker creates it at the conference bridge's clock rate (16 kHz), so pjmedia never resamples
+between the bridge and the port. Both callbacks run on the pjmedia conference-bridge clock thread
+with the GIL taken by SWIG, 100 times a second per call, so they do as little as possible: a deque
+append/pop, one memmove and (rx) a wake-up of the asyncio loop. The asyncio side drains ``rx`` and
+keeps ``tx`` at its target depth; both deques are bounded (``tx`` bounds the room → phone latency).
+``active`` is cleared on DISCONNECTED *before* the port is released, and :meth:`BridgePort.close`
+unregisters it from the bridge while the worker still holds it.
 
 Lifetime: end a port with :meth:`BridgePort.close`, never by dropping the last Python
 reference. pjmedia keeps calling a port that is still in the conference bridge (``put_frame`` with
@@ -22,17 +24,21 @@ from __future__ import annotations
 
 import collections
 import ctypes
+from collections.abc import Callable
 from typing import Any
 
 import pjsua2 as pj
 
-from roomline.wire import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
+from roomline.wire import FRAME_MS, SAMPLE_RATE
 
-#: rx holds up to 2 s (the asyncio side drains every 10 ms; a stall beyond that drops old audio).
+#: rx holds up to 2 s (the asyncio side drains every tick; a stall beyond that drops old audio).
 RX_FRAMES = 100
-#: tx holds up to 4 frames = 80 ms: 2–4 frames ride out a late poll of the asyncio thread, a
-#: longer queue would only add room → phone latency.
+#: tx holds at most 4 frames = 80 ms (the pump keeps it at ``tx_target``, normally one frame).
 TX_FRAMES = 4
+#: Highest ``tx_target`` an underrun can raise it to (frames).
+TX_MAX_TARGET = 3
+#: Ticks without an underrun after which ``tx_target`` steps back down by one (10 s).
+TX_RELAX_TICKS = 500
 
 _P = ctypes.c_void_p
 
@@ -61,35 +67,46 @@ def bytes_into_bv(bv: Any, data: bytes) -> None:
 
 
 class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
-    """48 kHz mono s16 tap: ``rx`` gets phone audio, ``tx`` feeds audio to the phone."""
+    """Mono s16 tap at the bridge's clock rate: ``rx`` gets phone audio, ``tx`` feeds the phone.
 
-    def __init__(self, name: str) -> None:
+    ``on_rx`` (optional) is called on the clock thread after each received frame: the worker uses
+    it to wake its asyncio loop once per conference tick (see ``Worker._clock_wake``), so the
+    media pump encodes the phone's audio right after the bridge delivered it.
+
+    Towards the phone, while the call is in its room, ``produce`` is set: the bridge's request
+    for a frame mixes it on the spot (room jitter buffers → decoders → mix, under the room leg's
+    lock), so nothing is queued and a late asyncio loop or a burst of catch-up ticks of the
+    clock cannot underrun. Otherwise (PIN prompt) the pump keeps ``tx`` at ``tx_target``: 1 frame,
+    raised by one (up to :data:`TX_MAX_TARGET`) after an underrun, lowered again after
+    :data:`TX_RELAX_TICKS` ticks without one.
+    """
+
+    def __init__(
+        self, name: str, rate: int = SAMPLE_RATE, on_rx: Callable[[], None] | None = None
+    ) -> None:
         super().__init__()
+        self.rate = rate
+        self.frame_bytes = rate * FRAME_MS // 1000 * 2
         self.rx: collections.deque[bytes] = collections.deque(maxlen=RX_FRAMES)
         self.tx: collections.deque[bytes] = collections.deque(maxlen=TX_FRAMES)
-        self.silence = bytes(FRAME_BYTES)
+        self.silence = bytes(self.frame_bytes)
+        self.on_rx = on_rx
+        #: Called on the clock thread for this tick's frame when ``tx`` is empty (thread-safe
+        #: producer: the room leg's locked mixer); None = play ``tx`` / silence.
+        self.produce: Callable[[], bytes] | None = None
+        self.produced = 0
         self.rx_frames = 0
         self.tx_frames = 0
         self.underruns = 0
+        #: Whether the pump ever queued audio (underruns before that are not counted).
+        self.started = False
+        self.tx_target = 1
+        self._clean_ticks = 0
         self.active = True
         self.closed = False
         fmt = pj.MediaFormatAudio()
-        fmt.init(pj.PJMEDIA_FORMAT_PCM, SAMPLE_RATE, 1, FRAME_MS * 1000, 16)
+        fmt.init(pj.PJMEDIA_FORMAT_PCM, rate, 1, FRAME_MS * 1000, 16)
         self.createPort(name, fmt)
-
-    def close(self) -> None:
-        """Silence the port and destroy its pjmedia side now (from a pj-registered thread).
-
-        Blocks until a callback in progress has returned (the destructor takes the port's group
-        lock). Idempotent; the port must not be used afterwards.
-        """
-        self.active = False
-        if self.closed:
-            return
-        self.closed = True
-        # SWIG's delete wrapper disowns ``this`` (the later Python deallocation does not touch C++)
-        # and runs ~AudioMediaPort: remove from the bridge, then no more callbacks.
-        pj.AudioMediaPort.__swig_destroy__(self)
 
     def onFrameReceived(self, frame: Any) -> None:  # noqa: N802 (pjsua2 name)
         if not getattr(self, "active", False):
@@ -97,6 +114,9 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
             self.rx.append(bv_to_bytes(frame.buf))
             self.rx_frames += 1
+        on_rx = self.on_rx  # close() may clear it from the asyncio thread
+        if on_rx is not None:
+            on_rx()
 
     def onFrameRequested(self, frame: Any) -> None:  # noqa: N802 (pjsua2 name)
         if not getattr(self, "active", False):
@@ -104,8 +124,53 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         try:
             data = self.tx.popleft()
         except IndexError:
+            produce = self.produce
+            if produce is not None:
+                # Mix this tick's frame now, on the clock thread: no queue, no underrun.
+                try:
+                    data = produce()
+                except Exception:  # never let an exception unwind into pjmedia
+                    data = self.silence
+                self.produced += 1
+                self.tx_frames += 1
+                frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+                bytes_into_bv(frame.buf, data)
+                return
             data = self.silence
-            self.underruns += 1
+            if self.started:
+                self.underruns += 1
+                self._clean_ticks = 0
+                if self.tx_target < TX_MAX_TARGET:
+                    self.tx_target += 1
+        else:
+            self._clean_ticks += 1
+            if self._clean_ticks >= TX_RELAX_TICKS and self.tx_target > 1:
+                self.tx_target -= 1
+                self._clean_ticks = 0
         self.tx_frames += 1
         frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
         bytes_into_bv(frame.buf, data)
+
+    def fill(self, produce: Callable[[], bytes]) -> None:
+        """Top ``tx`` up to ``tx_target`` frames from ``produce`` (asyncio thread)."""
+        tx = self.tx
+        while len(tx) < self.tx_target:
+            tx.append(produce())
+        self.started = True
+
+    def close(self) -> None:
+        """Silence the port and destroy its pjmedia side now (from a pj-registered thread).
+
+        Blocks until a callback in progress has returned (the destructor takes the port's group
+        lock). Idempotent; the port must not be used afterwards. Also drops ``on_rx`` and
+        ``produce`` (the worker's wake-up and the room leg's mixer).
+        """
+        self.active = False
+        self.on_rx = None
+        self.produce = None
+        if self.closed:
+            return
+        self.closed = True
+        # SWIG's delete wrapper disowns ``this`` (the later Python deallocation does not touch C++)
+        # and runs ~AudioMediaPort: remove from the bridge, then no more callbacks.
+        pj.AudioMediaPort.__swig_destroy__(self)

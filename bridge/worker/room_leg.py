@@ -6,35 +6,35 @@ and relays DTMF both ways as LiveKit ``SipDTMF`` data packets. It knows nothing 
 worker feeds it the phone's PCM (:meth:`RoomLeg.pump`) and hears about the room through
 :class:`RoomLegEvents`.
 
-Every method runs on the worker's asyncio thread.
+Every method runs on the worker's asyncio thread except :meth:`RoomLeg.produce`, which the bridge
+clock thread calls (through the port) for the phone's frame of each tick; the mixer is shared
+between the two under ``_mix_lock``.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 from livekit.protocol import models, rtc
 
 from bridge.worker.dtmf import DtmfError, code_to_digit, digit_to_code
 from bridge.worker.mixer import Mixer
 from bridge.worker.port import BridgePort
-from roomline.wire import OPUS_PT
+from roomline.wire import FRAME_MS, OPUS_PT
+from roomline.wire import SAMPLE_RATE as RATE
 from sfu.local.client import ChannelClient
-from sfu.local.codec import OpusDecoder, OpusEncoder, RtpPacketizer
+from sfu.local.codec import OpusDecoder, OpusEncoder, RtpPacketizer, audio_level
 from sfu.media.rtp import RtpError, parse_rtp
 
 log = logging.getLogger("bridge.worker.room_leg")
 
-#: Frames kept queued towards the bridge (3 × 20 ms): rides out a poll delayed by a busy host.
-#: 2 frames saved ~20 ms one-way (bench/bench_sip.py) but, in a full test-suite run on the loaded
-#: 2-core machine, the phone's audio after a hold/resume fell to 13.5 dB SNR (>30 dB otherwise):
-#: robustness wins over those 20 ms.
-TX_TARGET = 3
-#: Room-side jitter buffer start level (frames). 2 saved another ~20 ms but under a loaded host
-#: (SFU and SDK publisher stalls of 80+ ms) it re-buffered audibly in the full-stack tests.
-ROOM_JITTER_TARGET = 3
+#: Room-side jitter buffer floor (frames): the buffer adapts upwards on stalls and settles back
+#: here on a clean link (sfu/local/jitter.py).
+ROOM_JITTER_TARGET = 1
 #: Client id of the phone's track in the AddTrackRequest.
 TRACK_CID = "sip-audio"
 #: Attribute that tells the room where the call is (LiveKit's ``sip.callStatus``).
@@ -60,13 +60,21 @@ class RoomLegEvents:
 class RoomLeg:
     """The caller's participant in its room; see the module docstring."""
 
-    def __init__(self, events: RoomLegEvents, identity: str = "", request_id: int = 0) -> None:
+    def __init__(
+        self, events: RoomLegEvents, identity: str = "", request_id: int = 0, rate: int = RATE
+    ) -> None:
         self.events = events
+        #: PCM rate of the bridge port this leg pumps (the conference bridge's clock rate).
+        self.rate = rate
         #: The caller's participant identity (the decision's, then the JoinResponse's).
         self.identity = identity
         self.request_id = request_id
         self.channel: ChannelClient | None = None
-        self.mixer = Mixer(OpusDecoder, ROOM_JITTER_TARGET)
+        #: The mixer is shared with the bridge clock thread (:meth:`produce`): every use holds it.
+        self._mix_lock = threading.Lock()
+        self.mixer = Mixer(
+            lambda: OpusDecoder(rate), ROOM_JITTER_TARGET, samples=rate * FRAME_MS // 1000
+        )
         self.encoder: OpusEncoder | None = None
         self.packetizer = RtpPacketizer()
         #: Sid of the phone's published track, once the room confirmed it.
@@ -121,18 +129,31 @@ class RoomLeg:
 
     # --- media ------------------------------------------------------------------------------
     def pump(self, port: BridgePort) -> None:
-        """Phone → room: encode what the bridge delivered. Room → phone: keep ``tx`` topped up."""
+        """Phone → room: encode what the bridge delivered. Room → phone: hand the port
+        :meth:`produce`, which mixes each tick's frame when the bridge asks (no ``tx`` queue).
+
+        Each packet to the room carries the frame's RFC 6464 level, so the room's speaker
+        detection hears the caller.
+        """
         ch, sid = self.channel, self.track_sid
-        while port.rx:
-            pcm = port.rx.popleft()
+        rx = port.rx
+        while rx:
+            pcm = rx.popleft()
             if ch is None or not sid:
                 continue
-            if self.encoder is None:
-                self.encoder = OpusEncoder()
-            for payload in self.encoder.encode(pcm):
-                ch.send_rtp(sid, self.packetizer.packet(payload))
-        while len(port.tx) < TX_TARGET:
-            port.tx.append(self.mixer.next_frame())
+            enc = self.encoder
+            if enc is None or enc.rate != port.rate:
+                enc = self.encoder = OpusEncoder(rate=port.rate)
+            level = audio_level(np.frombuffer(pcm, np.int16))
+            for payload in enc.encode(pcm):
+                ch.send_rtp(sid, self.packetizer.packet(payload, audio_level=level))
+        port.tx.clear()
+        port.produce = self.produce
+
+    def produce(self) -> bytes:
+        """This tick's frame for the phone; runs on the bridge clock thread (see BridgePort)."""
+        with self._mix_lock:
+            return self.mixer.next_frame()
 
     def send_dtmf(self, digit: str) -> None:
         """A key the phone pressed, for the room (LiveKit spells A–D in lowercase)."""
@@ -151,7 +172,8 @@ class RoomLeg:
 
     def input_stats(self) -> dict[str, dict[str, int]]:
         """Jitter-buffer counters per mixed room track (for the end-of-call log line)."""
-        return {sid: vars(i.jitter.stats) for sid, i in self.mixer.inputs.items()}
+        with self._mix_lock:
+            return {sid: dict(vars(i.jitter.stats)) for sid, i in self.mixer.inputs.items()}
 
     # --- room → call ------------------------------------------------------------------------
     def _on_signal(self, ch: ChannelClient, msg: rtc.SignalResponse) -> None:
@@ -187,7 +209,8 @@ class RoomLeg:
             gone = p.state == models.ParticipantInfo.State.DISCONNECTED
             now = set() if gone else {t.sid for t in p.tracks}
             for sid in self._tracks.get(p.sid, set()) - now:
-                self.mixer.remove(sid)
+                with self._mix_lock:
+                    self.mixer.remove(sid)
             if now:
                 self._tracks[p.sid] = now
             else:
@@ -208,7 +231,8 @@ class RoomLeg:
             return
         if pkt.payload_type != OPUS_PT or pkt.payload_end <= pkt.payload_offset:
             return
-        self.mixer.push(sid, pkt.sequence_number, pkt.payload(data))
+        with self._mix_lock:
+            self.mixer.push(sid, pkt.sequence_number, pkt.payload(data))
         if not self.room_audio_seen:
             self.room_audio_seen = True
             self.events.audio()

@@ -8,14 +8,17 @@ become :class:`~bridge.worker.call.CallMachine` events, and the machine's action
 on the SIP call (:mod:`bridge.worker.endpoint`), the room leg (:mod:`bridge.worker.room_leg`) and
 the control channel (:mod:`bridge.worker.control_client`).
 
-Threads: every SIP callback and every pjsua2 API call happens in the asyncio thread, which polls
-pjsua every :data:`POLL_S`. Only the AudioMediaPort callbacks run on the conference-bridge clock
-thread (null sound device), and they only touch deques (bridge/worker/port.py).
+Threads: every SIP callback and every pjsua2 API call happens in the asyncio thread. Only the
+AudioMediaPort callbacks run on the conference-bridge clock thread (null sound device); they touch
+deques and, once per conference tick, wake the asyncio loop (:meth:`Worker._clock_wake`), which
+then polls pjsua and pumps every call's media in one batch (:meth:`Worker._service`). Without
+calls a :data:`POLL_S` timer polls pjsua instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -43,11 +46,17 @@ from bridge.worker.call import (
     Status,
 )
 from bridge.worker.control_client import ControlClient
-from bridge.worker.endpoint import SipEndpoint, WorkerOptions, add_headers, stream_codec
+from bridge.worker.endpoint import (
+    BRIDGE_CLOCK_RATE,
+    SipEndpoint,
+    WorkerOptions,
+    add_headers,
+    stream_codec,
+)
 from bridge.worker.outbound import OutboundDialer
 from bridge.worker.port import BridgePort
 from bridge.worker.prompt import pin_prompt
-from bridge.worker.room_leg import TX_TARGET, RoomLeg, RoomLegEvents
+from bridge.worker.room_leg import RoomLeg, RoomLegEvents
 from bridge.worker.sdes import parse_offer
 from bridge.worker.sipmsg import (
     SipParseError,
@@ -57,19 +66,21 @@ from bridge.worker.sipmsg import (
     via_transport,
 )
 from bridge.worker.source import true_source
-from roomline.wire import FRAME_BYTES
 
 log = logging.getLogger("bridge.worker.worker")
 
-#: Poll period of libHandleEvents and the media pump. 10 ms keeps tx topped up well inside the
-#: bridge's 20 ms tick and adds ≤10 ms to SIP/RTP handling.
-POLL_S = 0.010
+#: Poll period of libHandleEvents when no conference tick woke the loop for that long (no call
+#: has a bridge port yet). With calls up the clock wakes the loop every 20 ms instead.
+POLL_S = 0.020
 #: Period of the housekeeping tick (call timers, RTP counters, releasing finished pj objects).
 TICK_S = 0.25
 #: How often Python hands the GIL over: short, so the bridge clock thread is never held up by
 #: a long-running Python thread for more than a fraction of a 20 ms frame.
 SWITCH_INTERVAL_S = 0.0005
-_SILENCE = bytes(FRAME_BYTES)
+
+
+def _prompt_frame(prompt: deque[bytes], silence: bytes) -> bytes:
+    return prompt.popleft() if prompt else silence
 
 
 @dataclass
@@ -90,7 +101,7 @@ class CallRecord:
     media_index: int = -1
     codec: str = ""
     call_key: int = 0
-    #: Prompt frames (48 kHz PCM) still to play to the phone during PIN entry.
+    #: Prompt frames (PCM at the bridge clock rate) still to play to the phone during PIN entry.
     prompt: deque[bytes] = field(default_factory=deque)
 
 
@@ -138,6 +149,18 @@ class Worker:
         self._stop = asyncio.Event()
         #: Outbound calls and transfers (bridge/worker/outbound.py).
         self.outbound = OutboundDialer(self.endpoint, self.control, opts, self._active_call)
+        self.outbound.on_rx = self._clock_wake
+        self.outbound.ports_changed = self._ports_changed
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: A wake-up from the clock thread is queued and not yet run (read/written under the GIL).
+        self._wake_pending = False
+        #: Ports registered with the bridge, and how many received their frame this tick.
+        self._ports_open = 0
+        self._rx_this_tick = 0
+        self._last_service = 0.0
+        self._last_tick = 0.0
+        #: Clock-driven service runs (for tests and the end-of-run log).
+        self.services = 0
 
     # --- control channel ----------------------------------------------------------------------
     def _on_control(self, msg: control.Message) -> None:
@@ -196,7 +219,7 @@ class Worker:
             invite,
             call_key=id(call),
         )
-        rec.leg = RoomLeg(self._leg_events(rec), request_id=invite.id)
+        rec.leg = RoomLeg(self._leg_events(rec), request_id=invite.id, rate=BRIDGE_CLOCK_RATE)
         self.calls[prm.callId] = rec
         asyncio.get_running_loop().create_task(self._decide(rec))
 
@@ -270,7 +293,8 @@ class Worker:
             if mi.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 am = call.getAudioMedia(mi.index)
                 if rec.port is None:
-                    rec.port = BridgePort(f"br{ci.id}")
+                    rec.port = BridgePort(f"br{ci.id}", BRIDGE_CLOCK_RATE, self._clock_wake)
+                    self._ports_open += 1
                 # (Re)connect both ways: after a re-INVITE (hold/resume, session refresh) the
                 # stream may be recreated; startTransmit is idempotent for an existing link.
                 am.startTransmit(rec.port)
@@ -322,7 +346,7 @@ class Worker:
         elif isinstance(act, LeaveRoom):
             rec.leg.leave()
         elif isinstance(act, PlayPrompt):
-            rec.prompt.extend(pin_prompt())
+            rec.prompt.extend(pin_prompt(BRIDGE_CLOCK_RATE))
         elif isinstance(act, SendPin):
             rec.prompt.clear()
             asyncio.get_running_loop().create_task(self._check_pin(rec, act.digits))
@@ -363,11 +387,11 @@ class Worker:
                 continue
             # Early media (pjsua puts the SDP answer in the 180): drop what the phone sends
             # while ringing instead of bursting up to 2 s of stale audio into the room later.
+            port.produce = None
             port.rx.clear()
             if rec.machine.phase in (Phase.PIN, Phase.PIN_CHECK):
                 # Answered for PIN entry: the prompt, then silence (no underrun clicks).
-                while len(port.tx) < TX_TARGET:
-                    port.tx.append(rec.prompt.popleft() if rec.prompt else _SILENCE)
+                port.fill(functools.partial(_prompt_frame, rec.prompt, port.silence))
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -390,12 +414,14 @@ class Worker:
             # Destroy the pjmedia side while we still hold the port (see bridge/worker/port.py:
             # letting the last reference drop freed it twice when a bridge callback raced in).
             rec.port.close()
+            self._ports_open -= 1
             log.info(
-                "call %s ended: port rx=%d tx=%d underruns=%d; room inputs %s",
+                "call %s ended: port rx=%d tx=%d underruns=%d produced=%d; room inputs %s",
                 rec.invite.call_id,
                 rec.port.rx_frames,
                 rec.port.tx_frames,
                 rec.port.underruns,
+                rec.port.produced,
                 rec.leg.input_stats(),
             )
         # pjsua may report DISCONNECTED synchronously inside our own hangup(), before the
@@ -404,16 +430,49 @@ class Worker:
         self.endpoint.bury([rec.port])
         self.endpoint.bury_call(rec.call_key)
 
+    def _ports_changed(self, delta: int) -> None:
+        """An outbound call's port was registered with the bridge (+1) or closed (-1)."""
+        self._ports_open += delta
+
+    def _clock_wake(self) -> None:
+        """Clock thread, after a port received its frame: run :meth:`_service` once this tick.
+
+        The wake-up is sent after the *last* port of the tick (the bridge delivers to every port
+        in one pass), so the loop does not compete for the GIL with the clock thread while it is
+        still serving the other ports. Should a port miss a tick, the :meth:`_poller` timer
+        services the loop within :data:`POLL_S` anyway.
+        """
+        self._rx_this_tick += 1
+        if self._rx_this_tick < self._ports_open or self._wake_pending:
+            return
+        self._rx_this_tick = 0
+        loop = self._loop
+        if loop is None:
+            return
+        self._wake_pending = True
+        try:
+            loop.call_soon_threadsafe(self._service)
+        except RuntimeError:  # loop closed during shutdown
+            self._wake_pending = False
+
+    def _service(self) -> None:
+        """Poll pjsua and pump every call's media (one batch per conference tick)."""
+        self._wake_pending = False
+        self._rx_this_tick = 0
+        self.services += 1
+        self.endpoint.handle_events()
+        self._pump_media()
+        self.outbound.pump()
+        now = time.monotonic()
+        self._last_service = now
+        if now - self._last_tick >= TICK_S:
+            self._last_tick = now
+            self._tick()
+
     async def _poller(self) -> None:
-        last_tick = 0.0
         while not self._stop.is_set():
-            self.endpoint.handle_events()
-            self._pump_media()
-            self.outbound.pump()
-            now = time.monotonic()
-            if now - last_tick >= TICK_S:
-                last_tick = now
-                self._tick()
+            if time.monotonic() - self._last_service >= POLL_S * 0.75:
+                self._service()
             await asyncio.sleep(POLL_S)
 
     async def _shutdown(self) -> None:
@@ -435,6 +494,7 @@ class Worker:
     async def run(self) -> None:
         """Start pjsua and the control channel, poll until stopped, then tear everything down."""
         loop = asyncio.get_running_loop()
+        self._loop = loop
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         self.endpoint.start(lambda: WorkerAccount(self))
         if self.opts.control_fd >= 0:

@@ -7,6 +7,7 @@ packets are parsed with :func:`sfu.media.rtp.parse_rtp`, the one RTP parser of t
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 from fractions import Fraction
@@ -14,7 +15,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from roomline.wire import FRAME_BYTES, FRAME_SAMPLES, OPUS_PT
+from roomline.wire import AUDIO_LEVEL_EXT_ID, FRAME_BYTES, FRAME_SAMPLES, OPUS_PT
 from roomline.wire import SAMPLE_RATE as RATE
 
 __all__ = [
@@ -26,24 +27,34 @@ __all__ = [
     "OpusDecoder",
     "OpusEncoder",
     "RtpPacketizer",
+    "audio_level",
 ]
 
 #: libopus complexity 5 encoded a 20 ms frame in about 190 µs against about 270 µs at 10 on the
 #: development machine, with no audible difference for telephone-band input.
 OPUS_COMPLEXITY = 5
+#: RFC 6464 V (voice activity) flag for levels at or above -50 dBov.
+VOICE_LEVEL = 50
 
 
 class OpusEncoder:
-    """48 kHz mono, 20 ms frames, ``application=voip``; one RTP payload per frame."""
+    """Mono, 20 ms frames, ``application=voip``; one RTP payload per frame.
 
-    def __init__(self, bitrate: int = 32000) -> None:
+    ``rate`` is the PCM input rate (48000, 24000, 16000, 12000 or 8000): libopus encodes what the
+    input carries (16 kHz = wideband) and costs less per frame at lower rates; the RTP clock of
+    the payloads stays 48 kHz whatever the input rate (RFC 7587).
+    """
+
+    def __init__(self, bitrate: int = 32000, rate: int = RATE) -> None:
         ctx = av.CodecContext.create("libopus", "w")
         assert isinstance(ctx, av.AudioCodecContext)
-        ctx.sample_rate = RATE
+        self.rate = rate
+        self.frame_samples = rate * FRAME_SAMPLES // RATE
+        ctx.sample_rate = rate
         ctx.layout = "mono"
         ctx.format = "s16"
         ctx.bit_rate = bitrate
-        ctx.time_base = Fraction(1, RATE)
+        ctx.time_base = Fraction(1, rate)
         ctx.options = {"application": "voip", "compression_level": str(OPUS_COMPLEXITY)}
         ctx.open()
         self._ctx = ctx
@@ -51,26 +62,63 @@ class OpusEncoder:
 
     def encode(self, pcm: bytes) -> list[bytes]:
         """Encode one 20 ms frame of s16 PCM; returns 0..n payloads (normally exactly one)."""
-        if len(pcm) != FRAME_BYTES:
-            raise ValueError(f"Opus frame must be {FRAME_BYTES} bytes, got {len(pcm)}")
+        n = self.frame_samples
+        if len(pcm) != 2 * n:
+            raise ValueError(f"Opus frame must be {2 * n} bytes, got {len(pcm)}")
         arr = np.frombuffer(pcm, dtype=np.int16).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(arr, format="s16", layout="mono")
-        frame.sample_rate = RATE
+        frame.sample_rate = self.rate
         frame.pts = self._pts
-        self._pts += FRAME_SAMPLES
+        self._pts += n
         return [bytes(p) for p in self._ctx.encode(frame)]
 
 
-class OpusDecoder:
-    """Decodes one track's Opus payloads to 48 kHz mono int16 frames; conceals losses.
+class Decimator:
+    """Integer-factor downsampler of int16 frames (windowed-sinc FIR, state kept across frames).
 
-    Concealment repeats the last frame at half level once, then plays silence: cheap, and enough
-    for the one or two frames the jitter buffer reports missing.
+    FFmpeg's libopus wrapper always decodes at 48 kHz, so a 16 kHz consumer decimates by 3 here:
+    one strided matrix-vector product per frame (~5 µs for 20 ms), not a general resampler.
     """
 
-    def __init__(self) -> None:
+    TAPS = 48
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+        n = np.arange(self.TAPS) - (self.TAPS - 1) / 2
+        cutoff = 0.45 / factor  # of the input rate: passband to 0.9 × the output Nyquist
+        h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(self.TAPS, 8.0)
+        self._h = (h / h.sum()).astype(np.float32)[::-1].copy()
+        self._state = np.zeros(self.TAPS - 1, np.float32)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        buf = np.concatenate((self._state, x.astype(np.float32)))
+        self._state = buf[len(buf) - (self.TAPS - 1) :]
+        out_n = len(x) // self.factor
+        st = buf.strides[0]
+        m = np.lib.stride_tricks.as_strided(
+            buf, shape=(out_n, self.TAPS), strides=(st * self.factor, st), writeable=False
+        )
+        y = m @ self._h
+        return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
+
+
+class OpusDecoder:
+    """Decodes one track's Opus payloads to mono int16 frames at ``rate``; conceals losses.
+
+    FFmpeg's libopus decoder always produces 48 kHz; for a lower ``rate`` (the 16 kHz conference
+    bridge) the output is decimated by :class:`Decimator`. Concealment repeats the last frame at
+    half level once, then plays silence: cheap, and enough for the one or two frames the jitter
+    buffer reports missing.
+    """
+
+    def __init__(self, rate: int = RATE) -> None:
+        if RATE % rate:
+            raise ValueError(f"decoder rate must divide {RATE}")
         ctx = av.CodecContext.create("libopus", "r")
         assert isinstance(ctx, av.AudioCodecContext)
+        self.rate = rate
+        self.frame_samples = rate * FRAME_SAMPLES // RATE
+        self._decimate = Decimator(RATE // rate) if rate != RATE else None
         ctx.sample_rate = RATE
         ctx.layout = "mono"
         ctx.open()
@@ -79,20 +127,26 @@ class OpusDecoder:
         self.errors = 0
 
     def decode(self, payload: bytes | None) -> np.ndarray:
+        n = self.frame_samples
         if payload is None:
             last, self._last = self._last, None
             if last is None:
-                return np.zeros(FRAME_SAMPLES, dtype=np.int16)
+                return np.zeros(n, dtype=np.int16)
             return (last // 2).astype(np.int16)
         try:
             frames = self._ctx.decode(av.Packet(payload))
         except av.FFmpegError:
             self.errors += 1
-            return np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        chunks = [_to_mono_s16(f) for f in frames]
-        out = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
-        if len(out) != FRAME_SAMPLES:  # other ptimes: fit to our 20 ms grid
-            out = np.resize(out, FRAME_SAMPLES) if len(out) else np.zeros(FRAME_SAMPLES, np.int16)
+            return np.zeros(n, dtype=np.int16)
+        if len(frames) == 1:
+            out = _to_mono_s16(frames[0])
+        else:
+            chunks = [_to_mono_s16(f) for f in frames]
+            out = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
+        if self._decimate is not None and len(out):
+            out = self._decimate(out)
+        if len(out) != n:  # other ptimes: fit to our 20 ms grid
+            out = np.resize(out, n) if len(out) else np.zeros(n, np.int16)
         self._last = out
         return out
 
@@ -109,8 +163,24 @@ def _to_mono_s16(frame: av.AudioFrame) -> np.ndarray:
     return arr.reshape(-1, channels)[:, 0] if channels > 1 else arr.reshape(-1)
 
 
+def audio_level(pcm: np.ndarray) -> int:
+    """RFC 6464 level of an int16 frame: -dBov of its RMS, 0 (loudest) .. 127 (silence)."""
+    if not len(pcm):
+        return 127
+    x = pcm.astype(np.float32)
+    ms = float(np.dot(x, x)) / (len(x) * 32768.0 * 32768.0)
+    if ms <= 1e-13:
+        return 127
+    return min(127, max(0, int(round(-10.0 * math.log10(ms)))))
+
+
 class RtpPacketizer:
-    """Builds the room leg's RTP headers: PT 111, 48 kHz clock, +960 per 20 ms frame."""
+    """Builds the room leg's RTP headers: PT 111, 48 kHz clock, +960 per 20 ms frame.
+
+    With ``audio_level`` given, :meth:`packet` adds the RFC 6464 ``ssrc-audio-level`` element as a
+    one-byte RFC 8285 header extension with ID :data:`~roomline.wire.AUDIO_LEVEL_EXT_ID` (the ID
+    the local channel's SFU side reads, so the room's speaker detection hears the publisher).
+    """
 
     def __init__(self, ssrc: int | None = None, payload_type: int = OPUS_PT) -> None:
         self.ssrc = ssrc if ssrc is not None else random.getrandbits(32)
@@ -119,10 +189,27 @@ class RtpPacketizer:
         self.ts = random.getrandbits(32)
         self._first = True
 
-    def packet(self, payload: bytes, samples: int = FRAME_SAMPLES) -> bytes:
-        hdr = struct.pack(
-            "!BBHII", 0x80, (0x80 if self._first else 0) | self.pt, self.seq, self.ts, self.ssrc
-        )
+    def packet(
+        self, payload: bytes, samples: int = FRAME_SAMPLES, audio_level: int | None = None
+    ) -> bytes:
+        m_pt = (0x80 if self._first else 0) | self.pt
+        if audio_level is None:
+            hdr = struct.pack("!BBHII", 0x80, m_pt, self.seq, self.ts, self.ssrc)
+        else:
+            voice = 0x80 if audio_level <= VOICE_LEVEL else 0
+            hdr = struct.pack(
+                "!BBHIIHHBBH",
+                0x90,
+                m_pt,
+                self.seq,
+                self.ts,
+                self.ssrc,
+                0xBEDE,
+                1,
+                AUDIO_LEVEL_EXT_ID << 4,
+                voice | (audio_level & 0x7F),
+                0,
+            )
         self._first = False
         self.seq = (self.seq + 1) & 0xFFFF
         self.ts = (self.ts + samples) & 0xFFFFFFFF

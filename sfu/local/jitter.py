@@ -1,16 +1,25 @@
-"""Bounded playout buffer for audio received over the local channel (sans-I/O).
+"""Adaptive, bounded playout buffer for audio received over the local channel (sans-I/O).
 
 Packets from the room arrive with network and scheduling jitter. This buffer reorders by RTP
-sequence number, drops late and duplicate packets, never holds more than ``max_frames`` (200 ms:
-older frames are skipped so latency stays bounded), and tells the caller when to conceal a lost
-frame (Opus PLC / repeat). It serves two kinds of consumer:
+sequence number, drops late and duplicate packets, never holds more than ``max_frames`` (older
+frames are skipped so latency stays bounded), and tells the caller when to conceal a lost frame
+(Opus PLC / repeat). It serves two kinds of consumer:
 
 * with a playout clock (a bridge call: the pjsua bridge pulls one 20 ms frame per tick), call
-  :meth:`JitterBuffer.pop` once per tick: playing starts once ``target`` frames are queued (60 ms
-  by default), and the buffer says to play silence while it re-buffers after an underrun;
+  :meth:`JitterBuffer.pop` once per tick: playing starts once ``level`` frames are queued, and
+  the buffer says to play silence while it re-buffers after a long gap;
 * without one (an agent's track, which hands frames on as they arrive), call
   :meth:`JitterBuffer.pop_ready` after each push: in-order frames come out at once, and a missing
   frame is concealed once a frame ``target`` sequence numbers later has arrived.
+
+Adaptation (:meth:`pop` only): when the buffer runs dry while playing (a *stall*: the next frame
+is late, nothing newer has arrived) it conceals *without* moving on, so the late frame still plays
+when it comes, which adds one frame of delay, and its wanted depth ``level`` grows by one (up to
+``max_level``). A frame missing while newer ones are queued is a loss: concealed and skipped.
+After ``relax_ticks`` ticks without a stall ``level`` steps back down (not below ``target``), and
+at the end of each window in which the buffer never held fewer than ``level + 1`` frames one frame
+is dropped, so on a clean link it settles back at ``target`` (1 frame = at most 20 ms of
+buffering). :meth:`pop_ready` never adapts: its ``level`` stays at ``target``.
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ _RESTART_GAP = 1000
 #: Consecutive frames concealed before the buffer gives up on a gap: 60 ms of PLC bridges a short
 #: hiccup; longer gaps are talk pauses, a dead stream or a restarted one.
 _MAX_CONCEAL = 3
+#: Ticks of a shrink window: without a stall for this long (5 s), ``level`` steps down by one and a
+#: surplus frame is dropped.
+RELAX_TICKS = 250
 
 
 class Kind(enum.Enum):
@@ -46,6 +58,9 @@ class JitterStats:
     duplicate: int = 0
     overflow_dropped: int = 0
     underruns: int = 0
+    stalls: int = 0
+    shrunk: int = 0
+    level: int = 0
 
 
 def _diff(a: int, b: int) -> int:
@@ -56,17 +71,29 @@ def _diff(a: int, b: int) -> int:
 class JitterBuffer:
     """Reorders and paces one track's RTP payloads; see the module docstring."""
 
-    def __init__(self, target_frames: int = 3, max_frames: int = 10) -> None:
+    def __init__(
+        self,
+        target_frames: int = 1,
+        max_frames: int = 10,
+        max_level: int = 6,
+        relax_ticks: int = RELAX_TICKS,
+    ) -> None:
         if not 1 <= target_frames <= max_frames:
             raise ValueError("need 1 <= target_frames <= max_frames")
         self.target = target_frames
         self.max = max_frames
+        self.max_level = max(target_frames, min(max_level, max_frames))
+        self.relax_ticks = relax_ticks
+        #: Current wanted depth (frames): ``target`` on a clean link, more after stalls.
+        self.level = target_frames
         self._frames: dict[int, bytes] = {}
         self._next: int | None = None  # next sequence number to play
         self._playing = False
         self._empty_ticks = 0
         self._skipped_ahead = False  # _trim moved _next: the frames before it are not "lost"
-        self.stats = JitterStats()
+        self._window = 0
+        self._min_depth = max_frames
+        self.stats = JitterStats(level=target_frames)
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -103,7 +130,7 @@ class JitterBuffer:
         span = _diff(newest, self._next) + 1
         if span <= self.max:
             return
-        new_next = (newest - self.target + 1) & 0xFFFF
+        new_next = (newest - self.level + 1) & 0xFFFF
         for s in list(self._frames):
             if _diff(s, new_next) < 0:
                 del self._frames[s]
@@ -117,24 +144,39 @@ class JitterBuffer:
             return Playout(Kind.SILENCE)
         if not self._playing:
             span = _diff(self._newest(), self._next) + 1 if self._frames else 0
-            if span < self.target:
+            if span < self.level:
                 return Playout(Kind.SILENCE)
             self._playing = True
             self._empty_ticks = 0
+            self._window = 0
+            self._min_depth = self.max
         if not self._frames:
             self._empty_ticks += 1
             if self._empty_ticks > _MAX_CONCEAL:
-                # Sustained underrun: stop, wait for `target` frames again.
+                # Sustained underrun: stop, wait for `level` frames again.
                 # The sender paused (or died): forget the position so the next packet,
                 # whatever its sequence number, starts a fresh buffering phase.
                 self._playing = False
                 self._next = None
                 self.stats.underruns += 1
+                # A gap this long is a pause (or a dead sender), not lateness: take back the
+                # cushion its first empty tick added.
+                if self.level > self.target:
+                    self.level -= 1
+                    self.stats.level = self.level
                 return Playout(Kind.SILENCE)
-            self._next = (self._next + 1) & 0xFFFF
+            if self._empty_ticks == 1:
+                # A stall: the frame is late. Hold the position (it still plays when it comes)
+                # and want one more frame of cushion from now on.
+                self.stats.stalls += 1
+                self.level = min(self.level + 1, self.max_level)
+                self.stats.level = self.level
+                self._window = 0
+                self._min_depth = self.max
             self.stats.concealed += 1
             return Playout(Kind.CONCEAL)
         self._empty_ticks = 0
+        self._adapt(len(self._frames))
         seq = self._next
         self._next = (seq + 1) & 0xFFFF
         payload = self._frames.pop(seq, None)
@@ -143,6 +185,24 @@ class JitterBuffer:
             return Playout(Kind.CONCEAL)
         self.stats.played += 1
         return Playout(Kind.PLAY, payload)
+
+    def _adapt(self, depth: int) -> None:
+        """Shrink towards ``target`` after a window without stalls (see the module docstring)."""
+        if depth < self._min_depth:
+            self._min_depth = depth
+        self._window += 1
+        if self._window < self.relax_ticks:
+            return
+        if self.level > self.target:
+            self.level -= 1
+            self.stats.level = self.level
+        if self._min_depth > self.level and self._next is not None:
+            # One frame more than wanted was queued the whole window: drop the oldest.
+            self._frames.pop(self._next, None)
+            self._next = (self._next + 1) & 0xFFFF
+            self.stats.shrunk += 1
+        self._window = 0
+        self._min_depth = self.max
 
     def pop_ready(self) -> list[Playout]:
         """For a consumer without a playout clock: every frame that can be played now, in order.

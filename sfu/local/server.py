@@ -23,6 +23,7 @@ from roomline.auth import verify_token
 from roomline.config import Config
 from roomline.errors import InvalidRequest, RoomlineError
 from roomline.lifecycle import Service
+from roomline.wire import AUDIO_LEVEL_EXT_ID
 from sfu.admission import CLIENT_PROTOCOL_DEFAULT, participant_init
 from sfu.events import SubscriptionChanged
 from sfu.local import stream
@@ -56,8 +57,15 @@ from sfu.signal import SignalSession
 
 log = structlog.get_logger(__name__)
 
-#: Opus as local publishers send it: LiveKit clients' payload type, 48 kHz RTP clock.
-LOCAL_OPUS = SourceInfo(kind="audio", mime="audio/opus", clock_rate=RATE, payload_type=OPUS_PT)
+#: Opus as local publishers send it: LiveKit clients' payload type, 48 kHz RTP clock, and the
+#: RFC 6464 level in a one-byte header extension (SIP callers send it: speaker detection).
+LOCAL_OPUS = SourceInfo(
+    kind="audio",
+    mime="audio/opus",
+    clock_rate=RATE,
+    payload_type=OPUS_PT,
+    audio_level_id=AUDIO_LEVEL_EXT_ID,
+)
 #: A JOIN frame must arrive this fast after connecting (seconds).
 JOIN_TIMEOUT = 5.0
 #: Bytes queued towards a slow local client before its media is dropped (signal is never dropped).

@@ -73,6 +73,8 @@ NUMBERS = {
     "kill": "+15550110",
     "bad": "+15550111",
     "headers": "+15550112",
+    "speaker": "+15550113",
+    "wideband": "+15550114",
 }
 
 
@@ -696,3 +698,58 @@ async def test_malformed_sip_is_rejected_or_ignored(stack: Stack, short_dir: Pat
     assert worker_metric(stack.server, "roomline_sip_worker_restarts_total", stack.a) == restarts
     async with sdk(stack, "web", number) as web:
         await _good_call(stack, web, short_dir, number, stack.a, "+15551231101")
+
+
+# --- 5. the phone caller is an active speaker (RFC 6464 level from the worker) ----------------
+async def test_phone_caller_is_an_active_speaker(stack: Stack, short_dir: Path) -> None:
+    number, caller = NUMBERS["speaker"], "+15551230113"
+    ident = f"sip_{caller}"
+    write_tone_pcap(short_dir / "tone.pcap", 1000.0, 8.0)
+    sc = uac_scenario(
+        short_dir / "uac.xml", pcap=short_dir / "tone.pcap", play_ms=5000, caller=caller
+    )
+    async with sdk(stack, "web", number) as web:
+        seen: list[list[str]] = []
+        web.on("active_speakers_changed", lambda sp: seen.append([p.identity for p in sp]))
+        call = asyncio.create_task(run_sipp(sipp(stack, sc, number), short_dir))
+        await wait_for(lambda: any(ident in s for s in seen), 10, "phone caller speaking")
+        rc, out = await call
+        assert rc == 0, out[-2000:]
+        await wait_for(lambda: bool(seen) and ident not in seen[-1], 10, "caller stopped")
+
+
+# --- 6. wideband: G.722 both ways keeps the 4-8 kHz band ----------------------------------------
+async def test_g722_caller_keeps_wideband_both_ways(stack: Stack, tmp_path: Path) -> None:
+    number, caller = NUMBERS["wideband"], "+15551230114"
+    rec = tmp_path / "heard.wav"
+    async with sdk(stack, "web", number) as web, tone_publisher(web, 6000.0):
+        phone = await PhoneProcess.start(
+            phone_args(
+                stack.a,
+                number,
+                tmp_path,
+                caller,
+                "--codec",
+                "G722/16000",
+                "--tone",
+                "6000",
+                "--record",
+                str(rec),
+                "--duration",
+                "6",
+            )  # fmt: skip
+        )
+        track = await caller_track(web, f"sip_{caller}")
+        pcm = await record(track, 2.0, skip=0.5)
+        await phone.wait(30)
+    room_chk = check_tone(pcm, RATE, 6000.0)
+    heard, rate = phone_pcm(rec, 2.0, 5.5)
+    chk = check_tone(heard, rate, 6000.0)
+    # energy above 4 kHz (FFT): the 6 kHz tone dominates what a narrowband path would cut
+    spec = np.abs(np.fft.rfft(pcm.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(pcm), 1.0 / RATE)
+    high = float(spec[(freqs > 4000) & (freqs < 8000)].sum()) / float(spec[freqs > 50].sum())
+    print(f"G.722 phone 6 kHz -> SDK: {room_chk}, 4-8 kHz share {high:.3f}\n"
+          f"SDK 6 kHz -> G.722 phone: {chk}")  # fmt: skip
+    assert abs(room_chk.freq - 6000.0) < 5 and room_chk.snr >= ROOM_SNR and high > 0.9
+    assert abs(chk.freq - 6000.0) < 5 and chk.median_window >= PHONE_SNR

@@ -330,11 +330,13 @@ def test_control_messages_round_trip() -> None:
 def test_ringing_tone_cadence() -> None:
     import numpy as np
 
+    from bridge.worker.endpoint import BRIDGE_CLOCK_RATE as SAMPLE_RATE
     from bridge.worker.outbound import _ToneCache
-    from roomline.wire import FRAME_SAMPLES, SAMPLE_RATE
+    from roomline.wire import FRAME_MS
     from tests.support.audio import dominant_frequency
 
-    frames_per_s = SAMPLE_RATE // FRAME_SAMPLES
+    frames_per_s = 1000 // FRAME_MS  # frames at the bridge port's rate (16 kHz)
+    assert len(_ToneCache.get(0)) == 2 * SAMPLE_RATE * FRAME_MS // 1000
     on = np.frombuffer(b"".join(_ToneCache.get(i) for i in range(frames_per_s)), dtype=np.int16)
     off = np.frombuffer(
         b"".join(_ToneCache.get(i) for i in range(frames_per_s, 4 * frames_per_s)), dtype=np.int16
@@ -342,3 +344,28 @@ def test_ringing_tone_cadence() -> None:
     assert abs(dominant_frequency(on, SAMPLE_RATE) - 425.0) < 2
     assert not off.any()
     assert _ToneCache.get(5 * frames_per_s) == _ToneCache.get(0)  # 5 s period
+
+
+def test_transfer_tone_replaces_room_mix() -> None:
+    """While a play_dialtone transfer runs, the phone's frame (produced on the bridge clock
+    thread) is the ringing tone at the port's rate; the room's audio is drained, not queued."""
+    from bridge.worker.endpoint import BRIDGE_CLOCK_RATE
+    from bridge.worker.outbound import OutboundLeg, _ToneCache
+    from bridge.worker.room_leg import RoomLegEvents
+    from roomline.wire import FRAME_MS
+
+    events = RoomLegEvents(
+        joined=lambda: None, audio=lambda: None, left=lambda r: None, dtmf=lambda d: None
+    )
+    leg = OutboundLeg(events, identity="x", request_id=1)
+    assert leg.rate == BRIDGE_CLOCK_RATE
+    silence = bytes(2 * BRIDGE_CLOCK_RATE * FRAME_MS // 1000)
+    assert leg.produce() == silence
+    n = iter(range(100))
+    leg.tone = lambda: _ToneCache.get(next(n))
+    before = leg.mixer.frames_out
+    assert leg.produce() == _ToneCache.get(0)
+    assert leg.produce() == _ToneCache.get(1)
+    assert leg.mixer.frames_out == before + 2  # the room mix still advanced (muted)
+    leg.tone = None
+    assert leg.produce() == silence

@@ -7,7 +7,16 @@ import struct
 import numpy as np
 import pytest
 
-from sfu.local.codec import FRAME_BYTES, OpusDecoder, OpusEncoder, RtpPacketizer
+from sfu.local.codec import (
+    FRAME_BYTES,
+    Decimator,
+    OpusDecoder,
+    OpusEncoder,
+    RtpPacketizer,
+    audio_level,
+)
+from sfu.local.server import LOCAL_OPUS
+from sfu.media.forwarder import SourcePacket
 from sfu.media.rtp import RtpError, parse_rtp
 from tests.support.audio import dominant_frequency, snr_db, tone
 
@@ -60,3 +69,30 @@ def test_opus_roundtrip_snr() -> None:
     assert len(garbage) == 960 and not garbage.any() and dec.errors == 1
     with pytest.raises(ValueError):
         enc.encode(bytes(FRAME_BYTES - 2))
+
+
+def test_opus_at_16k_keeps_a_6khz_tone_and_decimates_cleanly() -> None:
+    enc, dec = OpusEncoder(rate=16000), OpusDecoder(rate=16000)
+    x = tone(6000.0, 2.0, 16000)
+    out = [
+        dec.decode(p) for i in range(100) for p in enc.encode(x[i * 320 : (i + 1) * 320].tobytes())
+    ]
+    y = np.concatenate(out)[3200:]
+    assert all(len(f) == 320 for f in out)
+    assert abs(dominant_frequency(y, 16000) - 6000.0) < 5 and snr_db(y, 16000, 6000.0) > 25
+    # the decimator's stopband: a 10 kHz tone at 48 kHz does not alias into 16 kHz (to 6 kHz)
+    d = Decimator(3)
+    z = np.concatenate([d(tone(10000.0, 0.02, 48000, 16000.0)[:960]) for _ in range(50)])
+    assert np.abs(z[100:]).max() < 200
+
+
+def test_rtp_carries_rfc6464_level_that_the_sfu_reads() -> None:
+    assert audio_level(np.zeros(320, np.int16)) == 127
+    loud = tone(1000.0, 0.02, 16000, 16384.0)  # -6 dBFS sine: RMS -9 dBov
+    assert audio_level(loud) == 9
+    pk = RtpPacketizer()
+    pkt = SourcePacket(LOCAL_OPUS, pk.packet(b"opus", audio_level=audio_level(loud)))
+    assert pkt.audio_level is not None and pkt.audio_level & 0x7F == 9 and pkt.audio_level & 0x80
+    assert pkt.view.payload(pkt.data) == b"opus"
+    plain = SourcePacket(LOCAL_OPUS, pk.packet(b"opus"))
+    assert plain.audio_level is None

@@ -1,4 +1,4 @@
-"""bridge/worker/jitter.py: reordering, loss concealment, bounded latency."""
+"""sfu/local/jitter.py: reordering, loss concealment, bounded latency, adaptation."""
 
 from __future__ import annotations
 
@@ -50,3 +50,41 @@ def test_jitter_bounded_latency_late_duplicate_wrap() -> None:
     assert jb.stats.late == 1 and jb.stats.duplicate == 1
     with pytest.raises(ValueError):
         JitterBuffer(5, 2)
+
+
+def test_jitter_settles_at_one_frame_on_a_clean_link() -> None:
+    jb = JitterBuffer(1, 10, relax_ticks=50)
+    for seq in range(1000):
+        jb.push(seq, bytes([seq & 0xFF]))
+        assert jb.pop().kind is JKind.PLAY
+        assert len(jb) == 0  # nothing waits: one frame of buffering
+    assert jb.level == 1 and jb.stats.stalls == 0 and jb.stats.concealed == 0
+
+
+def test_jitter_grows_on_stalls_then_shrinks_back() -> None:
+    jb = JitterBuffer(1, 10, relax_ticks=50)
+    seq = grown = 0
+    for tick in range(600):
+        # ticks 100..300: every 10th packet comes one tick late (arrives with the next one)
+        late = 100 <= tick < 300 and tick % 10 == 0
+        if not late:
+            jb.push(seq, b"x")
+            if 100 <= tick - 1 < 300 and (tick - 1) % 10 == 0:
+                jb.push(seq - 1, b"x")  # the late one
+        seq += 1
+        jb.pop()
+        grown = max(grown, jb.level)
+    assert grown >= 2  # it grew a frame of cushion on the first stall
+    assert jb.stats.stalls < 5  # ... after which late packets stopped stalling it
+    assert jb.level == 1 and jb.stats.shrunk >= 1  # clean again: back to one frame
+    assert jb.stats.late == 0  # every late packet was still played
+
+
+def test_jitter_pause_is_not_a_stall() -> None:
+    jb = JitterBuffer(1, 10)
+    for s in range(10):
+        jb.push(s, b"x")
+        jb.pop()
+    for _ in range(10):  # the sender pauses: conceal, then re-buffer
+        jb.pop()
+    assert jb.stats.underruns == 1 and jb.level == 1

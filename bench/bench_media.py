@@ -1,0 +1,395 @@
+"""Bridge media path at load: calls per core all-in, per-leg latency, underruns, codec ceiling.
+
+    PYTHONPATH=. .venv/bin/python bench/bench_media.py --calls 16 --seconds 20
+
+A real ``roomline serve`` with ``ceil(calls / 4)`` bridge workers (the wheel caps a worker at 4
+calls). Calls come in pairs: both phones of a pair dial the same number, so each call sits in a room
+with a peer and both G.711 → Opus and Opus → G.711 (with the N−1 mix) run for every call; the
+phones (this process, PCMU over UDP, absolute 20 ms pacing) stream speech-like audio all the time.
+
+Printed:
+
+* CPU of the workers and of the main process (/proc utime + stime, so the load of other
+  processes on the host does not count), idle and busy, per call, and **calls per core all-in**;
+  beside it the **codec-only ceiling** measured in this process in the same run: per call and
+  20 ms, G.711 decode + Opus encode (16 kHz) + Opus decode (16 kHz) + G.711 encode.
+* **Added latency per bridge leg** while the calls run: a probe phone and a probe participant on
+  the local channel (this process, no WebRTC) in one room; 1 kHz bursts each way.
+  phone → room: phone sends the RTP packet that starts a burst → the Opus packet whose decoded
+  frame first contains it arrives at the probe participant. room → phone: probe sends the Opus
+  packet that starts a burst → the PCMU packet with the onset arrives at the phone, minus the
+  onset's wait for the rest of its 20 ms packet.
+* Port underruns and room jitter-buffer stalls of every call (from the workers' end-of-call logs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from livekit.protocol import models  # noqa: E402
+from livekit.protocol import rtc as lkrtc  # noqa: E402
+
+from bench.bench_sip import (  # noqa: E402
+    RATE,
+    SAMPLES,
+    SipUA,
+    bursts,
+    onsets,
+    speech_like,
+    start_stack,
+    wait_workers,
+)
+from sfu.local import socket_path  # noqa: E402
+from sfu.local.client import ChannelClient  # noqa: E402
+from sfu.local.codec import OpusDecoder, OpusEncoder, RtpPacketizer  # noqa: E402
+from sfu.media.rtp import parse_rtp  # noqa: E402
+from tests.support.lk import token  # noqa: E402
+from tests.support.sip.fullstack import cpu_seconds, room_for, worker_pid  # noqa: E402
+from tests.support.sip.pcap import linear_to_ulaw  # noqa: E402
+
+ROOM_RATE = 48000
+
+
+def pctl(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))] if s else float("nan")
+
+
+def codec_ceiling(frames: int = 500) -> float:
+    """µs of CPU per call per 20 ms for the codecs alone: PyAV Opus at 16 kHz both ways (the
+    decoder's 48 → 16 kHz decimation included) + G.711 both ways by table look-up (pjmedia's C
+    cost, ~1 µs, not numpy's μ-law formula)."""
+    from bench.bench_sip import ulaw_to_linear
+
+    x16 = speech_like(frames * 0.02 + 1, 16000, seed=9)
+    x8 = speech_like(frames * 0.02 + 1, 8000, seed=9)
+    dec_lut = ulaw_to_linear(bytes(range(256)))
+    enc_lut = linear_to_ulaw(np.arange(-32768, 32768, dtype=np.int32)).astype(np.uint8)
+    enc, dec = OpusEncoder(rate=16000), OpusDecoder(rate=16000)
+    pk = [p for i in range(frames) for p in enc.encode(x16[i * 320 : (i + 1) * 320].tobytes())]
+    t0 = time.process_time()
+    for i in range(frames):
+        u = enc_lut[x8[i * 160 : (i + 1) * 160].astype(np.int32) + 32768]
+        dec_lut[u]
+        enc.encode(x16[i * 320 : (i + 1) * 320].tobytes())
+        dec.decode(pk[i])
+    return (time.process_time() - t0) / frames * 1e6
+
+
+class Probe:
+    """A participant on the local channel: publishes Opus bursts, records what it receives."""
+
+    def __init__(self) -> None:
+        self.rx: list[tuple[float, str, bytes]] = []
+        self.track_sid = ""
+        self.joined = asyncio.Event()
+        self.published = asyncio.Event()
+        self.ch = ChannelClient(self._signal, self._rtp, lambda p: None, lambda r: None)
+
+    def _signal(self, msg: lkrtc.SignalResponse) -> None:
+        which = msg.WhichOneof("message")
+        if which == "join":
+            add = lkrtc.AddTrackRequest(
+                cid="probe", name="probe", type=models.TrackType.AUDIO,
+                source=models.TrackSource.MICROPHONE,
+            )  # fmt: skip
+            self.ch.send_signal(lkrtc.SignalRequest(add_track=add))
+            self.joined.set()
+        elif which == "track_published":
+            self.track_sid = msg.track_published.track.sid
+            self.published.set()
+
+    def _rtp(self, sid: str, data: bytes) -> None:
+        self.rx.append((time.monotonic(), sid, data))
+
+    async def publish(self, pcm48: np.ndarray, stamps: dict[int, float]) -> None:
+        enc, pk = OpusEncoder(), RtpPacketizer()
+        loop = asyncio.get_running_loop()
+        start, n, i = loop.time(), 960, 0
+        while True:
+            off = (i * n) % len(pcm48)
+            delay = start + i * 0.02 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            stamps[off + (i * n // len(pcm48)) * len(pcm48)] = time.monotonic()
+            for p in enc.encode(pcm48[off : off + n].tobytes()):
+                self.ch.send_rtp(self.track_sid, pk.packet(p))
+            i += 1
+
+
+def _loud(pcm: np.ndarray, thr: float = 3000) -> bool:
+    return len(pcm) > 0 and bool(np.max(np.abs(pcm.astype(np.int32))) > thr)
+
+
+async def latency_probe(stack, data_dir: Path, number: str, seconds: float) -> dict:  # type: ignore[no-untyped-def]
+    probe = Probe()
+    await probe.ch.connect(
+        socket_path(str(data_dir)), token("probe", room_for(number)), room_for(number)
+    )
+    await asyncio.wait_for(probe.published.wait(), 10)
+    ua = SipUA("+15553900001")
+    await ua.open()
+    res: dict[str, list[float]] = {"up": [], "down": []}
+    try:
+        await ua.call(stack.ports[-1], number)
+        # phone -> room
+        up = asyncio.create_task(ua.stream(bursts(seconds + 1, RATE)))
+        await asyncio.sleep(seconds + 1.5)
+        up.cancel()
+        period = int(0.5 * RATE)
+        tx_up = sorted(t for s, t in ua.sent_at.items() if s > 0 and s % period == 0)
+        dec = OpusDecoder()
+        prev = False
+        for t, sid, data in probe.rx:
+            if sid == probe.track_sid:
+                continue
+            pkt = parse_rtp(data)
+            loud = _loud(dec.decode(pkt.payload(data)))
+            if loud and not prev:
+                c = [x for x in tx_up if x <= t and t - x < 0.4]
+                if c:
+                    res["up"].append((t - c[-1]) * 1000)
+            prev = loud
+        # room -> phone
+        pcm48 = bursts(2.0, ROOM_RATE)
+        loud_starts = {
+            s
+            for s in range(960, len(pcm48), 960)
+            if _loud(pcm48[s : s + 960]) and not _loud(pcm48[s - 960 : s])
+        }
+        stamps: dict[int, float] = {}
+        ua.received.clear()
+        keep = asyncio.create_task(ua.stream(np.zeros(int((seconds + 3) * RATE), np.int16)))
+        pub = asyncio.create_task(probe.publish(pcm48, stamps))
+        await asyncio.sleep(seconds + 1)
+        pub.cancel()
+        keep.cancel()
+        tx_down = sorted(t for s, t in stamps.items() if s % len(pcm48) in loud_starts)
+        rx = ua.received
+        for k in range(1, len(rx)):
+            if _loud(rx[k].pcm) and not _loud(rx[k - 1].pcm):
+                on = onsets(rx[k].pcm, RATE, quiet=0.0)[0]
+                t_rx = rx[k].t - (SAMPLES - on) / RATE
+                c = [x for x in tx_down if x <= t_rx and t_rx - x < 0.4]
+                if c:
+                    res["down"].append((t_rx - c[-1]) * 1000)
+        await ua.hangup(stack.ports[-1])
+    finally:
+        ua.close()
+        probe.ch.close()
+    return res
+
+
+SPEECH = Path(__file__).resolve().parent.parent / "tests/data/speech/harvard_8k.wav"
+PESQ_DIR = SPEECH.parent
+
+
+def read_speech() -> np.ndarray:
+    import wave
+
+    with wave.open(str(SPEECH)) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), np.int16).copy()
+
+
+async def pesq_run(stack, number: str, loss: float, jitter: float, save: str) -> None:  # type: ignore[no-untyped-def]
+    """Speech phone A → room → phone B (both bridge legs); PESQ NB beside G.711 alone."""
+    import wave
+
+    from pesq import pesq
+
+    from bench.bench_sip import ulaw_to_linear
+
+    ref = read_speech()
+    a, b = SipUA("+15553910001"), SipUA("+15553910002")
+    await a.open()
+    await b.open()
+    try:
+        await b.call(stack.ports[-1], number)
+        await a.call(stack.ports[-1], number)
+        keep_b = asyncio.create_task(
+            b.stream(np.zeros(int((len(ref) / RATE + 6) * RATE), np.int16))
+        )
+        await asyncio.sleep(1.0)
+        b.received.clear()
+        lead = np.zeros(RATE // 2, np.int16)
+        await a.stream(np.concatenate([lead, ref, lead]), loss=loss, jitter=jitter, seed=11)
+        await asyncio.sleep(0.5)
+        keep_b.cancel()
+        await a.hangup(stack.ports[-1])
+        await b.hangup(stack.ports[-1])
+    finally:
+        a.close()
+        b.close()
+    deg = b.received_pcm().astype(np.float64)
+    r = ref.astype(np.float64)
+    corr = np.correlate(deg[: len(deg)], r[: RATE * 2], mode="valid")
+    off = int(np.argmax(np.abs(corr)))
+    deg = deg[off : off + len(r)]
+    if len(deg) < len(r):
+        deg = np.pad(deg, (0, len(r) - len(deg)))
+    score = float(pesq(RATE, r, deg, "nb"))
+    g711 = ulaw_to_linear(linear_to_ulaw(ref).tobytes()).astype(np.float64)
+    ceiling = float(pesq(RATE, r, g711, "nb"))
+    print(
+        f"  PESQ NB phone -> room -> phone, {loss * 100:.0f} % loss + {jitter * 1000:.0f} ms "
+        f"jitter on A's uplink: {score:.2f}  (G.711 encode+decode alone: {ceiling:.2f})"
+    )
+    if save:
+        with wave.open(str(PESQ_DIR / save), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(RATE)
+            w.writeframes(np.clip(deg, -32768, 32767).astype(np.int16).tobytes())
+
+
+def call_logs(log_text: str) -> list[tuple[int, int, str]]:
+    """(port underruns, rx frames, room input stats) of each finished call, from worker logs."""
+    out = []
+    for m in re.finditer(
+        r"ended: port rx=(\d+) tx=\d+ underruns=(\d+)(?: produced=\d+)?; room inputs (\{[^\n]*\})",
+        log_text,
+    ):
+        out.append((int(m.group(2)), int(m.group(1)), m.group(3)))
+    return out
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--calls", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--latency-seconds", type=float, default=8.0)
+    ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--pesq", action="store_true", help="only the PESQ runs (no load)")
+    ap.add_argument("--save-pesq", action="store_true", help="store the degraded recordings")
+    ap.add_argument(
+        "--server-tree", default="", help="PYTHONPATH of the appliance (e.g. another worktree)"
+    )
+    a = ap.parse_args()
+    calls = a.calls + a.calls % 2
+    pairs = calls // 2
+    numbers = [f"+155508{i:05d}" for i in range(pairs)] + ["+15550899999"]
+    workers = -(-calls // 4) + (0 if a.no_latency else 1)  # +1: the latency probe's own worker
+    if a.server_tree:
+        # The appliance is started with cwd = the repository root and workers run as
+        # ``python -m bridge.worker`` (cwd first on sys.path): point both at the other tree.
+        import tests.support.server
+
+        os.environ["PYTHONPATH"] = a.server_tree
+        tests.support.server.ROOT = Path(a.server_tree)
+    with tempfile.TemporaryDirectory(prefix="rlbm") as tmp:
+        stack = start_stack(Path(tmp), numbers, workers)
+        try:
+            await wait_workers(stack)
+            if a.pesq:
+                sv = a.save_pesq
+                await pesq_run(stack, numbers[-1], 0.0, 0.0, "deg_clean.wav" if sv else "")
+                await pesq_run(stack, numbers[-1], 0.03, 0.03, "deg_loss3_jit30.wav" if sv else "")
+                await asyncio.sleep(1.0)
+                for line in stack.server.log_text().splitlines():
+                    if "ended: port" in line:
+                        print("  " + line[line.index("call ") :][:400])
+                return
+            pids = [worker_pid(stack.server, p) for p in stack.ports]
+            main_pid = stack.server.process.pid
+
+            def cpu() -> tuple[float, float]:
+                return sum(cpu_seconds(p) for p in pids if p), cpu_seconds(main_pid)
+
+            await asyncio.sleep(2)
+            w0, m0, t0 = *cpu(), time.monotonic()
+            await asyncio.sleep(5)
+            w1, m1, t1 = *cpu(), time.monotonic()
+            idle_w, idle_m = (w1 - w0) / (t1 - t0), (m1 - m0) / (t1 - t0)
+            uas, tasks = [], []
+            for i in range(calls):
+                ua = SipUA(f"+155538{i:05d}")
+                await ua.open()
+                uas.append(ua)
+                await ua.call(stack.ports[i // 4], numbers[i // 2])
+                tasks.append(
+                    asyncio.create_task(ua.stream(speech_like(a.seconds + 60, RATE, seed=3 + i)))
+                )
+            await asyncio.sleep(3)
+            w0, m0, t0 = *cpu(), time.monotonic()
+            await asyncio.sleep(a.seconds)
+            w1, m1, t1 = *cpu(), time.monotonic()
+            dt = t1 - t0
+            busy_w, busy_m = (w1 - w0) / dt, (m1 - m0) / dt
+            # packets each phone received inside the window: 50/s when the bridge clock kept up
+            pps = statistics.median(
+                sum(1 for r in list(u.received) if t0 <= r.t < t1) / dt for u in uas
+            )
+            ceiling_us = statistics.median(codec_ceiling() for _ in range(3))
+            lat = None
+            if not a.no_latency:
+                lat = await latency_probe(stack, Path(tmp) / "data", numbers[-1], a.latency_seconds)
+            heard = [len(u.received) for u in uas]
+            for t in tasks:
+                t.cancel()
+            for i, ua in enumerate(uas):
+                await ua.hangup(stack.ports[i // 4])
+                ua.close()
+            await asyncio.sleep(1.5)
+            logs = call_logs(stack.server.log_text())
+        finally:
+            from tests.support.server import stop_server
+
+            stop_server(stack.server)
+    n_w = len([p for p in pids if p])
+    per_call_w = (busy_w - idle_w) / calls
+    per_call_m = (busy_m - idle_m) / calls
+    # all-in: busy CPU of every worker and of the main process, idle included, per call
+    all_in = (busy_w + busy_m) / calls
+    print(f"calls {calls} ({pairs} rooms of 2 SIP callers) on {n_w} workers, {dt:.1f} s window")
+    print(f"  workers: idle {idle_w * 100:5.1f} %  busy {busy_w * 100:5.1f} % of a core")
+    print(f"  main:    idle {idle_m * 100:5.1f} %  busy {busy_m * 100:5.1f} % of a core")
+    print(
+        f"  per call: workers {per_call_w * 100:.2f} % + main {per_call_m * 100:.2f} % (marginal) "
+        f"-> {1 / (per_call_w + per_call_m):.1f} calls/core; all-in incl. idle "
+        f"{all_in * 100:.2f} % -> {1 / all_in:.1f} calls/core"
+    )
+    print(
+        f"  codec-only ceiling (same run): {ceiling_us:.0f} us/call/20 ms -> "
+        f"{20000 / ceiling_us:.0f} calls/core; ratio all-in/ceiling "
+        f"{(1 / all_in) / (20000 / ceiling_us):.2f}"
+    )
+    print(f"  phone packets received per call: median {statistics.median(heard)}")
+    print(
+        f"  in the window: {pps:.1f} pkt/s per phone (50 = every tick served); all-in per "
+        f"served tick: {all_in * 50 / pps * 100:.2f} % -> {pps / 50 / all_in:.1f} calls/core"
+    )
+    und = [u for u, rx, _ in logs if rx > 100]
+    stalls = [
+        sum(v.get("stalls", 0) for v in json.loads(s.replace("'", '"')).values())
+        for _, rx, s in logs
+        if rx > 100
+    ]
+    print(
+        f"  finished calls {len(und)}: port underruns per call max {max(und, default=0)} "
+        f"total {sum(und)}; room jitter stalls per call max {max(stalls, default=0)} total {sum(stalls)}"
+    )
+    if lat:
+        for k, name in (("up", "phone -> room"), ("down", "room -> phone")):
+            xs = lat[k]
+            print(
+                f"  latency {name} at load: n={len(xs)} median {statistics.median(xs) if xs else float('nan'):.1f} ms "
+                f"p99 {pctl(xs, 0.99):.1f} ms max {max(xs, default=float('nan')):.1f} ms"
+            )
+    print(f"  load average {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
