@@ -166,7 +166,9 @@ class KamailioFront:
         check_timeout: float = 30.0,
     ) -> None:
         self.options = options
-        self.run_dir = Path(run_dir)
+        # Absolute: kamailio resolves the dispatcher list and tls.cfg paths from its own cwd, and
+        # data_dir may be relative (the default is ./data).
+        self.run_dir = Path(run_dir).resolve()
         self._binary = binary
         self._on_line = on_line or _log_line
         self._shm_mb = shm_mb
