@@ -27,13 +27,13 @@ from pathlib import Path
 
 from livekit import api
 
-from tests.support.agent_appliance import (
+from roomline_harness.agent_appliance import (
     TONE_WORKER,
     start_appliance,
     workers_registered,
 )
-from tests.support.agent_workers import agents_python, start_worker, stop_worker
-from tests.support.server import API_KEY, API_SECRET, Server, stop_server
+from roomline_harness.agent_workers import agents_python, start_worker, stop_worker
+from roomline_harness.server import API_KEY, API_SECRET, Server, stop_server
 
 AGENT_KIND = 4
 

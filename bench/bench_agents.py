@@ -27,10 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support.audio import read_wav
-from tests.support.net import free_port, free_udp_range
-from tests.support.server import start_server, stop_server
-from tests.support.sip.peers import run_phone
+from roomline_harness.audio import read_wav
+from roomline_harness.net import free_port, free_udp_range
+from roomline_harness.server import start_server, stop_server
+from roomline_harness.sip.peers import run_phone
 
 TICKS = os.sysconf("SC_CLK_TCK")
 TONE_SECONDS = 2.0

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from bench.bench_sip import SipUA, describe, pctl  # noqa: E402
-from tests.support.server import Server, stop_server, write_config  # noqa: E402
+from roomline_harness.server import Server, stop_server, write_config  # noqa: E402
 
 HTTP, SIP, WORKER_BASE = 34081, 34061, 34090
 RTP = (34520, 34599)

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from livekit import rtc  # noqa: E402
 
-from tests.support.lk import connect, token, tone_publisher  # noqa: E402
-from tests.support.server import start_server, stop_server  # noqa: E402
+from roomline_harness.lk import connect, token, tone_publisher  # noqa: E402
+from roomline_harness.server import start_server, stop_server  # noqa: E402
 
 TARGET_MS = 500.0
 

@@ -52,13 +52,13 @@ from bench.bench_sip import (  # noqa: E402
     start_stack,
     wait_workers,
 )
+from roomline_harness.lk import token  # noqa: E402
+from roomline_harness.sip.fullstack import cpu_seconds, room_for, worker_pid  # noqa: E402
+from roomline_harness.sip.pcap import linear_to_ulaw  # noqa: E402
 from sfu.local import socket_path  # noqa: E402
 from sfu.local.client import ChannelClient  # noqa: E402
 from sfu.local.codec import OpusDecoder, OpusEncoder, RtpPacketizer  # noqa: E402
 from sfu.media.rtp import parse_rtp  # noqa: E402
-from tests.support.lk import token  # noqa: E402
-from tests.support.sip.fullstack import cpu_seconds, room_for, worker_pid  # noqa: E402
-from tests.support.sip.pcap import linear_to_ulaw  # noqa: E402
 
 ROOM_RATE = 48000
 
@@ -285,10 +285,10 @@ async def main() -> None:
     if a.server_tree:
         # The appliance is started with cwd = the repository root and workers run as
         # ``python -m bridge.worker`` (cwd first on sys.path): point both at the other tree.
-        import tests.support.server
+        import roomline_harness.server
 
         os.environ["PYTHONPATH"] = a.server_tree
-        tests.support.server.ROOT = Path(a.server_tree)
+        roomline_harness.server.ROOT = Path(a.server_tree)
     with tempfile.TemporaryDirectory(prefix="rlbm") as tmp:
         stack = start_stack(Path(tmp), numbers, workers)
         try:
@@ -345,7 +345,7 @@ async def main() -> None:
             await asyncio.sleep(1.5)
             logs = call_logs(stack.server.log_text())
         finally:
-            from tests.support.server import stop_server
+            from roomline_harness.server import stop_server
 
             stop_server(stack.server)
     n_w = len([p for p in pids if p])

@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from livekit import api, rtc  # noqa: E402
 
-from tests.support.lk import connect, token  # noqa: E402
-from tests.support.outbound import pick_ports, start_appliance  # noqa: E402
-from tests.support.server import API_KEY, API_SECRET, stop_server  # noqa: E402
+from roomline_harness.lk import connect, token  # noqa: E402
+from roomline_harness.outbound import pick_ports, start_appliance  # noqa: E402
+from roomline_harness.server import API_KEY, API_SECRET, stop_server  # noqa: E402
 
 
 class Uas(asyncio.DatagramProtocol):

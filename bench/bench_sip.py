@@ -43,11 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from livekit import rtc  # noqa: E402
 
-from tests.support.aio import wait_for  # noqa: E402
-from tests.support.lk import connect, subscribed_audio, token  # noqa: E402
-from tests.support.server import Server, start_server, stop_server  # noqa: E402
-from tests.support.sip.fullstack import cpu_seconds, room_for, sip_section, worker_pid  # noqa: E402
-from tests.support.sip.pcap import linear_to_ulaw  # noqa: E402
+from roomline_harness.aio import wait_for  # noqa: E402
+from roomline_harness.lk import connect, subscribed_audio, token  # noqa: E402
+from roomline_harness.server import Server, start_server, stop_server  # noqa: E402
+from roomline_harness.sip.fullstack import cpu_seconds, room_for, sip_section, worker_pid  # noqa: E402
+from roomline_harness.sip.pcap import linear_to_ulaw  # noqa: E402
 
 RATE = 8000
 SAMPLES = 160  # 20 ms of PCMU
@@ -368,7 +368,7 @@ def start_stack(tmp: Path, numbers: list[str], workers: int) -> Stack:
 
 
 async def wait_workers(stack: Stack) -> None:
-    from tests.support.sip.fullstack import worker_metric
+    from roomline_harness.sip.fullstack import worker_metric
 
     def ready() -> bool:
         return all(

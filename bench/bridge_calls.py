@@ -19,11 +19,11 @@ import tempfile
 from pathlib import Path
 
 from bridge.service.supervisor import WorkerSpec, WorkerSupervisor
-from tests.support.bridge import Policy
-from tests.support.net import free_port, free_udp_range
-from tests.support.sip.pcap import RtpStream
-from tests.support.sip.sipp import run_sipp, sipp_cmd, uac_scenario
-from tests.support.standin_room import StandinRoom
+from roomline_harness.bridge import Policy
+from roomline_harness.net import free_port, free_udp_range
+from roomline_harness.sip.pcap import RtpStream
+from roomline_harness.sip.sipp import run_sipp, sipp_cmd, uac_scenario
+from roomline_harness.standin_room import StandinRoom
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -13,7 +13,7 @@ process of the appliance's tree at the start (idle), every ``--sample`` seconds 
 the end (idle again). Exit status 1 when a call failed or a worker exited.
 
 The work directory (config, roomline.log, SIPp's output, statistics CSV and error log) is removed
-after a clean run unless ``--keep``. The run itself is :func:`tests.support.soak.run_soak`, shared
+after a clean run unless ``--keep``. The run itself is :func:`roomline_harness.soak.run_soak`, shared
 with ``tests/bridge/test_soak.py``.
 """
 
@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.support.soak import keep_or_remove, parse_range, run_soak
+from roomline_harness.soak import keep_or_remove, parse_range, run_soak
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Fixtures shared by every test package. Helpers (servers, peers, ports) live in tests/support/."""
+"""Fixtures shared by every test package. Helpers (servers, peers, ports) live in roomline_harness/."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import Server, start_server, stop_server
+from roomline_harness.server import Server, start_server, stop_server
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.support.net import free_port, free_udp_range
-from tests.support.server import Server, start_server, stop_server
+from roomline_harness.net import free_port, free_udp_range
+from roomline_harness.server import Server, start_server, stop_server
 
 
 def metric(server: Server, name: str) -> float:

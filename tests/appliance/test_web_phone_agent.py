@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.net import free_port, free_udp_range
-from tests.support.paths import ROOT
-from tests.support.server import start_server, stop_server
-from tests.support.sip.peers import run_phone
-from tests.support.sip.sipp import SIPP
-from tests.support.web.browser import Browser, missing_requirements
+from roomline_harness.net import free_port, free_udp_range
+from roomline_harness.paths import ROOT
+from roomline_harness.server import start_server, stop_server
+from roomline_harness.sip.peers import run_phone
+from roomline_harness.sip.sipp import SIPP
+from roomline_harness.web.browser import Browser, missing_requirements
 
 NUMBER = "+15550900"
 CALLER = "+15551112222"

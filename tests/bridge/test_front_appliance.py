@@ -38,15 +38,15 @@ from pathlib import Path
 import pytest
 from livekit import api, rtc
 
-from tests.support.aio import wait_for
-from tests.support.audio import read_wav
-from tests.support.front_appliance import HAVE_KAMAILIO, _scenario
-from tests.support.lk import connect, record, subscribed_audio, token, tone_publisher
-from tests.support.server import API_KEY, API_SECRET, Server, stop_server, write_config
-from tests.support.sip.fullstack import check_tone, metrics, worker_pid
-from tests.support.sip.pcap import write_tone_pcap
-from tests.support.sip.peers import PhoneProcess
-from tests.support.sip.sipp import SIPP, run_sipp
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import read_wav
+from roomline_harness.front_appliance import HAVE_KAMAILIO, _scenario
+from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.server import API_KEY, API_SECRET, Server, stop_server, write_config
+from roomline_harness.sip.fullstack import check_tone, metrics, worker_pid
+from roomline_harness.sip.pcap import write_tone_pcap
+from roomline_harness.sip.peers import PhoneProcess
+from roomline_harness.sip.sipp import SIPP, run_sipp
 
 ROOT = Path(__file__).resolve().parents[2]
 

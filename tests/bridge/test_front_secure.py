@@ -35,15 +35,15 @@ from typing import Any
 import pytest
 from livekit import api
 
-from tests.support.aio import wait_for
-from tests.support.audio import read_wav
-from tests.support.front_appliance import HAVE_KAMAILIO, _scenario
-from tests.support.lk import connect, record, subscribed_audio, token, tone_publisher
-from tests.support.server import API_KEY, API_SECRET, Server, start_server, stop_server
-from tests.support.sip.fullstack import check_tone
-from tests.support.sip.peers import PhoneProcess, disconnected, run_phone
-from tests.support.sip.sipp import SIPP, run_sipp
-from tests.support.sip.sniff import can_sniff, rtp_payload_sizes, sniff_udp
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import read_wav
+from roomline_harness.front_appliance import HAVE_KAMAILIO, _scenario
+from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.server import API_KEY, API_SECRET, Server, start_server, stop_server
+from roomline_harness.sip.fullstack import check_tone
+from roomline_harness.sip.peers import PhoneProcess, disconnected, run_phone
+from roomline_harness.sip.sipp import SIPP, run_sipp
+from roomline_harness.sip.sniff import can_sniff, rtp_payload_sizes, sniff_udp
 
 HAVE_TLS_MODULE = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so").exists()
 

@@ -1,7 +1,7 @@
 """The SIP acceptance tests against the whole appliance.
 
 One ``roomline serve`` per module with two supervised bridge workers (pjsua2), trunks and a callee
-dispatch rule from the config (tests/support/sip/fullstack.py). Callers are real SIP peers (SIPp, the
+dispatch rule from the config (roomline_harness/sip/fullstack.py). Callers are real SIP peers (SIPp, the
 pjsua2 test phone), room peers are the real LiveKit Python SDK, the control plane is the real
 ``livekit-api``. Audio is checked by content (FFT, SNR). Every test dials its own number, so it
 has its own room (``call_<number>``); all use worker A except the ``kill -9`` test (worker B).
@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from livekit import api, rtc
 
-from tests.support.aio import wait_for
-from tests.support.audio import read_wav
-from tests.support.lk import connect, record, subscribed_audio, token, tone_publisher
-from tests.support.net import free_port, free_udp_range
-from tests.support.server import API_KEY, API_SECRET, Server, start_server, stop_server
-from tests.support.sip.fullstack import (
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import read_wav
+from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.net import free_port, free_udp_range
+from roomline_harness.server import API_KEY, API_SECRET, Server, start_server, stop_server
+from roomline_harness.sip.fullstack import (
     PBX_PASSWORD,
     Workers,
     auth_scenario,
@@ -42,9 +42,9 @@ from tests.support.sip.fullstack import (
     worker_metric,
     worker_pid,
 )
-from tests.support.sip.pcap import write_tone_pcap
-from tests.support.sip.peers import PhoneProcess
-from tests.support.sip.sipp import SIPP, run_sipp, sipp_cmd, uac_scenario
+from roomline_harness.sip.pcap import write_tone_pcap
+from roomline_harness.sip.peers import PhoneProcess
+from roomline_harness.sip.sipp import SIPP, run_sipp, sipp_cmd, uac_scenario
 
 pytestmark = [
     pytest.mark.slow,

@@ -24,14 +24,14 @@ import pytest
 from google.protobuf.duration_pb2 import Duration
 from livekit import api, rtc
 
-from tests.support.aio import wait_for
-from tests.support.lk import connect, record, subscribed_audio, token
-from tests.support.outbound import Ports, pick_ports, start_appliance
-from tests.support.server import API_KEY, API_SECRET, Server, stop_server
-from tests.support.sip.fullstack import check_tone
-from tests.support.sip.pcap import write_tone_pcap
-from tests.support.sip.sipp import SIPP
-from tests.support.sip.sipp_uas import uas_cmd, uas_scenario
+from roomline_harness.aio import wait_for
+from roomline_harness.lk import connect, record, subscribed_audio, token
+from roomline_harness.outbound import Ports, pick_ports, start_appliance
+from roomline_harness.server import API_KEY, API_SECRET, Server, stop_server
+from roomline_harness.sip.fullstack import check_tone
+from roomline_harness.sip.pcap import write_tone_pcap
+from roomline_harness.sip.sipp import SIPP
+from roomline_harness.sip.sipp_uas import uas_cmd, uas_scenario
 
 pytestmark = [
     pytest.mark.slow,
@@ -567,7 +567,7 @@ async def test_transfer_failed_call_goes_on(
 
 # --- transfer of an inbound caller (the agent use case) -------------------------------------------
 async def test_transfer_inbound_caller(stack: Stack, short_dir: Path) -> None:
-    from tests.support.sip.sipp_uas import uac_refer_scenario
+    from roomline_harness.sip.sipp_uas import uac_refer_scenario
 
     caller, number, room = "+15550007777", "+15550008888", "in_xfer"
     ident = f"sip_{caller}"
@@ -591,7 +591,7 @@ async def test_transfer_inbound_caller(stack: Stack, short_dir: Path) -> None:
             )
         )
         port, media = stack.next_sipp()
-        from tests.support.sip.sipp import SIPP
+        from roomline_harness.sip.sipp import SIPP
 
         assert SIPP is not None
         cmd = [

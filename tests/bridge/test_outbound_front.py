@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from livekit import api
 
-from tests.support.outbound import pick_ports, start_appliance
-from tests.support.server import API_KEY, API_SECRET, stop_server
-from tests.support.sip.sipp import SIPP
-from tests.support.sip.sipp_uas import uas_cmd, uas_scenario
+from roomline_harness.outbound import pick_ports, start_appliance
+from roomline_harness.server import API_KEY, API_SECRET, stop_server
+from roomline_harness.sip.sipp import SIPP
+from roomline_harness.sip.sipp_uas import uas_cmd, uas_scenario
 
 pytestmark = [
     pytest.mark.slow,

@@ -333,7 +333,7 @@ def test_ringing_tone_cadence() -> None:
     from bridge.worker.endpoint import BRIDGE_CLOCK_RATE as SAMPLE_RATE
     from bridge.worker.outbound import _ToneCache
     from roomline.wire import FRAME_MS
-    from tests.support.audio import dominant_frequency
+    from roomline_harness.audio import dominant_frequency
 
     frames_per_s = 1000 // FRAME_MS  # frames at the bridge port's rate (16 kHz)
     assert len(_ToneCache.get(0)) == 2 * SAMPLE_RATE * FRAME_MS // 1000

@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from tests.support.aio import wait_for
-from tests.support.audio import dominant_frequency, read_wav
-from tests.support.lk import connect, record, subscribed_audio, token
-from tests.support.net import free_port, free_udp_range
-from tests.support.server import Server, start_server, stop_server
-from tests.support.sip.fullstack import worker_metric
-from tests.support.sip.peers import disconnected, run_phone
-from tests.support.sip.sipp import SIPP
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import dominant_frequency, read_wav
+from roomline_harness.lk import connect, record, subscribed_audio, token
+from roomline_harness.net import free_port, free_udp_range
+from roomline_harness.server import Server, start_server, stop_server
+from roomline_harness.sip.fullstack import worker_metric
+from roomline_harness.sip.peers import disconnected, run_phone
+from roomline_harness.sip.sipp import SIPP
 
 NUMBER = "+15550777"
 ROOM = "vault"

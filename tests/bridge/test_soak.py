@@ -13,7 +13,7 @@ shared 2-vCPU host they move with load, and two minutes are too short to tell a 
 Thresholds do not depend on timing: a loaded host completes fewer calls (at least a quarter of the
 idle-host figure is required), each call only has to succeed. Longer runs: ``bench/soak_bridge.py``.
 Ports: ``ROOMLINE_TEST_PORTS=LOW-HIGH`` keeps every port the run binds in that range
-(:mod:`tests.support.soak`).
+(:mod:`roomline_harness.soak`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.sip.sipp import SIPP
-from tests.support.soak import run_soak
+from roomline_harness.sip.sipp import SIPP
+from roomline_harness.soak import run_soak
 
 pytestmark = [
     pytest.mark.slow,

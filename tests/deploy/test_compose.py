@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from roomline.config import load_config
-from tests.support.paths import ROOT
+from roomline_harness.paths import ROOT
 
 REPO = ROOT
 COMPOSE = shutil.which("docker-compose")

@@ -143,17 +143,27 @@ def imports_of(folder: str) -> dict[str, set[str]]:
     return found
 
 
-def test_test_helpers_stay_in_tests_support() -> None:
-    """Fixtures live in conftest.py and are never imported; shared helpers are tests.support.*.
-    The benchmarks may use those helpers (the same peers), never a test module or a fixture."""
+def test_bench_and_harness_import_nothing_from_tests() -> None:
+    """The benchmarks and the shared harness (servers, SIP/SDK/browser peers, audio checks) are
+    independent of the test suite: they import ``roomline_harness`` and production code, never a
+    module under ``tests/`` (fixtures live in conftest.py files and are never imported)."""
     wrong = [
         f"{path} -> {name}"
-        for folder in ("tests", "bench")
+        for folder in ("bench", "roomline_harness")
         for path, names in imports_of(folder).items()
         for name in names
         if name.split(".")[0] == "tests"
-        and not name.startswith("tests.support")
-        and not (name == "tests" and path.startswith("tests/"))
+    ]
+    assert wrong == []
+
+
+def test_tests_import_only_the_harness_from_outside_production() -> None:
+    """A test module never imports another test module: shared helpers are roomline_harness.*."""
+    wrong = [
+        f"{path} -> {name}"
+        for path, names in imports_of("tests").items()
+        for name in names
+        if name.split(".")[0] == "tests" and name != "tests"
     ]
     assert wrong == []
 
@@ -164,6 +174,6 @@ def test_production_code_does_not_import_tests_or_bench() -> None:
         for pkg in PACKAGES
         for path, names in imports_of(pkg).items()
         for name in names
-        if name.split(".")[0] in ("tests", "bench")
+        if name.split(".")[0] in ("tests", "bench", "roomline_harness")
     ]
     assert wrong == []

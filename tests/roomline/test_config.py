@@ -18,7 +18,7 @@ from roomline.config import (
     load_config,
 )
 from roomline.errors import RoomlineError
-from tests.support.paths import ROOT
+from roomline_harness.paths import ROOT
 
 REPO = ROOT
 

@@ -18,7 +18,7 @@ from roomline.config import LoggingConfig
 from roomline.log import configure_logging
 from roomline.process import Backoff, ProcessSupervisor, describe_exit, forward_line
 
-CHILD = "tests.support.child_process"
+CHILD = "roomline_harness.child_process"
 
 
 @pytest.fixture

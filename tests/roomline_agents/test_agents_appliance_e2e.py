@@ -22,16 +22,16 @@ from pathlib import Path
 import pytest
 from livekit import api, rtc
 
-from tests.support import lk
-from tests.support.agent_appliance import (
+from roomline_harness import lk
+from roomline_harness.agent_appliance import (
     TONE_WORKER,
     start_appliance,
     workers_registered,
 )
-from tests.support.agent_workers import agents_python, start_worker, stop_worker
-from tests.support.aio import wait_for
-from tests.support.audio import dominant_frequency
-from tests.support.server import API_KEY, API_SECRET, Server, stop_server
+from roomline_harness.agent_workers import agents_python, start_worker, stop_worker
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import dominant_frequency
+from roomline_harness.server import API_KEY, API_SECRET, Server, stop_server
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 

@@ -11,17 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.agent_appliance import (
+from roomline_harness.agent_appliance import (
     TONE_WORKER,
-    free_port_in_range,
     start_appliance,
     workers_registered,
 )
-from tests.support.agent_workers import agents_python, start_worker, stop_worker
-from tests.support.audio import dominant_frequency, read_wav, snr_db
-from tests.support.net import free_udp_range
-from tests.support.server import Server, stop_server
-from tests.support.sip.peers import disconnected, run_phone
+from roomline_harness.agent_workers import agents_python, start_worker, stop_worker
+from roomline_harness.audio import dominant_frequency, read_wav, snr_db
+from roomline_harness.net import free_port, free_udp_range
+from roomline_harness.server import Server, stop_server
+from roomline_harness.sip.peers import disconnected, run_phone
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
@@ -41,7 +40,7 @@ def py() -> str:
 @pytest.fixture(scope="module")
 def appliance(tmp_path_factory: pytest.TempPathFactory, py: str) -> Iterator[Server]:
     rs, re_ = free_udp_range(40)
-    sip_port = free_port_in_range()
+    sip_port = free_port()
     sip = {
         "enabled": True,
         "bind_address": "127.0.0.1",
@@ -93,7 +92,7 @@ async def test_sip_rule_dispatches_external_agent(
     prs, _ = free_udp_range(20)
     args = [
         *("--dest", f"sip:+15550100@127.0.0.1:{appliance.extra['sip_port']}"),
-        *("--port", str(free_port_in_range()), "--rtp-start", str(prs), "--caller", CALLER),
+        *("--port", str(free_port()), "--rtp-start", str(prs), "--caller", CALLER),
         *("--workdir", str(tmp_path), "--record", str(tmp_path / "heard.wav")),
         *("--duration", "14"),
     ]

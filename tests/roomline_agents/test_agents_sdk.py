@@ -16,11 +16,11 @@ import aiohttp
 import pytest
 from livekit import api, rtc
 
-from tests.support.aio import wait_for
-from tests.support.audio import dominant_frequency, snr_db
-from tests.support.fixture_agents import REGISTRY
-from tests.support.lk import connect, record, subscribed_audio, token, tone_publisher
-from tests.support.server import API_KEY, API_SECRET, Server, start_server, stop_server
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import dominant_frequency, snr_db
+from roomline_harness.fixture_agents import REGISTRY
+from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.server import API_KEY, API_SECRET, Server, start_server, stop_server
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -15,12 +15,12 @@ import yaml
 from livekit import api, rtc
 
 from roomline.config import embedded_yaml
-from tests.support.aio import wait_for
-from tests.support.audio import dominant_frequency, read_wav, snr_db
-from tests.support.lk import connect, token
-from tests.support.net import free_port, free_udp_range
-from tests.support.server import API_KEY, API_SECRET, Server, start_server, stop_server
-from tests.support.sip.peers import disconnected, run_phone
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import dominant_frequency, read_wav, snr_db
+from roomline_harness.lk import connect, token
+from roomline_harness.net import free_port, free_udp_range
+from roomline_harness.server import API_KEY, API_SECRET, Server, start_server, stop_server
+from roomline_harness.sip.peers import disconnected, run_phone
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from roomline_harness.aio import wait_for
+from roomline_harness.lk import connect, token, tone_publisher
+from roomline_harness.server import Server
 from sfu.speakers import LEVEL_MAX_AGE, SpeakerDetector
-from tests.support.aio import wait_for
-from tests.support.lk import connect, token, tone_publisher
-from tests.support.server import Server
 
 
 def test_detector_reports_changes_only() -> None:

@@ -19,7 +19,7 @@ from livekit.protocol import room as room_pb
 
 from bridge.service.decide import DecideOptions, InviteDecider
 from bridge.service.store import SIPStore
-from tests.support.sip_rules import (
+from roomline_harness.sip_rules import (
     CALLED,
     CALLER,
     CARRIER_IP,

@@ -22,7 +22,7 @@ from bridge.service.trunks import (
     InboundCall,
 )
 from roomline.errors import InvalidRequest
-from tests.support.sip_rules import (
+from roomline_harness.sip_rules import (
     CALLED,
     CALLER,
     call,

@@ -32,7 +32,7 @@ from bridge.service.kamailio_cfg import (
     render_kamailio_cfg,
     render_tls_cfg,
 )
-from tests.support.front_sip import free_ports, header, start_worker, status_of
+from roomline_harness.front_sip import free_ports, header, start_worker, status_of
 
 HAVE_KAMAILIO = shutil.which("kamailio") is not None or os.path.exists("/usr/sbin/kamailio")
 needs_kamailio = pytest.mark.skipif(not HAVE_KAMAILIO, reason="kamailio not installed")
@@ -228,7 +228,7 @@ async def test_kamailio_accepts_tls_config_and_tls_call_gets_true_source(run_dir
             asyncio.open_connection("127.0.0.1", tls_port, ssl=ctx), 5
         )
         local = writer.get_extra_info("sockname")[:2]
-        from tests.support.front_sip import request
+        from roomline_harness.front_sip import request
 
         inv = request("INVITE", ("127.0.0.1", tls_port), local).replace(
             "SIP/2.0/UDP", "SIP/2.0/TLS"
@@ -374,7 +374,7 @@ async def test_real_kamailio_restarted_after_crash(run_dir: Path) -> None:
         assert front.pid not in (None, first), "\n".join(lines[-20:])
         assert front.restarts == 1
         await front.wait_ready()
-        from tests.support.front_sip import open_uac, request
+        from roomline_harness.front_sip import open_uac, request
 
         uac = await open_uac()
         dest = ("127.0.0.1", port)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bridge.service.front import FrontOptions, FrontWorker, KamailioFront
-from tests.support.front_sip import (
+from roomline_harness.front_sip import (
     Worker,
     free_ports,
     header,

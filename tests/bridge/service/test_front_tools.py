@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bridge.service.front import FrontOptions, FrontWorker, KamailioFront
-from tests.support.front_sip import (
+from roomline_harness.front_sip import (
     free_ports,
     open_uac,
     request,

@@ -8,7 +8,7 @@ import pytest
 from livekit import api
 from livekit.protocol import sip as sip_pb
 
-from tests.support.server import API_KEY, API_SECRET, start_server, stop_server
+from roomline_harness.server import API_KEY, API_SECRET, start_server, stop_server
 
 
 async def test_trunks_and_rules_survive_restart(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from bridge.service.trunks import (
     validate_trunk_conflicts,
 )
 from roomline.errors import InvalidRequest
-from tests.support.sip_rules import (
+from roomline_harness.sip_rules import (
     CALLED,
     CALLER,
     CARRIER_IP,

@@ -9,9 +9,9 @@ import pytest
 
 import bridge.control as control
 from bridge.service.supervisor import WorkerSpec, WorkerSupervisor
-from tests.support.bridge import Bridge, Policy
-from tests.support.net import free_port, free_udp_range
-from tests.support.standin_room import StandinRoom
+from roomline_harness.bridge import Bridge, Policy
+from roomline_harness.net import free_port, free_udp_range
+from roomline_harness.standin_room import StandinRoom
 
 
 @pytest.fixture

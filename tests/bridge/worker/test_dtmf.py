@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bridge.worker.dtmf import DtmfError, code_to_digit, digit_to_code
-from tests.support.sip.dtmf import DtmfReceiver, TelephoneEvent, generate_digit, parse_dtmf_relay
+from roomline_harness.sip.dtmf import DtmfReceiver, TelephoneEvent, generate_digit, parse_dtmf_relay
 
 
 def test_dtmf_codes() -> None:

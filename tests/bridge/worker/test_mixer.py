@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bridge.worker.mixer import Mixer, mix
-from tests.support.audio import tone
+from roomline_harness.audio import tone
 
 
 class RawDecoder:

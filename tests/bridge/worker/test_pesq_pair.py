@@ -31,7 +31,7 @@ def _read(name: str) -> np.ndarray:
 
 
 def _ulaw_roundtrip(x: np.ndarray) -> np.ndarray:
-    from tests.support.sip.pcap import linear_to_ulaw
+    from roomline_harness.sip.pcap import linear_to_ulaw
 
     u = linear_to_ulaw(x.astype(np.int16)).astype(np.int32) ^ 0xFF
     t = ((u & 0x0F) << 3) + 0x84

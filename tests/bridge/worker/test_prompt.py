@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from bridge.worker.prompt import pin_prompt
-from tests.support.audio import dominant_frequency
+from roomline_harness.audio import dominant_frequency
 
 
 def test_pin_prompt_is_two_440_hz_beeps() -> None:

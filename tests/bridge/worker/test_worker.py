@@ -2,7 +2,7 @@
 
 Audio is checked by content (FFT / SNR); DTMF by digit order; call control by what each side saw.
 The worker runs under the real :class:`WorkerSupervisor`; the room side is the stand-in server of
-tests/support/standin_room.py (the lead's ``sfu/local`` replaces it in the full-stack tests).
+roomline_harness/standin_room.py (the lead's ``sfu/local`` replaces it in the full-stack tests).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from livekit.protocol import models
 
-from tests.support.aio import wait_for
-from tests.support.audio import dominant_frequency, read_wav, snr_db
-from tests.support.bridge import Bridge
-from tests.support.net import free_port, free_udp_range
-from tests.support.sip.pcap import RtpStream
-from tests.support.sip.peers import digits, disconnected, run_phone
-from tests.support.sip.sipp import SIPP, run_sipp, sipp_cmd, uac_scenario
-from tests.support.standin_room import Conn, StandinRoom, garbage_frames
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import dominant_frequency, read_wav, snr_db
+from roomline_harness.bridge import Bridge
+from roomline_harness.net import free_port, free_udp_range
+from roomline_harness.sip.pcap import RtpStream
+from roomline_harness.sip.peers import digits, disconnected, run_phone
+from roomline_harness.sip.sipp import SIPP, run_sipp, sipp_cmd, uac_scenario
+from roomline_harness.standin_room import Conn, StandinRoom, garbage_frames
 
 pytestmark = [
     pytest.mark.slow,

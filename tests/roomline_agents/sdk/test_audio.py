@@ -10,7 +10,7 @@ from roomline_agents.sdk import (
     AudioSource,
 )
 from roomline_agents.sdk.audio import FRAME_BYTES, resample
-from tests.support.audio import dominant_frequency, tone
+from roomline_harness.audio import dominant_frequency, tone
 
 
 async def test_audio_source_frames_and_backpressure() -> None:

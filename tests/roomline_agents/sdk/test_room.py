@@ -14,8 +14,8 @@ from roomline_agents.sdk import (
     LocalParticipant,
     Room,
 )
+from roomline_harness.audio import dominant_frequency, tone
 from sfu.local.codec import OpusEncoder, RtpPacketizer
-from tests.support.audio import dominant_frequency, tone
 
 
 def info(identity: str, sid: str, version: int = 1, **kw: object) -> models.ParticipantInfo:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from roomline_agents.sdk.vad import EnergyVAD, level_dbfs
-from tests.support.audio import tone
+from roomline_harness.audio import tone
 
 
 def test_vad_start_and_end_after_pause() -> None:

@@ -23,7 +23,7 @@ from roomline.auth import mint_token, verify_token
 from roomline.errors import Unavailable
 from roomline_agents.service.agent_ws import AgentWorkerService
 from roomline_agents.service.worker_registry import AGENT_NAME_ATTRIBUTE, AgentJob, JobPhase
-from tests.support.agent_workers import (
+from roomline_harness.agent_workers import (
     agents_python,
     start_worker,
     stop_worker,

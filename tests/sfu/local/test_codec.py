@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 
+from roomline_harness.audio import dominant_frequency, snr_db, tone
 from sfu.local.codec import (
     FRAME_BYTES,
     Decimator,
@@ -18,7 +19,6 @@ from sfu.local.codec import (
 from sfu.local.server import LOCAL_OPUS
 from sfu.media.forwarder import SourcePacket
 from sfu.media.rtp import RtpError, parse_rtp
-from tests.support.audio import dominant_frequency, snr_db, tone
 
 
 def test_rtp_packetizer_and_parse() -> None:

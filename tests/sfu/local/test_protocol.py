@@ -17,6 +17,8 @@ from roomline.config import Config
 from roomline.errors import InvalidRequest
 from roomline_agents.sdk import AudioFrame, AudioSource, AudioStream, LocalAudioTrack, Room
 from roomline_agents.sdk.room import RoomOptions
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import dominant_frequency, tone
 from sfu.local import server as local_server
 from sfu.local.client import ChannelClient
 from sfu.local.codec import OpusEncoder, RtpPacketizer
@@ -41,8 +43,6 @@ from sfu.local.protocol import (
 )
 from sfu.local.server import LocalChannelServer
 from sfu.server import SFUServer
-from tests.support.aio import wait_for
-from tests.support.audio import dominant_frequency, tone
 
 KEY, SECRET = next(iter(Config().keys.items()))
 

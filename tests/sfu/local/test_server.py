@@ -14,6 +14,10 @@ from livekit.protocol import models
 from livekit.protocol import rtc as rtc_pb
 
 from roomline.auth import mint_token
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import dominant_frequency, snr_db
+from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.server import API_KEY, API_SECRET, Server
 from sfu.local import socket_path, stream
 from sfu.local.framing import Kind, encode_frame, encode_rtp
 from sfu.local.protocol import (
@@ -25,10 +29,6 @@ from sfu.local.protocol import (
     SignalResponseReceived,
     State,
 )
-from tests.support.aio import wait_for
-from tests.support.audio import dominant_frequency, snr_db
-from tests.support.lk import connect, record, subscribed_audio, token, tone_publisher
-from tests.support.server import API_KEY, API_SECRET, Server
 
 
 class LocalPeer:

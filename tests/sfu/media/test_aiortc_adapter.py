@@ -30,6 +30,8 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
 from structlog.testing import capture_logs
 
+from roomline_harness.audio import dominant_frequency, snr_db
+from roomline_harness.net import free_udp_range
 from sfu.media.aiortc import (
     PublishedTrackTap,
     SubscriberSender,
@@ -39,8 +41,6 @@ from sfu.media.aiortc import (
 )
 from sfu.relay import TrackRelay
 from sfu.rtc.tracks import relay_published_track, subscribe_to_relay
-from tests.support.audio import dominant_frequency, snr_db
-from tests.support.net import free_udp_range
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -6,9 +6,9 @@ import struct
 
 import pytest
 
+from roomline_harness.captures import load
 from sfu.media.forwarder import DownTrack, KeyframeThrottle, SourceInfo, SourcePacket
 from sfu.media.rtp import ExtensionWriter, RtpError, parse_rtp
-from tests.support.captures import load
 
 OPUS = SourceInfo("audio", "audio/opus", 48000, 96, audio_level_id=2)
 VP8 = SourceInfo("video", "video/VP8", 90000, 97)

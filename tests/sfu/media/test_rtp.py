@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from roomline.errors import InvalidRequest
+from roomline_harness.captures import load
 from sfu.media.rtp import (
     EXT_URI_ABS_SEND_TIME,
     EXT_URI_AUDIO_LEVEL,
@@ -44,7 +45,6 @@ from sfu.media.rtp import (
     rewrite,
     vp8_is_keyframe,
 )
-from tests.support.captures import load
 
 
 def aiortc_map(**ids: int) -> HeaderExtensionsMap:

@@ -11,10 +11,10 @@ from livekit import api
 from livekit.protocol import models
 from livekit.protocol import rtc as rtc_pb
 
-from tests.support.aio import wait_for
-from tests.support.audio import dominant_frequency, snr_db
-from tests.support.lk import RATE, connect, record, subscribed_audio, token, tone_publisher
-from tests.support.server import API_KEY, API_SECRET, Server, start_server, stop_server
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import dominant_frequency, snr_db
+from roomline_harness.lk import RATE, connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.server import API_KEY, API_SECRET, Server, start_server, stop_server
 
 ROOM = "bad-input"
 DATA_LIMIT = 2000

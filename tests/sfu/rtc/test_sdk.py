@@ -8,10 +8,10 @@ import json
 from livekit import api, rtc
 from livekit.protocol import models
 
-from tests.support.aio import wait_for
-from tests.support.audio import dominant_frequency, snr_db
-from tests.support.lk import RATE, connect, record, subscribed_audio, token, tone_publisher
-from tests.support.server import API_KEY, API_SECRET, Server
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import dominant_frequency, snr_db
+from roomline_harness.lk import RATE, connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.server import API_KEY, API_SECRET, Server
 
 
 async def test_tone_identity_attributes_mute_and_kind(server: Server) -> None:

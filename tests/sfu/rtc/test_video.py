@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from livekit import rtc
 
-from tests.support.aio import wait_for
-from tests.support.lk import connect, token
-from tests.support.server import Server
+from roomline_harness.aio import wait_for
+from roomline_harness.lk import connect, token
+from roomline_harness.server import Server
 
 W, H = 320, 240
 

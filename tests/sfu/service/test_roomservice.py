@@ -12,7 +12,7 @@ import jwt
 import pytest
 from livekit import api
 
-from tests.support.server import API_KEY, API_SECRET, Server
+from roomline_harness.server import API_KEY, API_SECRET, Server
 
 
 def lk(server: Server, key: str = API_KEY, secret: str = API_SECRET) -> api.LiveKitAPI:

@@ -1,7 +1,7 @@
 """The built-in web page: headless Chromium joins with livekit-client next to a Python SDK client.
 
 Real parts only: a ``roomline serve`` process, Debian's Chromium driven by playwright-core
-(``tests/support/web/driver.js``) with Chromium's fake microphone and camera, and the ``livekit`` Python SDK.
+(``roomline_harness/web/driver.js``) with Chromium's fake microphone and camera, and the ``livekit`` Python SDK.
 Audio is checked by content: the SDK's FFT of the browser's fake-microphone beep, and the page's own
 WebAudio analyser (level and spectral peak) on the SDK's 440 Hz tone.
 """
@@ -25,11 +25,11 @@ from livekit import api, rtc
 
 from roomline.auth import verify_token
 from roomline.config import DEV_KEYS, Config
+from roomline_harness.lk import record, tone_publisher
+from roomline_harness.paths import ROOT
+from roomline_harness.server import API_KEY, API_SECRET, Server, start_server, stop_server
+from roomline_harness.web.browser import Browser, missing_requirements
 from sfu.service.web import WebService
-from tests.support.lk import record, tone_publisher
-from tests.support.paths import ROOT
-from tests.support.server import API_KEY, API_SECRET, Server, start_server, stop_server
-from tests.support.web.browser import Browser, missing_requirements
 
 RATE = 48000
 #: Chromium's fake microphone (--use-fake-device-for-media-stream) beeps: ~50 ms bursts of a 400 Hz

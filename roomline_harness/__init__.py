@@ -1,4 +1,6 @@
-"""Helpers shared by the tests (and the benchmarks): no fixtures and no tests live here.
+"""The harness that drives a real appliance and real peers from outside, shared by ``tests/`` and
+``bench/``: no fixtures and no tests live here, and nothing here imports ``tests``. Production
+code never imports it (``tests/meta/test_import_graph.py`` checks both), and the wheel leaves it out.
 
 * :mod:`.paths` — repository and test-data paths; :mod:`.captures` — captured packets.
 * :mod:`.net` — free TCP/UDP ports and UDP port ranges for peers that cannot bind port 0 themselves.
@@ -14,6 +16,6 @@
 * :mod:`.web` — headless Chromium driven through playwright-core.
 * :mod:`.child_process` — a scripted child for the process-supervision tests.
 
-The benchmarks (``bench/``) use these helpers too (the same peers and server harness); they never
-import ``conftest`` or a test module (``tests/meta/test_import_graph.py`` checks both).
+The benchmarks use the same peers and server harness as the tests, so a figure in ``bench/`` and a
+check in ``tests/`` exercise one setup; neither the harness nor ``bench/`` imports a test module.
 """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from tests.support.paths import DATA
+from roomline_harness.paths import DATA
 
 
 def load(name: str) -> list[bytes]:

@@ -3,7 +3,7 @@
 * :func:`sip_section` builds the ``sip`` config section: workers on free ports, a few trunks and
   one callee dispatch rule (room ``call_<dialled number>``, so each test gets its own room by
   dialling its own number).
-* :func:`phone_args`: arguments for the pjsua2 test phone (:mod:`tests.support.sip.peers`) calling
+* :func:`phone_args`: arguments for the pjsua2 test phone (:mod:`roomline_harness.sip.peers`) calling
   a number on the appliance.
 * SIPp scenarios that ``uac_scenario`` does not cover: digest authentication and a session-timer
   refresh (re-INVITE with ``Session-Expires``).
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from tests.support.audio import dominant_frequency, snr_db
-from tests.support.net import free_port, free_udp_range
-from tests.support.server import Server
+from roomline_harness.audio import dominant_frequency, snr_db
+from roomline_harness.net import free_port, free_udp_range
+from roomline_harness.server import Server
 
 #: Digest credentials of the ``ST_pbx`` trunk (test-only values).
 PBX_USER = "pbx"

@@ -1,6 +1,6 @@
 """Free ports for peers that must be told a port in advance (SIPp, pjsua2, RTP ranges).
 
-Servers we control bind port 0 and report the port they got (see :mod:`tests.support.server`);
+Servers we control bind port 0 and report the port they got (see :mod:`roomline_harness.server`);
 these helpers are for the rest. A port found here is free *now*: another process may take it before
 the peer binds it, so callers that can retry should.
 """
@@ -13,6 +13,13 @@ import socket
 #: UDP ranges are searched here, below the kernel's ephemeral range (32768+, where the ports of
 #: :func:`free_port` and of every outgoing socket come from), so they do not collide with those.
 _RANGE_LOW, _RANGE_HIGH = 20000, 32000
+
+#: Where the next range search starts. Ranges are handed out round-robin through the space from a
+#: random start, so two ranges asked for by one process (a server's WebRTC range and its SIP
+#: workers' RTP range, probed one after the other while neither is bound yet) never overlap until
+#: the whole space has been handed out once; probing alone cannot promise that, since a probed
+#: range is free again as soon as the probe's sockets close.
+_cursor = random.randrange(_RANGE_LOW, _RANGE_HIGH, 2)
 
 
 def free_port(*, udp: bool = True, tcp: bool = True) -> int:
@@ -31,21 +38,22 @@ def free_port(*, udp: bool = True, tcp: bool = True) -> int:
 
 def free_udp_range(size: int) -> tuple[int, int]:
     """``(first, last)`` of ``size`` consecutive UDP ports that are all free right now."""
-    for _ in range(200):
-        start = random.randrange(_RANGE_LOW, _RANGE_HIGH - size, 2)  # RTP starts on even ports
-        socks: list[socket.socket] = []
-        try:
-            for port in range(start, start + size):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return start, start + size - 1
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no free range of {size} UDP ports")
+    start = _next_free(size, (socket.SOCK_DGRAM,))
+    return start, start + size - 1
+
+
+def _next_free(size: int, kinds: tuple[int, ...]) -> int:
+    """The first block of ``size`` ports at or after the cursor that binds for every kind."""
+    global _cursor
+    span = _RANGE_HIGH - _RANGE_LOW
+    for _ in range(span // 2):
+        if _cursor + size > _RANGE_HIGH:
+            _cursor = _RANGE_LOW
+        start = _cursor
+        _cursor += size + size % 2  # the next block starts on an even port too
+        if all(_bindable(p, kind) for p in range(start, start + size) for kind in kinds):
+            return start
+    raise RuntimeError(f"no {size} consecutive free ports in {_RANGE_LOW}-{_RANGE_HIGH}")
 
 
 def _bindable(port: int, kind: int) -> bool:
@@ -63,13 +71,12 @@ def free_block(size: int, low: int = _RANGE_LOW, high: int = _RANGE_HIGH) -> int
     For a peer that needs several fixed ports at once (the soak's appliance, SIPp and RTP ranges),
     or a run that must keep inside a port range it was given.
     """
+    both = (socket.SOCK_DGRAM, socket.SOCK_STREAM)
+    if (low, high) == (_RANGE_LOW, _RANGE_HIGH):
+        return _next_free(size, both)  # the shared space: round-robin with free_udp_range
     starts = list(range(low + low % 2, high - size + 2, 2))  # even: RTP ranges start on one
     random.shuffle(starts)
     for start in starts[:200]:
-        if all(
-            _bindable(p, kind)
-            for p in range(start, start + size)
-            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM)
-        ):
+        if all(_bindable(p, kind) for p in range(start, start + size) for kind in both):
             return start
     raise RuntimeError(f"no {size} consecutive free ports in {low}-{high}")

@@ -2,7 +2,7 @@
 
 The appliance binds HTTP port 0 and writes the port it got to ``--port-file``, so there is no window
 between choosing a port and binding it. UDP ranges
-(WebRTC media) cannot be bound that way and come from :func:`tests.support.net.free_udp_range`.
+(WebRTC media) cannot be bound that way and come from :func:`roomline_harness.net.free_udp_range`.
 """
 
 from __future__ import annotations
@@ -18,20 +18,19 @@ from pathlib import Path
 
 import yaml
 
-from tests.support.net import free_udp_range
-from tests.support.paths import ROOT
+from roomline_harness.net import free_udp_range
+from roomline_harness.paths import ROOT
 
 API_KEY = "devkey"
 API_SECRET = "secret"
 #: Seconds a server may take from exec to answering /healthz.
-START_TIMEOUT = 30.0
+START_TIMEOUT = 40.0
 
 
 def roomline_command() -> list[str]:
-    """The installed ``roomline`` console script, or the CLI module run by this interpreter."""
-    script = Path(sys.executable).parent / "roomline"
-    if script.exists():
-        return [str(script)]
+    """``roomline`` as the console script runs it, but from this checkout: the venv's script may
+    have been installed from another tree, so the CLI module is run by this interpreter (with
+    :data:`ROOT` first on ``PYTHONPATH``)."""
     return [sys.executable, "-c", "import sys; from appliance.cli import main; sys.exit(main())"]
 
 

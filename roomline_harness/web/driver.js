@@ -1,7 +1,7 @@
 // Headless Chromium driven by pytest through JSON lines on stdin/stdout (playwright-core, the system
 // /usr/bin/chromium; Playwright never downloads a browser here).
 //
-//   node tests/support/web/driver.js <user-data-dir>
+//   node roomline_harness/web/driver.js <user-data-dir>
 //   stdin : {"id": 1, "op": "goto", "url": "..."}           one command per line
 //   stdout: {"id": 1, "ok": true, "result": ...}           or {"id": 1, "ok": false, "error": "..."}
 //

@@ -1,26 +1,18 @@
 """The whole appliance (this checkout) plus livekit-agents workers, for the agents tests.
 
-``start_appliance`` runs ``python -m appliance.cli serve`` from this tree (the venv's ``roomline``
-script may belong to another checkout) on a port in 35000-35999. ``TONE_WORKER`` is an
+``start_appliance`` runs ``roomline serve`` from this tree on port 0. ``TONE_WORKER`` is an
 ``livekit.rtc``-only agent: it joins, sets ``lk.agent.state``, publishes a sine at ``E2E_FREQ`` Hz
 and notes what it does in ``E2E_OUT`` (one line per event, tagged with ``E2E_TAG``).
 """
 
 from __future__ import annotations
 
-import os
-import random
 import re
-import socket
-import subprocess
-import sys
 import textwrap
-import time
 import urllib.request
 from pathlib import Path
 
-from tests.support.paths import ROOT
-from tests.support.server import Server, write_config
+from roomline_harness.server import Server, start_server
 
 TONE_WORKER = textwrap.dedent(
     """
@@ -86,46 +78,9 @@ TONE_WORKER = textwrap.dedent(
 )
 
 
-def free_port_in_range(lo: int = 35000, hi: int = 35999) -> int:
-    for _ in range(200):
-        port = random.randint(lo, hi)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in range")
-
-
 def start_appliance(tmp: Path, **sections: dict[str, object]) -> Server:
-    port = free_port_in_range()
-    data_dir = tmp / "data"
-    config_path = tmp / "roomline.yaml"
-    write_config(config_path, port, data_dir, **sections)
-    log_path = tmp / "roomline.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "appliance.cli", "serve", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=str(ROOT),
-            env=env,
-        )
-    server = Server(port, data_dir, config_path, process, log_path)
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"roomline exited early:\n{server.log_text()}")
-        try:
-            with urllib.request.urlopen(f"{server.http_url}/healthz", timeout=1) as resp:
-                if resp.status == 200:
-                    return server
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"roomline did not become healthy:\n{server.log_text()}")
+    """The appliance for the agents tests: :func:`roomline_harness.server.start_server` (port 0)."""
+    return start_server(tmp, **sections)
 
 
 def metric(server: Server, name: str, labels: str = "") -> float:

@@ -239,7 +239,7 @@ def uas_scenario(
 def uas_cmd(
     scenario: str | Path, *, local_port: int, media_port: int, timeout_s: int = 40
 ) -> list[str]:
-    from tests.support.sip.sipp import SIPP
+    from roomline_harness.sip.sipp import SIPP
 
     assert SIPP is not None
     return [

@@ -1,4 +1,4 @@
-"""A scripted child process for tests/roomline/test_process.py: ``python -m tests.support.child_process``.
+"""A scripted child process for tests/roomline/test_process.py: ``python -m roomline_harness.child_process``.
 
 --log          configure_worker_logging("test-child"), then one structlog event, one stdlib
                %-format record, one plain line straight to stderr and one to stdout

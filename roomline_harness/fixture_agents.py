@@ -21,7 +21,7 @@ from roomline_agents.sdk import (
     RemoteTrackPublication,
     SipDTMF,
 )
-from tests.support.audio import dominant_frequency
+from roomline_harness.audio import dominant_frequency
 
 
 async def probe(ctx: JobContext) -> None:
@@ -89,8 +89,8 @@ async def die(ctx: JobContext) -> None:
 
 
 REGISTRY = {
-    "probe": "tests.support.fixture_agents:probe",
-    "crash": "tests.support.fixture_agents:crash",
-    "hang": "tests.support.fixture_agents:hang",
-    "die": "tests.support.fixture_agents:die",
+    "probe": "roomline_harness.fixture_agents:probe",
+    "crash": "roomline_harness.fixture_agents:crash",
+    "hang": "roomline_harness.fixture_agents:hang",
+    "die": "roomline_harness.fixture_agents:die",
 }

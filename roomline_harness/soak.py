@@ -18,7 +18,7 @@ Used by ``tests/bridge/test_soak.py`` (which fails on any :meth:`SoakResult.prob
 Ports: one block of :data:`BLOCK` consecutive ports, free for TCP and UDP, holds the appliance's
 SIP port, RTP and WebRTC ranges and SIPp's SIP, control and media ports. It is searched in
 ``port_range`` (``ROOMLINE_TEST_PORTS=38000-38999`` when unset and the variable is set; else the
-range of :func:`tests.support.net.free_udp_range`); the HTTP port is in the block too when a range
+range of :func:`roomline_harness.net.free_udp_range`); the HTTP port is in the block too when a range
 was given, else the kernel picks it (``--port-file``).
 """
 
@@ -37,12 +37,12 @@ from typing import Any
 
 import yaml
 
-from tests.support.net import free_block
-from tests.support.paths import ROOT
-from tests.support.server import Server, start_server, stop_server
-from tests.support.sip.fullstack import metrics, worker_pid
-from tests.support.sip.pcap import write_tone_pcap
-from tests.support.sip.sipp import SIPP, uac_scenario
+from roomline_harness.net import free_block
+from roomline_harness.paths import ROOT
+from roomline_harness.server import Server, start_server, stop_server
+from roomline_harness.sip.fullstack import metrics, worker_pid
+from roomline_harness.sip.pcap import write_tone_pcap
+from roomline_harness.sip.sipp import SIPP, uac_scenario
 
 DEFAULT_CONFIG = ROOT / "roomline" / "defaults" / "roomline.yaml"
 PORTS_ENV = "ROOMLINE_TEST_PORTS"
@@ -116,7 +116,7 @@ def pick_ports(port_range: tuple[int, int] | None = None) -> SoakPorts:
 
 
 def default_config_sections(ports: SoakPorts) -> dict[str, dict[str, Any]]:
-    """The embedded default config as sections for :func:`tests.support.server.start_server`.
+    """The embedded default config as sections for :func:`roomline_harness.server.start_server`.
 
     ``server`` and ``rtc`` keep the harness's loopback settings (its data dir, kernel-chosen or
     block HTTP port); the SIP worker gets the block's ports and binds loopback; logs are JSON.

@@ -1,4 +1,4 @@
-"""Drive headless Chromium from pytest: an asyncio client for ``tests/support/web/driver.js`` (playwright-core).
+"""Drive headless Chromium from pytest: an asyncio client for ``roomline_harness/web/driver.js`` (playwright-core).
 
 One JSON command per line on the driver's stdin, one JSON answer per line on its stdout. Every call has
 a timeout, and :meth:`Browser.close` always ends the Node process (and with it Chromium).
@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tests.support.paths import ROOT
+from roomline_harness.paths import ROOT
 
 DRIVER = Path(__file__).resolve().parent / "driver.js"
 CHROMIUM = os.environ.get("ROOMLINE_CHROMIUM", "/usr/bin/chromium")

@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from tests.support.paths import ROOT
-from tests.support.server import Server
+from roomline_harness.paths import ROOT
+from roomline_harness.server import Server
 
 PORT_LO, PORT_HI = 37000, 37999
 BLOCK = 200

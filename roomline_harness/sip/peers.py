@@ -1,4 +1,4 @@
-"""The pjsua2 test phone (tests/support/sip/phone.py) as a subprocess, and its ``PHONE`` events."""
+"""The pjsua2 test phone (roomline_harness/sip/phone.py) as a subprocess, and its ``PHONE`` events."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from tests.support.paths import ROOT
+from roomline_harness.paths import ROOT
 
 
 class PhoneProcess:
@@ -19,13 +19,13 @@ class PhoneProcess:
 
     @classmethod
     async def start(cls, args: list[str]) -> PhoneProcess:
-        """Start ``python -m tests.support.sip.phone *args`` with this checkout importable."""
+        """Start ``python -m roomline_harness.sip.phone *args`` with this checkout importable."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "tests.support.sip.phone",
+            "roomline_harness.sip.phone",
             *args,
             cwd=str(ROOT),
             env=env,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from livekit import api, rtc
 
-from tests.support.server import API_KEY, API_SECRET
+from roomline_harness.server import API_KEY, API_SECRET
 
 RATE = 48000
 

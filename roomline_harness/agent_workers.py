@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 FALLBACK_PYTHON = "/tmp/agents-venv/bin/python"
-SETUP_PYTHON = Path(__file__).resolve().parents[3] / ".venv-agents" / "bin" / "python"
+SETUP_PYTHON = Path(__file__).resolve().parents[1] / ".venv-agents" / "bin" / "python"
 
 
 def agents_python() -> str | None:

@@ -1,6 +1,6 @@
 """A pjsua2 "test phone" run as its own process (pjsua2 is process-global and capped at 4 calls).
 
-    python -m tests.support.sip.phone --dest sip:room@127.0.0.1:5080 --port 25001 --tone 1000 \
+    python -m roomline_harness.sip.phone --dest sip:room@127.0.0.1:5080 --port 25001 --tone 1000 \
         --record heard.wav --duration 8 --dtmf 1234*# --dtmf-at 3 --hold-at 4 --resume-at 5
 
 Dials, plays a tone (from a generated WAV, looped), records what it hears to a WAV (16 kHz),
@@ -25,7 +25,7 @@ from typing import Any
 
 import pjsua2 as pj
 
-from tests.support.audio import tone, write_wav
+from roomline_harness.audio import tone, write_wav
 
 RATE = 16000
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.support.sip.dtmf import generate_digit
+from roomline_harness.sip.dtmf import generate_digit
 
 SAMPLES = 160  # 20 ms at 8 kHz
 
