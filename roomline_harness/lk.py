@@ -76,15 +76,27 @@ async def tone_publisher(
             await task
 
 
-async def record(track: rtc.Track, seconds: float, skip: float = 0.5) -> np.ndarray:
-    """PCM (mono int16 at 48 kHz) received on ``track``; the first ``skip`` seconds are dropped."""
+async def record(
+    track: rtc.Track, seconds: float, skip: float = 0.5, sound_within: float = 0.0
+) -> np.ndarray:
+    """PCM (mono int16 at 48 kHz) received on ``track``; the first ``skip`` seconds are dropped.
+
+    With ``sound_within`` > 0, leading digital silence (a publisher that has not started
+    speaking yet, which on a loaded machine can take a few seconds) is dropped too, for up to that
+    many seconds of received audio; the recording then starts with the first non-zero frame, so
+    what is checked is the content, not when it began.
+    """
     stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
     chunks: list[np.ndarray] = []
     need = int((seconds + skip) * RATE)
     got = 0
+    silent = 0
     try:
         async for ev in stream:
             data = np.frombuffer(ev.frame.data, dtype=np.int16)
+            if not chunks and silent < sound_within * RATE and not data.any():
+                silent += len(data)
+                continue
             chunks.append(data)
             got += len(data)
             if got >= need:

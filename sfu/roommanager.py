@@ -10,25 +10,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from roomline.config import RoomDefaults
 from roomline.errors import InvalidRequest, RoomNotFound
 from sfu.events import Disconnect, Event, RoomClosed, SubscriptionChanged
 from sfu.participant import DisconnectReason, Participant, ParticipantInit
 from sfu.room import Limits, Room
 
 
-@dataclass(frozen=True, slots=True)
-class RoomDefaults:
-    """Defaults for rooms created without explicit options (``room.*`` in the config)."""
-
-    auto_create: bool = True
-    empty_timeout: int = 300
-    departure_timeout: int = 20
-    max_participants: int = 0
-
-
 @dataclass(slots=True)
 class RoomManager:
-    """The rooms of this node."""
+    """The rooms of this node; ``defaults`` is the config's ``room`` section."""
 
     limits: Limits = field(default_factory=Limits)
     defaults: RoomDefaults = field(default_factory=RoomDefaults)

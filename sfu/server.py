@@ -15,7 +15,7 @@ from aiohttp import web
 from roomline.config import Config
 from sfu.node import Node
 from sfu.room import Limits
-from sfu.roommanager import RoomDefaults, RoomManager
+from sfu.roommanager import RoomManager
 from sfu.service.metrics import Metrics
 from sfu.service.roomservice import RoomService
 from sfu.service.twirp import TwirpRouter
@@ -45,14 +45,8 @@ class SFUServer:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        defaults = RoomDefaults(
-            auto_create=cfg.room.auto_create,
-            empty_timeout=cfg.room.empty_timeout,
-            departure_timeout=cfg.room.departure_timeout,
-            max_participants=cfg.room.max_participants,
-        )
         self.node = Node(
-            RoomManager(limits=limits_from_config(cfg), defaults=defaults),
+            RoomManager(limits=limits_from_config(cfg), defaults=cfg.room),
             encode_broadcast=encode_broadcast,
         )
         self.metrics = Metrics(self.node)

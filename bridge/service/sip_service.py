@@ -79,6 +79,27 @@ def _copy(msg: M) -> M:
     return out
 
 
+def _fresh(msg: M, label: str, id_field: str) -> M:
+    """A copy of a Create* request's object, which must not carry an id of its own."""
+    if getattr(msg, id_field):
+        raise InvalidRequest(f"{label}.{id_field}: must be empty (the server assigns it)")
+    return _copy(msg)
+
+
+def _assign(info: M, id_field: str, new_id: str) -> M:
+    """Give a validated new object its id and its created/updated stamps."""
+    setattr(info, id_field, new_id)
+    info.created_at.CopyFrom(_now())  # type: ignore[attr-defined]
+    info.updated_at.CopyFrom(info.created_at)  # type: ignore[attr-defined]
+    return info
+
+
+def _required(value: str, field: str, what: str) -> str:
+    if not value:
+        raise InvalidRequest(f"{field}: {what} is required")
+    return value
+
+
 def _page(items: Sequence[M], page: Any, key: Callable[[M], str]) -> list[M]:
     ordered = sorted(items, key=key)
     if page is not None and page.after_id:
@@ -200,11 +221,6 @@ def _apply_update(current: M, req: Any, spec: _Updatable) -> M:
     return info
 
 
-def _validate_outbound(info: sip_pb.SIPOutboundTrunkInfo) -> None:
-    """LiveKit's outbound trunk checks (bridge/service/outbound.py)."""
-    validate_outbound_trunk(info)
-
-
 class SIPService:
     """Implementation of ``livekit.SIP`` on a :class:`~bridge.service.store.SIPStore`."""
 
@@ -232,30 +248,24 @@ class SIPService:
         _require_admin(claims)
         if not req.HasField("trunk"):
             raise InvalidRequest("trunk: missing")
-        info = _copy(req.trunk)
-        if info.sip_trunk_id:
-            raise InvalidRequest("trunk.sip_trunk_id: must be empty (the server assigns it)")
+        info = _fresh(req.trunk, "trunk", "sip_trunk_id")
         validate_trunk(info)
         self._check_inbound_conflicts(info)
-        info.sip_trunk_id = new_trunk_id()
-        info.created_at.CopyFrom(_now())
-        info.updated_at.CopyFrom(info.created_at)
-        self.store.put_inbound_trunk(info)
+        self.store.put_inbound_trunk(_assign(info, "sip_trunk_id", new_trunk_id()))
         return info
 
-    def _writable_trunk(self, trunk_id: str) -> sip_pb.SIPInboundTrunkInfo:
-        if not trunk_id:
-            raise InvalidRequest("sip_trunk_id: must be set")
-        current = self.store.get_inbound_trunk(trunk_id)
-        if self.store.is_read_only(trunk_id):
-            raise InvalidRequest(f"sip_trunk_id: trunk {trunk_id} comes from the config file")
+    def _writable(self, object_id: str, id_field: str, get: Callable[[str], M]) -> M:
+        """The stored object an Update* request names; config-file objects are read-only."""
+        current = get(_required(object_id, id_field, "ID"))
+        if self.store.is_read_only(object_id):
+            raise InvalidRequest(f"{id_field}: {object_id} comes from the config file")
         return current
 
     async def update_sip_inbound_trunk(
         self, req: sip_pb.UpdateSIPInboundTrunkRequest, claims: Claims
     ) -> sip_pb.SIPInboundTrunkInfo:
         _require_admin(claims)
-        current = self._writable_trunk(req.sip_trunk_id)
+        current = self._writable(req.sip_trunk_id, "sip_trunk_id", self.store.get_inbound_trunk)
         info = _apply_update(current, req, _INBOUND_TRUNK)
         validate_trunk(info)
         self._check_inbound_conflicts(info)
@@ -266,11 +276,8 @@ class SIPService:
         self, req: sip_pb.GetSIPInboundTrunkRequest, claims: Claims
     ) -> sip_pb.GetSIPInboundTrunkResponse:
         _require_admin(claims)
-        if not req.sip_trunk_id:
-            raise InvalidRequest("sip_trunk_id: trunk ID is required")
-        return sip_pb.GetSIPInboundTrunkResponse(
-            trunk=self.store.get_inbound_trunk(req.sip_trunk_id)
-        )
+        trunk_id = _required(req.sip_trunk_id, "sip_trunk_id", "trunk ID")
+        return sip_pb.GetSIPInboundTrunkResponse(trunk=self.store.get_inbound_trunk(trunk_id))
 
     async def list_sip_inbound_trunk(
         self, req: sip_pb.ListSIPInboundTrunkRequest, claims: Claims
@@ -299,25 +306,18 @@ class SIPService:
         _require_admin(claims)
         if not req.HasField("trunk"):
             raise InvalidRequest("trunk: missing")
-        info = _copy(req.trunk)
-        if info.sip_trunk_id:
-            raise InvalidRequest("trunk.sip_trunk_id: must be empty (the server assigns it)")
-        _validate_outbound(info)
-        info.sip_trunk_id = new_trunk_id()
-        info.created_at.CopyFrom(_now())
-        info.updated_at.CopyFrom(info.created_at)
-        self.store.put_outbound_trunk(info)
+        info = _fresh(req.trunk, "trunk", "sip_trunk_id")
+        validate_outbound_trunk(info)
+        self.store.put_outbound_trunk(_assign(info, "sip_trunk_id", new_trunk_id()))
         return info
 
     async def update_sip_outbound_trunk(
         self, req: sip_pb.UpdateSIPOutboundTrunkRequest, claims: Claims
     ) -> sip_pb.SIPOutboundTrunkInfo:
         _require_admin(claims)
-        if not req.sip_trunk_id:
-            raise InvalidRequest("sip_trunk_id: must be set")
-        current = self.store.get_outbound_trunk(req.sip_trunk_id)
+        current = self._writable(req.sip_trunk_id, "sip_trunk_id", self.store.get_outbound_trunk)
         info = _apply_update(current, req, _OUTBOUND_TRUNK)
-        _validate_outbound(info)
+        validate_outbound_trunk(info)
         self.store.put_outbound_trunk(info)
         return info
 
@@ -325,9 +325,8 @@ class SIPService:
         self, req: sip_pb.GetSIPOutboundTrunkRequest, claims: Claims
     ) -> sip_pb.GetSIPOutboundTrunkResponse:
         _require_admin(claims)
-        if not req.sip_trunk_id:
-            raise InvalidRequest("sip_trunk_id: trunk ID is required")
-        trunk = self.store.get_outbound_trunk(req.sip_trunk_id)
+        trunk_id = _required(req.sip_trunk_id, "sip_trunk_id", "trunk ID")
+        trunk = self.store.get_outbound_trunk(trunk_id)
         return sip_pb.GetSIPOutboundTrunkResponse(trunk=redacted(trunk))
 
     async def list_sip_outbound_trunk(
@@ -349,9 +348,7 @@ class SIPService:
         self, req: sip_pb.DeleteSIPTrunkRequest, claims: Claims
     ) -> sip_pb.SIPTrunkInfo:
         _require_admin(claims)
-        if not req.sip_trunk_id:
-            raise InvalidRequest("sip_trunk_id: trunk ID is required")
-        kind = self.store.delete_trunk(req.sip_trunk_id)
+        kind = self.store.delete_trunk(_required(req.sip_trunk_id, "sip_trunk_id", "trunk ID"))
         trunk_kind = (
             sip_pb.SIPTrunkInfo.TRUNK_INBOUND
             if kind == "inbound"
@@ -378,9 +375,7 @@ class SIPService:
     ) -> sip_pb.SIPDispatchRuleInfo:
         _require_admin(claims)
         if req.HasField("dispatch_rule"):
-            info = _copy(req.dispatch_rule)
-            if info.sip_dispatch_rule_id:
-                raise InvalidRequest("dispatch_rule.sip_dispatch_rule_id: must be empty")
+            info = _fresh(req.dispatch_rule, "dispatch_rule", "sip_dispatch_rule_id")
         else:
             # Legacy request form: the rule's fields at the top level of the request.
             info = sip_pb.SIPDispatchRuleInfo(
@@ -397,24 +392,16 @@ class SIPService:
             if req.HasField("room_config"):
                 info.room_config.CopyFrom(req.room_config)
         self._check_rule(info)
-        info.sip_dispatch_rule_id = new_rule_id()
-        info.created_at.CopyFrom(_now())
-        info.updated_at.CopyFrom(info.created_at)
-        self.store.put_dispatch_rule(info)
+        self.store.put_dispatch_rule(_assign(info, "sip_dispatch_rule_id", new_rule_id()))
         return info
 
     async def update_sip_dispatch_rule(
         self, req: sip_pb.UpdateSIPDispatchRuleRequest, claims: Claims
     ) -> sip_pb.SIPDispatchRuleInfo:
         _require_admin(claims)
-        if not req.sip_dispatch_rule_id:
-            raise InvalidRequest("sip_dispatch_rule_id: must be set")
-        current = self.store.get_dispatch_rule(req.sip_dispatch_rule_id)
-        if self.store.is_read_only(current.sip_dispatch_rule_id):
-            raise InvalidRequest(
-                f"sip_dispatch_rule_id: rule {current.sip_dispatch_rule_id} comes from the "
-                "config file"
-            )
+        current = self._writable(
+            req.sip_dispatch_rule_id, "sip_dispatch_rule_id", self.store.get_dispatch_rule
+        )
         info = _apply_update(current, req, _DISPATCH_RULE)
         self._check_rule(info)
         self.store.put_dispatch_rule(info)
@@ -439,9 +426,8 @@ class SIPService:
         self, req: sip_pb.DeleteSIPDispatchRuleRequest, claims: Claims
     ) -> sip_pb.SIPDispatchRuleInfo:
         _require_admin(claims)
-        if not req.sip_dispatch_rule_id:
-            raise InvalidRequest("sip_dispatch_rule_id: rule ID is required")
-        return self.store.delete_dispatch_rule(req.sip_dispatch_rule_id)
+        rule_id = _required(req.sip_dispatch_rule_id, "sip_dispatch_rule_id", "rule ID")
+        return self.store.delete_dispatch_rule(rule_id)
 
     # --- calls: outbound and transfer (bridge/service/outbound.py) --------------------------
 

@@ -31,6 +31,7 @@ from livekit.protocol import models
 
 from roomline.auth import verify_token
 from roomline.errors import TokenError, Unavailable
+from roomline.tasks import TaskSet
 from roomline_agents.service.worker_protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     REGISTER_TIMEOUT,
@@ -130,7 +131,7 @@ class AgentWorkerService:
         self._waiters: dict[str, asyncio.Future[AgentJob]] = {}
         self._timer_wake = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("agent worker hooks")
         self._closing = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -170,8 +171,7 @@ class AgentWorkerService:
             if not fut.done():
                 fut.set_exception(Unavailable("agent service stopped"))
         self._waiters.clear()
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
 
     # ------------------------------------------------------------------ API
 
@@ -471,16 +471,9 @@ class AgentWorkerService:
         try:
             result = hook(arg)
             if asyncio.iscoroutine(result):
-                task = asyncio.get_running_loop().create_task(result)
-                self._tasks.add(task)
-                task.add_done_callback(self._hook_done)
+                self._tasks.spawn(result, "agent hook")
         except Exception:
             log.exception("agent hook failed", subject=arg.id)
-
-    def _hook_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("agent hook failed", error=repr(task.exception()))
 
     async def _run_timer(self) -> None:
         loop = asyncio.get_running_loop()

@@ -47,6 +47,7 @@ from roomline import ids
 from roomline.auth import Claims
 from roomline.errors import InvalidRequest, NotFound, PermissionDenied, RoomlineError
 from roomline.lifecycle import Service
+from roomline.tasks import TaskSet
 from roomline_agents.service.agent_ws import AgentWorkerService
 from roomline_agents.service.dispatch import DISPATCH_PREFIX, dispatch_proto
 from roomline_agents.service.manager import (
@@ -112,7 +113,7 @@ class Agents(Service):
         self.workers.on_worker_registered = self._worker_registered
         self.workers.on_job_redispatching = self._job_redispatching
         self.dispatches: dict[str, ExternalDispatch] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("agent dispatch")
         #: Rooms being created by CreateDispatch (no default dispatch for them).
         self._creating: set[str] = set()
         # Room creation dispatches through here (external or built-in); the manager keeps its
@@ -129,14 +130,11 @@ class Agents(Service):
         await self.workers.start()
 
     async def stop(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         await self.workers.stop()
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     # ------------------------------------------------------------------ names
 

@@ -31,6 +31,7 @@ from roomline.errors import (
     Unavailable,
 )
 from roomline.lifecycle import Service
+from roomline.tasks import TaskSet
 from roomline_agents import control
 from roomline_agents.control import AGENT_STATE_ATTRIBUTE
 from roomline_agents.service.dispatch import (
@@ -78,7 +79,7 @@ class AgentManager(Service):
         self.failures: Counter[tuple[str, str]] = Counter()
         self.started: Counter[str] = Counter()
         self._agent_only_since: dict[str, float] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("built-in agents")
         self._ticker: asyncio.Task[None] | None = None
         self.node.room_listeners.append(self.on_room)
         key = next(iter(self.cfg.keys))
@@ -96,14 +97,11 @@ class AgentManager(Service):
     async def stop(self) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-        for t in list(self._tasks):
-            t.cancel()
+        self._tasks.cancel()
         await self.supervisor.stop()
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     # ------------------------------------------------------------------ dispatch
 

@@ -31,6 +31,7 @@ import structlog
 
 from roomline.config import LoggingConfig
 from roomline.process import Backoff, ProcessSupervisor, describe_exit
+from roomline.tasks import TaskSet
 from roomline_agents import control
 
 log = structlog.get_logger(__name__)
@@ -124,7 +125,7 @@ class JobSupervisor:
         self.spawn_failures = 0
         self.killed_hung = 0
         self._stopping = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet("agent job supervisor")
         self._watchdog: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -144,15 +145,11 @@ class JobSupervisor:
         await asyncio.gather(*(self._procs.stop(p, 1.0, polite_wait=STOP_GRACE) for p in procs))
         if self._watchdog is not None:
             self._watchdog.cancel()
-        for t in list(self._tasks):
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.close()
         await self._procs.close()
 
     def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     def _refill(self) -> None:
         while not self._stopping and len(self.idle) + self.starting < self.idle_target:

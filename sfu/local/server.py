@@ -23,6 +23,7 @@ from roomline.auth import verify_token
 from roomline.config import Config
 from roomline.errors import InvalidRequest, RoomlineError
 from roomline.lifecycle import Service
+from roomline.tasks import TaskSet
 from roomline.wire import AUDIO_LEVEL_EXT_ID
 from sfu.admission import CLIENT_PROTOCOL_DEFAULT, participant_init
 from sfu.events import SubscriptionChanged
@@ -266,7 +267,7 @@ class LocalChannelServer(Service):
         self.cfg = cfg
         self.path = path
         self._server: asyncio.AbstractServer | None = None
-        self._pair_tasks: set[asyncio.Task[None]] = set()
+        self._pair_tasks = TaskSet("local channel")
         self.sessions: set[LocalSession] = set()
 
     async def start(self) -> None:
@@ -285,8 +286,7 @@ class LocalChannelServer(Service):
             self._server.close()
         for session in list(self.sessions):
             session.close(DisconnectReason.SERVER_SHUTDOWN)
-        for task in list(self._pair_tasks):
-            task.cancel()
+        self._pair_tasks.cancel()
         if os.path.exists(self.path):
             os.unlink(self.path)
 
@@ -297,9 +297,7 @@ class LocalChannelServer(Service):
         """
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         reader, writer = await asyncio.open_unix_connection(sock=mine, limit=MAX_FRAME + 8)
-        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
-        self._pair_tasks.add(task)
-        task.add_done_callback(self._pair_tasks.discard)
+        self._pair_tasks.spawn(self._serve(reader, writer), "in-process connection")
         return theirs
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -30,6 +30,7 @@ from livekit.protocol import rtc
 
 from roomline.config import Config
 from roomline.errors import InvalidRequest, RoomlineError
+from roomline.tasks import TaskSet
 from sfu.events import SubscriptionChanged
 from sfu.media.aiortc import PublishedTrackTap, SubscriberSender
 from sfu.node import Node
@@ -79,7 +80,7 @@ class RTCSession(SignalSession):
             RTCConfiguration(iceServers=ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
         self.subscriber = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet("signal session")
         self._pending_candidates: dict[int, list[dict[str, Any]]] = {PUBLISHER: [], SUBSCRIBER: []}
         # Subscriber negotiation: one offer in flight, re-offer if something changed meanwhile.
         self._offer_id = 0
@@ -108,9 +109,7 @@ class RTCSession(SignalSession):
     # ------------------------------------------------------------------ plumbing
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._guard(coro, what))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._guard(coro, what), what)
 
     async def _guard(self, coro: Coroutine[Any, Any, Any], what: str) -> None:
         try:
@@ -480,8 +479,7 @@ class RTCSession(SignalSession):
             self._spawn(self.ws.close(), "close websocket")
 
     async def _shutdown(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.cancel()
         await asyncio.gather(
             self.publisher.close(), self.subscriber.close(), return_exceptions=True
         )

@@ -139,7 +139,7 @@ async def hear(room: rtc.Room, identity: str, freq: float, w: Workers) -> None:
     await w.wait(lambda: lk.subscribed_audio(room, identity) is not None, 30, "agent audio")
     track = lk.subscribed_audio(room, identity)
     assert track is not None
-    pcm = await asyncio.wait_for(lk.record(track, 1.0, skip=0.5), 20)
+    pcm = await asyncio.wait_for(lk.record(track, 1.0, skip=0.5, sound_within=10), 25)
     assert abs(dominant_frequency(pcm, lk.RATE) - freq) < 15, w.debug()
 
 

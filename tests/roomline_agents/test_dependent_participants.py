@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from roomline.config import RoomDefaults
 from roomline.errors import RoomFull
 from sfu.events import RoomClosed
 from sfu.node import Node
@@ -15,7 +16,7 @@ from sfu.participant import (
     ParticipantKind,
     Permission,
 )
-from sfu.roommanager import RoomDefaults, RoomManager, room_options_from_config
+from sfu.roommanager import RoomManager, room_options_from_config
 from sfu.roomstate import RoomState
 
 T0 = 1_700_000_000.0

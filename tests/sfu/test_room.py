@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from roomline.config import RoomDefaults
 from roomline.errors import (
     InvalidRequest,
     LimitExceeded,
@@ -30,7 +31,7 @@ from sfu.participant import (
     Permission,
 )
 from sfu.room import Limits, TrackRequest
-from sfu.roommanager import RoomDefaults, RoomManager
+from sfu.roommanager import RoomManager
 from sfu.track import TrackSource, TrackType
 
 T0 = 1_700_000_000.0

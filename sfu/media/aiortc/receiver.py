@@ -13,7 +13,6 @@ Private names used: ``RTCRtpReceiver._handle_rtp_packet`` (replaced per instance
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,6 +23,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, RtpPacket, pack_remb_fci
 
+from roomline.tasks import TaskSet
 from sfu.media.aiortc.parameters import (
     extension_ids,
     negotiated_codecs,
@@ -112,7 +112,7 @@ class PublishedTrackTap:
         self._rtx_apt = rtx_payload_types(codecs)
         self._ast_id = exts.get(EXT_URI_ABS_SEND_TIME)
         self._throttle = KeyframeThrottle(keyframe_interval)
-        self._tasks: set[asyncio.Future[Any]] = set()
+        self._tasks = TaskSet("aiortc receiver")
         receiver: Any = transceiver.receiver
         self._receiver = receiver
         self._streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams
@@ -234,9 +234,7 @@ class PublishedTrackTap:
             return False
         if not self._throttle.allow(time.monotonic()):
             return False
-        task = asyncio.ensure_future(self._receiver._send_rtcp_pli(self.media_ssrc))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self._receiver._send_rtcp_pli(self.media_ssrc), "RTCP PLI")
         return True
 
     def close(self) -> None:

@@ -426,6 +426,9 @@ async def test_config_trunks_listed_read_only(tmp_path: Path) -> None:
     await srv.start(
         config_trunks=[{"sipTrunkId": "ST_config", "numbers": [CALLED]}],
         config_rules=[{"rule": {"dispatchRuleDirect": {"roomName": "lobby"}}}],
+        config_outbound_trunks=[
+            {"sipTrunkId": "ST_out_config", "address": "carrier.example", "numbers": ["+1555"]}
+        ],
     )
     lk = api.LiveKitAPI(srv.url, KEY, SECRET)
     try:
@@ -433,6 +436,15 @@ async def test_config_trunks_listed_read_only(tmp_path: Path) -> None:
         assert [t.sip_trunk_id for t in items] == ["ST_config"]
         with pytest.raises(api.TwirpError, match="config"):
             await lk.sip.update_inbound_trunk_fields("ST_config", name="x")
+        # Config outbound trunks are read-only the same way (one check for every object type).
+        with pytest.raises(api.TwirpError, match="ST_out_config comes from the config file"):
+            await lk.sip.update_outbound_trunk_fields("ST_out_config", name="x")
+        [rule_id] = [
+            r.sip_dispatch_rule_id
+            for r in (await lk.sip.list_dispatch_rule(api.ListSIPDispatchRuleRequest())).items
+        ]
+        with pytest.raises(api.TwirpError, match="comes from the config file"):
+            await lk.sip.update_dispatch_rule_fields(rule_id, name="x")
         with pytest.raises(api.TwirpError, match="read-only"):
             await lk.sip.delete_trunk(api.DeleteSIPTrunkRequest(sip_trunk_id="ST_config"))
         # API trunks cannot claim a config trunk's number either.
