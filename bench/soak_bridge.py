@@ -1,6 +1,7 @@
 """Bridge soak (issue 13): the whole appliance, default config, SIPp keeping N calls up for a while.
 
     .venv/bin/python -m bench.soak_bridge [--duration 600] [--concurrent 4] [--call-seconds 9]
+        [--workers N]
         [--ports 38000-38999] [--workdir DIR] [--keep]
 
 ``roomline serve`` with ``roomline/defaults/roomline.yaml`` (LAN trunk, the ``ivr`` agent for every
@@ -33,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrent", type=int, default=4, help="calls up at once (4)")
     ap.add_argument("--call-seconds", type=float, default=9.0, help="length of each call (9)")
     ap.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="bridge workers behind the front (default: enough for --concurrent at 4 calls each)",
+    )
+    ap.add_argument(
         "--ports",
         type=parse_range,
         default=None,
@@ -53,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         port_range=a.ports,
         progress=lambda s: print(s, flush=True),
         sample_every=a.sample,
+        workers=a.workers or -(-a.concurrent // 4),
     )
     print(res.report())
     if res.calls_failed:

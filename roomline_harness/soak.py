@@ -47,7 +47,10 @@ from roomline_harness.sip.sipp import SIPP, uac_scenario
 DEFAULT_CONFIG = ROOT / "roomline" / "defaults" / "roomline.yaml"
 PORTS_ENV = "ROOMLINE_TEST_PORTS"
 #: Ports per run (see :class:`SoakPorts`).
-BLOCK = 200
+#: Ports in a soak's block: fixed offsets below 100 (see :class:`SoakPorts`), RTP above.
+BLOCK = 500
+#: Most bridge workers a soak runs (their SIP ports are offsets 8..8+MAX_WORKERS-1).
+MAX_WORKERS = 16
 #: The number every caller dials (the default rule makes a room per caller, whatever the number).
 NUMBER = "+15550100"
 #: Seconds SIPp waits for an expected message before it fails the call.
@@ -60,11 +63,12 @@ Progress = Callable[[str], None]
 @dataclass(frozen=True)
 class SoakPorts:
     """Offsets in the block: 0 HTTP, 1 SIP (the Kamailio front), 2 SIPp SIP, 3 SIPp control, 4/6
-    SIPp media (audio, video), 7 the bridge worker behind the front, 8–71 WebRTC, 100–199 the
-    worker's RTP."""
+    SIPp media (audio, video), 8.. the bridge workers behind the front (one SIP port each), 24–87
+    WebRTC, 100–499 the workers' RTP (split between them by the appliance)."""
 
     first: int
     fixed_http: bool
+    workers: int = 1
 
     @property
     def http(self) -> int:
@@ -80,8 +84,12 @@ class SoakPorts:
 
     @property
     def worker(self) -> int:
-        """The one bridge worker behind the SIP front (loopback)."""
-        return self.first + 7
+        """The first bridge worker behind the SIP front (loopback); the others follow it."""
+        return self.first + 8
+
+    @property
+    def worker_ports(self) -> list[int]:
+        return [self.worker + i for i in range(self.workers)]
 
     @property
     def sipp_control(self) -> int:
@@ -93,7 +101,7 @@ class SoakPorts:
 
     @property
     def rtc(self) -> tuple[int, int]:
-        return self.first + 8, self.first + 71
+        return self.first + 24, self.first + 87
 
     @property
     def rtp(self) -> tuple[int, int]:
@@ -107,12 +115,14 @@ def parse_range(text: str) -> tuple[int, int]:
     return int(low), int(high)
 
 
-def pick_ports(port_range: tuple[int, int] | None = None) -> SoakPorts:
+def pick_ports(port_range: tuple[int, int] | None = None, workers: int = 1) -> SoakPorts:
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"workers: 1..{MAX_WORKERS}, got {workers}")
     if port_range is None and os.environ.get(PORTS_ENV):
         port_range = parse_range(os.environ[PORTS_ENV])
     if port_range is None:
-        return SoakPorts(free_block(BLOCK), fixed_http=False)
-    return SoakPorts(free_block(BLOCK, *port_range), fixed_http=True)
+        return SoakPorts(free_block(BLOCK), fixed_http=False, workers=workers)
+    return SoakPorts(free_block(BLOCK, *port_range), fixed_http=True, workers=workers)
 
 
 def default_config_sections(ports: SoakPorts) -> dict[str, dict[str, Any]]:
@@ -129,11 +139,11 @@ def default_config_sections(ports: SoakPorts) -> dict[str, dict[str, Any]]:
     sections["rtc"] = {"port_range_start": ports.rtc[0], "port_range_end": ports.rtc[1]}
     sections["logging"] = {**cfg["logging"], "format": "json"}
     sip = sections["sip"]
-    # The default front-door setup (Kamailio on sip.port, workers behind it), with one worker so
-    # the soak runs at that worker's full 4 calls.
+    # The default front-door setup (Kamailio on sip.port, workers behind it), with as many
+    # workers as the soak asks for (one at its full 4 calls, or the machine's full count).
     sip["bind_address"] = "127.0.0.1"
     sip["port"] = ports.sip
-    sip["workers"] = 1
+    sip["workers"] = ports.workers
     sip["worker_base_port"] = ports.worker
     sip["rtp_port_start"], sip["rtp_port_end"] = ports.rtp
     return sections
@@ -315,8 +325,9 @@ class SoakResult:
     restarts: float = 0.0
     died: list[str] = field(default_factory=list)
     fatal: list[str] = field(default_factory=list)
-    worker_pid_start: int | None = None
-    worker_pid_end: int | None = None
+    #: Bridge worker pids by SIP port, when the calls start and when they have ended.
+    worker_pids_start: dict[int, int | None] = field(default_factory=dict)
+    worker_pids_end: dict[int, int | None] = field(default_factory=dict)
     server_alive: bool = True
     agent_jobs_started: float = 0.0
     agent_jobs_failed: dict[str, float] = field(default_factory=dict)
@@ -347,8 +358,11 @@ class SoakResult:
             out.append(f"'bridge worker died' in the log: {self.died}")
         if self.fatal:
             out.append(f"fatal errors in the log: {self.fatal[:5]}")
-        if self.worker_pid_start is None or self.worker_pid_end != self.worker_pid_start:
-            out.append(f"bridge worker pid {self.worker_pid_start} -> {self.worker_pid_end}")
+        if (
+            None in self.worker_pids_start.values()
+            or self.worker_pids_end != self.worker_pids_start
+        ):
+            out.append(f"bridge worker pids {self.worker_pids_start} -> {self.worker_pids_end}")
         if not self.server_alive:
             out.append("roomline serve exited")
         return out
@@ -356,7 +370,8 @@ class SoakResult:
     def report(self) -> str:
         lines = [
             f"soak: {self.duration:.0f} s, {self.concurrent} concurrent calls of {self.call_s:g} s"
-            f" (default config, `ivr` agent per caller), SIP port {self.ports.sip}",
+            f" (default config, `ivr` agent per caller), SIP port {self.ports.sip},"
+            f" {self.ports.workers} bridge worker(s)",
             f"calls ok: {self.calls_ok}  failed: {self.calls_failed}"
             f"  (unloaded-host estimate {self.expected_calls}; SIPp exit code {self.sipp_rc})",
             f"calls ended by the worker: {self.bridged_calls}, with room (agent) audio played to"
@@ -365,8 +380,8 @@ class SoakResult:
             + (", ".join(f"{k}={v:g}" for k, v in self.agent_jobs_failed.items()) or "0"),
             f"worker exits: {self.worker_exits()} (crashes_total {self.crashes:g},"
             f" restarts_total {self.restarts:g}, 'bridge worker died' lines {len(self.died)},"
-            f" fatal lines {len(self.fatal)}); worker pid {self.worker_pid_start}"
-            f" -> {self.worker_pid_end}",
+            f" fatal lines {len(self.fatal)}); worker pids {self.worker_pids_start}"
+            f" -> {self.worker_pids_end}",
         ]
         for label, stats in self.samples.items():
             lines.append(format_tree(label, stats))
@@ -410,9 +425,11 @@ def _wait(pred: Callable[[], bool], timeout: float, step: float = 0.5) -> bool:
     return True
 
 
-def _start(workdir: Path, port_range: tuple[int, int] | None) -> tuple[Server, SoakPorts]:
+def _start(
+    workdir: Path, port_range: tuple[int, int] | None, workers: int
+) -> tuple[Server, SoakPorts]:
     for attempt in range(3):  # the block is free when picked, not necessarily when bound
-        ports = pick_ports(port_range)
+        ports = pick_ports(port_range, workers)
         try:
             return start_server(workdir, **default_config_sections(ports)), ports
         except RuntimeError:
@@ -429,18 +446,20 @@ def run_soak(
     port_range: tuple[int, int] | None = None,
     progress: Progress = print,
     sample_every: float = 30.0,
+    workers: int = 1,
 ) -> SoakResult:
-    """Run one soak in ``workdir`` (keep its path short: SIPp and Unix sockets need that)."""
+    """Run one soak in ``workdir`` (keep its path short: SIPp and Unix sockets need that), with
+    ``workers`` bridge workers behind the front (4 calls each)."""
     assert SIPP is not None, "sipp not installed"
     workdir.mkdir(parents=True, exist_ok=True)
     scenario = write_scenario(workdir, call_s)
-    server, ports = _start(workdir, port_range)
+    server, ports = _start(workdir, port_range, workers)
     res = SoakResult(duration, concurrent, call_s, ports, workdir, server.log_path)
     sipp: subprocess.Popen[bytes] | None = None
     try:
         ready = _wait(
             lambda: (
-                _metric_sum(metrics(server), "roomline_sip_worker_max_calls") > 0
+                _metric_sum(metrics(server), "roomline_sip_worker_max_calls") >= 4 * workers
                 and _metric_sum(metrics(server), "roomline_agent_idle_processes") > 0
             ),
             60,
@@ -448,7 +467,7 @@ def run_soak(
         if not ready:
             res.notes.append("appliance not ready (bridge worker or warm agent process) in 60 s")
             return res
-        res.worker_pid_start = worker_pid(server, ports.worker)
+        res.worker_pids_start = {p: worker_pid(server, p) for p in ports.worker_ports}
         res.samples["start"] = process_tree(server.process.pid)
         progress(f"appliance ready (HTTP {server.port}, SIP {ports.sip}); placing calls")
         sipp_out = workdir / "sipp.out"
@@ -524,7 +543,7 @@ def run_soak(
         res.agent_jobs_failed = {
             labels: v for (n, labels), v in m.items() if n == "roomline_agent_jobs_failed_total"
         }
-        res.worker_pid_end = worker_pid(server, ports.worker)
+        res.worker_pids_end = {p: worker_pid(server, p) for p in ports.worker_ports}
         res.server_alive = server.alive()
     finally:
         if sipp is not None and sipp.poll() is None:
