@@ -336,6 +336,8 @@ class SoakResult:
     bridged_calls: int = 0
     room_audio_calls: int = 0
     notes: list[str] = field(default_factory=list)
+    #: Times /metrics did not answer within its timeout during the run (the host's load).
+    metrics_stalls: int = 0
 
     @property
     def expected_calls(self) -> int:
@@ -382,6 +384,7 @@ class SoakResult:
             f" restarts_total {self.restarts:g}, 'bridge worker died' lines {len(self.died)},"
             f" fatal lines {len(self.fatal)}); worker pids {self.worker_pids_start}"
             f" -> {self.worker_pids_end}",
+            f"/metrics unanswered within 5 s during the run: {self.metrics_stalls} time(s)",
         ]
         for label, stats in self.samples.items():
             lines.append(format_tree(label, stats))
@@ -488,7 +491,13 @@ def run_soak(
         t0 = time.monotonic()
         next_sample = t0 + min(sample_every, duration / 2)
         while (now := time.monotonic()) - t0 < duration:
-            m = metrics(server)
+            try:
+                m = metrics(server)
+            except OSError as exc:  # includes timeouts: an overloaded host, not a failed call
+                res.metrics_stalls += 1
+                progress(f"{now - t0:.0f} s: /metrics did not answer ({exc!r})")
+                time.sleep(2)
+                continue
             crashes = _metric_sum(m, "roomline_sip_worker_crashes_total")
             restarts = _metric_sum(m, "roomline_sip_worker_restarts_total")
             if crashes or restarts or not server.alive() or sipp.poll() is not None:

@@ -17,12 +17,14 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
+from google.protobuf import json_format
 from livekit.protocol import agent_dispatch as dispatch_pb
+from livekit.protocol import sip as sip_pb
 
-from roomline.auth import mint_token
+from roomline.auth import Claims, SIPGrant, VideoGrant, mint_token
 from roomline.errors import (
     InvalidRequest,
     LimitExceeded,
@@ -49,6 +51,20 @@ from sfu.service.metrics import Family
 
 if TYPE_CHECKING:
     from sfu.server import SFUServer
+
+
+class SIPCalls(Protocol):
+    """What an agent's call requests need of the SIP service (``bridge/service/sip_service.py``,
+    handed over by the appliance; agents do not import the bridge)."""
+
+    async def create_sip_participant(
+        self, req: sip_pb.CreateSIPParticipantRequest, claims: Claims
+    ) -> sip_pb.SIPParticipantInfo: ...
+
+    async def transfer_sip_participant(
+        self, req: sip_pb.TransferSIPParticipantRequest, claims: Claims
+    ) -> sip_pb.TransferSIPParticipantResponse: ...
+
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +102,7 @@ class AgentManager(Service):
         self._key, self._secret = key, self.cfg.keys[key]
         #: The ``livekit.SIP`` service (bridge/service/sip_service.py), set by the appliance:
         #: agents place calls and transfer through it (:meth:`sip_for_job`).
-        self.sip_service: Any = None
+        self.sip_service: SIPCalls | None = None
         self.supervisor.on_sip = self.sip_for_job
 
     async def start(self) -> None:
@@ -292,10 +308,6 @@ class AgentManager(Service):
         The request goes to the SIP service (``sip_service``, set by the appliance) with the
         grants LiveKit asks for: ``sip.call`` and roomAdmin of the job's room.
         """
-        from google.protobuf import json_format
-        from livekit.protocol import sip as sip_pb
-
-        from roomline.auth import Claims, SIPGrant, VideoGrant
 
         def fail(code: str, error: str, meta: dict[str, str] | None = None) -> control.Result:
             return control.Result(
@@ -327,6 +339,7 @@ class AgentManager(Service):
             sip=SIPGrant(call=True),
         )
         log.info("agent sip request", job=job.id, room=job.room, method=msg.method)
+        resp: sip_pb.SIPParticipantInfo | sip_pb.TransferSIPParticipantResponse
         try:
             if msg.method == "CreateSIPParticipant":
                 resp = await service.create_sip_participant(req, claims)
