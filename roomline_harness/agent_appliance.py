@@ -3,6 +3,8 @@
 ``start_appliance`` runs ``roomline serve`` from this tree on port 0. ``TONE_WORKER`` is an
 ``livekit.rtc``-only agent: it joins, sets ``lk.agent.state``, publishes a sine at ``E2E_FREQ`` Hz
 and notes what it does in ``E2E_OUT`` (one line per event, tagged with ``E2E_TAG``).
+``SESSION_WORKER`` is an ``AgentSession`` voice agent from offline parts
+(``roomline_harness/session_agent.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ import urllib.request
 from pathlib import Path
 
 from roomline_harness.server import Server, start_server
+
+#: The text of ``session_agent.py`` (run by the livekit-agents interpreter, never imported here).
+SESSION_WORKER = (Path(__file__).resolve().parent / "session_agent.py").read_text()
+#: What its stand-in LLM answers (``E2E_GREETING`` overrides it).
+SESSION_GREETING = "Hello, you have reached the roomline test agent. How can I help you today?"
 
 TONE_WORKER = textwrap.dedent(
     """

@@ -1,6 +1,7 @@
 """Audio checks by content: dominant frequency and SNR of a test tone (shared by all tests).
 
-API kept small on purpose: ``dominant_frequency(samples, rate)`` and ``snr_db(samples, rate, freq)``.
+API kept small on purpose: ``dominant_frequency(samples, rate)`` and ``snr_db(samples, rate, freq)``
+for tones; ``frame_levels_db``, ``band_fraction`` and ``envelope_match`` for speech.
 ``samples`` is any 1-D array-like of PCM (int16 or float); a Hann window limits leakage.
 Helpers ``tone`` and ``read_wav`` / ``write_wav`` are conveniences for tests.
 """
@@ -75,3 +76,59 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         raise ValueError("only 16-bit WAV supported")
     arr = np.frombuffer(data, dtype=np.int16)
     return (arr.reshape(-1, ch)[:, 0] if ch > 1 else arr), rate
+
+
+def frame_levels_db(
+    samples: np.ndarray | list[float], rate: int, frame_s: float = 0.02, floor_db: float = -90.0
+) -> np.ndarray:
+    """RMS level (dBFS, int16 full scale) of consecutive ``frame_s`` frames, clipped at ``floor_db``."""
+    x = np.asarray(samples, dtype=np.float64).reshape(-1) / 32768.0
+    n = max(1, int(rate * frame_s))
+    frames = x[: len(x) // n * n].reshape(-1, n)
+    rms = np.sqrt(np.mean(frames**2, axis=1))
+    return np.maximum(20.0 * np.log10(np.maximum(rms, 1e-12)), floor_db)
+
+
+def band_fraction(samples: np.ndarray | list[float], rate: int, lo: float, hi: float) -> float:
+    """Share (0..1) of the signal's power (DC excluded) between ``lo`` and ``hi`` Hz."""
+    freqs, power = _spectrum(samples, rate)
+    power[0] = 0.0
+    total = float(power.sum())
+    if total <= 0:
+        return 0.0
+    return float(power[(freqs >= lo) & (freqs <= hi)].sum()) / total
+
+
+def envelope_match(
+    heard: np.ndarray | list[float],
+    heard_rate: int,
+    reference: np.ndarray | list[float],
+    reference_rate: int,
+    floor_db: float = -50.0,
+) -> tuple[float, float]:
+    """How well ``heard`` contains ``reference``, judged by level envelope (robust to codecs).
+
+    Both become 20 ms dB envelopes clipped at ``floor_db``; the reference's envelope slides over the
+    heard one and the best normalised cross-correlation (Pearson, -1..1) is returned with its offset
+    in seconds. Speech rendered by the same voice gives > 0.8 through G.711; unrelated speech or a
+    tone stays well below.
+    """
+    h = frame_levels_db(heard, heard_rate, floor_db=floor_db)
+    r = frame_levels_db(reference, reference_rate, floor_db=floor_db)
+    voiced = np.flatnonzero(r > floor_db)
+    if len(voiced) == 0:
+        raise ValueError("the reference is silent")
+    r = r[voiced[0] : voiced[-1] + 1]  # the reference's own leading/trailing silence is no evidence
+    if len(h) < len(r):
+        return -1.0, 0.0
+    r = (r - r.mean()) / (r.std() or 1.0)
+    best, best_at = -1.0, 0
+    for i in range(len(h) - len(r) + 1):
+        w = h[i : i + len(r)]
+        sd = w.std()
+        if sd == 0:
+            continue
+        c = float(np.dot((w - w.mean()) / sd, r)) / len(r)
+        if c > best:
+            best, best_at = c, i
+    return best, best_at * 0.02

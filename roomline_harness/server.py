@@ -25,6 +25,8 @@ API_KEY = "devkey"
 API_SECRET = "secret"
 #: Seconds a server may take from exec to answering /healthz.
 START_TIMEOUT = 40.0
+#: Environment variables meant for the harness, never for ``roomline serve``.
+HARNESS_ENV = ("ROOMLINE_AGENTS_PYTHON", "ROOMLINE_TEST_PORTS", "ROOMLINE_CHROMIUM")
 
 
 def roomline_command() -> list[str]:
@@ -96,6 +98,10 @@ def start_server(tmp: Path, **sections: dict[str, object]) -> Server:
     # This checkout's packages, whatever the installed ``roomline`` script was installed from.
     pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath)
+    # Harness settings that share the config's ROOMLINE_ prefix; the appliance would read
+    # ROOMLINE_AGENTS_PYTHON as the unknown key agents.python and refuse to start.
+    for name in HARNESS_ENV:
+        env.pop(name, None)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [*roomline_command(), "serve", "--config", str(config_path)]

@@ -84,6 +84,19 @@ class TrackUnpublished:
 
 
 @dataclass(frozen=True, slots=True)
+class TrackSubscribed:
+    """Tell the publisher (``recipient``) that a subscriber now receives ``track_sid``.
+
+    livekit-agents' audio output waits for this (``LocalTrackPublication.wait_for_subscription``)
+    before it plays anything, so an ``AgentSession`` stays silent without it.
+    """
+
+    room: RoomState
+    recipient: str
+    track_sid: str
+
+
+@dataclass(frozen=True, slots=True)
 class RoomClosed:
     """The room is gone (deleted, or a timeout passed); everyone in it has had a ``Disconnect``."""
 
@@ -108,6 +121,7 @@ Event = (
     | SubscriptionPermissionUpdate
     | MuteRequested
     | TrackUnpublished
+    | TrackSubscribed
     | RoomClosed
     | SpeakersChanged
 )

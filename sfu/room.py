@@ -25,6 +25,7 @@ from sfu.events import (
     RoomUpdated,
     SubscriptionChanged,
     SubscriptionPermissionUpdate,
+    TrackSubscribed,
     TrackUnpublished,
 )
 from sfu.participant import (
@@ -453,6 +454,7 @@ class Room(RoomState):
                     events.append(
                         SubscriptionChanged(self, subscriber.sid, publisher.sid, track.sid, True)
                     )
+                    events.append(TrackSubscribed(self, publisher.sid, track.sid))
                 elif has and not should:
                     subscriber.subscribed.discard(track.sid)
                     events.append(

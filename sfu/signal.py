@@ -25,6 +25,7 @@ from sfu.events import (
     SpeakersChanged,
     SubscriptionChanged,
     SubscriptionPermissionUpdate,
+    TrackSubscribed,
     TrackUnpublished,
 )
 from sfu.node import Node
@@ -134,6 +135,8 @@ def event_response(event: Event) -> rtc.SignalResponse | None:
         return rtc.SignalResponse(
             track_unpublished=rtc.TrackUnpublishedResponse(track_sid=event.track_sid)
         )
+    if isinstance(event, TrackSubscribed):
+        return rtc.SignalResponse(track_subscribed=rtc.TrackSubscribed(track_sid=event.track_sid))
     if isinstance(event, SubscriptionPermissionUpdate):
         return rtc.SignalResponse(
             subscription_permission_update=rtc.SubscriptionPermissionUpdate(

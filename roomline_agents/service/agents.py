@@ -16,8 +16,10 @@ registering with that name picks up (LiveKit drops it: livekit/agents#518).
 
 External jobs (:class:`~roomline_agents.service.agent_ws.AgentWorkerService`):
 
-* JT_ROOM workers get one job per dispatch; JT_PUBLISHER workers one job per participant who is not
-  an agent or recorder, when it joins (ended when it leaves).
+* JT_ROOM workers get one job per dispatch; JT_PUBLISHER and JT_PARTICIPANT workers one job per
+  participant who is not an agent or recorder, when it joins (ended when it leaves). LiveKit starts
+  a JT_PUBLISHER job at the participant's first track instead; starting at the join is earlier and
+  the job still gets the participant.
 * When a worker disconnects, its running jobs go to another worker of the same name after a short
   grace, and the lost worker's agent participant is removed from the room first (LiveKit OSS
   leaves both the job and the participant stranded: livekit/agents#1472).
@@ -78,6 +80,8 @@ LEAVE_GRACE = 3.0
 AGENT_LEFT_GRACE = 1.0
 #: Jobs remembered per external dispatch (for ListDispatch).
 MAX_JOB_HISTORY = 16
+#: Job types that get one job per (non-agent) participant, started when it joins.
+PER_PARTICIPANT = (agent_pb.JT_PUBLISHER, agent_pb.JT_PARTICIPANT)
 
 Served = Literal["external", "builtin"]
 
@@ -251,28 +255,31 @@ class Agents(Service):
         return job
 
     def _launch_all(self, d: ExternalDispatch) -> None:
-        """The jobs a dispatch calls for now: JT_ROOM, and JT_PUBLISHER per participant."""
+        """The jobs a dispatch calls for now: JT_ROOM, and JT_PUBLISHER / JT_PARTICIPANT per
+        participant."""
         if self.workers.has_workers(d.agent_name, agent_pb.JT_ROOM):
             self._launch(d, agent_pb.JT_ROOM)
-        if self.workers.has_workers(d.agent_name, agent_pb.JT_PUBLISHER):
-            room = self.node.rooms.rooms.get(d.room)
-            for p in list(room.participants.values()) if room is not None else []:
-                self._launch_publisher(d, p)
+        for job_type in PER_PARTICIPANT:
+            if self.workers.has_workers(d.agent_name, job_type):
+                room = self.node.rooms.rooms.get(d.room)
+                for p in list(room.participants.values()) if room is not None else []:
+                    self._launch_for(d, p, job_type)
 
-    def _launch_publisher(self, d: ExternalDispatch, participant: Participant) -> None:
-        """One JT_PUBLISHER job per participant and dispatch (a join that creates the room
-        reaches here twice: from the room's creation and from the join itself)."""
+    def _launch_for(self, d: ExternalDispatch, participant: Participant, job_type: int) -> None:
+        """One per-participant job (``job_type`` in :data:`PER_PARTICIPANT`) per participant and
+        dispatch (a join that creates the room reaches here twice: from the room's creation and
+        from the join itself)."""
         if participant.dependent:
             return
         for job in self._jobs(d):
             if (
                 job.active
-                and job.job_type == agent_pb.JT_PUBLISHER
+                and job.job_type == job_type
                 and job.participant is not None
                 and job.participant.sid == participant.sid
             ):
                 return
-        self._launch(d, agent_pb.JT_PUBLISHER, participant)
+        self._launch(d, job_type, participant)
 
     def _jobs(self, d: ExternalDispatch) -> list[AgentJob]:
         return [self.workers.jobs[j] for j in d.job_ids if j in self.workers.jobs]
@@ -342,8 +349,9 @@ class Agents(Service):
             return
         if joined:
             for d in [d for d in self.dispatches.values() if d.room == room.name]:
-                if self.workers.has_workers(d.agent_name, agent_pb.JT_PUBLISHER):
-                    self._launch_publisher(d, participant)
+                for job_type in PER_PARTICIPANT:
+                    if self.workers.has_workers(d.agent_name, job_type):
+                        self._launch_for(d, participant, job_type)
             return
         for job in list(self.workers.jobs.values()):
             if (

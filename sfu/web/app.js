@@ -17,6 +17,11 @@
   let audioCtx = null;
   const meters = new Map(); // identity -> {analyser, buffer} for every audio track we can hear/see
   const log = [];
+  // Every lk.agent.state value seen per agent identity, in order (consecutive repeats folded).
+  const agentStates = new Map();
+  // lk.transcription text streams, one entry per segment: {identity, segment, track, text, done}.
+  const transcript = [];
+  const TRANSCRIPT_MAX = 200;
 
   function note(message) {
     log.push(`${new Date().toISOString()} ${message}`);
@@ -91,7 +96,11 @@
     head.append(dot);
     li.append(head);
 
-    if (kind === 'agent') li.append(el('div', 'detail agent-state', `agent state: ${attrs['lk.agent.state'] || 'unknown'}`));
+    if (kind === 'agent') {
+      li.append(el('div', 'detail agent-state', `agent state: ${attrs['lk.agent.state'] || 'unknown'}`));
+      const history = agentStates.get(p.identity) || [];
+      if (history.length > 1) li.append(el('div', 'detail agent-states', `seen: ${history.join(' → ')}`));
+    }
     if (kind === 'sip') li.append(el('div', 'detail sip-number', `phone: ${attrs['sip.phoneNumber'] || 'unknown'}`));
 
     const tracks = [...p.trackPublications.values()].map((t) => `${t.source}${t.isMuted ? ' (muted)' : ''}`);
@@ -108,7 +117,63 @@
 
   function render() {
     const list = $('participants');
-    list.replaceChildren(...allParticipants().map(renderParticipant));
+    const participants = allParticipants();
+    participants.forEach(recordAgentState);
+    list.replaceChildren(...participants.map(renderParticipant));
+  }
+
+  // ------------------------------------------------------------------ agents: state and transcription
+
+  function recordAgentState(p) {
+    if (kindName(p) !== 'agent') return;
+    const value = (p.attributes || {})['lk.agent.state'];
+    if (!value) return;
+    const seen = agentStates.get(p.identity) || [];
+    if (seen[seen.length - 1] === value) return;
+    seen.push(value);
+    agentStates.set(p.identity, seen);
+    note(`agent ${p.identity} state: ${value}`);
+  }
+
+  function renderTranscript() {
+    $('transcript').replaceChildren(
+      ...transcript.map((entry) => {
+        const li = el('li', 'line');
+        li.dataset.identity = entry.identity;
+        li.dataset.done = String(entry.done);
+        li.append(el('strong', 'who', `${entry.identity}: `), el('span', 'text', entry.text));
+        return li;
+      }),
+    );
+  }
+
+  // Agents send each transcription segment as an lk.transcription text stream: either one stream per
+  // segment carrying deltas, or a new stream per update carrying the whole text so far. Both land in
+  // one entry per (sender, lk.segment_id); a stream that repeats the segment replaces its text.
+  async function readTranscription(reader, from) {
+    const attrs = reader.info.attributes || {};
+    const identity = from.identity;
+    const segment = attrs['lk.segment_id'] || reader.info.id;
+    let entry = transcript.find((e) => e.identity === identity && e.segment === segment);
+    if (entry) {
+      entry.text = '';
+      entry.done = false;
+    } else {
+      entry = { identity, segment, track: attrs['lk.transcribed_track_id'] || null, text: '', done: false };
+      transcript.push(entry);
+      if (transcript.length > TRANSCRIPT_MAX) transcript.shift();
+    }
+    try {
+      for await (const chunk of reader) {
+        entry.text += chunk;
+        renderTranscript();
+      }
+    } catch (err) {
+      note(`transcription stream from ${identity} failed: ${err.message || err}`);
+    }
+    entry.done = true;
+    note(`transcription from ${identity}: ${entry.text}`);
+    renderTranscript();
   }
 
   // ------------------------------------------------------------------ media
@@ -199,6 +264,7 @@
     try {
       const token = $('token').value.trim() || (await fetchToken(roomName, identity, $('name').value.trim()));
       room = new LK.Room({ adaptiveStream: false, dynacast: false });
+      room.registerTextStreamHandler('lk.transcription', (reader, from) => { readTranscription(reader, from); });
       room
         .on(LK.RoomEvent.ParticipantConnected, (p) => { note(`joined: ${p.identity}`); render(); })
         .on(LK.RoomEvent.ParticipantDisconnected, (p) => { note(`left: ${p.identity}`); removeMeter(p.identity); render(); })
@@ -223,8 +289,10 @@
       $('join-form').hidden = true;
       $('controls').hidden = false;
       render();
-      await room.localParticipant.setMicrophoneEnabled(true);
-      await room.localParticipant.setCameraEnabled(true);
+      if ($('publish').checked) {
+        await room.localParticipant.setMicrophoneEnabled(true);
+        await room.localParticipant.setCameraEnabled(true);
+      }
       updateButtons();
     } catch (err) {
       showError(`could not join: ${err.message || err}`);
@@ -298,6 +366,10 @@
     error: null,
     log,
     get room() { return room ? room.name : null; },
+    // {identity: [lk.agent.state values in the order they were seen]}
+    get agentStates() { return Object.fromEntries([...agentStates].map(([k, v]) => [k, [...v]])); },
+    // [{identity, segment, track, text, done}] from lk.transcription text streams
+    get transcript() { return transcript.map((e) => ({ ...e })); },
     get participants() {
       return allParticipants().map((p) => ({
         identity: p.identity,
@@ -345,6 +417,8 @@
   $('room').value = params.get('room') || '';
   $('identity').value = params.get('identity') || '';
   $('name').value = params.get('name') || '';
+  // publish=0 joins to watch and listen only (no microphone or camera).
+  $('publish').checked = !['0', 'false', 'no', 'off'].includes((params.get('publish') || '').toLowerCase());
   $('join-form').addEventListener('submit', join);
   $('toggle-mic').addEventListener('click', () => toggle('mic'));
   $('toggle-cam').addEventListener('click', () => toggle('cam'));

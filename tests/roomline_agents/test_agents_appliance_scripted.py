@@ -358,32 +358,35 @@ async def test_lost_worker_agent_removed_then_redispatched(
     await second.close()
 
 
-async def test_publisher_job_per_participant(
-    appliance: Server, http: aiohttp.ClientSession
+@pytest.mark.parametrize("job_type", [agent_pb.JT_PUBLISHER, agent_pb.JT_PARTICIPANT])
+async def test_job_per_participant(
+    appliance: Server, http: aiohttp.ClientSession, job_type: int
 ) -> None:
-    """A JT_PUBLISHER worker gets one job per joining participant (not for agents), also when the
-    join creates the room; the participant leaving ends its job."""
-    worker = await connect_worker(http, appliance, "pub-s", job_type=agent_pb.JT_PUBLISHER)
+    """A JT_PUBLISHER or JT_PARTICIPANT worker gets one job per joining participant (not for
+    agents), also when the join creates the room; the participant leaving ends its job."""
+    name = f"per-{job_type}"
+    room = f"per-room-{job_type}"
+    worker = await connect_worker(http, appliance, name, job_type=job_type)
     tok = (
         api.AccessToken(API_KEY, API_SECRET)
         .with_identity("alice")
-        .with_grants(api.VideoGrants(room_join=True, room="pub-room"))
-        .with_room_config(api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name="pub-s")]))
+        .with_grants(api.VideoGrants(room_join=True, room=room))
+        .with_room_config(api.RoomConfiguration(agents=[api.RoomAgentDispatch(agent_name=name)]))
         .to_jwt()
     )
     alice = await lk.connect(appliance.ws_url, tok)
-    bob = await lk.connect(appliance.ws_url, lk.token("bob", "pub-room"))
-    bot = await lk.connect(appliance.ws_url, lk.token("bot", "pub-room", kind="agent", agent=True))
+    bob = await lk.connect(appliance.ws_url, lk.token("bob", room))
+    bot = await lk.connect(appliance.ws_url, lk.token("bot", room, kind="agent", agent=True))
     try:
-        await wait_for(lambda: len(worker.assigned) == 2, 20, "two publisher jobs")
+        await wait_for(lambda: len(worker.assigned) == 2, 20, "two per-participant jobs")
         await asyncio.sleep(0.5)
         jobs = {a.job.participant.identity: a.job for a in worker.assigned}
         assert sorted(jobs) == ["alice", "bob"] and len(worker.offers) == 2
-        assert all(j.type == agent_pb.JT_PUBLISHER for j in jobs.values())
+        assert all(j.type == job_type for j in jobs.values())
         await bob.disconnect()
         await wait_for(lambda: jobs["bob"].id in worker.terminated, 20, "bob's job ends")
         assert jobs["alice"].id not in worker.terminated
     finally:
-        for room in (alice, bob, bot):
-            await room.disconnect()
+        for peer in (alice, bob, bot):
+            await peer.disconnect()
     await worker.close()

@@ -21,6 +21,7 @@ from sfu.events import (
     RoomUpdated,
     SubscriptionChanged,
     SubscriptionPermissionUpdate,
+    TrackSubscribed,
     TrackUnpublished,
 )
 from sfu.participant import (
@@ -241,6 +242,22 @@ def test_auto_subscribe_and_never_own_tracks(manager: RoomManager) -> None:
     assert subs(events) == {(c.sid, track.sid)}
     # A participant's explicit request for its own track is ignored.
     assert room.update_subscriptions(a.sid, [track.sid], True) == []
+
+
+def test_publisher_is_told_of_each_new_subscription(manager: RoomManager) -> None:
+    room, a, _, _ = manager.join("r", init("a"), T0)
+    _, b, _, _ = manager.join("r", init("b", auto_subscribe=False), T0)
+    track, events = publish(room, a.sid)
+    assert not [e for e in events if isinstance(e, TrackSubscribed)]  # nobody subscribed yet
+    events = room.update_subscriptions(b.sid, [track.sid], True)
+    told = [e for e in events if isinstance(e, TrackSubscribed)]
+    assert [(e.recipient, e.track_sid) for e in told] == [(a.sid, track.sid)]
+    _, c, events, _ = manager.join("r", init("c"), T0)
+    told = [e for e in events if isinstance(e, TrackSubscribed)]
+    assert [(e.recipient, e.track_sid) for e in told] == [(a.sid, track.sid)]
+    # Unsubscribing tells the publisher nothing.
+    events = room.update_subscriptions(b.sid, [track.sid], False)
+    assert not [e for e in events if isinstance(e, TrackSubscribed)]
 
 
 def test_manual_subscription_mode(manager: RoomManager) -> None:

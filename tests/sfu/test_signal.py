@@ -14,6 +14,7 @@ from sfu.events import (
     SpeakersChanged,
     SubscriptionChanged,
     SubscriptionPermissionUpdate,
+    TrackSubscribed,
     TrackUnpublished,
 )
 from sfu.node import Node
@@ -118,6 +119,13 @@ def test_subscription_changes_reach_the_transport_not_the_client() -> None:
     assert event_response(event) is None and encode_broadcast(event) is None
     sa.on_event(event)
     assert sa.subscriptions == [event] and sa.wires == []
+
+
+def test_track_subscribed_reaches_the_publisher() -> None:
+    _, room, (sa,) = joined(Permission())
+    sa.on_event(TrackSubscribed(room, sa.participant.sid, "TR_x"))
+    (response,) = sa.responses()
+    assert response.track_subscribed.track_sid == "TR_x"
 
 
 def test_refused_add_track_answers_with_request_response() -> None:
