@@ -13,6 +13,8 @@ and BYE went through the front, and that the worker's BYE came back through it.
 * SIP INFO ``application/dtmf-relay`` digits from the phone reach the room as ``SipDTMF`` data
   packets (the SDK's ``sip_dtmf_received``), each INFO answered 200 through the front.
 * ``RemoveParticipant``: the worker's BYE reaches the phone through the front.
+* A simple UA (SIPp) that ignores Record-Route and sends everything to the address it dialled:
+  hold/resume, INFO DTMF and BYE still reach the worker that owns the call.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from livekit import api, rtc
 
 from roomline_harness.aio import wait_for
 from roomline_harness.audio import read_wav
-from roomline_harness.front_appliance import HAVE_KAMAILIO
+from roomline_harness.front_appliance import HAVE_KAMAILIO, simple_dialog_scenario
 from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
 from roomline_harness.net import free_block, free_port, free_udp_range
 from roomline_harness.server import API_KEY, API_SECRET, Server, start_server, stop_server
 from roomline_harness.sip.fullstack import check_tone, metrics, phone_args
 from roomline_harness.sip.peers import PhoneProcess
+from roomline_harness.sip.sipp import SIPP, run_sipp
 from roomline_harness.sip.sniff import UdpPacket, can_sniff, sniff_udp
 
 pytestmark = [
@@ -52,7 +55,12 @@ RATE = 48000
 #: pjsua processes on a shared 2-core host, so the median 0.5 s window is checked (printed).
 ROOM_SNR = 15.0
 PHONE_SNR = 15.0
-NUMBERS = {"hold": "+15554400001", "info": "+15554400002", "remove": "+15554400003"}
+NUMBERS = {
+    "hold": "+15554400001",
+    "info": "+15554400002",
+    "remove": "+15554400003",
+    "simple": "+15554400004",
+}
 
 
 @dataclass
@@ -391,3 +399,40 @@ async def test_remove_participant_bye_reaches_phone_through_front(
     byes = [e for e in _rx(events) if e["first"].startswith("BYE ")]
     assert len(byes) == 1 and byes[0]["src"] == front.source, events
     _assert_all_via_front(front, events)
+
+
+# --- 4. a simple UA that ignores Record-Route -------------------------------------------------------
+@pytest.mark.skipif(SIPP is None, reason="sipp not installed")
+async def test_simple_ua_without_route_set_holds_sends_info_and_hangs_up(
+    front: Front, tmp_path: Path
+) -> None:
+    """SIPp sends every in-dialog request to the dialled address (the front), no Route header:
+    the front finds the worker by Call-ID. Hold/resume answered right with the front's Contact
+    (checked by SIPp on each 200), INFO digits reach the room, the BYE ends the participant."""
+    number, caller = NUMBERS["simple"], "+15554410004"
+    ident = f"sip_{caller}"
+    sc = simple_dialog_scenario(
+        tmp_path / "simple.xml", caller=caller, callee=number, front_port=front.sip_port
+    )
+    got: list[tuple[int, str, str]] = []
+    async with _sdk(front, number) as web:
+        left = _on_left(web, ident)
+        web.on(
+            "sip_dtmf_received",
+            lambda d: got.append(
+                (d.code, d.digit, d.participant.identity if d.participant else "")
+            ),
+        )
+        assert SIPP is not None
+        cmd = [SIPP, "-sf", str(sc), front.source, "-i", "127.0.0.1", "-p", str(free_port())]
+        cmd += ["-mi", "127.0.0.1", "-mp", str(free_udp_range(4)[0]), "-m", "1", "-nostdin"]
+        cmd += ["-timeout", "30s", "-timeout_error", "-trace_logs"]
+        rc, out = await run_sipp(cmd, tmp_path, 40)
+        logs = "".join(p.read_text() for p in tmp_path.glob("*_logs.log"))
+        print(logs)
+        assert rc == 0, out[-3000:] + logs
+        await asyncio.wait_for(left.wait(), 10)  # the BYE reached the worker
+        await wait_for(lambda: len(got) >= 2, 5, "two DTMF digits at the SDK")
+    assert got == [(5, "5", ident), (11, "#", ident)], got
+    assert logs.count("answer ") == 3 and "a=recvonly" in logs, logs
+    assert _hangups(front, number) == ["Normal call clearing"]
