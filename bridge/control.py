@@ -39,6 +39,23 @@ MEDIA_ENCRYPTIONS = frozenset({"disable", "allow", "require"})
 #: Call states reported in :class:`CallState`.
 CALL_STATES = frozenset({"ringing", "active", "hangup", "rejected"})
 
+#: Why a worker rejected an INVITE itself (:attr:`CallState.cause`, a metrics label): the trunk's
+#: SRTP policy against the offer (488; bridge/worker/sdes.py), ringing timeout or the room ending
+#: the participant before the answer (486), no decision from the supervisor in time (503), an
+#: INVITE whose headers cannot be parsed (400).
+WORKER_REJECT_CAUSES = frozenset(
+    {
+        "encryption-required",
+        "encryption-required-no-offer",
+        "encryption-disabled",
+        "no-common-crypto",
+        "ringing-timeout",
+        "room-left",
+        "no-decision",
+        "bad-request",
+    }
+)
+
 #: A SIP header name is an RFC 3261 token; values may not break the header line.
 _TOKEN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.!%*_+`'~")
 
@@ -220,10 +237,15 @@ class CallState:
     room: str = ""
     identity: str = ""
     active_calls: int = 0
+    #: For ``rejected``: empty when the supervisor's decision rejected the call (already counted
+    #: there); else why the worker rejected it itself, a short label (:data:`WORKER_REJECT_CAUSES`).
+    cause: str = ""
 
     def __post_init__(self) -> None:
         if self.state not in CALL_STATES:
             raise ControlError(f"call_state state {self.state!r} unknown")
+        if self.cause and self.cause not in WORKER_REJECT_CAUSES:
+            raise ControlError(f"call_state cause {self.cause!r} unknown")
 
 
 @dataclass(frozen=True)

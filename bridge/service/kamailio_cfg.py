@@ -393,7 +393,8 @@ def render_kamailio_cfg(
         ctl = f'loadmodule "ctl.so"\nmodparam("ctl", "binrpc", {_str("unix:" + opts.ctl_socket)})\n'
     fr_inv = opts.fr_inv_timer_ms
     ds_set = DISPATCHER_SET
-    contact_save = contact_reply = contact_route = ""
+    contact_save = contact_reply = contact_route = dlg_reply = ""
+    arm_dlg = arm_dlg_outside = ""
     if opts.contact_via_front:
         if opts.advertise:
             host = f"[{opts.advertise}]" if ":" in opts.advertise else opts.advertise
@@ -413,6 +414,15 @@ def render_kamailio_cfg(
             '\t\t\tappend_hf("Contact: <sip:rlw-$sp@$avp(rl_fh):$avp(rl_fp);transport=$avp(rl_pr)>\\r\\n");\n'
             "\t\t}\n\t}\n"
         )
+        # In-dialog requests from the caller (a re-INVITE, UPDATE): the worker's 200 is a target
+        # refresh (RFC 3261 12.2.1.2), so its Contact is rewritten like the first 200's, or the
+        # caller would learn the worker's loopback address and send later requests there.
+        arm_dlg = "\t\troute(DLG_CONTACT);\n"
+        arm_dlg_outside = f'\t\tif (!ds_is_from_list("{ds_set}")) {{\n\t{arm_dlg}\t\t}}\n'
+        dlg_reply = (
+            f'\nroute[DLG_CONTACT] {{\n{contact_save}\tt_on_reply("DLG_REPLY");\n}}\n'
+            f"\nonreply_route[DLG_REPLY] {{\n{contact_reply}}}\n"
+        )
         force = (
             f"\t\tforce_send_socket(udp:{INTERNAL_ADDRESS}:{opts.internal_port});\n"
             if opts.advertise
@@ -426,6 +436,7 @@ def render_kamailio_cfg(
             f"{force}"
             '\t\tif (is_method("BYE")) {\n\t\t\tds_load_update();\n'
             "\t\t\t$sht(dlg=>$ci) = $null;\n\t\t}\n"
+            f"{arm_dlg}"
             "\t\troute(RELAY);\n\t}\n"
         )
     return f"""#!KAMAILIO
@@ -628,7 +639,7 @@ route[WITHINDLG] {{
 			ds_load_update();
 			$sht(dlg=>$ci) = $null;
 		}}
-		route(RELAY);
+{arm_dlg_outside}		route(RELAY);
 	}}
 	if (is_method("ACK") && t_check_trans()) {{
 		route(RELAY);
@@ -640,7 +651,7 @@ route[WITHINDLG] {{
 			ds_load_update();
 			$sht(dlg=>$ci) = $null;
 		}}
-		route(RELAY);
+{arm_dlg}		route(RELAY);
 	}}
 	if (is_method("ACK")) {{
 		exit;
@@ -712,4 +723,4 @@ failure_route[DS_NEXT] {{
 	ds_load_unset();
 	$sht(dlg=>$ci) = $null;
 }}
-"""
+{dlg_reply}"""

@@ -93,6 +93,8 @@ class SIPBridge:
             else None
         )
         self.rejected: dict[int, int] = {}
+        #: Rejections the workers decided themselves, by cause (control.WORKER_REJECT_CAUSES).
+        self.worker_rejections: dict[str, int] = {}
         # Calls answered for PIN entry, by SIP Call-ID: check_pin re-evaluates the same INVITE.
         self.pin_calls: dict[str, InboundCall] = {}
 
@@ -232,7 +234,12 @@ class SIPBridge:
             room=state.room,
             worker_pid=worker.pid,
         )
-        if state.state in ("hangup", "rejected"):
+        if state.state == "rejected" and state.cause:
+            # The worker refused the call itself (SRTP policy, ringing timeout, no decision...):
+            # the supervisor's decision did not count it.
+            self.rejected[state.status] = self.rejected.get(state.status, 0) + 1
+            self.worker_rejections[state.cause] = self.worker_rejections.get(state.cause, 0) + 1
+        if state.call_id and state.state in ("hangup", "rejected"):
             self.pin_calls.pop(state.call_id, None)
             self.decider.call_ended(state.call_id)
 
@@ -282,9 +289,16 @@ class SIPBridge:
         )
         yield (
             "roomline_sip_rejected_calls_total",
-            "INVITEs rejected (or dropped), by SIP status.",
+            "INVITEs rejected (or dropped) by the supervisor's decision or by a worker, by SIP status.",
             "counter",
             [({"status": str(k)}, v) for k, v in sorted(self.rejected.items())],
+        )
+        yield (
+            "roomline_sip_worker_rejections_total",
+            "INVITEs a worker rejected itself (SRTP policy 488, ringing timeout, no decision...), "
+            "by reason.",
+            "counter",
+            [({"reason": r}, n) for r, n in sorted(self.worker_rejections.items())],
         )
 
 

@@ -51,12 +51,18 @@ class Answer:
 
 @dataclass(frozen=True)
 class Reject:
-    """Final non-2xx response before the answer (silently if ``drop``)."""
+    """Final non-2xx response before the answer (silently if ``drop``).
+
+    ``cause`` is empty when the supervisor decided the rejection (it has counted it already);
+    for a rejection the worker decides itself it is a short label for the metrics
+    (``encryption-required``, ``ringing-timeout``, ``room-left``, ``no-decision`` ...).
+    """
 
     status: int
     reason: str
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
+    cause: str = ""
 
 
 @dataclass(frozen=True)
@@ -133,7 +139,7 @@ class CallMachine:
         refused = refusal(res.media_encryption, self.offer)
         if refused is not None:
             # LiveKit answers a media (crypto) mismatch with 488 before anything else is sent.
-            return self._end_before_answer(488, f"Not Acceptable Here ({refused})")
+            return self._end_before_answer(488, f"Not Acceptable Here ({refused})", cause=refused)
         if res.collect_pin:
             self.phase = Phase.PIN
             self.pin_started = now
@@ -145,6 +151,12 @@ class CallMachine:
         if res.ringing:
             acts.insert(0, Answer(180))
         return acts
+
+    def on_no_decision(self) -> list[Action]:
+        """The supervisor did not answer the INVITE in time: 503, counted as the worker's own."""
+        if self.phase is not Phase.WAITING:
+            return []
+        return self._end_before_answer(503, "Service Unavailable", cause="no-decision")
 
     def on_pin_digit(self, digit: str, now: float) -> list[Action]:
         """A DTMF digit from the phone while the PIN is being entered."""
@@ -285,7 +297,8 @@ class CallMachine:
         """End a call that is not ACTIVE: 486 if never answered, BYE once answered (PIN)."""
         if self.answered_at is not None:
             return self._bye(reason)
-        return self._end_before_answer(486, reason)
+        cause = reason if reason == "ringing-timeout" else "room-left"
+        return self._end_before_answer(486, reason, cause=cause)
 
     def _bye(self, reason: str) -> list[Action]:
         self.phase = Phase.ENDED
@@ -297,12 +310,17 @@ class CallMachine:
         return acts
 
     def _end_before_answer(
-        self, status: int, reason: str, headers: dict[str, str] | None = None, drop: bool = False
+        self,
+        status: int,
+        reason: str,
+        headers: dict[str, str] | None = None,
+        drop: bool = False,
+        cause: str = "",
     ) -> list[Action]:
         self.phase = Phase.ENDED
         self.end_status = status
         self.end_reason = reason
-        acts: list[Action] = [Reject(status, reason, dict(headers or {}), drop)]
+        acts: list[Action] = [Reject(status, reason, dict(headers or {}), drop, cause)]
         if self.in_room:
             self.in_room = False
             acts.append(LeaveRoom(reason))

@@ -193,6 +193,15 @@ class Worker:
         except SipParseError as exc:
             log.info("rejecting INVITE with unparsable headers: %s", exc.message)
             self.endpoint.reject_now(call, 400, "Bad Request")
+            self.control.send(
+                control.CallState(
+                    call_id="",
+                    state="rejected",
+                    reason="Bad Request",
+                    status=400,
+                    cause="bad-request",
+                )
+            )
             return
         # Behind the SIP front the packet comes from Kamailio; the caller's own address is in
         # X-Roomline-Source, trusted only from the front (bridge/worker/source.py).
@@ -244,11 +253,13 @@ class Worker:
 
     async def _decide(self, rec: CallRecord) -> None:
         """Ask the supervisor where the INVITE goes (503 if it does not answer in time)."""
-        res = await self.control.request(
-            rec.invite, control.InviteResult(id=rec.invite.id, status=503)
-        )
+        fallback = control.InviteResult(id=rec.invite.id, status=503)
+        res = await self.control.request(rec.invite, fallback)
         if rec.machine.phase is Phase.ENDED:
             return  # caller cancelled meanwhile
+        if res is fallback:
+            self._run(rec, rec.machine.on_no_decision())
+            return
         rec.leg.identity = res.identity
         self._run(rec, rec.machine.on_decision(res, time.monotonic()))
 
@@ -335,7 +346,7 @@ class Worker:
             prm.statusCode = 403 if act.drop and act.status < 300 else act.status
             prm.reason = act.reason if not act.drop else ""
             add_headers(prm, act.headers)
-            self._report(rec, "rejected", act.reason, act.status)
+            self._report(rec, "rejected", act.reason, act.status, act.cause)
             rec.pj_call.hangup(prm)
         elif isinstance(act, Bye):
             rec.pj_call.hangup(pj.CallOpParam())
@@ -359,7 +370,9 @@ class Worker:
             if rec.machine.phase is Phase.ENDED:
                 rec.leg.close()  # the call ended while we connected
 
-    def _report(self, rec: CallRecord, state: str, reason: str, status: int) -> None:
+    def _report(
+        self, rec: CallRecord, state: str, reason: str, status: int, cause: str = ""
+    ) -> None:
         res = rec.machine.decision
         active = sum(1 for r in self.calls.values() if r.machine.phase is not Phase.ENDED)
         self.control.send(
@@ -372,6 +385,7 @@ class Worker:
                 room=res.room if res else "",
                 identity=res.identity if res else "",
                 active_calls=active,
+                cause=cause,
             )
         )
 

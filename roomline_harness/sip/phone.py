@@ -9,8 +9,10 @@ far end hangs up first). ``--tls`` dials over SIP/TLS (no server certificate che
 optional|mandatory`` offers SDES SRTP (pjmedia: ``RTP/AVP`` + ``a=crypto``, resp. ``RTP/SAVP``).
 Reports on stdout as JSON lines prefixed ``PHONE `` (pjsua's own log goes elsewhere or is
 silenced): ``state``, ``media``, ``dtmf`` (received digits), ``disconnected`` (status code,
-reason, whether we hung up), ``answer_sdp`` (status line and body of the final response to the
-INVITE, as received), ``done``.
+reason, whether we hung up), ``answer_sdp`` (status line and body of the final response to each
+INVITE and re-INVITE, as received), ``rx`` (each SIP message of the call as received: first line,
+CSeq, source ``ip:port``, Contact), ``hold`` / ``resume`` (with ``at``, the wall-clock time the
+re-INVITE was sent), ``dtmf_sent``, ``done``.
 """
 
 from __future__ import annotations
@@ -70,13 +72,28 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         report("dtmf", digit=prm.digit, method=int(prm.method))
 
     def onCallTsxState(self, prm: Any) -> None:  # noqa: N802
-        # The final response to our INVITE as received (the SDP answer is checked by tests).
+        # Every message of the call as received, with where it came from (tests check that
+        # in-dialog traffic went through the SIP front), and the final response to each of our
+        # INVITEs (the SDP answer is checked by tests).
         e = prm.e
         if e.type != pj.PJSIP_EVENT_TSX_STATE or e.body.tsxState.type != pj.PJSIP_EVENT_RX_MSG:
             return
-        msg = str(e.body.tsxState.src.rdata.wholeMsg)
+        rdata = e.body.tsxState.src.rdata
+        msg = str(rdata.wholeMsg)
         first, _, rest = msg.partition("\n")
-        cseq = next((ln for ln in rest.splitlines() if ln.lower().startswith("cseq:")), "")
+        head = rest.split("\r\n\r\n", 1)[0].splitlines()
+        cseq = next((ln for ln in head if ln.lower().startswith("cseq:")), "")
+        contact = next((ln for ln in head if ln.lower().startswith(("contact:", "m:"))), "")
+        key = (first.strip(), cseq.strip())
+        if key not in self.phone.seen_rx:  # once per message, not per transaction state
+            self.phone.seen_rx.add(key)
+            report(
+                "rx",
+                first=first.strip(),
+                cseq=cseq.partition(":")[2].strip(),
+                src=str(rdata.srcAddress),
+                contact=contact.partition(":")[2].strip(),
+            )
         if "INVITE" in cseq and first.startswith("SIP/2.0 ") and not first.startswith("SIP/2.0 1"):
             body = msg.split("\r\n\r\n", 1)[1] if "\r\n\r\n" in msg else ""
             report("answer_sdp", status=first.strip(), sdp=body)
@@ -86,6 +103,7 @@ class Phone:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.answered_at: float | None = None
+        self.seen_rx: set[tuple[str, str]] = set()
         self.finished = False
         self.hung_up = False
         self.player: pj.AudioMediaPlayer | None = None
@@ -177,13 +195,13 @@ class Phone:
                 if a.hold_at is not None and not hold_done and t >= a.hold_at:
                     hold_done = True
                     call.setHold(pj.CallOpParam(True))
-                    report("hold")
+                    report("hold", at=time.time())
                 if a.resume_at is not None and not resume_done and t >= a.resume_at:
                     resume_done = True
                     rp = pj.CallOpParam(True)
                     rp.opt.flag = pj.PJSUA_CALL_UNHOLD
                     call.reinvite(rp)
-                    report("resume")
+                    report("resume", at=time.time())
                 if t >= a.duration and not self.hung_up:
                     self.hung_up = True
                     call.hangup(pj.CallOpParam())

@@ -20,6 +20,8 @@ class UdpPacket:
     src_port: int
     dst_port: int
     payload: bytes
+    #: ``time.time()`` when the packet was read off the socket (to line it up with peer events).
+    at: float = 0.0
 
 
 def can_sniff() -> bool:
@@ -49,7 +51,7 @@ def sniff_udp(ports: range, seconds: float, iface: str = "lo") -> list[UdpPacket
             ihl = (ip[0] & 0x0F) * 4
             sport, dport, length = struct.unpack("!HHH", ip[ihl : ihl + 6])
             if sport in ports or dport in ports:
-                out.append(UdpPacket(sport, dport, bytes(ip[ihl + 8 : ihl + length])))
+                out.append(UdpPacket(sport, dport, bytes(ip[ihl + 8 : ihl + length]), time.time()))
     finally:
         s.close()
     return out

@@ -21,6 +21,7 @@ Ports 39000-39999.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import shutil
 import subprocess
@@ -40,7 +41,7 @@ from roomline_harness.audio import read_wav
 from roomline_harness.front_appliance import HAVE_KAMAILIO, _scenario
 from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
 from roomline_harness.server import API_KEY, API_SECRET, Server, start_server, stop_server
-from roomline_harness.sip.fullstack import check_tone
+from roomline_harness.sip.fullstack import check_tone, metrics
 from roomline_harness.sip.peers import PhoneProcess, disconnected, run_phone
 from roomline_harness.sip.sipp import SIPP, run_sipp
 from roomline_harness.sip.sniff import can_sniff, rtp_payload_sizes, sniff_udp
@@ -298,8 +299,33 @@ async def test_srtp_phone_to_require_trunk_answered_with_savp(
         _assert_wire(packets, SRTP_SIZES)
 
 
+def _rejection_counts(server: Server) -> dict[str, float]:
+    """The worker-side rejection counters by reason, and the 488 count by status."""
+    m = metrics(server)
+    out = {
+        labels.split('"')[1]: v
+        for (name, labels), v in m.items()
+        if name == "roomline_sip_worker_rejections_total"
+    }
+    out["status488"] = m.get(("roomline_sip_rejected_calls_total", '{status="488"}'), 0.0)
+    return out
+
+
+async def _assert_grew(server: Server, before: dict[str, float], want: dict[str, float]) -> None:
+    """The counters moved by exactly ``want`` (the worker's report may trail SIPp's exit)."""
+
+    def grew() -> dict[str, float]:
+        now = _rejection_counts(server)
+        return {k: v - before.get(k, 0.0) for k, v in now.items() if v != before.get(k, 0.0)}
+
+    with contextlib.suppress(AssertionError):
+        await wait_for(lambda: grew() == want, 5)
+    assert grew() == want
+
+
 async def test_plain_offer_to_require_trunk_gets_488(appliance: Appliance, tmp_path: Path) -> None:
     wd = appliance.workdir
+    before = _rejection_counts(appliance.server)
     sc = _scenario(
         wd / "plain488.xml", pcap=None, play_ms=0, expect=488, caller="+15557770002", callee=REQUIRE
     )
@@ -317,6 +343,8 @@ async def test_plain_offer_to_require_trunk_gets_488(appliance: Appliance, tmp_p
         if e.get("event") == "sip call state" and e.get("state") == "rejected"
     ]
     assert any("encryption-required" in str(e.get("reason")) for e in states), states
+    # ...and both 488s are counted: by status, and among the workers' own rejections by reason.
+    await _assert_grew(appliance.server, before, {"encryption-required": 2, "status488": 2})
 
 
 async def test_srtp_only_offer_to_disable_trunk_gets_488(appliance: Appliance) -> None:
@@ -331,8 +359,10 @@ async def test_srtp_only_offer_to_disable_trunk_gets_488(appliance: Appliance) -
             callee=PLAIN,
         )
     )
+    before = _rejection_counts(appliance.server)
     rc, out = await run_sipp(_sipp(sc), wd, 30)
     assert rc == 0, out[-3000:]
+    await _assert_grew(appliance.server, before, {"encryption-disabled": 1, "status488": 1})
 
 
 async def test_allow_trunk_takes_plain_and_srtp(appliance: Appliance, tmp_path: Path) -> None:

@@ -91,6 +91,18 @@ def test_cfg_contents() -> None:
     assert '"ds_ping_interval", 10' in cfg
 
 
+def test_contact_via_front_covers_in_dialog_replies() -> None:
+    """The Contact of a worker's 200 to a caller's re-INVITE (a target refresh) is rewritten too,
+    on every in-dialog path from outside, never for a worker's own requests."""
+    cfg = render_kamailio_cfg(_opts(contact_via_front=True), "/tmp/x/d.list")
+    withindlg = cfg.split("route[WITHINDLG] {")[1].split("\n}\n")[0]
+    # the rlw-<port> path, loose routing from outside, and the Call-ID table
+    assert withindlg.count("route(DLG_CONTACT);") == 3
+    assert '\t\tif (!ds_is_from_list("1")) {\n\t\t\troute(DLG_CONTACT);' in withindlg
+    assert "onreply_route[DLG_REPLY] {" in cfg and 't_on_reply("DLG_REPLY");' in cfg
+    assert "DLG_CONTACT" not in render_kamailio_cfg(_opts(), "/tmp/x/d.list")
+
+
 def test_wildcard_bind_uses_no_listen_lines() -> None:
     cfg = render_kamailio_cfg(_opts(bind_address="0.0.0.0"), "/tmp/x/d.list")
     assert "listen=" not in cfg and "port=28500\nmhomed=1" in cfg

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import bridge.control as control
 from bridge.worker.call import (
     PIN_DIGIT_TIMEOUT_S,
@@ -39,7 +41,10 @@ def test_call_wait_for_audio_and_ringing_timeout() -> None:
     assert m.on_decision(ok(ringing=True, ringing_timeout=5), 0.0) == [Answer(180), JoinRoom()]
     assert m.on_room_joined(0.1) == [Status("ringing")]
     assert m.tick(4.0) == []
-    assert m.tick(5.0) == [Reject(486, "ringing-timeout"), LeaveRoom("ringing-timeout")]
+    assert m.tick(5.0) == [
+        Reject(486, "ringing-timeout", cause="ringing-timeout"),
+        LeaveRoom("ringing-timeout"),
+    ]
     m2 = CallMachine("c", 0.0)
     m2.on_decision(ok(ringing=True), 0.0)
     assert m2.on_room_audio(0.05) == []  # not joined yet
@@ -54,7 +59,7 @@ def test_call_rejections_and_room_leave() -> None:
     m = CallMachine("c", 0.0)
     m.on_decision(ok(ringing=True), 0.0)
     m.on_room_joined(0.1)
-    assert m.on_room_left("removed") == [Reject(486, "removed")]
+    assert m.on_room_left("removed") == [Reject(486, "removed", cause="room-left")]
     m = CallMachine("c", 0.0)
     m.on_decision(ok(), 0.0)
     m.on_room_joined(0.1)
@@ -142,21 +147,44 @@ def test_call_pin_wrong_pin_timeouts_and_hangups() -> None:
     assert m.on_sip_disconnected(200, "") == [Status("hangup", "caller hung up")]
 
 
+def test_worker_side_rejections_carry_a_cause_supervisor_ones_do_not() -> None:
+    """The supervisor counts its own rejections; the worker's carry a cause for the metrics."""
+    m = CallMachine("c", 0.0)
+    assert m.on_no_decision() == [Reject(503, "Service Unavailable", cause="no-decision")]
+    assert m.on_no_decision() == []  # once
+    m = CallMachine("c", 0.0)
+    m.on_decision(ok(), 0.0)
+    assert m.on_no_decision() == []  # already decided
+    res = control.InviteResult(id=1, status=403, reason="Forbidden")
+    (rej,) = CallMachine("c", 0.0).on_decision(res, 0.0)
+    assert isinstance(rej, Reject) and rej.cause == ""
+    for act in CallMachine("c", 0.0).on_room_left("room unavailable"):  # join failed
+        assert not isinstance(act, Reject) or act.cause == "room-left"
+    assert control.CallState(call_id="", state="rejected", cause="bad-request").cause
+    with pytest.raises(control.ControlError):
+        control.CallState(call_id="c", state="rejected", cause="made up")
+
+
 def test_call_media_encryption_mismatch_gets_488_before_anything() -> None:
     from bridge.worker.sdes import MediaOffer
 
     plain, savp = MediaOffer(), MediaOffer(srtp=True, srtp_only=True)
+    REQ = "encryption-required"  # noqa: N806
     m = CallMachine("c", 0.0, plain)
     acts = m.on_decision(ok(media_encryption="require"), 0.0)  # type: ignore[arg-type]
-    assert acts == [Reject(488, "Not Acceptable Here (encryption-required)")]
+    assert acts == [Reject(488, "Not Acceptable Here (encryption-required)", cause=REQ)]
     assert m.phase is Phase.ENDED and m.end_status == 488
     m = CallMachine("c", 0.0, savp)
     acts = m.on_decision(ok(media_encryption="disable"), 0.0)  # type: ignore[arg-type]
-    assert acts == [Reject(488, "Not Acceptable Here (encryption-disabled)")]
+    assert acts == [
+        Reject(488, "Not Acceptable Here (encryption-disabled)", cause="encryption-disabled")
+    ]
     # the PIN path is checked too (the PIN prompt is an answer)
     m = CallMachine("c", 0.0, plain)
     pin = control.InviteResult(id=1, status=200, collect_pin=True, media_encryption="require")
-    assert m.on_decision(pin, 0.0)[0] == Reject(488, "Not Acceptable Here (encryption-required)")
+    assert m.on_decision(pin, 0.0)[0] == Reject(
+        488, "Not Acceptable Here (encryption-required)", cause=REQ
+    )
     # matching offers go ahead; a rejection keeps its own status
     assert CallMachine("c", 0.0, savp).on_decision(ok(media_encryption="require"), 0.0) == [  # type: ignore[arg-type]
         JoinRoom()
