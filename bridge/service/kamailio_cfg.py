@@ -390,7 +390,11 @@ def render_kamailio_cfg(
         tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", {_str(tls_cfg_path)})\n'
     ctl = ""
     if opts.ctl_socket:
-        ctl = f'loadmodule "ctl.so"\nmodparam("ctl", "binrpc", {_str("unix:" + opts.ctl_socket)})\n'
+        # A larger reply buffer (KB) than the default 32: dlg.list lists every call (~0.7 KB each).
+        ctl = (
+            f'loadmodule "ctl.so"\nmodparam("ctl", "binrpc", {_str("unix:" + opts.ctl_socket)})\n'
+            'modparam("ctl", "binrpc_max_body_size", 1024)\n'
+        )
     fr_inv = opts.fr_inv_timer_ms
     ds_set = DISPATCHER_SET
     contact_save = contact_reply = contact_route = ""
@@ -426,6 +430,7 @@ def render_kamailio_cfg(
             f"{force}"
             '\t\tif (is_method("BYE")) {\n\t\t\tds_load_update();\n'
             "\t\t\t$sht(dlg=>$ci) = $null;\n\t\t}\n"
+            "\t\tdlg_manage();\n"
             "\t\troute(RELAY);\n\t}\n"
         )
     return f"""#!KAMAILIO
@@ -474,6 +479,7 @@ loadmodule "corex.so"
 loadmodule "htable.so"
 loadmodule "pike.so"
 loadmodule "dispatcher.so"
+loadmodule "dialog.so"
 {tls_module}{ctl}
 # tm: give up on a silent worker quickly (failover), let a worker ring for a while.
 modparam("tm", "fr_timer", {opts.fr_timer_ms})
@@ -496,6 +502,13 @@ modparam("pike", "remove_latency", {opts.pike_remove_latency})
 # htable: bans, and Call-ID -> worker for in-dialog requests without Route headers.
 modparam("htable", "htable", "ipban=>size=8;autoexpire={opts.ban_seconds};")
 modparam("htable", "htable", "dlg=>size=10;autoexpire={opts.dialog_ttl};")
+
+# dialog: every call through the front is a dialog, so the front can end the calls of a worker
+# that died (dlg.end_dlg: BYE to the caller, and towards the dead worker). In-dialog requests
+# routed without Route headers (rlw-<port> Contact, simple UAs) are matched by Call-ID and tags.
+modparam("dialog", "dlg_match_mode", 1)
+modparam("dialog", "default_timeout", {opts.dialog_ttl})
+modparam("dialog", "enable_stats", 0)
 
 # dispatcher: call-load (alg 10) over the workers, failover list in xavps, OPTIONS probing.
 modparam("dispatcher", "list_file", {_str(dispatcher_list_path)})
@@ -640,6 +653,7 @@ route[WITHINDLG] {{
 			ds_load_update();
 			$sht(dlg=>$ci) = $null;
 		}}
+		dlg_manage();
 		route(RELAY);
 	}}
 	if (is_method("ACK")) {{
@@ -655,6 +669,11 @@ route[FROM_WORKER] {{
 	# Route entry so the request goes to its R-URI, the trunk.
 	loose_route();
 	record_route();
+	if (is_method("INVITE")) {{
+		# An outbound call is a dialog of that worker too (ended by the front if it dies).
+		dlg_manage();
+		$dlg_var(rl_worker) = "sip:" + $si + ":" + $sp;
+	}}
 	route(RELAY);
 }}
 
@@ -669,7 +688,9 @@ route[DISPATCH] {{
 		}}
 		exit;
 	}}
-{contact_save}	t_on_branch("DS_BRANCH");
+{contact_save}	# A dialog per call: the front can end it with a BYE if its worker dies.
+	dlg_manage();
+	t_on_branch("DS_BRANCH");
 	t_on_reply("DS_REPLY");
 	t_on_failure("DS_NEXT");
 	if (!t_relay()) {{
@@ -681,11 +702,23 @@ route[DISPATCH] {{
 
 branch_route[DS_BRANCH] {{
 	$sht(dlg=>$ci) = $du;
+	# Which worker carries the dialog (dlg.list shows it): the one this branch goes to.
+	$dlg_var(rl_worker) = $du;
 }}
 
 onreply_route[DS_REPLY] {{
 {contact_reply}	if (is_method("INVITE") && status=~"^2[0-9][0-9]$") {{
 		ds_load_update();
+	}}
+}}
+
+# BYEs the front sends itself (dlg.end_dlg after a worker died) pass no request_route: free the
+# call's worker slot here. The htable entry says the slot is still held (only the first of the
+# two BYEs frees it).
+event_route[tm:local-request] {{
+	if (is_method("BYE") && $sht(dlg=>$ci) != $null) {{
+		ds_load_update();
+		$sht(dlg=>$ci) = $null;
 	}}
 }}
 

@@ -11,6 +11,10 @@
 * Each worker's ``maxload`` is its detected call cap (``WorkerHandle.max_calls``); the list starts
   at 4 (the wheel's ``PJSUA_MAX_CALLS``) and is re-rendered, with a Kamailio restart, only if a
   worker reports a different cap.
+* A worker that dies takes its calls with it; :meth:`SIPFront.end_calls_of` ends them for the
+  callers too: the front BYEs every confirmed dialog that worker carried (``dlg.end_dlg``, see
+  :mod:`bridge.service.front_dialogs`), logs each and counts them
+  (``roomline_sip_calls_ended_by_worker_loss_total``).
 * Kamailio's log lines go to the ``bridge.front`` logger and count front rejections by reason
   (``roomline_sip_front_rejections_total``): 486 all full, 503 no worker, blocked user agent,
   flood ban, malformed request.
@@ -22,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from bridge.service.front import (
     KamailioFront,
     front_options_from_sip,
 )
+from bridge.service.front_dialogs import FrontRPCError, end_worker_dialogs, find_kamcmd
 from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
 from roomline.config import CALLS_PER_WORKER, SIPConfig
 from roomline.errors import RoomlineError
@@ -84,7 +88,10 @@ class SIPFront:
         self.rejections: dict[str, int] = {reason: 0 for _, reason in REJECTION_PATTERNS}
         self._told: dict[int, bool] = {}  # sip_port → state last pushed to Kamailio
         self._watch: asyncio.Task[None] | None = None
-        self._kamcmd = shutil.which("kamcmd") or shutil.which("kamcmd", path="/usr/sbin:/sbin")
+        self._kamcmd = find_kamcmd()
+        #: Calls the front ended with a BYE because their worker died, by worker SIP port.
+        self.ended_by_worker_loss: dict[int, int] = {}
+        self._endings: set[asyncio.Task[int]] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def preflight(self) -> None:
@@ -112,11 +119,63 @@ class SIPFront:
         self._watch = asyncio.get_running_loop().create_task(self._watch_workers())
 
     async def stop(self) -> None:
+        for t in list(self._endings):
+            t.cancel()
+        await asyncio.gather(*self._endings, return_exceptions=True)
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
             self._watch = None
         await self.front.stop()
+
+    # --- a worker died ---------------------------------------------------------------------------
+    def worker_lost(self, worker: WorkerHandle, calls: dict[str, str]) -> None:
+        """Called when ``worker`` died carrying ``calls``: end its dialogs in the background."""
+        task = asyncio.get_running_loop().create_task(self.end_calls_of(worker, calls))
+        self._endings.add(task)
+        task.add_done_callback(self._endings.discard)
+
+    async def end_calls_of(self, worker: WorkerHandle, calls: dict[str, str] | None = None) -> int:
+        """BYE the callers of every confirmed dialog ``worker`` carried; returns how many.
+
+        ``calls`` (SIP Call-ID → state, the supervisor's view) only serves the log: the dialogs
+        come from Kamailio itself, so calls the worker had not reported yet are ended too.
+        """
+        port = worker.spec.sip_port
+        if self._kamcmd is None:
+            log.warning("kamcmd not found: calls of the dead worker on port %d not ended", port)
+            return 0
+        uri = f"sip:127.0.0.1:{port}"
+        try:
+            ended, early = await end_worker_dialogs(self._kamcmd, self.front.ctl_socket, uri)
+        except FrontRPCError as exc:
+            log.error("cannot end the calls of the dead worker on port %d: %s", port, exc)
+            return 0
+        for d in ended:
+            log.warning(
+                "sip call ended by the front (BYE to the caller): its bridge worker died "
+                "call_id=%s sip_port=%d",
+                d.call_id,
+                port,
+            )
+        for d in early:
+            log.warning(
+                "sip call of the dead worker not yet confirmed, left to the front's timers "
+                "call_id=%s sip_port=%d state=%d",
+                d.call_id,
+                port,
+                d.state,
+            )
+        if calls:
+            missing = sorted(set(calls) - {d.call_id for d in ended + early})
+            if missing:
+                log.info(
+                    "calls of the dead worker on port %d without a front dialog: %s",
+                    port,
+                    ", ".join(missing),
+                )
+        self.ended_by_worker_loss[port] = self.ended_by_worker_loss.get(port, 0) + len(ended)
+        return len(ended)
 
     # --- health and metrics --------------------------------------------------------------------
     @property
@@ -143,6 +202,18 @@ class SIPFront:
             "Requests the front answered or dropped itself, by reason (from its log lines).",
             "counter",
             [({"reason": r}, n) for r, n in sorted(self.rejections.items())],
+        )
+        yield (
+            "roomline_sip_calls_ended_by_worker_loss_total",
+            "Calls the front ended with a BYE to the caller because their bridge worker died.",
+            "counter",
+            [
+                (
+                    {"sip_port": str(w.spec.sip_port)},
+                    self.ended_by_worker_loss.get(w.spec.sip_port, 0),
+                )
+                for w in self.supervisor.workers
+            ],
         )
         yield (
             "roomline_sip_worker_dispatch_up",
