@@ -21,6 +21,11 @@ What the rendered script does with a request, in order:
    ``record_route``, dispatcher alg 10 (call load, ``maxload`` per worker); none free → 486 at
    once (503 if no worker is up); 486/503/408/timeout from a worker → next worker; other
    out-of-dialog methods → dropped (405 for trusted sources).
+
+Every call (inbound, and a worker's outbound INVITE) is also a dialog of the dialog module, with
+its worker in ``$dlg_var(rl_worker)``, so the main process can end a dead worker's calls with a
+BYE to each caller (:mod:`bridge.service.front_dialogs`); BYEs the front sends itself free the
+worker's dispatcher slot in ``event_route[tm:local-request]``.
 """
 
 from __future__ import annotations

@@ -240,3 +240,20 @@ async def test_dead_worker_callers_get_bye_others_untouched() -> None:
             _killpg(p, signal.SIGKILL)
             await p.wait()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_rendered_script_tracks_dialogs_per_worker() -> None:
+    from bridge.service.kamailio_cfg import render_kamailio_cfg
+
+    opts = FrontOptions(workers=(FrontWorker(5070),), ctl_socket="/tmp/x_ctl")
+    text = render_kamailio_cfg(opts, "/tmp/dispatcher.list")
+    assert 'loadmodule "dialog.so"' in text
+    assert 'modparam("dialog", "dlg_match_mode", 1)' in text
+    assert 'modparam("ctl", "binrpc_max_body_size", 1024)' in text
+    dispatch = text[text.index("route[DISPATCH]") :]
+    # The dialog is created before the INVITE is relayed, the worker stored per branch.
+    assert dispatch.index("dlg_manage();") < dispatch.index("t_relay()")
+    branch = text[text.index("branch_route[DS_BRANCH]") :]
+    assert "$dlg_var(rl_worker) = $du;" in branch.split("}")[0]
+    local = text[text.index("event_route[tm:local-request]") :]
+    assert "ds_load_update();" in local.split("\n}\n")[0]
