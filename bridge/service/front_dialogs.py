@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "CONFIRMED",
+    "ENDED",
     "REASON_HEADER",
     "FrontDialog",
     "FrontRPCError",
@@ -33,8 +34,10 @@ __all__ = [
     "worker_key",
 ]
 
-#: ``state`` of a dialog the caller has ACKed (dialog module numbering).
+#: ``state`` of a dialog the caller has ACKed (dialog module numbering: 1 unconfirmed, 2 early,
+#: 3 answered without ACK yet, 4 confirmed, 5 ended and about to be removed).
 CONFIRMED = 4
+ENDED = 5
 #: Added to the front's BYEs: Q.850 cause 41 (temporary failure) with a plain explanation.
 REASON_HEADER = 'Reason: Q.850;cause=41;text="roomline bridge worker failed"\r\n'
 
@@ -130,14 +133,14 @@ async def end_worker_dialogs(
 ) -> tuple[list[FrontDialog], list[FrontDialog]]:
     """End the confirmed dialogs carried by ``worker_uri``: (ended, left alone because early).
 
-    A dialog that ends meanwhile (its BYE crossed ours) is neither: ``dlg.end_dlg`` fails for it
-    and it is skipped.
+    Dialogs already ended (state 5, kept a moment after their BYE) are neither, nor is one that
+    ends meanwhile (its BYE crossed ours: ``dlg.end_dlg`` fails for it).
     """
     key = worker_key(worker_uri)
     ended: list[FrontDialog] = []
     early: list[FrontDialog] = []
     for d in await list_dialogs(binary, socket):
-        if d.worker != key:
+        if d.worker != key or d.state >= ENDED:
             continue
         if d.state != CONFIRMED:
             early.append(d)

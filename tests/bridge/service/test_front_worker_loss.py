@@ -9,12 +9,15 @@ calls alone and give the dead worker's dispatcher slots back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
 import signal
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,7 @@ from bridge.service.front import FrontOptions, FrontWorker, KamailioFront
 from bridge.service.front_dialogs import (
     CONFIRMED,
     FrontDialog,
+    FrontRPCError,
     end_worker_dialogs,
     find_kamcmd,
     kamcmd,
@@ -101,40 +105,72 @@ async def _dispatcher_loads(binary: str, socket: str) -> dict[str, int]:
     return dict(zip(uris, loads, strict=True))
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed")
-@pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed")
-@pytest.mark.skipif(find_kamcmd() is None, reason="kamcmd not installed")
-@pytest.mark.timeout(120)
-async def test_dead_worker_callers_get_bye_others_untouched() -> None:
+LIVE_MARKS = (
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio not installed"),
+    pytest.mark.skipif(shutil.which("sipp") is None, reason="sipp not installed"),
+    pytest.mark.skipif(find_kamcmd() is None, reason="kamcmd not installed"),
+    pytest.mark.timeout(120),
+)
+
+
+def _live(fn):  # type: ignore[no-untyped-def]
+    for mark in LIVE_MARKS:
+        fn = mark(fn)
+    return fn
+
+
+@dataclass
+class Setup:
+    binary: str
+    sock: str
+    run_dir: str
+    front_port: int
+    #: worker port → (SIPp process, its -trace_msg file)
+    workers: dict[int, tuple[asyncio.subprocess.Process, Path]]
+    procs: list[asyncio.subprocess.Process]
+
+    async def caller(self, calls: int, hold_ms: int) -> tuple[asyncio.subprocess.Process, Path]:
+        """SIPp placing ``calls`` calls that hold ``hold_ms`` (a BYE meanwhile is answered)."""
+        uac_port, media = free_ports(2)
+        sc = _scenario(
+            Path(self.run_dir) / "uac.xml",
+            pcap=None,
+            play_ms=hold_ms,
+            caller="+15550001111",
+            callee="+15550002222",
+            answer_bye=True,
+        )
+        msg = Path(self.run_dir) / "uac.msg"
+        uac = await _spawn(
+            "sipp", "-sf", str(sc), f"127.0.0.1:{self.front_port}", "-i", "127.0.0.1",
+            "-p", str(uac_port), "-mp", str(media), "-m", str(calls), "-l", str(calls),
+            "-r", "20", "-nostdin", "-timeout", "40", "-trace_msg", "-message_file", str(msg),
+            cwd=self.run_dir,
+        )  # fmt: skip
+        self.procs.append(uac)
+        return uac, msg
+
+
+@contextlib.asynccontextmanager
+async def _front(scenario: str, n_workers: int = 2) -> AsyncIterator[Setup]:
+    """A real front (Contact via the front, as in the appliance) over SIPp worker processes."""
     binary = find_kamcmd()
     assert binary is not None
     run_dir = tempfile.mkdtemp(prefix="dwl-", dir="/tmp")
-    a, b, front_port, uac_port, media = free_ports(5)
-    procs: list[asyncio.subprocess.Process] = []
-    workers = {}
-    for port in (a, b):
+    *ports, front_port = free_ports(n_workers + 1)
+    setup = Setup(binary, "", run_dir, front_port, {}, [])
+    for port in ports:
         msg = Path(run_dir) / f"worker-{port}.msg"
         proc = await _spawn(
-            "sipp",
-            "-sf",
-            str(SCENARIOS / "worker_ok.xml"),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-nostdin",
-            "-timeout",
-            "60",
-            "-trace_msg",
-            "-message_file",
-            str(msg),
+            "sipp", "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port),
+            "-nostdin", "-timeout", "60", "-trace_msg", "-message_file", str(msg),
             cwd=run_dir,
-        )
-        procs.append(proc)
-        workers[port] = (proc, msg)
+        )  # fmt: skip
+        setup.procs.append(proc)
+        setup.workers[port] = (proc, msg)
     opts = FrontOptions(
-        workers=(FrontWorker(a, maxload=2), FrontWorker(b, maxload=2)),
+        workers=tuple(FrontWorker(p, maxload=2) for p in ports),
         bind_address="127.0.0.1",
         port=front_port,
         ping_interval=1,
@@ -142,54 +178,33 @@ async def test_dead_worker_callers_get_bye_others_untouched() -> None:
         contact_via_front=True,
     )
     front = KamailioFront(opts, run_dir, on_line=lambda _line: None, stop_timeout=3.0)
-    sock = front.ctl_socket
+    setup.sock = front.ctl_socket
     try:
         await front.start()
         await front.wait_ready()
         deadline = time.monotonic() + 10
-        while re.findall(r"FLAGS: (\S+)", await kamcmd(binary, sock, "dispatcher.list")) != [
-            "AP",
-            "AP",
-        ]:
+        while (
+            re.findall(r"FLAGS: (\S+)", await kamcmd(binary, setup.sock, "dispatcher.list"))
+            != ["AP"] * n_workers
+        ):
             assert time.monotonic() < deadline, "workers never probed up"
             await asyncio.sleep(0.2)
+        yield setup
+    finally:
+        await front.stop()
+        for p in setup.procs:
+            _killpg(p, signal.SIGKILL)
+            await p.wait()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
+
+@_live
+async def test_dead_worker_callers_get_bye_others_untouched() -> None:
+    async with _front("worker_ok.xml") as st:
+        binary, sock = st.binary, st.sock
+        (a, (proc_a, msg_a)), (b, (_, msg_b)) = st.workers.items()
         # Four calls that hold 12 s: two on each worker (call load, maxload 2).
-        sc = _scenario(
-            Path(run_dir) / "uac.xml",
-            pcap=None,
-            play_ms=12000,
-            caller="+15550001111",
-            callee="+15550002222",
-            answer_bye=True,
-        )
-        uac_msg = Path(run_dir) / "uac.msg"
-        uac = await _spawn(
-            "sipp",
-            "-sf",
-            str(sc),
-            f"127.0.0.1:{front_port}",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(uac_port),
-            "-mp",
-            str(media),
-            "-m",
-            "4",
-            "-l",
-            "4",
-            "-r",
-            "20",
-            "-nostdin",
-            "-timeout",
-            "40",
-            "-trace_msg",
-            "-message_file",
-            str(uac_msg),
-            cwd=run_dir,
-        )
-        procs.append(uac)
+        uac, uac_msg = await st.caller(4, 12000)
         deadline = time.monotonic() + 15
         while True:
             dialogs = await list_dialogs(binary, sock)
@@ -197,15 +212,15 @@ async def test_dead_worker_callers_get_bye_others_untouched() -> None:
                 break
             assert time.monotonic() < deadline, dialogs
             await asyncio.sleep(0.1)
-        on_a = set(received_requests(workers[a][1], "INVITE"))
-        on_b = set(received_requests(workers[b][1], "INVITE"))
+        on_a = set(received_requests(msg_a, "INVITE"))
+        on_b = set(received_requests(msg_b, "INVITE"))
         assert len(on_a) == 2 and len(on_b) == 2, (on_a, on_b)
         assert {d.call_id for d in dialogs if d.worker == f"127.0.0.1:{a}"} == on_a
         assert (await _dispatcher_loads(binary, sock))[f"sip:127.0.0.1:{a}"] == 2
 
         # Worker A dies; the front ends its dialogs.
-        _killpg(workers[a][0], signal.SIGKILL)
-        await workers[a][0].wait()
+        _killpg(proc_a, signal.SIGKILL)
+        await proc_a.wait()
         t0 = time.monotonic()
         ended, early = await end_worker_dialogs(binary, sock, f"sip:127.0.0.1:{a}")
         assert {d.call_id for d in ended} == on_a and early == []
@@ -223,7 +238,7 @@ async def test_dead_worker_callers_get_bye_others_untouched() -> None:
         rc = await asyncio.wait_for(uac.wait(), 30)
         assert rc == 0, uac_msg.read_text(errors="replace")[-3000:]
         assert set(received_requests(uac_msg, "BYE")) == on_a
-        assert len(received_requests(workers[b][1], "BYE")) == 2
+        assert len(received_requests(msg_b, "BYE")) == 2
 
         # The dead worker's dispatcher slots were given back by the front's own BYE, and no
         # dialog is left (the ones on B ended with their callers' BYEs).
@@ -234,12 +249,24 @@ async def test_dead_worker_callers_get_bye_others_untouched() -> None:
             assert time.monotonic() < deadline, await list_dialogs(binary, sock)
             await asyncio.sleep(0.2)
         assert await end_worker_dialogs(binary, sock, f"sip:127.0.0.1:{b}") == ([], [])
-    finally:
-        await front.stop()
-        for p in procs:
-            _killpg(p, signal.SIGKILL)
-            await p.wait()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        with pytest.raises(FrontRPCError):  # an RPC fault is an error, not silence
+            await kamcmd(binary, sock, "dlg.end_dlg", "1", "1")
+
+
+@_live
+async def test_calls_the_worker_hung_up_are_not_ended_again() -> None:
+    """A worker's own BYE (through loose_route) ends the dialog: a later death BYEs nobody."""
+    async with _front("worker_hangs_up.xml", n_workers=1) as st:
+        ((port, (proc, msg)),) = st.workers.items()
+        uac, uac_msg = await st.caller(2, 15000)
+        rc = await asyncio.wait_for(uac.wait(), 30)  # the worker hangs up after 1 s
+        assert rc == 0, uac_msg.read_text(errors="replace")[-3000:]
+        assert len(set(received_requests(uac_msg, "BYE"))) == 2
+        assert len(received_requests(msg, "INVITE")) == 2
+        ended, early = await end_worker_dialogs(st.binary, st.sock, f"sip:127.0.0.1:{port}")
+        assert (ended, early) == ([], [])
+        assert (await _dispatcher_loads(st.binary, st.sock)) == {f"sip:127.0.0.1:{port}": 0}
+        assert proc.returncode is None  # alive: nothing here came from a death
 
 
 def test_rendered_script_tracks_dialogs_per_worker() -> None:
