@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -36,7 +37,12 @@ from bridge.service.front import (
     KamailioFront,
     front_options_from_sip,
 )
-from bridge.service.front_dialogs import FrontRPCError, end_worker_dialogs, find_kamcmd
+from bridge.service.front_dialogs import (
+    FrontDialog,
+    FrontRPCError,
+    end_worker_dialogs,
+    find_kamcmd,
+)
 from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
 from roomline.config import CALLS_PER_WORKER, SIPConfig
 from roomline.errors import RoomlineError
@@ -58,6 +64,9 @@ REJECTION_PATTERNS: tuple[tuple[str, str], ...] = (
 
 #: How often worker state is compared with what Kamailio was told.
 WATCH_INTERVAL = 0.2
+#: How long a dead worker's not yet confirmed dialogs are watched for their ACK, and how often.
+EARLY_WAIT = 5.0
+EARLY_POLL = 0.5
 
 
 class SIPFrontError(RoomlineError):
@@ -138,43 +147,56 @@ class SIPFront:
     async def end_calls_of(self, worker: WorkerHandle, calls: dict[str, str] | None = None) -> int:
         """BYE the callers of every confirmed dialog ``worker`` carried; returns how many.
 
-        ``calls`` (SIP Call-ID → state, the supervisor's view) only serves the log: the dialogs
-        come from Kamailio itself, so calls the worker had not reported yet are ended too.
+        ``calls`` (the supervisor's view) only serves the log: the dialogs come from Kamailio
+        itself, so calls the worker had not reported yet, and outbound calls, are ended too.
+        Dialogs still waiting for their ACK are tried again for :data:`EARLY_WAIT` seconds.
         """
         port = worker.spec.sip_port
         if self._kamcmd is None:
             log.warning("kamcmd not found: calls of the dead worker on port %d not ended", port)
             return 0
         uri = f"sip:127.0.0.1:{port}"
-        try:
-            ended, early = await end_worker_dialogs(self._kamcmd, self.front.ctl_socket, uri)
-        except FrontRPCError as exc:
-            log.error("cannot end the calls of the dead worker on port %d: %s", port, exc)
-            return 0
-        for d in ended:
-            log.warning(
-                "sip call ended by the front (BYE to the caller): its bridge worker died "
-                "call_id=%s sip_port=%d",
-                d.call_id,
-                port,
+        ended: list[FrontDialog] = []
+        early: list[FrontDialog] = []
+        deadline = time.monotonic() + EARLY_WAIT
+        while True:
+            try:
+                now_ended, early = await end_worker_dialogs(
+                    self._kamcmd, self.front.ctl_socket, uri
+                )
+            except FrontRPCError as exc:
+                log.error("cannot end the calls of the dead worker on port %d: %s", port, exc)
+                break
+            for d in now_ended:
+                log.warning(
+                    "sip call ended by the front (BYE to the far end): its bridge worker died "
+                    "call_id=%s sip_port=%d",
+                    d.call_id,
+                    port,
+                )
+            ended += now_ended
+            self.ended_by_worker_loss[port] = self.ended_by_worker_loss.get(port, 0) + len(
+                now_ended
             )
+            # A call answered just before the death is confirmed once its caller's ACK passes
+            # the front (within a round trip, or tm's retransmissions): try again a few times.
+            if not early or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(EARLY_POLL)
         for d in early:
             log.warning(
-                "sip call of the dead worker not yet confirmed, left to the front's timers "
+                "sip call of the dead worker not confirmed, left to the front's timers "
                 "call_id=%s sip_port=%d state=%d",
                 d.call_id,
                 port,
                 d.state,
             )
-        if calls:
-            missing = sorted(set(calls) - {d.call_id for d in ended + early})
-            if missing:
-                log.info(
-                    "calls of the dead worker on port %d without a front dialog: %s",
-                    port,
-                    ", ".join(missing),
-                )
-        self.ended_by_worker_loss[port] = self.ended_by_worker_loss.get(port, 0) + len(ended)
+        log.info(
+            "front ended %d of the dead worker's calls on port %d (supervisor had %d)",
+            len(ended),
+            port,
+            len(calls or {}),
+        )
         return len(ended)
 
     # --- health and metrics --------------------------------------------------------------------
