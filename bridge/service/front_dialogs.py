@@ -8,8 +8,9 @@ the dead worker's ``host:port`` and ends each confirmed one with ``dlg.end_dlg``
 a BYE to the caller (with a ``Reason`` header) and one towards the dead worker, which nobody
 answers. The RPCs run through ``kamcmd`` as asyncio subprocesses, so the main loop never blocks.
 
-Dialogs not yet confirmed (the worker died before the caller's ACK) cannot be ended this way;
-their INVITE transaction fails over or times out in the front as before.
+``dlg.end_dlg`` only ends confirmed dialogs. :func:`end_worker_dialogs_waiting` therefore looks
+again for a few seconds at dialogs the worker answered but whose ACK had not passed yet (the
+caller's ACK still confirms them); dialogs still ringing are left to the front's INVITE timers.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import asyncio
 import contextlib
 import re
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "FrontDialog",
     "FrontRPCError",
     "end_worker_dialogs",
+    "end_worker_dialogs_waiting",
     "find_kamcmd",
     "kamcmd",
     "list_dialogs",
@@ -151,3 +155,27 @@ async def end_worker_dialogs(
             continue
         ended.append(d)
     return ended, early
+
+
+async def end_worker_dialogs_waiting(
+    binary: str,
+    socket: str,
+    worker_uri: str,
+    *,
+    wait: float = 5.0,
+    poll: float = 0.5,
+    on_ended: Callable[[list[FrontDialog]], None] | None = None,
+) -> tuple[list[FrontDialog], list[FrontDialog]]:
+    """:func:`end_worker_dialogs`, repeated every ``poll`` s for up to ``wait`` s while some of
+    the worker's dialogs are not confirmed yet; ``on_ended`` gets each batch as it is ended.
+    Returns (all ended, still unconfirmed at the end)."""
+    deadline = time.monotonic() + wait
+    ended: list[FrontDialog] = []
+    while True:
+        now_ended, early = await end_worker_dialogs(binary, socket, worker_uri)
+        ended += now_ended
+        if now_ended and on_ended is not None:
+            on_ended(now_ended)
+        if not early or time.monotonic() >= deadline:
+            return ended, early
+        await asyncio.sleep(poll)

@@ -26,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from bridge.service.front import (
 from bridge.service.front_dialogs import (
     FrontDialog,
     FrontRPCError,
-    end_worker_dialogs,
+    end_worker_dialogs_waiting,
     find_kamcmd,
 )
 from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
@@ -156,33 +155,33 @@ class SIPFront:
             log.warning("kamcmd not found: calls of the dead worker on port %d not ended", port)
             return 0
         uri = f"sip:127.0.0.1:{port}"
-        ended: list[FrontDialog] = []
-        early: list[FrontDialog] = []
-        deadline = time.monotonic() + EARLY_WAIT
-        while True:
-            try:
-                now_ended, early = await end_worker_dialogs(
-                    self._kamcmd, self.front.ctl_socket, uri
-                )
-            except FrontRPCError as exc:
-                log.error("cannot end the calls of the dead worker on port %d: %s", port, exc)
-                break
-            for d in now_ended:
+        ended: list[FrontDialog] = []  # also those ended before an RPC failure
+
+        def count(batch: list[FrontDialog]) -> None:
+            ended.extend(batch)
+            for d in batch:
                 log.warning(
                     "sip call ended by the front (BYE to the far end): its bridge worker died "
                     "call_id=%s sip_port=%d",
                     d.call_id,
                     port,
                 )
-            ended += now_ended
-            self.ended_by_worker_loss[port] = self.ended_by_worker_loss.get(port, 0) + len(
-                now_ended
-            )
+            self.ended_by_worker_loss[port] = self.ended_by_worker_loss.get(port, 0) + len(batch)
+
+        early: list[FrontDialog] = []
+        try:
             # A call answered just before the death is confirmed once its caller's ACK passes
-            # the front (within a round trip, or tm's retransmissions): try again a few times.
-            if not early or time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(EARLY_POLL)
+            # the front: it is looked at again for EARLY_WAIT seconds.
+            _, early = await end_worker_dialogs_waiting(
+                self._kamcmd,
+                self.front.ctl_socket,
+                uri,
+                wait=EARLY_WAIT,
+                poll=EARLY_POLL,
+                on_ended=count,
+            )
+        except FrontRPCError as exc:
+            log.error("cannot end the calls of the dead worker on port %d: %s", port, exc)
         for d in early:
             log.warning(
                 "sip call of the dead worker not confirmed, left to the front's timers "

@@ -28,6 +28,7 @@ from bridge.service.front_dialogs import (
     FrontDialog,
     FrontRPCError,
     end_worker_dialogs,
+    end_worker_dialogs_waiting,
     find_kamcmd,
     kamcmd,
     list_dialogs,
@@ -284,3 +285,86 @@ def test_rendered_script_tracks_dialogs_per_worker() -> None:
     assert "$dlg_var(rl_worker) = $du;" in branch.split("}")[0]
     local = text[text.index("event_route[tm:local-request]") :]
     assert "ds_load_update();" in local.split("\n}\n")[0]
+
+
+#: A caller that ACKs the 200 only after 1.5 s, then waits for a BYE and answers it.
+LATE_ACK_UAC = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="late ACK">
+  <send retrans="500"><![CDATA[
+
+      INVITE sip:+15550002222@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:+15550001111@[local_ip]:[local_port]>;tag=[pid]la[call_number]
+      To: <sip:+15550002222@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:+15550001111@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <pause milliseconds="1500"/>
+  <send><![CDATA[
+
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:+15550001111@[local_ip]:[local_port]>;tag=[pid]la[call_number]
+      To: <sip:+15550002222@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      [routes]
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <recv request="BYE" timeout="15000"/>
+  <send><![CDATA[
+
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+  ]]></send>
+</scenario>
+"""
+
+
+@_live
+async def test_dialog_answered_before_death_is_ended_once_acked() -> None:
+    """The worker dies between its 200 and the caller's ACK: the first look finds the dialog
+    unconfirmed; once the ACK passes the front it is ended (caller gets the BYE)."""
+    async with _front("worker_ok.xml", n_workers=1) as st:
+        ((port, (proc, _)),) = st.workers.items()
+        sc = Path(st.run_dir) / "late_ack.xml"
+        sc.write_text(LATE_ACK_UAC)
+        (uac_port,) = free_ports(1)
+        msg = Path(st.run_dir) / "late.msg"
+        uac = await _spawn(
+            "sipp", "-sf", str(sc), f"127.0.0.1:{st.front_port}", "-i", "127.0.0.1",
+            "-p", str(uac_port), "-m", "1", "-nostdin", "-timeout", "30",
+            "-trace_msg", "-message_file", str(msg), cwd=st.run_dir,
+        )  # fmt: skip
+        st.procs.append(uac)
+        deadline = time.monotonic() + 10
+        while [d.state for d in await list_dialogs(st.binary, st.sock)] != [3]:
+            assert time.monotonic() < deadline, await list_dialogs(st.binary, st.sock)
+            await asyncio.sleep(0.05)
+        _killpg(proc, signal.SIGKILL)
+        await proc.wait()
+        first = await end_worker_dialogs(st.binary, st.sock, f"sip:127.0.0.1:{port}")
+        assert first[0] == [] and [d.state for d in first[1]] == [3]  # not endable yet
+        batches: list[list[FrontDialog]] = []
+        ended, early = await end_worker_dialogs_waiting(
+            st.binary, st.sock, f"sip:127.0.0.1:{port}", wait=5, poll=0.2, on_ended=batches.append
+        )
+        assert [d.call_id for d in ended] == [d.call_id for d in first[1]] and early == []
+        assert batches == [ended]
+        rc = await asyncio.wait_for(uac.wait(), 20)
+        assert rc == 0, msg.read_text(errors="replace")[-3000:]
+        assert received_requests(msg, "BYE") == [ended[0].call_id]
