@@ -18,8 +18,13 @@ def _scenario(
     extra: str = "",
     caller: str = "[field0]",
     callee: str = "[field1]",
+    answer_bye: bool = False,
 ) -> Path:
-    """A UAC: INVITE ``callee`` from ``caller`` (injection fields by default), PCMU, BYE."""
+    """A UAC: INVITE ``callee`` from ``caller`` (injection fields by default), PCMU, BYE.
+
+    With ``answer_bye`` the call also succeeds if a BYE comes in during the ``play_ms`` hold (it
+    is answered 200); otherwise the caller hangs up itself after ``play_ms``, as without it.
+    """
     hdr = f"""      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
       From: "Caller" <sip:{caller}@[local_ip]:[local_port]>;tag=[pid]fa[call_number]
       To: <sip:{callee}@[remote_ip]:[remote_port]>{{to_tag}}
@@ -83,11 +88,24 @@ def _scenario(
         ]
         if pcap is not None:
             parts.append(f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>')
-        parts += [
-            f'  <pause milliseconds="{play_ms}"/>',
-            send("BYE", "2 BYE", True, in_dialog=True),
-            '  <recv response="200"/>',
-        ]
+        if answer_bye:
+            parts += [
+                f'  <recv request="BYE" timeout="{play_ms}" ontimeout="own_bye"/>',
+                "  <send><![CDATA[\n\n      SIP/2.0 200 OK\n      [last_Via:]\n      [last_From:]"
+                "\n      [last_To:]\n      [last_Call-ID:]\n      [last_CSeq:]"
+                "\n      Content-Length: 0\n\n    ]]></send>",
+                '  <nop next="done"/>',
+                '  <label id="own_bye"/>',
+                send("BYE", "2 BYE", True, in_dialog=True),
+                '  <recv response="200"/>',
+                '  <label id="done"/>',
+            ]
+        else:
+            parts += [
+                f'  <pause milliseconds="{play_ms}"/>',
+                send("BYE", "2 BYE", True, in_dialog=True),
+                '  <recv response="200"/>',
+            ]
     parts.append("</scenario>\n")
     path.write_text("\n".join(parts))
     return path
@@ -177,3 +195,22 @@ def simple_dialog_scenario(path: Path, *, caller: str, callee: str, front_port: 
     ]
     path.write_text("\n".join(parts))
     return path
+
+
+def received_requests(message_file: Path, method: str) -> list[str]:
+    """Call-IDs of the ``method`` requests SIPp received, from its ``-trace_msg`` file."""
+    try:
+        text = message_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for block in text.split("message received")[1:]:
+        body = block.split("\n", 1)[1].lstrip("\r\n") if "\n" in block else ""
+        if not body.startswith(f"{method} "):
+            continue
+        for line in body.splitlines():
+            name, _, value = line.partition(":")
+            if name.strip().lower() in ("call-id", "i"):
+                out.append(value.strip())
+                break
+    return out

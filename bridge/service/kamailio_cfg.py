@@ -21,6 +21,11 @@ What the rendered script does with a request, in order:
    ``record_route``, dispatcher alg 10 (call load, ``maxload`` per worker); none free → 486 at
    once (503 if no worker is up); 486/503/408/timeout from a worker → next worker; other
    out-of-dialog methods → dropped (405 for trusted sources).
+
+Every call (inbound, and a worker's outbound INVITE) is also a dialog of the dialog module, with
+its worker in ``$dlg_var(rl_worker)``, so the main process can end a dead worker's calls with a
+BYE to each caller (:mod:`bridge.service.front_dialogs`); BYEs the front sends itself free the
+worker's dispatcher slot in ``event_route[tm:local-request]``.
 """
 
 from __future__ import annotations
@@ -390,7 +395,11 @@ def render_kamailio_cfg(
         tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", {_str(tls_cfg_path)})\n'
     ctl = ""
     if opts.ctl_socket:
-        ctl = f'loadmodule "ctl.so"\nmodparam("ctl", "binrpc", {_str("unix:" + opts.ctl_socket)})\n'
+        # A larger reply buffer (KB) than the default 32: dlg.list lists every call (~0.7 KB each).
+        ctl = (
+            f'loadmodule "ctl.so"\nmodparam("ctl", "binrpc", {_str("unix:" + opts.ctl_socket)})\n'
+            'modparam("ctl", "binrpc_max_body_size", 1024)\n'
+        )
     fr_inv = opts.fr_inv_timer_ms
     ds_set = DISPATCHER_SET
     contact_save = contact_reply = contact_route = dlg_reply = ""
@@ -437,6 +446,7 @@ def render_kamailio_cfg(
             '\t\tif (is_method("BYE")) {\n\t\t\tds_load_update();\n'
             "\t\t\t$sht(dlg=>$ci) = $null;\n\t\t}\n"
             f"{arm_dlg}"
+            "\t\tdlg_manage();\n"
             "\t\troute(RELAY);\n\t}\n"
         )
     return f"""#!KAMAILIO
@@ -485,6 +495,7 @@ loadmodule "corex.so"
 loadmodule "htable.so"
 loadmodule "pike.so"
 loadmodule "dispatcher.so"
+loadmodule "dialog.so"
 {tls_module}{ctl}
 # tm: give up on a silent worker quickly (failover), let a worker ring for a while.
 modparam("tm", "fr_timer", {opts.fr_timer_ms})
@@ -507,6 +518,13 @@ modparam("pike", "remove_latency", {opts.pike_remove_latency})
 # htable: bans, and Call-ID -> worker for in-dialog requests without Route headers.
 modparam("htable", "htable", "ipban=>size=8;autoexpire={opts.ban_seconds};")
 modparam("htable", "htable", "dlg=>size=10;autoexpire={opts.dialog_ttl};")
+
+# dialog: every call through the front is a dialog, so the front can end the calls of a worker
+# that died (dlg.end_dlg: BYE to the caller, and towards the dead worker). In-dialog requests
+# routed without Route headers (rlw-<port> Contact, simple UAs) are matched by Call-ID and tags.
+modparam("dialog", "dlg_match_mode", 1)
+modparam("dialog", "default_timeout", {opts.dialog_ttl})
+modparam("dialog", "enable_stats", 0)
 
 # dispatcher: call-load (alg 10) over the workers, failover list in xavps, OPTIONS probing.
 modparam("dispatcher", "list_file", {_str(dispatcher_list_path)})
@@ -651,7 +669,8 @@ route[WITHINDLG] {{
 			ds_load_update();
 			$sht(dlg=>$ci) = $null;
 		}}
-{arm_dlg}		route(RELAY);
+{arm_dlg}		dlg_manage();
+		route(RELAY);
 	}}
 	if (is_method("ACK")) {{
 		exit;
@@ -666,6 +685,11 @@ route[FROM_WORKER] {{
 	# Route entry so the request goes to its R-URI, the trunk.
 	loose_route();
 	record_route();
+	if (is_method("INVITE")) {{
+		# An outbound call is a dialog of that worker too (ended by the front if it dies).
+		dlg_manage();
+		$dlg_var(rl_worker) = "sip:" + $si + ":" + $sp;
+	}}
 	route(RELAY);
 }}
 
@@ -680,7 +704,9 @@ route[DISPATCH] {{
 		}}
 		exit;
 	}}
-{contact_save}	t_on_branch("DS_BRANCH");
+{contact_save}	# A dialog per call: the front can end it with a BYE if its worker dies.
+	dlg_manage();
+	t_on_branch("DS_BRANCH");
 	t_on_reply("DS_REPLY");
 	t_on_failure("DS_NEXT");
 	if (!t_relay()) {{
@@ -692,11 +718,23 @@ route[DISPATCH] {{
 
 branch_route[DS_BRANCH] {{
 	$sht(dlg=>$ci) = $du;
+	# Which worker carries the dialog (dlg.list shows it): the one this branch goes to.
+	$dlg_var(rl_worker) = $du;
 }}
 
 onreply_route[DS_REPLY] {{
 {contact_reply}	if (is_method("INVITE") && status=~"^2[0-9][0-9]$") {{
 		ds_load_update();
+	}}
+}}
+
+# BYEs the front sends itself (dlg.end_dlg after a worker died) pass no request_route: free the
+# call's worker slot here. The htable entry says the slot is still held (only the first of the
+# two BYEs frees it).
+event_route[tm:local-request] {{
+	if (is_method("BYE") && $sht(dlg=>$ci) != $null) {{
+		ds_load_update();
+		$sht(dlg=>$ci) = $null;
 	}}
 }}
 

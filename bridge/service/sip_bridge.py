@@ -246,10 +246,14 @@ class SIPBridge:
     def on_worker_lost(self, worker: WorkerHandle, calls: dict[str, str]) -> None:
         """A worker died with ``calls``: free their trunk slots and PIN state. Their participants
         leave the room when the worker's local-channel connections drop (reason
-        SIP_TRUNK_FAILURE, see sfu/local/server.py)."""
+        SIP_TRUNK_FAILURE, see sfu/local/server.py); behind the front the callers get a BYE
+        (:meth:`SIPFront.end_calls_of`)."""
         for call_id in calls:
             self.pin_calls.pop(call_id, None)
             self.decider.call_ended(call_id)
+        if self.front is not None:
+            # The callers too: the front BYEs every dialog that worker carried.
+            self.front.worker_lost(worker, calls)
 
     def health(self) -> tuple[str, bool, str]:
         """/healthz line: healthy while at least one worker takes calls."""

@@ -11,6 +11,10 @@
 * Each worker's ``maxload`` is its detected call cap (``WorkerHandle.max_calls``); the list starts
   at 4 (the wheel's ``PJSUA_MAX_CALLS``) and is re-rendered, with a Kamailio restart, only if a
   worker reports a different cap.
+* A worker that dies takes its calls with it; :meth:`SIPFront.end_calls_of` ends them for the
+  callers too: the front BYEs every confirmed dialog that worker carried (``dlg.end_dlg``, see
+  :mod:`bridge.service.front_dialogs`), logs each and counts them
+  (``roomline_sip_calls_ended_by_worker_loss_total``).
 * Kamailio's log lines go to the ``bridge.front`` logger and count front rejections by reason
   (``roomline_sip_front_rejections_total``): 486 all full, 503 no worker, blocked user agent,
   flood ban, malformed request.
@@ -22,7 +26,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -32,6 +35,12 @@ from bridge.service.front import (
     FrontError,
     KamailioFront,
     front_options_from_sip,
+)
+from bridge.service.front_dialogs import (
+    FrontDialog,
+    FrontRPCError,
+    end_worker_dialogs_waiting,
+    find_kamcmd,
 )
 from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
 from roomline.config import CALLS_PER_WORKER, SIPConfig
@@ -54,6 +63,9 @@ REJECTION_PATTERNS: tuple[tuple[str, str], ...] = (
 
 #: How often worker state is compared with what Kamailio was told.
 WATCH_INTERVAL = 0.2
+#: How long a dead worker's not yet confirmed dialogs are watched for their ACK, and how often.
+EARLY_WAIT = 5.0
+EARLY_POLL = 0.5
 
 
 class SIPFrontError(RoomlineError):
@@ -84,7 +96,10 @@ class SIPFront:
         self.rejections: dict[str, int] = {reason: 0 for _, reason in REJECTION_PATTERNS}
         self._told: dict[int, bool] = {}  # sip_port → state last pushed to Kamailio
         self._watch: asyncio.Task[None] | None = None
-        self._kamcmd = shutil.which("kamcmd") or shutil.which("kamcmd", path="/usr/sbin:/sbin")
+        self._kamcmd = find_kamcmd()
+        #: Calls the front ended with a BYE because their worker died, by worker SIP port.
+        self.ended_by_worker_loss: dict[int, int] = {}
+        self._endings: set[asyncio.Task[int]] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def preflight(self) -> None:
@@ -112,11 +127,76 @@ class SIPFront:
         self._watch = asyncio.get_running_loop().create_task(self._watch_workers())
 
     async def stop(self) -> None:
+        for t in list(self._endings):
+            t.cancel()
+        await asyncio.gather(*self._endings, return_exceptions=True)
         if self._watch is not None:
             self._watch.cancel()
             await asyncio.gather(self._watch, return_exceptions=True)
             self._watch = None
         await self.front.stop()
+
+    # --- a worker died ---------------------------------------------------------------------------
+    def worker_lost(self, worker: WorkerHandle, calls: dict[str, str]) -> None:
+        """Called when ``worker`` died carrying ``calls``: end its dialogs in the background."""
+        task = asyncio.get_running_loop().create_task(self.end_calls_of(worker, calls))
+        self._endings.add(task)
+        task.add_done_callback(self._endings.discard)
+
+    async def end_calls_of(self, worker: WorkerHandle, calls: dict[str, str] | None = None) -> int:
+        """BYE the callers of every confirmed dialog ``worker`` carried; returns how many.
+
+        ``calls`` (the supervisor's view) only serves the log: the dialogs come from Kamailio
+        itself, so calls the worker had not reported yet, and outbound calls, are ended too.
+        Dialogs still waiting for their ACK are tried again for :data:`EARLY_WAIT` seconds.
+        """
+        port = worker.spec.sip_port
+        if self._kamcmd is None:
+            log.warning("kamcmd not found: calls of the dead worker on port %d not ended", port)
+            return 0
+        uri = f"sip:127.0.0.1:{port}"
+        ended: list[FrontDialog] = []  # also those ended before an RPC failure
+
+        def count(batch: list[FrontDialog]) -> None:
+            ended.extend(batch)
+            for d in batch:
+                log.warning(
+                    "sip call ended by the front (BYE to the far end): its bridge worker died "
+                    "call_id=%s sip_port=%d",
+                    d.call_id,
+                    port,
+                )
+            self.ended_by_worker_loss[port] = self.ended_by_worker_loss.get(port, 0) + len(batch)
+
+        early: list[FrontDialog] = []
+        try:
+            # A call answered just before the death is confirmed once its caller's ACK passes
+            # the front: it is looked at again for EARLY_WAIT seconds.
+            _, early = await end_worker_dialogs_waiting(
+                self._kamcmd,
+                self.front.ctl_socket,
+                uri,
+                wait=EARLY_WAIT,
+                poll=EARLY_POLL,
+                on_ended=count,
+            )
+        except FrontRPCError as exc:
+            log.error("cannot end the calls of the dead worker on port %d: %s", port, exc)
+        for d in early:
+            log.warning(
+                "sip call of the dead worker not confirmed, left to the front's timers "
+                "call_id=%s sip_port=%d state=%d",
+                d.call_id,
+                port,
+                d.state,
+            )
+        log.info(
+            "front ended %d of the dead worker's calls on port %d (supervisor had %d)",
+            len(ended),
+            port,
+            len(calls or {}),
+        )
+        return len(ended)
 
     # --- health and metrics --------------------------------------------------------------------
     @property
@@ -143,6 +223,18 @@ class SIPFront:
             "Requests the front answered or dropped itself, by reason (from its log lines).",
             "counter",
             [({"reason": r}, n) for r, n in sorted(self.rejections.items())],
+        )
+        yield (
+            "roomline_sip_calls_ended_by_worker_loss_total",
+            "Calls the front ended with a BYE to the caller because their bridge worker died.",
+            "counter",
+            [
+                (
+                    {"sip_port": str(w.spec.sip_port)},
+                    self.ended_by_worker_loss.get(w.spec.sip_port, 0),
+                )
+                for w in self.supervisor.workers
+            ],
         )
         yield (
             "roomline_sip_worker_dispatch_up",

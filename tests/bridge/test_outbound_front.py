@@ -4,16 +4,22 @@ for carriers), record-routed, so the callee's in-dialog requests come back throu
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 from livekit import api
 
-from roomline_harness.outbound import pick_ports, start_appliance
-from roomline_harness.server import API_KEY, API_SECRET, stop_server
+from bridge.service.front_dialogs import CONFIRMED, find_kamcmd, list_dialogs
+from roomline_harness.outbound import Ports, pick_ports, start_appliance
+from roomline_harness.server import API_KEY, API_SECRET, Server, stop_server
+from roomline_harness.sip.fullstack import metrics, worker_pid
 from roomline_harness.sip.sipp import SIPP
 from roomline_harness.sip.sipp_uas import uas_cmd, uas_scenario
 
@@ -83,5 +89,87 @@ async def test_outbound_through_front(front_stack: tuple[object, object]) -> Non
         assert f"Record-Route: <sip:{front}" in invite  # the dialog stays on the front
         assert "Route: <" not in invite.replace("Record-Route: <", "")  # own Route consumed
         assert f"Via: SIP/2.0/UDP {front}" in invite  # the carrier sees the front's address
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+async def test_outbound_callee_gets_bye_when_its_worker_dies(
+    front_stack: tuple[object, object],
+) -> None:
+    """An outbound call is a front dialog of the worker that placed it: kill -9 that worker and
+    the callee gets the front's BYE (with the Reason header), counted per worker."""
+    server, ports = cast(Server, front_stack[0]), cast(Ports, front_stack[1])
+    deadline = time.monotonic() + 60  # both workers ready and up in the front
+    while (
+        sum(v for (n, _), v in metrics(server).items() if n == "roomline_sip_worker_dispatch_up")
+        < 2
+    ):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.25)
+    short = Path(tempfile.mkdtemp(prefix="rlod", dir="/tmp"))
+    try:
+        # The callee answers and then waits up to 60 s for a BYE (the room never hangs up).
+        sc = uas_scenario(short / "uas.xml", provisional=180, ring_ms=200, play_ms=0)
+        # Like a real carrier (RFC 3261 12.1.1) the callee copies Record-Route into its answer,
+        # so the worker's ACK passes the front and confirms the front's dialog.
+        text = sc.read_text()
+        answer = "SIP/2.0 200 OK\n      [last_Via:]"
+        assert answer in text
+        sc.write_text(text.replace(answer, answer + "\n      [last_Record-Route:]", 1))
+        sipp_port, media = ports.sipp(7)
+        proc = await asyncio.create_subprocess_exec(
+            *uas_cmd(sc, local_port=sipp_port, media_port=media, timeout_s=60),
+            cwd=str(short),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        await asyncio.sleep(0.3)
+        async with api.LiveKitAPI(server.http_url, API_KEY, API_SECRET) as lk:
+            trunk = await lk.sip.create_outbound_trunk(
+                api.CreateSIPOutboundTrunkRequest(
+                    trunk=api.SIPOutboundTrunkInfo(
+                        address=f"127.0.0.1:{sipp_port}", numbers=["+15550001001"]
+                    )
+                )
+            )
+            await lk.sip.create_sip_participant(
+                api.CreateSIPParticipantRequest(
+                    sip_trunk_id=trunk.sip_trunk_id,
+                    sip_call_to="+15557770032",
+                    room_name="front_out_dies",
+                    wait_until_answered=True,
+                )
+            )
+        active = {
+            int(lbl.split('"')[1]): v
+            for (n, lbl), v in metrics(server).items()
+            if n == "roomline_sip_active_calls" and lbl
+        }
+        (port,) = [p for p, v in active.items() if v == 1]
+        pid = worker_pid(server, port)
+        assert pid is not None
+        # Kill it once the worker's ACK has passed the front (the dialog is confirmed).
+        kamcmd = find_kamcmd()
+        assert kamcmd is not None
+        sock = str(server.data_dir / "sip-front" / "kamailio_ctl")
+        deadline = time.monotonic() + 10
+        # (The other test's callee does not copy Record-Route: its dialog never got past
+        # state 3 and is left alone.)
+        while CONFIRMED not in [d.state for d in await list_dialogs(kamcmd, sock)]:
+            assert time.monotonic() < deadline, await list_dialogs(kamcmd, sock)
+            await asyncio.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        out, _ = await asyncio.wait_for(proc.communicate(), 15)  # the BYE ends the scenario
+        print(f"callee got the front's BYE and ended {time.monotonic() - t0:.2f}s after kill -9")
+        assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
+        msgs = (short / "msgs.log").read_text(errors="replace")
+        bye = msgs[msgs.index("BYE sip:") :]
+        assert 'Reason: Q.850;cause=41;text="roomline bridge worker failed"' in bye[:2000]
+        key = ("roomline_sip_calls_ended_by_worker_loss_total", f'{{sip_port="{port}"}}')
+        deadline = time.monotonic() + 5  # counted once the RPC returns, just after the BYE
+        while metrics(server).get(key) != 1:
+            assert time.monotonic() < deadline, metrics(server).get(key)
+            await asyncio.sleep(0.1)
     finally:
         shutil.rmtree(short, ignore_errors=True)
