@@ -1,7 +1,7 @@
 """Acceptance: ``roomline serve`` with the Kamailio front and the default worker plan.
 
 One appliance per module, started from this tree (``python -m appliance.cli serve``) with the
-default ``sip`` settings except the ports (34000-34999 here): ``workers: auto`` = 8 workers of 4
+default ``sip`` settings except the ports (one free block of 1000): ``workers: auto`` = 8 workers of 4
 calls behind one SIP port. Callers are real peers (SIPp, the pjsua2 test phone), room peers the
 LiveKit SDK, the control plane ``livekit-api``; audio is checked by FFT.
 
@@ -42,6 +42,7 @@ from roomline_harness.aio import wait_for
 from roomline_harness.audio import read_wav
 from roomline_harness.front_appliance import HAVE_KAMAILIO, _scenario
 from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.net import free_block
 from roomline_harness.server import API_KEY, API_SECRET, Server, stop_server, write_config
 from roomline_harness.sip.fullstack import check_tone, metrics, worker_pid
 from roomline_harness.sip.pcap import write_tone_pcap
@@ -57,19 +58,21 @@ pytestmark = [
     pytest.mark.timeout(300),
 ]
 
-# Ports (34000-34999 are this suite's).
-HTTP = 34080
-SIP = 34060
-WORKER_BASE = 34070
+# Ports: one block of 1000, free for TCP and UDP when the module is imported, below the kernel's
+# ephemeral range (fixed numbers there could be taken by any outgoing socket on the machine).
+BASE = free_block(1000)
+HTTP = BASE + 80
+SIP = BASE + 60
+WORKER_BASE = BASE + 70
 WORKERS = 8  # workers: auto with the default target_calls (32)
-RTP = (34200, 34519)
-RTC = (34600, 34699)
+RTP = (BASE + 200, BASE + 519)
+RTC = (BASE + 600, BASE + 699)
 # Reused round-robin (a run's ports are free again by the time they come round).
-SIPP_PORTS = itertools.cycle(range(34100, 34150))
-PHONE_PORTS = itertools.cycle(range(34150, 34180))
+SIPP_PORTS = itertools.cycle(range(BASE + 100, BASE + 150))
+PHONE_PORTS = itertools.cycle(range(BASE + 150, BASE + 180))
 #: SIPp media bases, 80 apart: 32 calls use up to 64 ports from the base.
-MEDIA_PORTS = itertools.cycle(range(34700, 34940, 80))
-PHONE_RTP = itertools.cycle(range(34950, 34999, 12))
+MEDIA_PORTS = itertools.cycle(range(BASE + 700, BASE + 940, 80))
+PHONE_RTP = itertools.cycle(range(BASE + 950, BASE + 999, 12))
 
 RATE = 48000
 #: Phone → room (measured at the SDK): 25-35 dB even with 24 calls on the shared 2-core host.

@@ -15,7 +15,7 @@ LiveKit SDK; audio is checked by FFT both ways.
 * TLS phone (SRTP mandatory) → front TLS port → REQUIRE trunk: answered, SIP participant, audio
   both ways, the worker logs the caller's source as ``;tls``.
 
-Ports 39000-39999.
+Ports: one free block of 1000 (below the kernel's ephemeral range).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from roomline_harness.aio import wait_for
 from roomline_harness.audio import read_wav
 from roomline_harness.front_appliance import HAVE_KAMAILIO, _scenario
 from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.net import free_block
 from roomline_harness.server import API_KEY, API_SECRET, Server, start_server, stop_server
 from roomline_harness.sip.fullstack import check_tone, metrics
 from roomline_harness.sip.peers import PhoneProcess, disconnected, run_phone
@@ -57,16 +58,18 @@ pytestmark = [
     pytest.mark.timeout(240),
 ]
 
-SIP = 39060
-TLS = 39061
-WORKER_BASE = 39070
+# One block of 1000 ports, free when the module is imported, below the ephemeral range.
+BASE = free_block(1000)
+SIP = BASE + 60
+TLS = BASE + 61
+WORKER_BASE = BASE + 70
 WORKERS = 2
-RTP = (39200, 39299)
-RTC = (39600, 39699)
-SIPP_PORTS = itertools.cycle(range(39100, 39130))
-MEDIA_PORTS = itertools.cycle(range(39400, 39480, 8))
-PHONE_PORTS = itertools.cycle(range(39130, 39150))
-PHONE_RTP = itertools.cycle(range(39500, 39590, 10))
+RTP = (BASE + 200, BASE + 299)
+RTC = (BASE + 600, BASE + 699)
+SIPP_PORTS = itertools.cycle(range(BASE + 100, BASE + 130))
+MEDIA_PORTS = itertools.cycle(range(BASE + 400, BASE + 480, 8))
+PHONE_PORTS = itertools.cycle(range(BASE + 130, BASE + 150))
+PHONE_RTP = itertools.cycle(range(BASE + 500, BASE + 590, 10))
 
 REQUIRE = "+15558000001"
 ALLOW = "+15558000002"
