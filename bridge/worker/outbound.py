@@ -47,6 +47,7 @@ from bridge.worker.endpoint import (
 )
 from bridge.worker.port import BridgePort
 from bridge.worker.room_leg import RoomLeg, RoomLegEvents
+from bridge.worker.sdes import parse_offer
 from bridge.worker.sipmsg import SipParseError, parse_headers
 from roomline.wire import FRAME_MS
 
@@ -111,6 +112,26 @@ def disconnect_reason(status: int) -> int:
     if 500 <= status < 600:
         return models.DisconnectReason.SIP_TRUNK_FAILURE
     return models.DisconnectReason.USER_UNAVAILABLE
+
+
+#: The trunk's ``media_encryption`` → pjsua's SRTP use for the call's offer. ``allow`` offers
+#: ``RTP/AVP`` with ``a=crypto`` (pjmedia's optional mode: a plain answer is taken), ``require``
+#: offers ``RTP/SAVP`` (pjmedia refuses an answer without crypto).
+_SRTP_USE = {
+    "disable": pj.PJMEDIA_SRTP_DISABLED,
+    "allow": pj.PJMEDIA_SRTP_OPTIONAL,
+    "require": pj.PJMEDIA_SRTP_MANDATORY,
+}
+
+
+def apply_media_encryption(mc: Any, policy: str) -> None:
+    """Set an outbound account's SRTP (SDES only, over any transport as LiveKit does)."""
+    mc.srtpUse = _SRTP_USE[policy]
+    if policy == "disable":
+        return
+    mc.srtpSecureSignaling = 0  # pjsua's default 1 would demand TLS (sips) for SRTP
+    mc.srtpOpt.keyings.clear()
+    mc.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
 
 
 def send_refer(call: Any, msg: control.Transfer) -> str:
@@ -355,6 +376,7 @@ class OutboundCall:
             mt.publicAddress = opts.public_ip
         if opts.bind_address:
             mt.boundAddress = opts.bind_address
+        apply_media_encryption(acfg.mediaConfig, d.media_encryption)
         acc = OutboundAccount()
         acc.create(acfg, False)
         self.account = acc
@@ -390,6 +412,13 @@ class OutboundCall:
             self._disconnected(int(ci.lastStatusCode), str(ci.lastReason))
 
     def _answered(self, ci: Any, prm: Any) -> None:
+        if self.dial.media_encryption == "require" and self.answer_msg:
+            if not parse_offer(self.answer_msg).srtp:
+                # pjmedia would only drop the media after the call went active; LiveKit fails
+                # the call: failed_precondition, MEDIA_FAILURE, "encryption-required".
+                self._fail(0, "encryption-required", models.DisconnectReason.MEDIA_FAILURE)
+                self._hangup()
+                return
         self.answered_at = time.monotonic()
         attrs = {"sip.callIDFull": str(ci.callIdString)}
         attrs.update(self._answer_header_attrs())
