@@ -44,6 +44,10 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
 
     def onCallState(self, prm: Any) -> None:  # noqa: N802
         ci = self.getInfo()
+        if self.phone.call is not None and self is not self.phone.call:
+            # The call a REFER made us place (pjsua accepts REFERs): reported, never ends us.
+            report("transfer_call", state=ci.stateText, code=ci.lastStatusCode)
+            return
         report("state", state=ci.stateText, code=ci.lastStatusCode)
         if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.phone.answered_at is None:
             self.phone.answered_at = time.monotonic()
@@ -67,6 +71,14 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
                         self.phone.player.startTransmit(am)
                     if self.phone.recorder is not None:
                         am.startTransmit(self.phone.recorder)
+
+    def onCallTransferRequest(self, prm: Any) -> None:  # noqa: N802
+        # Accept (pjsua's default 202) and place the new call as an object of our own, so its
+        # end is not taken for the end of the call under test.
+        report("refer", target=str(prm.dstUri))
+        new = PhoneCall(self.phone, self.phone.account)
+        self.phone.others.append(new)
+        prm.newCall = new
 
     def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
         report("dtmf", digit=prm.digit, method=int(prm.method))
@@ -97,7 +109,7 @@ class CalleeAccount(pj.Account):  # type: ignore[misc]
             busy = pj.Call(self, prm.callId)
             op.statusCode = 486
             busy.hangup(op)
-            self.phone.rejected.append(busy)
+            self.phone.others.append(busy)
             return
         call = PhoneCall(self.phone, self, prm.callId)
         msg = str(prm.rdata.wholeMsg)
@@ -126,7 +138,9 @@ class Phone:
         self.call: PhoneCall | None = None
         self.incoming_at: float | None = None
         self.answer_sent = False
-        self.rejected: list[pj.Call] = []
+        #: Calls besides the one under test (refused INVITEs, calls placed for a REFER).
+        self.others: list[pj.Call] = []
+        self.account: pj.Account | None = None
 
     def run(self) -> None:
         a = self.args
@@ -171,6 +185,7 @@ class Phone:
             acfg.mediaConfig.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
         acc = CalleeAccount(self) if a.answer else pj.Account()
         acc.create(acfg, True)
+        self.account = acc
 
         if a.tone:
             wav = os.path.join(a.workdir, f"phone_tone_{a.port}.wav")
@@ -250,8 +265,9 @@ class Phone:
         report("done", finished=self.finished)
         # teardown order: drop pj objects before libDestroy (docs/background.md §3.4)
         self.call = None
-        self.rejected.clear()
+        self.others.clear()
         self.player = self.recorder = None
+        self.account = None
         acc.shutdown()
         del acc
         gc.collect()

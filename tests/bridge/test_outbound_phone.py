@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from livekit import api
 
 from roomline_harness.aio import wait_for
-from roomline_harness.audio import read_wav
+from roomline_harness.audio import dominant_frequency, read_wav
 from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
 from roomline_harness.net import free_port, free_udp_range
 from roomline_harness.outbound import Ports, pick_ports, start_appliance
@@ -288,3 +289,124 @@ async def test_srtp_required_plain_answer_fails(stack: Stack, short_dir: Path) -
             proc.kill()
             await proc.wait()
         await lk.aclose()
+
+
+# --- dial tone to an inbound caller while its transfer runs ---------------------------------------
+def classify(pcm: np.ndarray, rate: int, seconds: float = 0.5) -> list[str]:
+    """Per window: ``"440"`` (the room), ``"425"`` (the ringing tone), ``"quiet"`` or ``"?"``."""
+    n = int(seconds * rate)
+    out: list[str] = []
+    for i in range(0, len(pcm) - n + 1, n):
+        w = pcm[i : i + n].astype(np.float64)
+        rms = float(np.sqrt(np.mean(w**2))) / 32768.0 + 1e-12
+        if 20 * np.log10(rms) < -45:
+            out.append("quiet")
+            continue
+        f = dominant_frequency(w, rate)
+        out.append("440" if abs(f - 440) < 5 else "425" if abs(f - 425) < 5 else "?")
+    return out
+
+
+def runs(labels: list[str]) -> list[str]:
+    """Consecutive duplicates collapsed; mixed windows (``?``) at transitions dropped."""
+    out: list[str] = []
+    for label in labels:
+        if label != "?" and (not out or out[-1] != label):
+            out.append(label)
+    return out
+
+
+@pytest.mark.skipif(SIPP is None, reason="sipp not installed")
+async def test_inbound_transfer_plays_dialtone_then_restores_room(
+    stack: Stack, short_dir: Path
+) -> None:
+    """The pjsua2 phone calls in; TransferSIPParticipant(play_dialtone) REFERs it to a SIPp
+    target that rings 2.5 s and answers 486. The caller hears: the room (440 Hz), the ringing
+    tone (425 Hz, 1 s on), silence (the tone's off phase, room muted), the room again after the
+    failure (486 → resource_exhausted)."""
+    number, caller = "+15550004000", "+15557773001"
+    room_name, ident = "in_xfer_tone", f"sip_{caller}"
+    target_port = free_port()
+    target_media, _ = free_udp_range(4)
+    target_dir = short_dir / "target"
+    target_dir.mkdir()
+    sc = uas_scenario(target_dir / "uas.xml", provisional=180, ring_ms=2500, final=486)
+    target = await asyncio.create_subprocess_exec(
+        *uas_cmd(sc, local_port=target_port, media_port=target_media, timeout_s=30),
+        cwd=str(target_dir),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    lk = api.LiveKitAPI(stack.server.http_url, API_KEY, API_SECRET)
+    room = await connect(stack.server.ws_url, token("web", room_name))
+    heard = short_dir / "heard.wav"
+    rtp_start, _ = free_udp_range(40)
+    phone = None
+    try:
+        trunk = await lk.sip.create_inbound_trunk(
+            api.CreateSIPInboundTrunkRequest(
+                trunk=api.SIPInboundTrunkInfo(
+                    name="in", numbers=[number], allowed_addresses=["127.0.0.1"]
+                )
+            )
+        )
+        await lk.sip.create_dispatch_rule(
+            api.CreateSIPDispatchRuleRequest(
+                dispatch_rule=api.SIPDispatchRuleInfo(
+                    trunk_ids=[trunk.sip_trunk_id],
+                    rule=api.SIPDispatchRule(
+                        dispatch_rule_direct=api.SIPDispatchRuleDirect(room_name=room_name)
+                    ),
+                )
+            )
+        )
+        async with tone_publisher(room, 440.0):
+            phone = await PhoneProcess.start(
+                [
+                    "--dest",
+                    f"sip:{number}@127.0.0.1:{stack.ports.worker_sip(0)}",
+                    "--port",
+                    str(free_port()),
+                    "--rtp-start",
+                    str(rtp_start),
+                    "--caller",
+                    caller,
+                    "--record",
+                    str(heard),
+                    "--duration",
+                    "10",
+                    "--max-wait",
+                    "40",
+                    "--workdir",
+                    str(short_dir),
+                ]  # fmt: skip
+            )
+            await wait_for(lambda: subscribed_audio(room, ident) is not None, 20, "caller in room")
+            await asyncio.sleep(2.5)  # the caller hears the room first
+            with pytest.raises(api.SipCallError) as err:
+                await lk.sip.transfer_sip_participant(
+                    api.TransferSIPParticipantRequest(
+                        participant_identity=ident,
+                        room_name=room_name,
+                        transfer_to=f"sip:desk@127.0.0.1:{target_port}",
+                        play_dialtone=True,
+                    )
+                )
+            print("transfer:", err.value.code, err.value.sip_status_code)
+            assert err.value.code == "resource_exhausted" and err.value.sip_status_code == 486
+            events = await phone.wait(40)  # the call went on; the phone hangs up at 10 s
+    finally:
+        if phone is not None:
+            phone.kill()
+        if target.returncode is None:
+            target.kill()
+        await target.wait()
+        await room.disconnect()
+        await lk.aclose()
+    gone = disconnected(events)
+    assert gone is not None and gone["local_hangup"], events  # not ended by the transfer
+    pcm, rate = read_wav(heard)
+    labels = classify(pcm, rate)
+    print("caller heard (0.5 s windows):", " ".join(labels))
+    assert runs(labels)[:4] == ["440", "425", "quiet", "440"], labels
+    assert labels.count("425") >= 1 and labels.count("quiet") >= 2, labels
