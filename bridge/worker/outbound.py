@@ -377,6 +377,13 @@ class OutboundCall:
         acfg.regConfig.registerOnAdd = False
         if d.outbound_proxy:
             acfg.sipConfig.proxies.append(d.outbound_proxy)
+            # pjsip takes the hop's transport from the R-URI (a TCP/TLS trunk), which would reach
+            # the front over TCP from an ephemeral port: the front knows its workers by their UDP
+            # source and would take that INVITE for a carrier's and dispatch it back to a worker.
+            # So every request of the call leaves on the worker's UDP transport; the front relays
+            # over the trunk's transport.
+            if self.dialer.endpoint.udp_transport_id >= 0:
+                acfg.sipConfig.transportId = self.dialer.endpoint.udp_transport_id
         if d.auth_username:
             acfg.sipConfig.authCreds.append(
                 pj.AuthCredInfo("digest", "*", d.auth_username, 0, d.auth_password)
