@@ -806,6 +806,16 @@ class OutboundDialer:
             # As the worker does for inbound calls (bridge/worker/port.py): destroy the pjmedia
             # side while we still hold the port.
             self.close_port(call.port)
+            port = call.port
+            log.info(
+                "call %s ended: port rx=%d tx=%d underruns=%d produced=%d; room inputs %s",
+                call.dial.call_id,
+                port.rx_frames,
+                port.tx_frames,
+                port.underruns,
+                port.produced,
+                call.leg.input_stats(),
+            )
         self.endpoint.bury([call.port])
         call.port = None
         acc, call.account = call.account, None
