@@ -8,6 +8,7 @@ Whole appliance (roomline_harness/outbound.py: two bridge workers, one agent wor
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ from roomline_harness.net import free_port, free_udp_range
 from roomline_harness.outbound import Ports, pick_ports, start_appliance
 from roomline_harness.server import API_KEY, API_SECRET, Server, stop_server
 from roomline_harness.sip.peers import PhoneProcess, disconnected
+from roomline_harness.sip.sipp import SIPP
+from roomline_harness.sip.sipp_uas import uas_cmd, uas_scenario
 
 MESSAGE = "Hello. Your table at the restaurant is ready. Please come to the front desk."
 
@@ -178,5 +181,50 @@ async def test_reminder_bad_metadata(stack: Stack) -> None:
         await wait_for(lambda: bool(statuses), 30, "agent refuses")
         assert statuses == ["bad-metadata:trunk missing"]
     finally:
+        await room.disconnect()
+        await lk.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(SIPP is None, reason="sipp not installed")
+async def test_reminder_busy_callee(stack: Stack, short_dir: Path) -> None:
+    """A callee that answers 486: the agent reports the Twirp code and SIP status, and leaves."""
+    port = free_port()
+    media, _ = free_udp_range(4)
+    sc = uas_scenario(short_dir / "uas.xml", provisional=180, ring_ms=200, final=486)
+    sipp = await asyncio.create_subprocess_exec(
+        *uas_cmd(sc, local_port=port, media_port=media, timeout_s=30),
+        cwd=str(short_dir),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    room_name = "reminder_busy"
+    lk = api.LiveKitAPI(stack.server.http_url, API_KEY, API_SECRET)
+    room = await connect(stack.server.ws_url, token("observer", room_name))
+    statuses = watch_status(room)
+    try:
+        await asyncio.sleep(0.3)
+        trunk = await lk.sip.create_outbound_trunk(
+            api.CreateSIPOutboundTrunkRequest(
+                trunk=api.SIPOutboundTrunkInfo(
+                    address=f"127.0.0.1:{port}", numbers=["+15550003001"]
+                )
+            )
+        )
+        meta = {"number": "+15557772002", "trunk": trunk.sip_trunk_id, "message": "hi"}
+        await lk.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(
+                agent_name="reminder", room=room_name, metadata=json.dumps(meta)
+            )
+        )
+        await wait_for(lambda: statuses[-1:] != ["dialing"] and len(statuses) >= 2, 30, "outcome")
+        assert statuses == ["dialing", "failed:resource_exhausted:486"], statuses
+        out, _ = await asyncio.wait_for(sipp.communicate(), 20)
+        assert sipp.returncode == 0, out.decode(errors="replace")[-2000:]
+    finally:
+        if sipp.returncode is None:
+            sipp.kill()
+            await sipp.wait()
         await room.disconnect()
         await lk.aclose()
