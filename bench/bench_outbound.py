@@ -12,7 +12,11 @@ events. Figures printed (no assertions), over ``--calls`` sequential calls:
 * **200 OK → active**: from sending the 200 OK to the SDK seeing ``sip.callStatus=active``.
 * **wait_until_answered RPC**: API call → return with an immediate answer.
 
+With ``--concurrent N`` it then places N calls at once with audio both ways and prints CPU per call
+and calls per core (bench/outbound_capacity.py); ``--calls 0`` skips the latency part.
+
     PYTHONPATH=. .venv/bin/python bench/bench_outbound.py --calls 20
+    PYTHONPATH=. .venv/bin/python bench/bench_outbound.py --calls 0 --concurrent 8 --seconds 10
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class Uas(asyncio.DatagramProtocol):
     """Answers INVITEs with 200 OK (SDP: PCMU), BYEs with 200; timestamps INVITEs and 200s."""
 
     def __init__(self, ring_ms: int = 0) -> None:
+        super().__init__()
         self.ring_ms = ring_ms
         self.transport: asyncio.DatagramTransport | None = None
         self.invites: dict[str, float] = {}
@@ -104,16 +109,24 @@ def describe(name: str, xs: list[float]) -> None:
         print(f"{name}: no samples")
         return
     s = sorted(xs)
+
+    def pct(q: float) -> float:
+        return s[min(len(s) - 1, int(q * len(s)))]
+
     print(
         f"{name}: n={len(xs)} median {statistics.median(xs):.1f} ms, "
-        f"p90 {s[min(len(s) - 1, int(0.9 * len(s)))]:.1f} ms, min {s[0]:.1f}, max {s[-1]:.1f}"
+        f"p90 {pct(0.9):.1f} ms, p99 {pct(0.99):.1f} ms, min {s[0]:.1f}, max {s[-1]:.1f}"
     )
 
 
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--calls", type=int, default=20, help="sequential calls (0: skip)")
+    ap.add_argument("--concurrent", type=int, default=0, help="then N calls at once (max 8)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="CPU window of --concurrent")
     args = ap.parse_args()
+    if not 0 <= args.concurrent <= 8:
+        ap.error("--concurrent: the bench appliance has 2 workers of 4 calls (0..8)")
     tmp = Path(tempfile.mkdtemp(prefix="rlbo"))
     ports = pick_ports()
     server = start_appliance(tmp, ports)
@@ -168,7 +181,7 @@ async def main() -> None:
                 api.RoomParticipantIdentity(room=room_name, identity=ident)
             )
             await asyncio.sleep(0.3)
-        for i in range(max(3, args.calls // 4)):
+        for i in range(max(3, args.calls // 4) if args.calls else 0):
             ident = f"waiter{i}"
             t0 = time.monotonic()
             await lk.sip.create_sip_participant(
@@ -187,6 +200,10 @@ async def main() -> None:
             await asyncio.sleep(0.3)
         await obs.disconnect()
         await lk.aclose()
+        if args.concurrent:
+            from bench.outbound_capacity import run_capacity
+
+            await run_capacity(server, ports, args.concurrent, args.seconds)
     finally:
         transport.close()
         stop_server(server)

@@ -296,8 +296,14 @@ class Dial:
     #: Route the INVITE (and the dialog) through this SIP proxy, e.g. the Kamailio front
     #: ``sip:127.0.0.1:5060;lr``; empty: straight to the trunk.
     outbound_proxy: str = ""
+    #: SRTP (SDES) for the call, one of :data:`MEDIA_ENCRYPTIONS`: ``disable`` offers plain RTP,
+    #: ``allow`` offers ``a=crypto`` and takes a plain answer, ``require`` offers ``RTP/SAVP`` and
+    #: fails the call (``encryption-required``) if the answer has no usable crypto.
+    media_encryption: str = "disable"
 
     def __post_init__(self) -> None:
+        if self.media_encryption not in MEDIA_ENCRYPTIONS:
+            raise ControlError(f"dial media_encryption {self.media_encryption!r} unknown")
         bad = frozenset('<> "\r\n\0')
         for name in ("to_uri", "from_user", "from_host", "call_id"):
             value = getattr(self, name)

@@ -130,23 +130,30 @@ class Decision:
 
 
 #: LiveKit ``SIPMediaEncryption`` → the control protocol's ``media_encryption``.
-_ENCRYPTION_NAMES = {
+_ENCRYPTION_NAMES: dict[int, str] = {
     sip_pb.SIP_MEDIA_ENCRYPT_DISABLE: "disable",
     sip_pb.SIP_MEDIA_ENCRYPT_ALLOW: "allow",
     sip_pb.SIP_MEDIA_ENCRYPT_REQUIRE: "require",
 }
 
 
-def media_encryption(trunk: sip_pb.SIPInboundTrunkInfo | None) -> str:
-    """The trunk's SRTP policy: ``media.encryption`` if set, else the older ``media_encryption``.
+def media_encryption(
+    trunk: sip_pb.SIPInboundTrunkInfo | sip_pb.SIPOutboundTrunkInfo | None,
+    request: sip_pb.CreateSIPParticipantRequest | None = None,
+) -> str:
+    """The SRTP policy: ``media.encryption`` if set, else the older ``media_encryption``.
 
-    An unknown enum value (a newer proto) fails closed to ``require``.
+    For an outbound call a non-zero value on the ``request`` overrides the trunk's. An unknown
+    enum value (a newer proto) fails closed to ``require``.
     """
-    if trunk is None:
-        return "disable"
-    value = trunk.media_encryption
-    if trunk.HasField("media") and trunk.media.encryption:
-        value = trunk.media.encryption
+    value: int = 0
+    for msg in (trunk, request):
+        if msg is None:
+            continue
+        v = msg.media.encryption if msg.HasField("media") and msg.media.encryption else 0
+        v = v or msg.media_encryption
+        if v:
+            value = v
     return _ENCRYPTION_NAMES.get(value, "require")
 
 

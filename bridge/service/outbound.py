@@ -31,6 +31,7 @@ import structlog
 from livekit.protocol import sip as sip_pb
 
 import bridge.control as control
+from bridge.service.decide import media_encryption
 from bridge.service.outbound_trunks import (
     _check_address,
     check_headers,
@@ -163,6 +164,8 @@ class Trunk:
     attributes_to_headers: dict[str, str] = field(default_factory=dict)
     include_headers: int = 0
     from_host: str = ""
+    #: SRTP policy (``bridge.control.MEDIA_ENCRYPTIONS``); the request may override it.
+    media_encryption: str = "disable"
 
     @classmethod
     def stored(cls, info: sip_pb.SIPOutboundTrunkInfo) -> Trunk:
@@ -178,6 +181,7 @@ class Trunk:
             attributes_to_headers=dict(info.attributes_to_headers),
             include_headers=info.include_headers,
             from_host=info.from_host,
+            media_encryption=media_encryption(info),
         )
 
     @classmethod
@@ -239,6 +243,7 @@ class Plan:
     wait_until_answered: bool
     hide_phone_number: bool
     include_headers: int
+    media_encryption: str = "disable"
 
 
 def plan_call(req: sip_pb.CreateSIPParticipantRequest, store: SIPStore | None) -> Plan:
@@ -296,6 +301,10 @@ def plan_call(req: sip_pb.CreateSIPParticipantRequest, store: SIPStore | None) -
         value = attrs.get(attr, "")
         if value and not any(c in value for c in "\r\n\0"):
             headers[header] = value
+    # DISABLE (0) on the request means "unset" (LiveKit): the trunk's policy applies then.
+    encryption = media_encryption(None, req)
+    if encryption == "disable":
+        encryption = trunk.media_encryption
     return Plan(
         call_id=call_id,
         room=req.room_name,
@@ -317,6 +326,7 @@ def plan_call(req: sip_pb.CreateSIPParticipantRequest, store: SIPStore | None) -
         wait_until_answered=req.wait_until_answered,
         hide_phone_number=req.hide_phone_number,
         include_headers=req.include_headers or trunk.include_headers,
+        media_encryption=encryption,
     )
 
 
@@ -436,6 +446,7 @@ class OutboundCalls:
             include_headers=plan.include_headers,
             headers_to_attributes=plan.trunk.headers_to_attributes,
             outbound_proxy=self.outbound_proxy,
+            media_encryption=plan.media_encryption,
         )
         worker.calls[plan.call_id] = "ringing"
         log.info(
@@ -476,6 +487,8 @@ class OutboundCalls:
     def _failure(p: control.DialProgress) -> RoomlineError:
         if p.reason == "no-answer":
             return SIPCallFailed("canceled", "sip request timed out")
+        if p.reason == "encryption-required":
+            return SIPCallFailed("failed_precondition", "encryption-required")
         if p.status >= 300:
             return sip_status_error(p.status, p.reason)
         return SIPCallFailed("unavailable", f"sip call failed: {p.reason or 'error'}")

@@ -99,6 +99,8 @@ class SipEndpoint:
         self.live_calls: dict[int, pj.Call] = {}
         self.dead_calls: list[tuple[float, pj.Call]] = []
         self.graveyard: list[tuple[float, list[object]]] = []
+        #: pjsua id of the SIP UDP transport (outbound calls through the front are pinned to it).
+        self.udp_transport_id = -1
 
     def start(self, make_account: Callable[[], pj.Account]) -> None:
         """Create, configure and start the library, its transports and the one account."""
@@ -145,7 +147,9 @@ class SipEndpoint:
                 tcfg.boundAddress = o.bind_address
             if o.public_ip:
                 tcfg.publicAddress = o.public_ip
-            ep.transportCreate(kind, tcfg)
+            tid = ep.transportCreate(kind, tcfg)
+            if kind == pj.PJSIP_TRANSPORT_UDP:
+                self.udp_transport_id = int(tid)
         # REQUIRED: the null device's master port clocks the bridge (setNoDev → 0 frames).
         ep.audDevManager().setNullDev()
         for ci in ep.codecEnum2():

@@ -17,7 +17,9 @@ callee answers or sends early media; 183 early media reaches the room like call 
 Transfers (:class:`~bridge.control.Transfer`) send a REFER in the dialog (pjsua2 ``Call.xfer``);
 ``onCallTransferStatus`` gives the NOTIFY sipfrag status (or the REFER's own failure). Success
 (2xx) ends the call (``hangup``), failure reports the status and the call goes on. While the
-transfer runs with ``play_dialtone`` the phone hears the ringing tone instead of the room.
+transfer runs with ``play_dialtone`` the phone (outbound callee or inbound caller) hears the
+ringing tone instead of the room (:class:`TransferTone` as the leg's ``tone``); the room is heard
+again as soon as the outcome is known.
 
 Everything runs on the worker's asyncio thread (pjsua2 callbacks come from ``libHandleEvents``).
 """
@@ -47,6 +49,7 @@ from bridge.worker.endpoint import (
 )
 from bridge.worker.port import BridgePort
 from bridge.worker.room_leg import RoomLeg, RoomLegEvents
+from bridge.worker.sdes import parse_offer
 from bridge.worker.sipmsg import SipParseError, parse_headers
 from roomline.wire import FRAME_MS
 
@@ -92,6 +95,20 @@ class _ToneCache:
         return frames[n % len(frames)]
 
 
+class TransferTone:
+    """The ringing tone for a phone while its transfer runs: a :attr:`RoomLeg.tone` callable
+    (bridge clock thread), one 20 ms frame at ``rate`` per call, from the cadence's start."""
+
+    def __init__(self, rate: int = BRIDGE_CLOCK_RATE) -> None:
+        self.rate = rate
+        self.n = 0
+
+    def __call__(self) -> bytes:
+        n = self.n
+        self.n = n + 1
+        return _ToneCache.get(n, self.rate)
+
+
 @dataclass
 class _FakePort:
     """Stands in for a :class:`BridgePort` while there is no SIP media yet (dial tone only):
@@ -111,6 +128,26 @@ def disconnect_reason(status: int) -> int:
     if 500 <= status < 600:
         return models.DisconnectReason.SIP_TRUNK_FAILURE
     return models.DisconnectReason.USER_UNAVAILABLE
+
+
+#: The trunk's ``media_encryption`` → pjsua's SRTP use for the call's offer. ``allow`` offers
+#: ``RTP/AVP`` with ``a=crypto`` (pjmedia's optional mode: a plain answer is taken), ``require``
+#: offers ``RTP/SAVP`` (pjmedia refuses an answer without crypto).
+_SRTP_USE = {
+    "disable": pj.PJMEDIA_SRTP_DISABLED,
+    "allow": pj.PJMEDIA_SRTP_OPTIONAL,
+    "require": pj.PJMEDIA_SRTP_MANDATORY,
+}
+
+
+def apply_media_encryption(mc: Any, policy: str) -> None:
+    """Set an outbound account's SRTP (SDES only, over any transport as LiveKit does)."""
+    mc.srtpUse = _SRTP_USE[policy]
+    if policy == "disable":
+        return
+    mc.srtpSecureSignaling = 0  # pjsua's default 1 would demand TLS (sips) for SRTP
+    mc.srtpOpt.keyings.clear()
+    mc.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
 
 
 def send_refer(call: Any, msg: control.Transfer) -> str:
@@ -148,14 +185,21 @@ def transfer_result(
 
 @dataclass
 class InboundTransfer:
-    """A REFER running for an inbound call (owned by the worker's CallRecord)."""
+    """A REFER running for an inbound call (owned by the worker's CallRecord).
+
+    With ``play_dialtone`` the caller hears the ringing tone (``leg.tone``) instead of the room
+    until the outcome is known; :meth:`results` gives the room back.
+    """
 
     msg: control.Transfer
     call: Any
     started: float
+    leg: RoomLeg | None = None
     waiters: list[control.Transfer] = field(default_factory=list)
 
     def results(self, ok: bool, status: int, reason: str) -> list[control.TransferResult]:
+        if self.leg is not None:
+            self.leg.tone = None
         return [transfer_result(m, ok, status, reason) for m in (self.msg, *self.waiters)]
 
 
@@ -165,16 +209,6 @@ class OutboundLeg(RoomLeg):
     def __init__(self, events: RoomLegEvents, identity: str, request_id: int) -> None:
         super().__init__(events, identity=identity, request_id=request_id, rate=BRIDGE_CLOCK_RATE)
         self.participant_sid = ""
-        #: While set (a transfer with ``play_dialtone``), the phone hears these frames instead
-        #: of the room; called on the bridge clock thread like :meth:`produce`.
-        self.tone: Callable[[], bytes] | None = None
-
-    def produce(self) -> bytes:
-        """The phone's frame of this tick (bridge clock thread): the room mix, or the transfer
-        tone while one plays (the room's audio is then still drained, muted, not queued up)."""
-        tone = self.tone
-        frame = super().produce()
-        return frame if tone is None else tone()
 
     def _on_signal(self, ch: Any, msg: rtc.SignalResponse) -> None:
         if msg.WhichOneof("message") == "join":
@@ -343,6 +377,13 @@ class OutboundCall:
         acfg.regConfig.registerOnAdd = False
         if d.outbound_proxy:
             acfg.sipConfig.proxies.append(d.outbound_proxy)
+            # pjsip takes the hop's transport from the R-URI (a TCP/TLS trunk), which would reach
+            # the front over TCP from an ephemeral port: the front knows its workers by their UDP
+            # source and would take that INVITE for a carrier's and dispatch it back to a worker.
+            # So every request of the call leaves on the worker's UDP transport; the front relays
+            # over the trunk's transport.
+            if self.dialer.endpoint.udp_transport_id >= 0:
+                acfg.sipConfig.transportId = self.dialer.endpoint.udp_transport_id
         if d.auth_username:
             acfg.sipConfig.authCreds.append(
                 pj.AuthCredInfo("digest", "*", d.auth_username, 0, d.auth_password)
@@ -355,6 +396,7 @@ class OutboundCall:
             mt.publicAddress = opts.public_ip
         if opts.bind_address:
             mt.boundAddress = opts.bind_address
+        apply_media_encryption(acfg.mediaConfig, d.media_encryption)
         acc = OutboundAccount()
         acc.create(acfg, False)
         self.account = acc
@@ -390,6 +432,13 @@ class OutboundCall:
             self._disconnected(int(ci.lastStatusCode), str(ci.lastReason))
 
     def _answered(self, ci: Any, prm: Any) -> None:
+        if self.dial.media_encryption == "require" and self.answer_msg:
+            if not parse_offer(self.answer_msg).srtp:
+                # pjmedia would only drop the media after the call went active; LiveKit fails
+                # the call: failed_precondition, MEDIA_FAILURE, "encryption-required".
+                self._fail(0, "encryption-required", models.DisconnectReason.MEDIA_FAILURE)
+                self._hangup()
+                return
         self.answered_at = time.monotonic()
         attrs = {"sip.callIDFull": str(ci.callIdString)}
         attrs.update(self._answer_header_attrs())
@@ -598,8 +647,7 @@ class OutboundCall:
             # transfer tone replaces the room's mix there while it plays.
             if self.transfer_tone:
                 if self.leg.tone is None:
-                    self.tone_n = 0
-                    self.leg.tone = self._transfer_tone_frame
+                    self.leg.tone = TransferTone(self.port.rate)
             else:
                 self.leg.tone = None
             self.leg.pump(self.port)
@@ -614,14 +662,6 @@ class OutboundCall:
                 self.tone_n += 1
             self.leg.pump(cast(BridgePort, tp))
             tp.produce = None
-
-    def _transfer_tone_frame(self) -> bytes:
-        """The ringing tone for the phone during a transfer (bridge clock thread)."""
-        port = self.port
-        rate = port.rate if port is not None else BRIDGE_CLOCK_RATE
-        n = self.tone_n
-        self.tone_n = n + 1
-        return _ToneCache.get(n, rate)
 
     def tick(self, now: float) -> None:
         if self.state == "ended":
@@ -652,13 +692,13 @@ class OutboundDialer:
         endpoint: SipEndpoint,
         control_client: Any,
         opts: WorkerOptions,
-        find_inbound: Callable[[str], Any] | None = None,
+        find_inbound: Callable[[str], tuple[Any, RoomLeg] | None] | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.control = control_client
         self.opts = opts
         self.calls: dict[str, OutboundCall] = {}
-        #: SIP Call-ID → the answered inbound call's pj.Call (or None); set by the worker.
+        #: SIP Call-ID → the answered inbound call's (pj.Call, room leg), or None; from the worker.
         self.find_inbound = find_inbound
         self.inbound_transfers: dict[str, InboundTransfer] = {}
         #: The worker's hooks for the ports it serves each clock tick: ``on_rx`` (the clock
@@ -699,12 +739,13 @@ class OutboundDialer:
             return True
         return False
 
-    # --- transfers of inbound calls (cold, no dial tone: the inbound media pump is the worker's)
+    # --- transfers of inbound calls (cold; with play_dialtone the caller hears the ringing tone)
     def _transfer_inbound(self, msg: control.Transfer) -> None:
-        call = self.find_inbound(msg.call_id) if self.find_inbound is not None else None
-        if call is None:
+        found = self.find_inbound(msg.call_id) if self.find_inbound is not None else None
+        if found is None:
             self.control.send(transfer_result(msg, False, 481, "no such active call"))
             return
+        call, leg = found
         running = self.inbound_transfers.get(msg.call_id)
         if running is not None:
             if running.msg.transfer_to != msg.transfer_to:
@@ -719,7 +760,11 @@ class OutboundDialer:
             self.control.send(transfer_result(msg, False, 500, error))
             return
         log.info("call %s: REFER to %s", msg.call_id, msg.transfer_to)
-        self.inbound_transfers[msg.call_id] = InboundTransfer(msg, call, time.monotonic())
+        if msg.play_dialtone:
+            leg.tone = TransferTone(leg.rate)
+        self.inbound_transfers[msg.call_id] = InboundTransfer(
+            msg, call, time.monotonic(), leg if msg.play_dialtone else None
+        )
 
     def on_inbound_transfer_status(self, call_id: str, prm: Any) -> None:
         """``onCallTransferStatus`` of an inbound call (forwarded by the worker)."""
@@ -761,6 +806,16 @@ class OutboundDialer:
             # As the worker does for inbound calls (bridge/worker/port.py): destroy the pjmedia
             # side while we still hold the port.
             self.close_port(call.port)
+            port = call.port
+            log.info(
+                "call %s ended: port rx=%d tx=%d underruns=%d produced=%d; room inputs %s",
+                call.dial.call_id,
+                port.rx_frames,
+                port.tx_frames,
+                port.underruns,
+                port.produced,
+                call.leg.input_stats(),
+            )
         self.endpoint.bury([call.port])
         call.port = None
         acc, call.account = call.account, None

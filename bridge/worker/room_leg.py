@@ -77,6 +77,9 @@ class RoomLeg:
         )
         self.encoder: OpusEncoder | None = None
         self.packetizer = RtpPacketizer()
+        #: Frames for the phone instead of the room's mix while set (called on the bridge clock
+        #: thread like :meth:`produce`; set and cleared on the asyncio thread).
+        self.tone: Callable[[], bytes] | None = None
         #: Sid of the phone's published track, once the room confirmed it.
         self.track_sid = ""
         self.room_audio_seen = False
@@ -151,9 +154,16 @@ class RoomLeg:
         port.produce = self.produce
 
     def produce(self) -> bytes:
-        """This tick's frame for the phone; runs on the bridge clock thread (see BridgePort)."""
+        """This tick's frame for the phone; runs on the bridge clock thread (see BridgePort).
+
+        While :attr:`tone` is set (a transfer with ``play_dialtone``) the phone hears its frames
+        instead of the room; the room's mix is still drained (muted), so nothing queues up and
+        the room is heard again at once when the tone is removed.
+        """
+        tone = self.tone
         with self._mix_lock:
-            return self.mixer.next_frame()
+            frame = self.mixer.next_frame()
+        return frame if tone is None else tone()
 
     def send_dtmf(self, digit: str) -> None:
         """A key the phone pressed, for the room (LiveKit spells A–D in lowercase)."""

@@ -173,11 +173,11 @@ class Worker:
         # Supervisor gone: nobody can route calls any more, exit cleanly.
         self._stop.set()
 
-    def _active_call(self, call_id: str) -> WorkerCall | None:
-        """The answered inbound call with SIP Call-ID ``call_id`` (transfers), or None."""
+    def _active_call(self, call_id: str) -> tuple[WorkerCall, RoomLeg] | None:
+        """The answered inbound call with SIP Call-ID ``call_id`` and its room leg (transfers)."""
         for rec in self.calls.values():
             if rec.invite.call_id == call_id and rec.machine.phase is Phase.ACTIVE:
-                return rec.pj_call
+                return rec.pj_call, rec.leg
         return None
 
     # --- SIP events (asyncio thread, from libHandleEvents) ------------------------------------

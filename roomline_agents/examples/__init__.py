@@ -1,4 +1,4 @@
-"""Example agents shipped with roomline: ``echo`` and ``ivr`` (docs/agents.md)."""
+"""Example agents shipped with roomline: ``echo``, ``ivr`` and ``reminder`` (docs/agents.md)."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ MAX_RESTARTS = 3
 BUILTIN_AGENTS: dict[str, str] = {
     "echo": "roomline_agents.examples.echo:entrypoint",
     "ivr": "roomline_agents.examples.ivr:entrypoint",
+    "reminder": "roomline_agents.examples.reminder:entrypoint",
 }
 
 

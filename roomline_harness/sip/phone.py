@@ -3,7 +3,8 @@
     python -m roomline_harness.sip.phone --dest sip:room@127.0.0.1:5080 --port 25001 --tone 1000 \
         --record heard.wav --duration 8 --dtmf 1234*# --dtmf-at 3 --hold-at 4 --resume-at 5
 
-Dials, plays a tone (from a generated WAV, looped), records what it hears to a WAV (16 kHz),
+Dials (or, with ``--answer``, waits for one INVITE and answers it: 180, then 200 after
+``--ring-ms``), plays a tone (from a generated WAV, looped), records what it hears to a WAV (16 kHz),
 sends DTMF (RFC 4733 or SIP INFO), holds/resumes, hangs up after ``--duration`` seconds (unless the
 far end hangs up first). ``--tls`` dials over SIP/TLS (no server certificate check); ``--srtp
 optional|mandatory`` offers SDES SRTP (pjmedia: ``RTP/AVP`` + ``a=crypto``, resp. ``RTP/SAVP``).
@@ -12,7 +13,8 @@ silenced): ``state``, ``media``, ``dtmf`` (received digits), ``disconnected`` (s
 reason, whether we hung up), ``answer_sdp`` (status line and body of the final response to each
 INVITE and re-INVITE, as received), ``rx`` (each SIP message of the call as received: first line,
 CSeq, source ``ip:port``, Contact), ``hold`` / ``resume`` (with ``at``, the wall-clock time the
-re-INVITE was sent), ``dtmf_sent``, ``done``.
+re-INVITE was sent), ``dtmf_sent``, ``offer`` (callee mode: the INVITE's request line, top
+Via and SDP body), ``done``.
 """
 
 from __future__ import annotations
@@ -38,12 +40,16 @@ def report(event: str, **kw: Any) -> None:
 
 
 class PhoneCall(pj.Call):  # type: ignore[misc]
-    def __init__(self, phone: Phone, acc: pj.Account) -> None:
-        super().__init__(acc)
+    def __init__(self, phone: Phone, acc: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(acc, call_id)
         self.phone = phone
 
     def onCallState(self, prm: Any) -> None:  # noqa: N802
         ci = self.getInfo()
+        if self.phone.call is not None and self is not self.phone.call:
+            # The call a REFER made us place (pjsua accepts REFERs): reported, never ends us.
+            report("transfer_call", state=ci.stateText, code=ci.lastStatusCode)
+            return
         report("state", state=ci.stateText, code=ci.lastStatusCode)
         if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.phone.answered_at is None:
             self.phone.answered_at = time.monotonic()
@@ -67,6 +73,14 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
                         self.phone.player.startTransmit(am)
                     if self.phone.recorder is not None:
                         am.startTransmit(self.phone.recorder)
+
+    def onCallTransferRequest(self, prm: Any) -> None:  # noqa: N802
+        # Accept (pjsua's default 202) and place the new call as an object of our own, so its
+        # end is not taken for the end of the call under test.
+        report("refer", target=str(prm.dstUri))
+        new = PhoneCall(self.phone, self.phone.account)
+        self.phone.others.append(new)
+        prm.newCall = new
 
     def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
         report("dtmf", digit=prm.digit, method=int(prm.method))
@@ -99,6 +113,36 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
             report("answer_sdp", status=first.strip(), sdp=body)
 
 
+class CalleeAccount(pj.Account):  # type: ignore[misc]
+    """Callee mode: takes the first INVITE (later ones get 486) and rings."""
+
+    def __init__(self, phone: Phone) -> None:
+        super().__init__()
+        self.phone = phone
+
+    def onIncomingCall(self, prm: Any) -> None:  # noqa: N802
+        op = pj.CallOpParam()
+        if self.phone.call is not None:
+            busy = pj.Call(self, prm.callId)
+            op.statusCode = 486
+            busy.hangup(op)
+            self.phone.others.append(busy)
+            return
+        call = PhoneCall(self.phone, self, prm.callId)
+        msg = str(prm.rdata.wholeMsg)
+        body = msg.split("\r\n\r\n", 1)[1] if "\r\n\r\n" in msg else ""
+        report(
+            "offer",
+            request=msg.split("\r\n", 1)[0],
+            via=next((ln for ln in msg.splitlines() if ln.lower().startswith(("via:", "v:"))), ""),
+            sdp=body,
+        )
+        self.phone.call = call
+        self.phone.incoming_at = time.monotonic()
+        op.statusCode = 180
+        call.answer(op)
+
+
 class Phone:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -108,6 +152,13 @@ class Phone:
         self.hung_up = False
         self.player: pj.AudioMediaPlayer | None = None
         self.recorder: pj.AudioMediaRecorder | None = None
+        #: Callee mode: the incoming call, when it arrived, whether it was answered (200 sent).
+        self.call: PhoneCall | None = None
+        self.incoming_at: float | None = None
+        self.answer_sent = False
+        #: Calls besides the one under test (refused INVITEs, calls placed for a REFER).
+        self.others: list[pj.Call] = []
+        self.account: pj.Account | None = None
 
     def run(self) -> None:
         a = self.args
@@ -150,8 +201,9 @@ class Phone:
             )
             acfg.mediaConfig.srtpSecureSignaling = 0
             acfg.mediaConfig.srtpOpt.keyings.append(pj.PJMEDIA_SRTP_KEYING_SDES)
-        acc = pj.Account()
+        acc = CalleeAccount(self) if a.answer else pj.Account()
         acc.create(acfg, True)
+        self.account = acc
 
         if a.tone:
             wav = os.path.join(a.workdir, f"phone_tone_{a.port}.wav")
@@ -168,16 +220,35 @@ class Phone:
             self.recorder = pj.AudioMediaRecorder()
             self.recorder.createRecorder(a.record)
 
-        call = PhoneCall(self, acc)
-        prm = pj.CallOpParam(True)
-        dest = a.dest + (";transport=tls" if a.tls else ";transport=tcp" if a.tcp else "")
-        call.makeCall(dest, prm)
-        report("dialing", dest=dest)
+        if a.answer:
+            report("listening", port=a.port)
+        else:
+            self.call = PhoneCall(self, acc)
+            dest = a.dest + (";transport=tls" if a.tls else ";transport=tcp" if a.tcp else "")
+            self.call.makeCall(dest, pj.CallOpParam(True))
+            report("dialing", dest=dest)
 
         dtmf_sent = hold_done = resume_done = False
         deadline = time.monotonic() + a.max_wait
         while not self.finished and time.monotonic() < deadline:
             ep.libHandleEvents(10)
+            call = self.call
+            if call is None:
+                continue
+            if (
+                a.answer
+                and not self.answer_sent
+                and self.incoming_at is not None
+                and time.monotonic() - self.incoming_at >= a.ring_ms / 1000
+            ):
+                self.answer_sent = True
+                op = pj.CallOpParam()
+                op.statusCode = 200
+                try:
+                    call.answer(op)
+                    report("answered")
+                except pj.Error as exc:
+                    report("error", info=exc.info())
             if self.answered_at is None:
                 continue
             t = time.monotonic() - self.answered_at
@@ -211,8 +282,10 @@ class Phone:
             ep.libHandleEvents(10)
         report("done", finished=self.finished)
         # teardown order: drop pj objects before libDestroy (docs/background.md §3.4)
-        del call
+        self.call = None
+        self.others.clear()
         self.player = self.recorder = None
+        self.account = None
         acc.shutdown()
         del acc
         gc.collect()
@@ -221,7 +294,9 @@ class Phone:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dest", required=True)
+    ap.add_argument("--dest", default="", help="whom to call (not with --answer)")
+    ap.add_argument("--answer", action="store_true", help="callee: answer one incoming call")
+    ap.add_argument("--ring-ms", type=int, default=300, help="callee: 180 this long before 200")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--rtp-start", type=int, default=40000)
     ap.add_argument("--caller", default="+15551234567")
@@ -242,7 +317,10 @@ def main() -> None:
     ap.add_argument("--srtp", choices=("off", "optional", "mandatory"), default="off")
     ap.add_argument("--workdir", default="/tmp")
     ap.add_argument("--log-level", type=int, default=0)
-    Phone(ap.parse_args()).run()
+    args = ap.parse_args()
+    if bool(args.dest) == args.answer:
+        ap.error("give either --dest (caller) or --answer (callee)")
+    Phone(args).run()
     sys.stdout.flush()
     os._exit(0)
 

@@ -8,7 +8,9 @@ Routes:
   (not in git). When it is missing the page still loads and says "run .ci/setup".
 * ``GET /dev/token?room=R&identity=I&name=N`` — mints a join token, but only while the public development
   key pair is configured (:attr:`~roomline.config.Config.dev_mode`); with real keys it is 404, so a production
-  appliance never hands out tokens to anonymous visitors.
+  appliance never hands out tokens to anonymous visitors. The answer also carries ``sip_token``, an API
+  token with the SIP admin and call grants, which the page's "Dial out" field uses against the SIP
+  Twirp API (``ListSIPOutboundTrunk``, ``CreateSIPParticipant``) — dev mode only, like the join token.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 import structlog
 from aiohttp import web
 
-from roomline.auth import mint_token
+from roomline.auth import SIPGrant, mint_token
 from roomline.config import Config
 from roomline.lifecycle import Service
 
@@ -153,9 +155,17 @@ class WebService:
             can_publish_data=True,
             can_update_own_metadata=True,
         )
+        # The page's dial-out field calls the SIP API with this one (no room join).
+        sip_token = mint_token(
+            api_key,
+            secret,
+            identity=identity,
+            ttl=DEV_TOKEN_TTL,
+            sip=SIPGrant(admin=True, call=True),
+        )
         log.info("dev token issued", room=room, identity=identity)
         return web.json_response(
-            {"token": token, "room": room, "identity": identity},
+            {"token": token, "room": room, "identity": identity, "sip_token": sip_token},
             headers={"Cache-Control": "no-store"},
         )
 

@@ -15,6 +15,7 @@
 
   let room = null;
   let audioCtx = null;
+  let sipToken = null; // dev mode: SIP API token from /dev/token (dial out)
   const meters = new Map(); // identity -> {analyser, buffer} for every audio track we can hear/see
   const log = [];
   // Every lk.agent.state value seen per agent identity, in order (consecutive repeats folded).
@@ -247,7 +248,72 @@
     }
     const body = await resp.json().catch(() => ({}));
     if (!resp.ok) throw new Error(body.error || `token request failed (HTTP ${resp.status})`);
+    sipToken = body.sip_token || null;
     return body.token;
+  }
+
+  // ------------------------------------------------------------------ dial out (dev mode)
+  // The dev token endpoint also hands out a SIP API token; with it the page lists the outbound
+  // trunks and places calls into the current room through the SIP Twirp API (CreateSIPParticipant).
+
+  async function sipApi(method, body) {
+    const resp = await fetch(`/twirp/livekit.SIP/${method}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${sipToken}` },
+      body: JSON.stringify(body),
+    });
+    const reply = await resp.json().catch(() => ({}));
+    if (!resp.ok) {
+      const sip = reply.meta && reply.meta.sip_status_code ? ` (SIP ${reply.meta.sip_status_code})` : '';
+      throw new Error(`${reply.msg || `HTTP ${resp.status}`}${sip}`);
+    }
+    return reply;
+  }
+
+  function setDialStatus(status, text, extra) {
+    $('dial-status').textContent = text;
+    state.dial = { status, text, ...(extra || {}) };
+    note(`dial: ${text}`);
+  }
+
+  async function showDialForm() {
+    if (!sipToken) return;
+    try {
+      const reply = await sipApi('ListSIPOutboundTrunk', {});
+      const trunks = reply.items || [];
+      $('dial-trunk').replaceChildren(...trunks.map((t) => {
+        const option = el('option', '', `${t.name || t.sipTrunkId} (${t.address})`);
+        option.value = t.sipTrunkId;
+        return option;
+      }));
+      state.trunks = trunks.map((t) => t.sipTrunkId);
+      $('dial-form').hidden = false;
+      $('dial').disabled = !trunks.length;
+      setDialStatus('idle', trunks.length ? '' : 'no outbound trunk is configured');
+    } catch (err) {
+      note(`dial out unavailable: ${err.message || err}`);
+    }
+  }
+
+  async function dial(event) {
+    event.preventDefault();
+    if (!room || !sipToken) return;
+    const number = $('dial-number').value.trim();
+    const trunk = $('dial-trunk').value;
+    $('dial').disabled = true;
+    setDialStatus('calling', `calling ${number}…`);
+    try {
+      const info = await sipApi('CreateSIPParticipant', {
+        sip_trunk_id: trunk,
+        sip_call_to: number,
+        room_name: room.name,
+      });
+      setDialStatus('ok', `${number} joined as ${info.participantIdentity}`, { identity: info.participantIdentity });
+    } catch (err) {
+      setDialStatus('error', `could not dial ${number}: ${err.message || err}`);
+    } finally {
+      $('dial').disabled = false;
+    }
   }
 
   async function join(event) {
@@ -262,6 +328,7 @@
     setStatus('connecting', 'connecting');
     state.state = 'connecting';
     try {
+      sipToken = null;
       const token = $('token').value.trim() || (await fetchToken(roomName, identity, $('name').value.trim()));
       room = new LK.Room({ adaptiveStream: false, dynacast: false });
       room.registerTextStreamHandler('lk.transcription', (reader, from) => { readTranscription(reader, from); });
@@ -289,6 +356,7 @@
       $('join-form').hidden = true;
       $('controls').hidden = false;
       render();
+      showDialForm();
       if ($('publish').checked) {
         await room.localParticipant.setMicrophoneEnabled(true);
         await room.localParticipant.setCameraEnabled(true);
@@ -315,6 +383,7 @@
     $('audio').replaceChildren();
     $('join-form').hidden = false;
     $('controls').hidden = true;
+    $('dial-form').hidden = true;
     room = null;
     render();
   }
@@ -364,6 +433,9 @@
     connected: false,
     state: 'idle',
     error: null,
+    // Dial out: ids of the outbound trunks offered, and the last dial's {status, text, identity}.
+    trunks: [],
+    dial: null,
     log,
     get room() { return room ? room.name : null; },
     // {identity: [lk.agent.state values in the order they were seen]}
@@ -423,6 +495,7 @@
   $('toggle-mic').addEventListener('click', () => toggle('mic'));
   $('toggle-cam').addEventListener('click', () => toggle('cam'));
   $('leave').addEventListener('click', () => room && room.disconnect());
+  $('dial-form').addEventListener('submit', dial);
   // Speaking dots follow measured levels, so refresh them a few times a second while connected.
   setInterval(() => {
     if (!room) return;

@@ -1,5 +1,6 @@
 """Outbound calls behind the Kamailio front: the INVITE leaves through the front (one SIP address
-for carriers), record-routed, so the callee's in-dialog requests come back through it too."""
+for carriers), record-routed, so the callee's in-dialog requests come back through it too; a TCP +
+SRTP trunk is reached over TCP from the front (the worker still talks UDP to the front)."""
 
 from __future__ import annotations
 
@@ -173,3 +174,80 @@ async def test_outbound_callee_gets_bye_when_its_worker_dies(
             await asyncio.sleep(0.1)
     finally:
         shutil.rmtree(short, ignore_errors=True)
+
+
+async def test_outbound_tcp_srtp_through_front(front_stack: tuple[object, object]) -> None:
+    """A TCP + SRTP-required trunk behind the front: the pjsua2 phone answers, the INVITE came
+    over TCP from the front's address with RTP/SAVP, and the room hears the callee's tone."""
+    from roomline_harness.lk import connect, record, subscribed_audio, token
+    from roomline_harness.net import free_port, free_udp_range
+    from roomline_harness.sip.fullstack import check_tone
+    from roomline_harness.sip.peers import PhoneProcess
+
+    server, ports = front_stack
+    short = Path(tempfile.mkdtemp(prefix="rlot", dir="/tmp"))
+    port = free_port()
+    rtp_start, _ = free_udp_range(40)
+    phone = await PhoneProcess.start(
+        [
+            "--answer",
+            "--tcp",
+            "--srtp",
+            "mandatory",
+            "--port",
+            str(port),
+            "--rtp-start",
+            str(rtp_start),
+            "--tone",
+            "1000",
+            "--duration",
+            "4",
+            "--max-wait",
+            "30",
+            "--workdir",
+            str(short),
+        ]  # fmt: skip
+    )
+    lk = api.LiveKitAPI(server.http_url, API_KEY, API_SECRET)  # type: ignore[attr-defined]
+    room = await connect(server.ws_url, token("web", "front_tcp"))  # type: ignore[attr-defined]
+    try:
+        await asyncio.sleep(0.5)
+        trunk = await lk.sip.create_outbound_trunk(
+            api.CreateSIPOutboundTrunkRequest(
+                trunk=api.SIPOutboundTrunkInfo(
+                    address=f"127.0.0.1:{port}",
+                    numbers=["+15550001001"],
+                    transport=api.SIPTransport.SIP_TRANSPORT_TCP,
+                    media_encryption=api.SIPMediaEncryption.SIP_MEDIA_ENCRYPT_REQUIRE,
+                )
+            )
+        )
+        await lk.sip.create_sip_participant(
+            api.CreateSIPParticipantRequest(
+                sip_trunk_id=trunk.sip_trunk_id,
+                sip_call_to="+15557770032",
+                room_name="front_tcp",
+                wait_until_answered=True,
+            )
+        )
+        ident = "sip_+15557770032"
+        for _ in range(100):
+            if subscribed_audio(room, ident) is not None:
+                break
+            await asyncio.sleep(0.1)
+        track = subscribed_audio(room, ident)
+        assert track is not None
+        chk = check_tone(await asyncio.wait_for(record(track, 1.5, skip=0.3), 15), 48000, 1000.0)
+        print(f"callee over TCP+SRTP via the front -> room: {chk}")
+        assert abs(chk.freq - 1000.0) < 5 and chk.snr >= 20
+        events = await phone.wait(30)
+    finally:
+        phone.kill()
+        await room.disconnect()
+        await lk.aclose()
+        shutil.rmtree(short, ignore_errors=True)
+    offer = next(e for e in events if e["event"] == "offer")
+    print(offer["request"], "|", offer["via"])
+    front = f"127.0.0.1:{ports.front}"  # type: ignore[attr-defined]
+    assert offer["via"].startswith(f"Via: SIP/2.0/TCP {front}"), offer
+    assert "RTP/SAVP" in offer["sdp"] and "a=crypto:" in offer["sdp"], offer

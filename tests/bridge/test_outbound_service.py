@@ -319,12 +319,48 @@ def test_control_messages_round_trip() -> None:
         {"display_name": 'a"b'},
         {"ringing_timeout": 0},
         {"outbound_proxy": "http://x"},
+        {"media_encryption": "maybe"},
     ]
     for kw in bad:
         with pytest.raises(control.ControlError):
             control.Dial(**{**dial.__dict__, **kw})  # type: ignore[arg-type]
     with pytest.raises(control.ControlError):
         control.DialProgress(id=1, call_id="x", state="bogus")
+
+
+def test_plan_media_encryption_trunk_and_request(tmp_path: Path) -> None:
+    """The trunk's SRTP policy reaches the plan; a non-zero request value overrides it."""
+    from livekit.protocol import sip as sip_pb
+
+    from bridge.service.outbound import plan_call
+
+    store = SIPStore.open(tmp_path)
+    try:
+        trunk = sip_pb.SIPOutboundTrunkInfo(
+            sip_trunk_id="ST_require",
+            address="carrier.example",
+            numbers=["+15550001000"],
+            media=sip_pb.SIPMediaConfig(encryption=sip_pb.SIP_MEDIA_ENCRYPT_REQUIRE),
+        )
+        plain = sip_pb.SIPOutboundTrunkInfo(
+            sip_trunk_id="ST_plain", address="carrier.example", numbers=["+15550001000"]
+        )
+        store.put_outbound_trunk(trunk)
+        store.put_outbound_trunk(plain)
+
+        def plan(trunk_id: str, **kw: Any) -> str:
+            req = sip_pb.CreateSIPParticipantRequest(
+                sip_trunk_id=trunk_id, sip_call_to="+15557770001", room_name="r", **kw
+            )
+            return plan_call(req, store).media_encryption
+
+        assert plan(trunk.sip_trunk_id) == "require"
+        assert plan(plain.sip_trunk_id) == "disable"
+        assert plan(plain.sip_trunk_id, media_encryption=sip_pb.SIP_MEDIA_ENCRYPT_ALLOW) == "allow"
+        allow = sip_pb.SIPMediaConfig(encryption=sip_pb.SIP_MEDIA_ENCRYPT_ALLOW)
+        assert plan(trunk.sip_trunk_id, media=allow) == "allow"
+    finally:
+        store.close()
 
 
 def test_ringing_tone_cadence() -> None:

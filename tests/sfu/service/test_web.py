@@ -418,6 +418,11 @@ def test_dev_token_mints_a_join_token(server: Server) -> None:
     assert video.can_publish and video.can_subscribe and video.can_publish_data
     assert video.can_update_own_metadata
     assert not video.room_admin
+    assert not (claims.sip and (claims.sip.admin or claims.sip.call))
+    # The page's dial-out field: an API token with the SIP grants and no room.
+    sip = verify_token(json.loads(body)["sip_token"], DEV_KEYS)
+    assert sip.sip is not None and sip.sip.admin and sip.sip.call
+    assert not sip.video.room_join and not sip.video.room_admin
 
 
 @pytest.mark.parametrize(
