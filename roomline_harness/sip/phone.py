@@ -32,6 +32,8 @@ import pjsua2 as pj
 from roomline_harness.audio import tone, write_wav
 
 RATE = 16000
+#: Seconds between SIP INFO key presses (one INFO per digit, each after the last one was sent).
+INFO_KEY_INTERVAL = 0.25
 
 
 def report(event: str, **kw: Any) -> None:
@@ -229,6 +231,7 @@ class Phone:
             report("dialing", dest=dest)
 
         dtmf_sent = hold_done = resume_done = False
+        info_sent = 0  # SIP INFO digits sent so far
         deadline = time.monotonic() + a.max_wait
         while not self.finished and time.monotonic() < deadline:
             ep.libHandleEvents(10)
@@ -254,15 +257,23 @@ class Phone:
             t = time.monotonic() - self.answered_at
             try:
                 if a.dtmf and not dtmf_sent and t >= a.dtmf_at:
-                    dtmf_sent = True
                     if a.dtmf_method == "info":
-                        dp = pj.CallSendDtmfParam()
-                        dp.digits = a.dtmf
-                        dp.method = pj.PJSUA_DTMF_METHOD_SIP_INFO
-                        call.sendDtmf(dp)
+                        # One INFO per key press, as a phone sends them: pjsua would send all
+                        # digits at once, and a multi-process proxy may then deliver two of
+                        # them out of CSeq order (the later one is refused 500, RFC 3261 12.2.2).
+                        n = min(len(a.dtmf), int((t - a.dtmf_at) / INFO_KEY_INTERVAL) + 1)
+                        while info_sent < n:
+                            dp = pj.CallSendDtmfParam()
+                            dp.digits = a.dtmf[info_sent]
+                            dp.method = pj.PJSUA_DTMF_METHOD_SIP_INFO
+                            call.sendDtmf(dp)
+                            info_sent += 1
+                        dtmf_sent = info_sent == len(a.dtmf)
                     else:
                         call.dialDtmf(a.dtmf)
-                    report("dtmf_sent", digits=a.dtmf)
+                        dtmf_sent = True
+                    if dtmf_sent:
+                        report("dtmf_sent", digits=a.dtmf)
                 if a.hold_at is not None and not hold_done and t >= a.hold_at:
                     hold_done = True
                     call.setHold(pj.CallOpParam(True))

@@ -347,7 +347,11 @@ async def test_info_dtmf_reaches_room_through_front(front: Front, tmp_path: Path
         )  # fmt: skip
         try:
             await _caller_track(web, ident)
-            await wait_for(lambda: len(got) >= 6, 15, "six DTMF digits at the SDK")
+            try:
+                await wait_for(lambda: len(got) >= 6, 15, "six DTMF digits at the SDK")
+            except AssertionError as exc:
+                rx = [e for e in await phone.wait(30) if e["event"] in ("rx", "dtmf_sent", "error")]
+                raise AssertionError(f"{exc}; SDK got {got}; phone: {rx}") from None
             events = await phone.wait(30)
         finally:
             phone.kill()
