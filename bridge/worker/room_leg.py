@@ -85,6 +85,9 @@ class RoomLeg:
         self.room_audio_seen = False
         #: Remote participant sid → its track sids, to drop a track's decoder when it goes away.
         self._tracks: dict[str, set[str]] = {}
+        #: Jitter-buffer counters of tracks already dropped (the end-of-call line reports them too:
+        #: an agent usually unpublishes before the phone hangs up).
+        self._ended_inputs: dict[str, dict[str, int]] = {}
 
     # --- joining and leaving ----------------------------------------------------------------
     async def join(self, socket: str, token: str, room: str) -> bool:
@@ -183,7 +186,8 @@ class RoomLeg:
     def input_stats(self) -> dict[str, dict[str, int]]:
         """Jitter-buffer counters per mixed room track (for the end-of-call log line)."""
         with self._mix_lock:
-            return {sid: dict(vars(i.jitter.stats)) for sid, i in self.mixer.inputs.items()}
+            live = {sid: dict(vars(i.jitter.stats)) for sid, i in self.mixer.inputs.items()}
+        return {**self._ended_inputs, **live}
 
     # --- room → call ------------------------------------------------------------------------
     def _on_signal(self, ch: ChannelClient, msg: rtc.SignalResponse) -> None:
@@ -220,6 +224,9 @@ class RoomLeg:
             now = set() if gone else {t.sid for t in p.tracks}
             for sid in self._tracks.get(p.sid, set()) - now:
                 with self._mix_lock:
+                    gone_input = self.mixer.inputs.get(sid)
+                    if gone_input is not None:
+                        self._ended_inputs[sid] = dict(vars(gone_input.jitter.stats))
                     self.mixer.remove(sid)
             if now:
                 self._tracks[p.sid] = now

@@ -63,6 +63,10 @@ def test_unpublished_and_departed_tracks_leave_the_mixer() -> None:
     gone = participant("PA_b", "bob", ["TR_b"], models.ParticipantInfo.State.DISCONNECTED)
     leg._on_signal(ch, rtc.SignalResponse(update=rtc.ParticipantUpdate(participants=[gone])))
     assert set(leg.mixer.inputs) == {"TR_a2"}
+    # The end-of-call line still reports the tracks that went away, with what they received.
+    stats = leg.input_stats()
+    assert set(stats) == {"TR_a1", "TR_a2", "TR_b"}
+    assert all(s["received"] == 1 for s in stats.values()), stats
 
 
 def test_room_dtmf_is_normalised_for_the_phone() -> None:
