@@ -47,6 +47,10 @@ class WorkerSpec:
     extra_args: tuple[str, ...] = ()
 
 
+#: A call's state in :attr:`WorkerHandle.calls` between its INVITE and the supervisor's decision.
+DECIDING = "deciding"
+
+
 @dataclass
 class WorkerHandle:
     """Live view of one worker for /metrics and routing."""
@@ -66,7 +70,8 @@ class WorkerHandle:
 
     @property
     def active_calls(self) -> int:
-        return sum(1 for s in self.calls.values() if s in ("ringing", "active"))
+        """Calls holding one of the worker's slots: being decided, ringing or active."""
+        return sum(1 for s in self.calls.values() if s in (DECIDING, "ringing", "active"))
 
     def send(self, msg: control.Message) -> None:
         """Write a control message to this worker if its channel is up."""
@@ -219,6 +224,7 @@ class WorkerSupervisor:
                 w.max_calls, w.ready = msg.max_calls, True
                 w.ready_event.set()
             elif isinstance(msg, control.InviteRequest):
+                w.calls[msg.call_id] = DECIDING
                 asyncio.get_running_loop().create_task(self._answer(w, msg))
             elif isinstance(msg, control.PinEntered):
                 asyncio.get_running_loop().create_task(self._answer_pin(w, msg))
@@ -244,8 +250,14 @@ class WorkerSupervisor:
         except Exception:  # the app's callback failed: the caller gets 503, the worker lives on
             log.exception("decide_invite failed", call_id=req.call_id)
             res = control.InviteResult(id=req.id, status=503, headers={"Retry-After": "5"})
-        if res.status == 200:
-            w.calls[req.call_id] = "ringing"
+        # Only a call still being decided is tracked on: under load the caller (or the front, after
+        # its timer) may have cancelled while the decision was awaited, and the worker's
+        # ``hangup`` has already removed it; counting it again would hold the slot for ever.
+        if w.calls.get(req.call_id) == DECIDING:
+            if res.status == 200:
+                w.calls[req.call_id] = "ringing"
+            else:
+                del w.calls[req.call_id]
         w.send(res)
 
     async def _answer_pin(self, w: WorkerHandle, req: control.PinEntered) -> None:

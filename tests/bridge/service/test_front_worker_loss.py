@@ -368,3 +368,71 @@ async def test_dialog_answered_before_death_is_ended_once_acked() -> None:
         rc = await asyncio.wait_for(uac.wait(), 20)
         assert rc == 0, msg.read_text(errors="replace")[-3000:]
         assert received_requests(msg, "BYE") == [ended[0].call_id]
+
+
+CANCELLING_CALLER = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="caller that gives up while the worker rings">
+  <send retrans="500"><![CDATA[
+      INVITE sip:+15550002222@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:+15550001111@[local_ip]:[local_port]>;tag=[pid]C[call_number]
+      To: <sip:+15550002222@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:+15550001111@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180"/>
+  <send retrans="500"><![CDATA[
+      CANCEL sip:+15550002222@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-3]
+      From: <sip:+15550001111@[local_ip]:[local_port]>;tag=[pid]C[call_number]
+      To: <sip:+15550002222@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 CANCEL
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <recv response="200"/>
+  <recv response="487"/>
+  <send><![CDATA[
+      ACK sip:+15550002222@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-6]
+      From: <sip:+15550001111@[local_ip]:[local_port]>;tag=[pid]C[call_number]
+      [last_To:]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+</scenario>
+"""
+
+
+@_live
+async def test_a_cancelled_call_frees_its_worker_slot() -> None:
+    """A caller that gives up while the worker rings (CANCEL → 487): the worker's call-load slot
+    is freed at once, not when the dispatcher's entry expires minutes later (under load, cancels
+    that kept their slots made the front answer 486 "all workers full" to new calls)."""
+    async with _front("worker_rings.xml", n_workers=1) as st:
+        ((port, (proc, msg)),) = st.workers.items()
+        sc = Path(st.run_dir) / "cancel.xml"
+        sc.write_text(CANCELLING_CALLER)
+        uac_port, media = free_ports(2)
+        uac_msg = Path(st.run_dir) / "cancel.msg"
+        uac = await _spawn(
+            "sipp", "-sf", str(sc), f"127.0.0.1:{st.front_port}", "-i", "127.0.0.1",
+            "-p", str(uac_port), "-mp", str(media), "-m", "3", "-l", "1", "-r", "5",
+            "-nostdin", "-timeout", "30", "-trace_msg", "-message_file", str(uac_msg),
+            cwd=st.run_dir,
+        )  # fmt: skip
+        st.procs.append(uac)
+        rc = await asyncio.wait_for(uac.wait(), 40)
+        assert rc == 0, uac_msg.read_text(errors="replace")[-3000:]
+        assert len(received_requests(msg, "CANCEL")) == 3  # each reached the ringing worker
+        assert (await _dispatcher_loads(st.binary, st.sock)) == {f"sip:127.0.0.1:{port}": 0}

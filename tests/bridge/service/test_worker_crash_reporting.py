@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from bridge import control
 from bridge.service.supervisor import WorkerHandle, WorkerSpec, WorkerSupervisor
 from roomline.process import describe_exit
 
@@ -115,3 +116,66 @@ async def test_supervisor_logs_signal_and_lost_calls(
     assert len(died) == 1, logs
     assert died[0]["status"] == "signal SIGSEGV" and died[0]["calls_lost"] == 2
     assert "call-a (active)" in died[0]["calls"] and "call-b (ringing)" in died[0]["calls"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_call_cancelled_while_it_is_decided_holds_no_slot(tmp_path: Path) -> None:
+    """Under load the caller (or the front's timer) may cancel while the decision is awaited: the
+    worker reports ``hangup`` first, the decision comes later and must not count the call again."""
+    fake = tmp_path / "fake_worker.py"
+    fake.write_text(
+        textwrap.dedent(
+            """
+            import os, socket, sys, time
+            import bridge.control as control
+            fd = int(sys.argv[sys.argv.index("--control-fd") + 1])
+            s = socket.socket(fileno=fd)
+            s.sendall(control.encode(control.Ready(sip_port=1, max_calls=4, pid=os.getpid())))
+            def invite(n, cid):
+                return control.InviteRequest(
+                    id=n, call_id=cid, from_user="+1555", from_host="h", to_user="+1666",
+                    src_ip="127.0.0.1", src_port=5060,
+                )
+            s.sendall(control.encode(invite(1, "cancelled")))
+            s.sendall(control.encode(control.CallState(call_id="cancelled", state="hangup")))
+            s.sendall(control.encode(invite(2, "kept")))
+            s.sendall(control.encode(invite(3, "refused")))
+            time.sleep(30)
+            """
+        )
+    )
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f'#!/bin/sh\nshift 2\nexec {sys.executable} {fake} "$@"\n')
+    wrapper.chmod(0o755)
+    decided: list[str] = []
+    release = asyncio.Event()
+
+    async def decide(req: control.InviteRequest) -> control.InviteResult:
+        await release.wait()  # a slow decision: all three INVITEs are pending at once
+        decided.append(req.call_id)
+        status = 403 if req.call_id == "refused" else 200
+        return control.InviteResult(id=req.id, status=status, socket="s", token="t")
+
+    sup = WorkerSupervisor(
+        [WorkerSpec(27981, 27982, 27983)], decide, python=str(wrapper), backoff_initial=30.0
+    )
+    await sup.start()
+    try:
+        [w] = sup.workers
+        for _ in range(200):
+            if len(w.calls) == 2:  # "kept" and "refused" deciding; "cancelled" already gone
+                break
+            await asyncio.sleep(0.05)
+        assert w.calls == {"kept": "deciding", "refused": "deciding"}
+        assert w.active_calls == 2  # a call being decided holds its slot
+        release.set()
+        for _ in range(200):
+            if len(decided) == 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        assert sorted(decided) == ["cancelled", "kept", "refused"]
+        assert w.calls == {"kept": "ringing"}
+        assert w.active_calls == 1
+    finally:
+        await sup.stop()
