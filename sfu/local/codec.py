@@ -76,27 +76,28 @@ class OpusEncoder:
 class Decimator:
     """Integer-factor downsampler of int16 frames (windowed-sinc FIR, state kept across frames).
 
-    FFmpeg's libopus wrapper always decodes at 48 kHz, so a 16 kHz consumer decimates by 3 here:
-    one strided matrix-vector product per frame (~5 µs for 20 ms), not a general resampler.
+    FFmpeg's libopus wrapper always decodes at 48 kHz, so a 16 kHz consumer decimates by 3 here;
+    a G.711 call's 16 kHz bridge frames are decimated by 2 before the 8 kHz Opus encoder. One
+    strided matrix-vector product per frame (a few µs for 20 ms), not a general resampler.
+    ``cutoff`` is the passband edge as a fraction of the *output* Nyquist rate.
     """
 
-    TAPS = 48
-
-    def __init__(self, factor: int) -> None:
+    def __init__(self, factor: int, taps: int = 48, cutoff: float = 0.9, beta: float = 8.0) -> None:
         self.factor = factor
-        n = np.arange(self.TAPS) - (self.TAPS - 1) / 2
-        cutoff = 0.45 / factor  # of the input rate: passband to 0.9 × the output Nyquist
-        h = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(self.TAPS, 8.0)
+        self.taps = taps
+        n = np.arange(taps) - (taps - 1) / 2
+        fc = cutoff / (2 * factor)  # of the input rate
+        h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, beta)
         self._h = (h / h.sum()).astype(np.float32)[::-1].copy()
-        self._state = np.zeros(self.TAPS - 1, np.float32)
+        self._state = np.zeros(taps - 1, np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         buf = np.concatenate((self._state, x.astype(np.float32)))
-        self._state = buf[len(buf) - (self.TAPS - 1) :]
+        self._state = buf[len(buf) - (self.taps - 1) :]
         out_n = len(x) // self.factor
         st = buf.strides[0]
         m = np.lib.stride_tricks.as_strided(
-            buf, shape=(out_n, self.TAPS), strides=(st * self.factor, st), writeable=False
+            buf, shape=(out_n, self.taps), strides=(st * self.factor, st), writeable=False
         )
         y = m @ self._h
         return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
