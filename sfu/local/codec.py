@@ -89,18 +89,29 @@ class Decimator:
         fc = cutoff / (2 * factor)  # of the input rate
         h = 2 * fc * np.sinc(2 * fc * n) * np.kaiser(taps, beta)
         self._h = (h / h.sum()).astype(np.float32)[::-1].copy()
-        self._state = np.zeros(taps - 1, np.float32)
+        #: Input history (``taps - 1`` samples) followed by the current frame, reused per frame.
+        self._buf = np.zeros(0, np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        buf = np.concatenate((self._state, x.astype(np.float32)))
-        self._state = buf[len(buf) - (self.taps - 1) :]
+        keep = self.taps - 1
+        buf = self._buf
+        if len(buf) != keep + len(x):  # first frame, or another frame size: keep the history
+            old = buf[len(buf) - keep :] if len(buf) >= keep else np.zeros(keep, np.float32)
+            buf = self._buf = np.empty(keep + len(x), np.float32)
+            buf[:keep] = old
+        else:
+            buf[:keep] = buf[len(x) :]
+        buf[keep:] = x  # int16 → float32 in place
         out_n = len(x) // self.factor
         st = buf.strides[0]
         m = np.lib.stride_tricks.as_strided(
             buf, shape=(out_n, self.taps), strides=(st * self.factor, st), writeable=False
         )
-        y = m @ self._h
-        return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
+        # np.dot, not @: for this strided view it is about twice as fast (numpy 2, no BLAS path).
+        y = np.dot(m, self._h)
+        np.rint(y, out=y)
+        np.clip(y, -32768, 32767, out=y)
+        return y.astype(np.int16)
 
 
 class OpusDecoder:
@@ -126,6 +137,9 @@ class OpusDecoder:
         self._ctx = ctx
         self._last: np.ndarray | None = None
         self.errors = 0
+        #: Whether decoded frames are packed mono s16 (checked on the first frame; the decoder's
+        #: output format does not change), so the samples can be read from the plane directly.
+        self._s16_mono: bool | None = None
 
     def decode(self, payload: bytes | None) -> np.ndarray:
         n = self.frame_samples
@@ -140,12 +154,23 @@ class OpusDecoder:
             self.errors += 1
             return np.zeros(n, dtype=np.int16)
         if len(frames) == 1:
-            out = _to_mono_s16(frames[0])
+            f = frames[0]
+            fast = self._s16_mono
+            if fast is None:
+                fast = self._s16_mono = f.format.name == "s16" and len(f.layout.channels) == 1
+            # A read-only view of the frame's buffer (which it keeps alive): no to_ndarray copy.
+            out = (
+                np.frombuffer(memoryview(f.planes[0]), np.int16, f.samples)
+                if fast
+                else _to_mono_s16(f)
+            )
         else:
             chunks = [_to_mono_s16(f) for f in frames]
             out = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int16)
         if self._decimate is not None and len(out):
             out = self._decimate(out)
+        elif not out.flags.writeable:
+            out = out.copy()  # callers at 48 kHz get an array of their own, as before
         if len(out) != n:  # other ptimes: fit to our 20 ms grid
             out = np.resize(out, n) if len(out) else np.zeros(n, np.int16)
         self._last = out
