@@ -1,8 +1,10 @@
 """Opus for the room leg (PyAV/libopus) and the 12-byte RTP header of the local channel.
 
-The phone side arrives as 48 kHz mono s16 from the pjsua bridge (it resamples G.711/G.722 in C),
-so no resampling happens in Python: 20 ms = 960 samples = 1920 bytes per frame both ways. Received
-packets are parsed with :func:`sfu.media.rtp.parse_rtp`, the one RTP parser of the code base.
+Encoders take PCM at the rate the caller's audio really has (the bridge worker: 8 kHz for a G.711
+call after :class:`Decimator` halves its 16 kHz port frames, 16 kHz for G.722); decoders produce
+48 kHz (FFmpeg's libopus wrapper) and decimate to the consumer's rate. The RTP clock is 48 kHz
+whatever the PCM rate (RFC 7587). Received packets are parsed with
+:func:`sfu.media.rtp.parse_rtp`, the one RTP parser of the code base.
 """
 
 from __future__ import annotations
