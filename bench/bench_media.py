@@ -68,23 +68,26 @@ def pctl(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * (len(s) - 1) + 0.5))] if s else float("nan")
 
 
-def codec_ceiling(frames: int = 500) -> float:
-    """µs of CPU per call per 20 ms for the codecs alone: PyAV Opus at 16 kHz both ways (the
-    decoder's 48 → 16 kHz decimation included) + G.711 both ways by table look-up (pjmedia's C
-    cost, ~1 µs, not numpy's μ-law formula)."""
+def codec_ceiling(frames: int = 500, enc_rate: int = 16000) -> float:
+    """µs of CPU per call per 20 ms for the codecs alone: PyAV Opus encode at ``enc_rate`` (16 kHz;
+    8 kHz is what a G.711 call's leg encodes since the phone-rate change, its 16 → 8 kHz
+    decimation not counted) and decode to 16 kHz (the 48 → 16 kHz decimation included) + G.711
+    both ways by table look-up (pjmedia's C cost, ~1 µs, not numpy's μ-law formula)."""
     from bench.bench_sip import ulaw_to_linear
 
     x16 = speech_like(frames * 0.02 + 1, 16000, seed=9)
     x8 = speech_like(frames * 0.02 + 1, 8000, seed=9)
     dec_lut = ulaw_to_linear(bytes(range(256)))
     enc_lut = linear_to_ulaw(np.arange(-32768, 32768, dtype=np.int32)).astype(np.uint8)
-    enc, dec = OpusEncoder(rate=16000), OpusDecoder(rate=16000)
-    pk = [p for i in range(frames) for p in enc.encode(x16[i * 320 : (i + 1) * 320].tobytes())]
+    enc, dec = OpusEncoder(rate=enc_rate), OpusDecoder(rate=16000)
+    xe = x16 if enc_rate == 16000 else x8
+    n = enc_rate // 50
+    pk = [p for i in range(frames) for p in enc.encode(xe[i * n : (i + 1) * n].tobytes())]
     t0 = time.process_time()
     for i in range(frames):
         u = enc_lut[x8[i * 160 : (i + 1) * 160].astype(np.int32) + 32768]
         dec_lut[u]
-        enc.encode(x16[i * 320 : (i + 1) * 320].tobytes())
+        enc.encode(xe[i * n : (i + 1) * n].tobytes())
         dec.decode(pk[i])
     return (time.process_time() - t0) / frames * 1e6
 
@@ -333,6 +336,7 @@ async def main() -> None:
                 sum(1 for r in list(u.received) if t0 <= r.t < t1) / dt for u in uas
             )
             ceiling_us = statistics.median(codec_ceiling() for _ in range(3))
+            ceiling8_us = statistics.median(codec_ceiling(enc_rate=8000) for _ in range(3))
             lat = None
             if not a.no_latency:
                 lat = await latency_probe(stack, Path(tmp) / "data", numbers[-1], a.latency_seconds)
@@ -365,6 +369,11 @@ async def main() -> None:
         f"  codec-only ceiling (same run): {ceiling_us:.0f} us/call/20 ms -> "
         f"{20000 / ceiling_us:.0f} calls/core; ratio all-in/ceiling "
         f"{(1 / all_in) / (20000 / ceiling_us):.2f}"
+    )
+    print(
+        f"  codec-only ceiling, 8 kHz encode (same run): {ceiling8_us:.0f} us/call/20 ms -> "
+        f"{20000 / ceiling8_us:.0f} calls/core; ratio all-in/ceiling "
+        f"{(1 / all_in) / (20000 / ceiling8_us):.2f}"
     )
     print(f"  phone packets received per call: median {statistics.median(heard)}")
     print(

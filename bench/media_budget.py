@@ -24,7 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_sip import speech_like  # noqa: E402
 from bridge.worker.mixer import Mixer  # noqa: E402
-from sfu.local.codec import OpusDecoder, OpusEncoder, RtpPacketizer, audio_level  # noqa: E402
+from sfu.local.codec import (  # noqa: E402
+    Decimator,
+    OpusDecoder,
+    OpusEncoder,
+    RtpPacketizer,
+    audio_level,
+)
 from sfu.local.framing import FrameDecoder, decode_rtp, encode_rtp  # noqa: E402
 from sfu.local.jitter import JitterBuffer  # noqa: E402
 from sfu.media.rtp import parse_rtp  # noqa: E402
@@ -64,6 +70,8 @@ def main() -> None:
     f = a.frames
     x = speech_like(f * 0.02 + 1, RATE, seed=4)
     pcm = [x[i * N : (i + 1) * N].tobytes() for i in range(f)]
+    x8 = speech_like(f * 0.02 + 1, 8000, seed=4)
+    pcm8 = [x8[i * 160 : (i + 1) * 160].tobytes() for i in range(f)]
     enc0 = OpusEncoder(rate=RATE)
     payloads = [enc0.encode(p)[0] for p in pcm]
     pk0 = RtpPacketizer()
@@ -74,9 +82,15 @@ def main() -> None:
         "rx: RFC 6464 level (numpy)": lambda: (
             lambda i: audio_level(np.frombuffer(pcm[i], np.int16))
         ),
-        "rx: Opus encode 16 kHz (PyAV)": lambda: (lambda e: lambda i: e.encode(pcm[i]))(
-            OpusEncoder(rate=RATE)
-        ),
+        "rx: Opus encode 16 kHz (PyAV; G.722 calls)": lambda: (
+            lambda e: lambda i: e.encode(pcm[i])
+        )(OpusEncoder(rate=RATE)),
+        "rx: decimate 16 -> 8 kHz (G.711 calls)": lambda: (
+            lambda d: lambda i: d(np.frombuffer(pcm[i], np.int16))
+        )(Decimator(2)),
+        "rx: Opus encode 8 kHz (PyAV; G.711 calls)": lambda: (
+            lambda e: lambda i: e.encode(pcm8[i])
+        )(OpusEncoder(rate=8000)),
         "rx: RTP header + ext, channel framing": lambda: (
             lambda pk: (
                 lambda i: encode_rtp("TR_AMabcdefghijk", pk.packet(payloads[i], audio_level=40))
@@ -97,10 +111,12 @@ def main() -> None:
     print(f"per 20 ms frame, median of {a.repeat} x {f} frames (µs CPU):")
     for name, make in stages.items():
         us = statistics.median(per_frame(make(), f) for _ in range(a.repeat))
-        if not name.startswith("tx: jitter") and not name.startswith("tx: Opus decode"):
+        # a G.711 call: decimation + 8 kHz encode (the 16 kHz encoder is the G.722 alternative)
+        skip = ("tx: jitter", "tx: Opus decode", "rx: Opus encode 16")
+        if not name.startswith(skip):
             total += us
         print(f"  {name:45s} {us:7.1f}")
-    print(f"  {'sum (mixer tick counts jitter + decode)':45s} {total:7.1f}")
+    print(f"  {'sum, G.711 call (mixer tick = jitter + decode)':45s} {total:7.1f}")
 
 
 if __name__ == "__main__":

@@ -300,6 +300,12 @@ def stream_codec(call: pj.Call, idx: int) -> str:
         return ""
 
 
+def codec_rate(codec: str) -> int:
+    """Clock rate of a :func:`stream_codec` name (``"PCMU/8000"`` → 8000); 0 if unknown."""
+    _, _, rate = codec.rpartition("/")
+    return int(rate) if rate.isdigit() else 0
+
+
 def add_headers(prm: Any, headers: dict[str, str]) -> None:
     """Append ``headers`` to the SIP message a ``CallOpParam`` sends."""
     for name, value in headers.items():

@@ -45,6 +45,7 @@ from bridge.worker.endpoint import (
     SipEndpoint,
     WorkerOptions,
     add_headers,
+    codec_rate,
     stream_codec,
 )
 from bridge.worker.port import BridgePort
@@ -595,6 +596,7 @@ class OutboundCall:
                 self.media_index = mi.index
                 if not self.codec:
                     self.codec = stream_codec(call, mi.index)
+                    self.leg.set_phone_rate(codec_rate(self.codec))
             break
 
     # --- transfer -----------------------------------------------------------------------------

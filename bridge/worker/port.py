@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,26 @@ TX_MAX_TARGET = 3
 TX_RELAX_TICKS = 500
 
 _P = ctypes.c_void_p
+
+#: Native threads that already hold a Python thread state of their own (see :func:`pin_thread`).
+_pinned: set[int] = set()
+
+
+def pin_thread() -> None:
+    """Keep the calling native thread's Python thread state alive between callbacks.
+
+    SWIG's director wrappers take the GIL with ``PyGILState_Ensure`` and give it back with
+    ``PyGILState_Release``. On pjmedia's clock thread, which Python did not start, that creates
+    a fresh ``PyThreadState`` for every callback and destroys it afterwards: two callbacks per
+    call per 20 ms tick, each paying the allocation, initialisation and teardown (and losing
+    per-thread state such as a profiler). One extra ``PyGILState_Ensure`` that is never released
+    keeps the state's counter above zero, so later callbacks only take and drop the GIL. Must be
+    called with the GIL held (inside a callback); cheap to call again (a set look-up).
+    """
+    tid = threading.get_ident()
+    if tid not in _pinned:
+        _pinned.add(tid)
+        ctypes.pythonapi.PyGILState_Ensure()
 
 
 def bv_to_bytes(bv: Any) -> bytes:
@@ -109,6 +130,7 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         self.createPort(name, fmt)
 
     def onFrameReceived(self, frame: Any) -> None:  # noqa: N802 (pjsua2 name)
+        pin_thread()
         if not getattr(self, "active", False):
             return
         if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
@@ -119,6 +141,7 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
             on_rx()
 
     def onFrameRequested(self, frame: Any) -> None:  # noqa: N802 (pjsua2 name)
+        pin_thread()
         if not getattr(self, "active", False):
             return  # frame type stays NONE: the bridge treats it as silence
         try:

@@ -51,6 +51,7 @@ from bridge.worker.endpoint import (
     SipEndpoint,
     WorkerOptions,
     add_headers,
+    codec_rate,
     stream_codec,
 )
 from bridge.worker.outbound import OutboundDialer
@@ -313,6 +314,7 @@ class Worker:
                 rec.media_index = mi.index
                 if not rec.codec:
                     rec.codec = stream_codec(call, mi.index)
+                    rec.leg.set_phone_rate(codec_rate(rec.codec))
             break
 
     def on_phone_dtmf(self, call: WorkerCall, digit: str) -> None:

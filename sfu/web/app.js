@@ -9,8 +9,9 @@
   // Kind badges; livekit-client exposes participant.kind as the protobuf enum number.
   const KIND_SIP = 3;
   const KIND_AGENT = 4;
-  // RMS level (0..1) above which a participant is shown as speaking. The server does not send
-  // speakers_changed (livekit-client's isSpeaking stays false), so the page measures levels itself.
+  // RMS level (0..1) above which a participant is shown as speaking. The server's speakers_changed
+  // (livekit-client's isSpeaking; SIP callers included, from their RFC 6464 levels) is used first;
+  // the page's own measurement covers the moment before the first update arrives.
   const SPEAKING_LEVEL = 0.01;
 
   let room = null;
@@ -450,6 +451,8 @@
         local: p === room.localParticipant,
         attributes: { ...(p.attributes || {}) },
         speaking: isSpeaking(p),
+        // What the server said (speakers_changed), without the page's own level measurement.
+        serverSpeaking: !!p.isSpeaking,
         tracks: [...p.trackPublications.values()].map((t) => ({ source: t.source, kind: t.kind, muted: t.isMuted, subscribed: !!t.track })),
       }));
     },
