@@ -131,6 +131,11 @@ class FrontOptions:
     fr_timer_ms: int = 2000
     #: After a provisional reply, how long a worker may ring before the call is given up.
     fr_inv_timer_ms: int = 60000
+    #: How long an in-dialog request (BYE, re-INVITE, INFO...) may wait for its answer. Longer
+    #: than ``fr_timer_ms``: that one is short to find a dead worker for a new call fast, but a
+    #: live worker briefly starved of CPU must not turn a caller's BYE into a 408 (a worker that
+    #: died is handled by ending its dialogs, see bridge/service/front_dialogs.py).
+    dialog_fr_timer_ms: int = 8000
     #: How long a Call-ID → worker entry lives (covers the longest call).
     dialog_ttl: int = 14400
     #: UDP receiver processes per socket and TCP workers.
@@ -229,6 +234,7 @@ class FrontOptions:
             "inactive_threshold",
             "fr_timer_ms",
             "fr_inv_timer_ms",
+            "dialog_fr_timer_ms",
             "dialog_ttl",
             "children",
             "tcp_children",
@@ -648,6 +654,7 @@ route[RELAY] {{
 
 route[WITHINDLG] {{
 	if (!has_totag()) return;
+	t_set_fr(0, {opts.dialog_fr_timer_ms});
 
 	if (!ds_is_from_list("{ds_set}")) {{
 		route(SOURCE);

@@ -436,3 +436,26 @@ async def test_a_cancelled_call_frees_its_worker_slot() -> None:
         assert rc == 0, uac_msg.read_text(errors="replace")[-3000:]
         assert len(received_requests(msg, "CANCEL")) == 3  # each reached the ringing worker
         assert (await _dispatcher_loads(st.binary, st.sock)) == {f"sip:127.0.0.1:{port}": 0}
+
+
+@_live
+async def test_a_slow_bye_answer_is_waited_for() -> None:
+    """The front's 2 s ``fr_timer`` finds a dead worker for a new call quickly; an in-dialog
+    request to a live but briefly starved worker waits longer (``dialog_fr_timer_ms``), so the
+    caller's BYE gets the worker's 200, not the front's 408."""
+    async with _front("worker_slow_bye.xml", n_workers=1) as st:
+        ((_port, (_proc, msg)),) = st.workers.items()
+        uac, uac_msg = await st.caller(1, 500)
+        rc = await asyncio.wait_for(uac.wait(), 30)
+        assert rc == 0, uac_msg.read_text(errors="replace")[-3000:]
+        assert len(set(received_requests(msg, "BYE"))) == 1  # (retransmitted while it waits)
+        assert "408 Request Timeout" not in uac_msg.read_text(errors="replace")
+
+
+def test_rendered_script_waits_longer_for_in_dialog_answers() -> None:
+    from bridge.service.kamailio_cfg import render_kamailio_cfg
+
+    text = render_kamailio_cfg(FrontOptions(workers=(FrontWorker(5070),)), "/tmp/d.list")
+    within = text[text.index("route[WITHINDLG]") :]
+    assert within.index("t_set_fr(0, 8000);") < within.index("route(RELAY)")
+    assert 'modparam("tm", "fr_timer", 2000)' in text
