@@ -127,6 +127,8 @@ def front_options_from_sip(
             tls_port=sip.tls_port,  # type: ignore[attr-defined]
             tls_cert_file=sip.tls_cert_file,  # type: ignore[attr-defined]
             tls_key_file=sip.tls_key_file,  # type: ignore[attr-defined]
+            tls_client_verify=sip.outbound_tls_verify,  # type: ignore[attr-defined]
+            tls_client_ca_file=sip.outbound_tls_ca_file,  # type: ignore[attr-defined]
             trusted_addresses=tuple(sip.trusted_addresses),  # type: ignore[attr-defined]
             pike_sampling_time=sip.pike_sampling_time,  # type: ignore[attr-defined]
             pike_reqs_density=sip.pike_reqs_density,  # type: ignore[attr-defined]

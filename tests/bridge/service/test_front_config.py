@@ -28,6 +28,7 @@ from bridge.service.front import (
     front_options_from_sip,
 )
 from bridge.service.kamailio_cfg import (
+    SYSTEM_CA_DIR,
     render_dispatcher_list,
     render_kamailio_cfg,
     render_tls_cfg,
@@ -154,6 +155,41 @@ def test_tls_needs_its_config_path() -> None:
     assert "listen=tls:127.0.0.1:28503" in render_kamailio_cfg(opts, "/tmp/d.list", "/tmp/t.cfg")
     tls = render_tls_cfg(opts)
     assert "certificate = /tmp/c.pem" in tls and "private_key = /tmp/k.pem" in tls
+
+
+def _client_section(tls: str) -> str:
+    return tls[tls.index("[client:default]") :]
+
+
+def test_tls_client_verifies_carriers() -> None:
+    """Outbound TLS: by default the carrier's certificate must verify against the system CA
+    store; a CA file replaces the store; verification can be turned off."""
+    base = {"tls_cert_file": "/tmp/c.pem", "tls_key_file": "/tmp/k.pem", "tls_port": 28503}
+    default = _client_section(render_tls_cfg(_opts(**base)))
+    assert "verify_certificate = yes" in default and "require_certificate = yes" in default
+    assert f"ca_path = {SYSTEM_CA_DIR}" in default
+    own = _client_section(render_tls_cfg(_opts(**base, tls_client_ca_file="/etc/rl/ca.pem")))
+    assert "ca_list = /etc/rl/ca.pem" in own and "verify_certificate = yes" in own
+    off = _client_section(render_tls_cfg(_opts(**base, tls_client_verify=False)))
+    assert "verify_certificate = no" in off and "ca_list" not in off
+    with pytest.raises(FrontConfigError, match="tls_client_ca_file"):
+        render_tls_cfg(_opts(**base, tls_client_ca_file='/tmp/"x'))
+
+
+def test_tls_client_options_from_sip_config() -> None:
+    from roomline.config import SIPConfig
+
+    sip = SIPConfig(
+        workers=2,
+        bind_address="127.0.0.1",
+        tls_cert_file="/tmp/c.pem",
+        tls_key_file="/tmp/k.pem",
+        outbound_tls_verify=False,
+        outbound_tls_ca_file="/tmp/ca.pem",
+    )
+    opts = front_options_from_sip(sip)
+    assert opts.tls_client_verify is False and opts.tls_client_ca_file == "/tmp/ca.pem"
+    assert front_options_from_sip(SIPConfig(workers=2)).tls_client_verify is True
 
 
 def test_options_from_sip_config() -> None:
