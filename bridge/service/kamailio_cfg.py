@@ -410,9 +410,19 @@ def render_kamailio_cfg(
         )
     mpath = f"mpath={_str(opts.module_path)}\n" if opts.module_path else ""
     tls_globals = "enable_tls=yes\n" if opts.tls_enabled else ""
-    tls_module = ""
+    tls_module = tls_sni = ""
     if opts.tls_enabled:
-        tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", {_str(tls_cfg_path)})\n'
+        tls_module = (
+            f'loadmodule "tls.so"\nmodparam("tls", "config", {_str(tls_cfg_path)})\n'
+            # $xavp(tls=>server_name): the SNI of an outbound TLS connection (route[FROM_WORKER]).
+            'modparam("tls", "xavp_cfg", "tls")\n'
+        )
+        tls_sni = (
+            "\t# A TLS trunk named by host name: send it as SNI (carriers that host several\n"
+            "\t# names on one address pick their certificate by it).\n"
+            '\tif ($(ru{uri.transport}) == "tls" && !($rd =~ "^[0-9.]+$") && !($rd =~ ":")) {\n'
+            "\t\t$xavp(tls=>server_name) = $rd;\n\t}\n"
+        )
     ctl = ""
     if opts.ctl_socket:
         # A larger reply buffer (KB) than the default 32: dlg.list lists every call (~0.7 KB each).
@@ -705,7 +715,7 @@ route[FROM_WORKER] {{
 	# Route entry so the request goes to its R-URI, the trunk.
 	loose_route();
 	record_route();
-	if (is_method("INVITE")) {{
+{tls_sni}	if (is_method("INVITE")) {{
 		# An outbound call is a dialog of that worker too (ended by the front if it dies).
 		dlg_manage();
 		$dlg_var(rl_worker) = "sip:" + $si + ":" + $sp;
