@@ -7,7 +7,8 @@ The callee is the pjsua2 test phone listening on TLS with its own self-signed ce
 given as the CA file, is the one certificate the front trusts).
 
 * trusted callee: answered, the INVITE arrived over TLS from the front (top Via ``SIP/2.0/TLS``
-  with the front's TLS port), audio both ways by FFT (1 kHz callee → room, 440 Hz room → callee).
+  with the front's TLS port), audio both ways by FFT (1 kHz callee → room, 440 Hz room → callee),
+  and the callee's BYE (back over TLS through the front) ends the call: the participant leaves.
 * a callee with a certificate the CA file does not cover: the handshake fails, the RPC fails with
   a SIP error, and the phone never sees an INVITE (no fallback to another transport).
 """
@@ -153,6 +154,8 @@ async def test_tls_trunk_through_front(stack: Stack) -> None:
             print(f"TLS callee 1 kHz -> room: {chk}")
             assert abs(chk.freq - 1000.0) < 5 and chk.snr >= 20, chk
             events = await phone.wait(40)  # the phone hangs up 7 s after the answer
+            # Its BYE came back over TLS through the front (record-routed) to the worker.
+            await wait_for(lambda: ident not in room.remote_participants, 10, "callee left")
     finally:
         phone.kill()
         await room.disconnect()
