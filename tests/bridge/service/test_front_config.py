@@ -373,6 +373,20 @@ async def test_worker_invite_to_tls_trunk_verified_with_sni(run_dir: Path) -> No
     assert sni == ["localhost"], sni
 
 
+async def test_unreadable_tls_trunk_ca_file_is_named(run_dir: Path) -> None:
+    """kamailio -c does not read tls.cfg: the front's own check names a missing CA file."""
+    if not any(os.path.exists(f"{d}/tls.so") for d in DEBIAN_MODULE_DIRS):
+        pytest.skip("kamailio-tls-modules not installed")
+    opts = _opts(
+        tls_cert_file="/tmp/c.pem",
+        tls_key_file="/tmp/k.pem",
+        tls_port=28503,
+        tls_client_ca_file=str(run_dir / "missing-ca.pem"),
+    )
+    with pytest.raises(FrontError, match="sip.outbound_tls_ca_file: cannot read"):
+        await KamailioFront(opts, run_dir).check()
+
+
 @needs_kamailio
 async def test_check_failure_carries_kamailios_error(run_dir: Path) -> None:
     empty = run_dir / "nomodules"
