@@ -6,7 +6,7 @@ connection to the trunk, verifying the carrier's certificate against ``sip.outbo
 The callee is the pjsua2 test phone listening on TLS with its own self-signed certificate (which,
 given as the CA file, is the one certificate the front trusts).
 
-* trusted callee: answered, the INVITE arrived over TLS from the front (top Via ``SIP/2.0/TLS``
+* trusted callee (TLS + SRTP required, as carriers pair them): answered, the INVITE arrived over TLS from the front (top Via ``SIP/2.0/TLS``
   with the front's TLS port), audio both ways by FFT (1 kHz callee → room, 440 Hz room → callee),
   and the callee's BYE (back over TLS through the front) ends the call: the participant leaves.
 * a callee with a certificate the CA file does not cover: the handshake fails, the RPC fails with
@@ -109,33 +109,39 @@ def _callee(port: int, wd: Path, certs: Path, name: str, heard: Path) -> list[st
     ]  # fmt: skip
 
 
-async def _tls_trunk(lk: api.LiveKitAPI, port: int) -> str:
-    trunk = await lk.sip.create_outbound_trunk(
-        api.CreateSIPOutboundTrunkRequest(
-            trunk=api.SIPOutboundTrunkInfo(
-                address=f"127.0.0.1:{port}",
-                numbers=["+15550001002"],
-                transport=api.SIPTransport.SIP_TRANSPORT_TLS,
-            )
-        )
+async def _tls_trunk(lk: api.LiveKitAPI, port: int, srtp: bool = False) -> str:
+    info = api.SIPOutboundTrunkInfo(
+        address=f"127.0.0.1:{port}",
+        numbers=["+15550001002"],
+        transport=api.SIPTransport.SIP_TRANSPORT_TLS,
     )
+    if srtp:
+        info.media_encryption = api.SIPMediaEncryption.SIP_MEDIA_ENCRYPT_REQUIRE
+    trunk = await lk.sip.create_outbound_trunk(api.CreateSIPOutboundTrunkRequest(trunk=info))
     return str(trunk.sip_trunk_id)
 
 
 async def test_tls_trunk_through_front(stack: Stack) -> None:
-    """The front reaches the callee over TLS (certificate verified); audio flows both ways."""
+    """A TLS + SRTP-required trunk: the front reaches the callee over TLS (certificate verified),
+    SDES keys in the SDP; audio flows both ways."""
     wd = Path(tempfile.mkdtemp(prefix="rltc", dir="/tmp"))
     heard = wd / "heard.wav"
     port = free_port()
     phone = await PhoneProcess.start(
-        [*_callee(port, wd, stack.certs, "callee", heard), "--max-wait", "40"]
+        [
+            *_callee(port, wd, stack.certs, "callee", heard),
+            "--srtp",
+            "mandatory",
+            "--max-wait",
+            "40",
+        ]
     )
     room_name, ident = "out_tls", "sip_+15557770041"
     lk = api.LiveKitAPI(stack.server.http_url, API_KEY, API_SECRET)
     room = await connect(stack.server.ws_url, token("web", room_name))
     try:
         await asyncio.sleep(0.5)  # the phone binds its TLS port
-        trunk_id = await _tls_trunk(lk, port)
+        trunk_id = await _tls_trunk(lk, port, srtp=True)
         async with tone_publisher(room, 440.0):
             info = await lk.sip.create_sip_participant(
                 api.CreateSIPParticipantRequest(
@@ -165,6 +171,7 @@ async def test_tls_trunk_through_front(stack: Stack) -> None:
         print(offer["request"], "|", offer["via"])
         assert offer["request"].startswith("INVITE sip:+15557770041@127.0.0.1"), offer
         assert ";transport=tls" in offer["request"].lower(), offer
+        assert "RTP/SAVP" in offer["sdp"] and "a=crypto:" in offer["sdp"], offer  # TLS + SRTP
         # The INVITE came over TLS, from the front's TLS socket.
         assert offer["via"].startswith(f"Via: SIP/2.0/TLS 127.0.0.1:{stack.ports.front_tls}"), offer
         gone = disconnected(events)
@@ -200,7 +207,11 @@ async def test_tls_trunk_untrusted_certificate(stack: Stack) -> None:
                 )
             )
         print("untrusted carrier:", err.value.status, err.value.message, err.value.sip_status_code)
-        assert err.value.sip_status_code is not None and err.value.sip_status_code >= 400
+        # From the front (docs/sip-trunks.md): 477 when the send itself failed, 408 when the
+        # handshake failed after the INVITE was queued on the connection.
+        assert err.value.sip_status_code in (408, 477), err.value.message
+        expected = {408: "deadline_exceeded", 477: "invalid_argument"}
+        assert err.value.code == expected[err.value.sip_status_code], err.value.code
         events = await phone.wait(20)
     finally:
         phone.kill()
