@@ -171,6 +171,11 @@ class SIPConfig:
     tls_port: int = 5061
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    #: Outbound calls over TLS trunks (front mode with TLS): the front checks the carrier's
+    #: certificate against ``outbound_tls_ca_file`` ("" = the system CA store) unless
+    #: ``outbound_tls_verify`` is false (self-signed carriers; any certificate is then accepted).
+    outbound_tls_verify: bool = True
+    outbound_tls_ca_file: str = ""
     #: Bridge worker processes behind the front: a count, or ``auto`` (enough
     #: :data:`CALLS_PER_WORKER`-call workers for ``target_calls``). A list of
     #: ``{sip_port, rtp_port_start, rtp_port_end}`` mappings is the older direct mode: no front,

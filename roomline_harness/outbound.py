@@ -50,6 +50,11 @@ class Ports:
         return self.base + 3
 
     @property
+    def front_tls(self) -> int:
+        """The front's TLS port (front mode with ``sip.tls_cert_file``/``tls_key_file``)."""
+        return self.base + 6
+
+    @property
     def front_workers(self) -> int:
         """First loopback worker port in front mode (two workers)."""
         return self.base + 4
@@ -76,9 +81,12 @@ def pick_ports() -> Ports:
     raise RuntimeError("no free port block in 37000-37999")
 
 
-def start_appliance(tmp: Path, ports: Ports, front: bool = False) -> Server:
+def start_appliance(
+    tmp: Path, ports: Ports, front: bool = False, sip_extra: dict[str, Any] | None = None
+) -> Server:
     """The appliance: direct workers on ``worker_sip(i)``, or with ``front`` the Kamailio front
-    on :attr:`Ports.front` and loopback workers from ``front_workers``."""
+    on :attr:`Ports.front` and loopback workers from ``front_workers``. ``sip_extra`` adds to
+    (or replaces) the ``sip`` config, e.g. the front's TLS files."""
     data_dir = tmp / "data"
     cfg: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": ports.http, "data_dir": str(data_dir)},
@@ -116,6 +124,7 @@ def start_appliance(tmp: Path, ports: Ports, front: bool = False) -> Server:
             "rtp_port_start": ports.worker_rtp(0)[0],
             "rtp_port_end": ports.worker_rtp(1)[1],
         }
+    cfg["sip"].update(sip_extra or {})
     worker_ports = (
         [ports.front_workers, ports.front_workers + 1]
         if front

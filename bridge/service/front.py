@@ -28,6 +28,7 @@ from pathlib import Path
 from bridge.service.kamailio_cfg import (
     DEFAULT_BLOCKED_USER_AGENTS,
     SOURCE_HEADER,
+    SYSTEM_CA_DIR,
     FrontConfigError,
     FrontOptions,
     FrontWorker,
@@ -127,6 +128,8 @@ def front_options_from_sip(
             tls_port=sip.tls_port,  # type: ignore[attr-defined]
             tls_cert_file=sip.tls_cert_file,  # type: ignore[attr-defined]
             tls_key_file=sip.tls_key_file,  # type: ignore[attr-defined]
+            tls_client_verify=sip.outbound_tls_verify,  # type: ignore[attr-defined]
+            tls_client_ca_file=sip.outbound_tls_ca_file,  # type: ignore[attr-defined]
             trusted_addresses=tuple(sip.trusted_addresses),  # type: ignore[attr-defined]
             pike_sampling_time=sip.pike_sampling_time,  # type: ignore[attr-defined]
             pike_reqs_density=sip.pike_reqs_density,  # type: ignore[attr-defined]
@@ -238,7 +241,27 @@ class KamailioFront:
                     f"TLS is configured but {mdir}/tls.so is missing: install the Debian "
                     "package 'kamailio-tls-modules'"
                 )
+            self._check_client_ca()
         return binary
+
+    def _check_client_ca(self) -> None:
+        """The CA file or store for TLS trunks must be there: ``kamailio -c`` does not read
+        ``tls.cfg``, and a missing ``ca_list`` would only stop Kamailio at start."""
+        opts = self.options
+        if not opts.tls_client_verify:
+            return
+        if opts.tls_client_ca_file:
+            if not os.access(opts.tls_client_ca_file, os.R_OK):
+                raise FrontError(
+                    f"sip.outbound_tls_ca_file: cannot read {opts.tls_client_ca_file!r} (the CA "
+                    "that TLS trunks' certificates are checked against)"
+                )
+        elif not os.path.isdir(SYSTEM_CA_DIR):
+            raise FrontUnavailable(
+                f"TLS trunks' certificates are checked against the system CA store {SYSTEM_CA_DIR}, "
+                "which is missing: install the Debian package 'ca-certificates', or set "
+                "sip.outbound_tls_ca_file (or sip.outbound_tls_verify: false)"
+            )
 
     def _base_args(self) -> list[str]:
         return [

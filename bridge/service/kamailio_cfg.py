@@ -42,6 +42,7 @@ __all__ = [
     "FrontOptions",
     "FrontWorker",
     "SOURCE_HEADER",
+    "SYSTEM_CA_DIR",
     "render_dispatcher_list",
     "render_kamailio_cfg",
     "render_tls_cfg",
@@ -51,6 +52,11 @@ __all__ = [
 SOURCE_HEADER = "X-Roomline-Source"
 #: The loopback address of the socket that faces the workers when ``advertise`` is set.
 INTERNAL_ADDRESS = "127.0.0.1"
+#: The system CA store (Debian's ca-certificates: hashed links) the front verifies TLS trunks
+#: against. A directory, not the bundle file: OpenSSL looks a CA up there when it verifies, while
+#: a ``ca_list`` bundle of ~150 CAs is parsed by every Kamailio process at start (seconds of
+#: startup on a small host, during which TLS is not served).
+SYSTEM_CA_DIR = "/etc/ssl/certs"
 #: Dispatcher set id of the bridge workers.
 DISPATCHER_SET = 1
 DEFAULT_BLOCKED_USER_AGENTS: tuple[str, ...] = ("friendly-scanner", "sipvicious", "sipcli")
@@ -103,6 +109,11 @@ class FrontOptions:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_ca_file: str = ""
+    #: Outbound TLS (a TLS trunk): the front is the TLS client. With ``tls_client_verify`` the
+    #: carrier's certificate chain must verify against ``tls_client_ca_file`` ("" = the system CA
+    #: store, :data:`SYSTEM_CA_DIR`); off accepts any certificate (self-signed carriers, tests).
+    tls_client_verify: bool = True
+    tls_client_ca_file: str = ""
     #: Public address put in Via/Record-Route when the host is behind 1:1 NAT ("" = none). The
     #: workers are then reached from a separate loopback socket on ``internal_port`` (required),
     #: so what they see in Via/Record-Route is an address they can actually reply to.
@@ -180,7 +191,7 @@ class FrontOptions:
             _check_port(self.tls_port, "tls_port")
             if self.tls_port == self.port:
                 raise FrontConfigError(f"tls_port: {self.tls_port} is already the SIP port")
-            for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+            for name in ("tls_cert_file", "tls_key_file", "tls_ca_file", "tls_client_ca_file"):
                 value = getattr(self, name)
                 if value and not _PATH_RE.match(value):
                     raise FrontConfigError(f"{name}: unusable path {value!r}")
@@ -324,11 +335,20 @@ def render_dispatcher_list(opts: FrontOptions) -> str:
 
 
 def render_tls_cfg(opts: FrontOptions) -> str:
-    """The tls module's own config file (server side for callers, client side for outbound)."""
+    """The tls module's own config file: the server side for callers, the client side for
+    outbound calls over TLS trunks (the carrier's certificate verified unless turned off)."""
     opts.validate()
     if not opts.tls_enabled:
         raise FrontConfigError("TLS is not configured (tls_cert_file and tls_key_file)")
     ca = f"ca_list = {opts.tls_ca_file}\n" if opts.tls_ca_file else ""
+    if opts.tls_client_verify:
+        client = "verify_certificate = yes\nrequire_certificate = yes\n" + (
+            f"ca_list = {opts.tls_client_ca_file}\n"
+            if opts.tls_client_ca_file
+            else f"ca_path = {SYSTEM_CA_DIR}\n"
+        )
+    else:
+        client = "verify_certificate = no\nrequire_certificate = no\n"
     return (
         "# roomline front TLS (generated)\n"
         "[server:default]\n"
@@ -338,10 +358,10 @@ def render_tls_cfg(opts: FrontOptions) -> str:
         f"private_key = {opts.tls_key_file}\n"
         f"certificate = {opts.tls_cert_file}\n"
         f"{ca}"
-        "\n[client:default]\n"
+        "\n# Outbound calls to TLS trunks.\n"
+        "[client:default]\n"
         "method = TLSv1.2+\n"
-        "verify_certificate = no\n"
-        "require_certificate = no\n"
+        f"{client}"
     )
 
 
@@ -396,9 +416,19 @@ def render_kamailio_cfg(
         )
     mpath = f"mpath={_str(opts.module_path)}\n" if opts.module_path else ""
     tls_globals = "enable_tls=yes\n" if opts.tls_enabled else ""
-    tls_module = ""
+    tls_module = tls_sni = ""
     if opts.tls_enabled:
-        tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", {_str(tls_cfg_path)})\n'
+        tls_module = (
+            f'loadmodule "tls.so"\nmodparam("tls", "config", {_str(tls_cfg_path)})\n'
+            # $xavp(tls=>server_name): the SNI of an outbound TLS connection (route[FROM_WORKER]).
+            'modparam("tls", "xavp_cfg", "tls")\n'
+        )
+        tls_sni = (
+            "\t# A TLS trunk named by host name: send it as SNI (carriers that host several\n"
+            "\t# names on one address pick their certificate by it).\n"
+            '\tif ($(ru{uri.transport}) == "tls" && !($rd =~ "^[0-9.]+$") && !($rd =~ ":")) {\n'
+            "\t\t$xavp(tls=>server_name) = $rd;\n\t}\n"
+        )
     ctl = ""
     if opts.ctl_socket:
         # A larger reply buffer (KB) than the default 32: dlg.list lists every call (~0.7 KB each).
@@ -692,7 +722,7 @@ route[FROM_WORKER] {{
 	# Route entry so the request goes to its R-URI, the trunk.
 	loose_route();
 	record_route();
-	if (is_method("INVITE")) {{
+{tls_sni}	if (is_method("INVITE")) {{
 		# An outbound call is a dialog of that worker too (ended by the front if it dies).
 		dlg_manage();
 		$dlg_var(rl_worker) = "sip:" + $si + ":" + $sp;

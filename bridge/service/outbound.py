@@ -15,6 +15,11 @@ is the front's URI as the loopback workers reach it (``sip_bridge.front_proxy_ur
 pjsua account routes the dialog through it, and the front (``route[FROM_WORKER]``) consumes its
 own Route, record-routes and relays to the trunk. In the older direct mode the worker sends the
 INVITE straight to the trunk address from its own SIP port.
+
+TLS trunks (``;transport=tls`` in the R-URI): the worker still sends to the front over UDP, and
+the front opens the TLS connection to the carrier (its ``[client:default]`` TLS settings verify
+the carrier's certificate). Without the front's TLS listener, or in direct mode, such a call is
+refused with ``failed_precondition`` (:attr:`OutboundCalls.tls_unavailable`).
 """
 
 from __future__ import annotations
@@ -372,6 +377,7 @@ class OutboundCalls:
         socket: str,
         mint: Minter | None = None,
         outbound_proxy: str = "",
+        tls_unavailable: str = "",
     ) -> None:
         self.store = store
         self.supervisor = supervisor
@@ -382,6 +388,10 @@ class OutboundCalls:
         #: SIP proxy outbound INVITEs go through (the Kamailio front, once it carries
         #: signalling); empty: the worker sends straight to the trunk.
         self.outbound_proxy = outbound_proxy
+        #: Why a TLS trunk cannot be dialled here ("" = it can): the front opens the TLS
+        #: connection to the carrier, so it needs its TLS listener; the workers have no TLS
+        #: transport. Such a call is refused, never placed over UDP instead.
+        self.tls_unavailable = tls_unavailable
         self.calls: dict[str, OutboundCall] = {}
         #: Transfers of inbound calls (by request id): their calls are not in ``calls``.
         self.inbound_transfers: dict[int, asyncio.Future[control.TransferResult]] = {}
@@ -415,6 +425,8 @@ class OutboundCalls:
     async def create(self, req: sip_pb.CreateSIPParticipantRequest) -> sip_pb.SIPParticipantInfo:
         """Validate, dial, and answer the RPC (after the answer with ``wait_until_answered``)."""
         plan = plan_call(req, self.store)
+        if plan.trunk.transport == "tls" and self.tls_unavailable:
+            raise FailedPrecondition(self.tls_unavailable)
         worker = self.supervisor.pick_worker()
         if worker is None:
             raise Unavailable("no bridge worker has a free call slot")

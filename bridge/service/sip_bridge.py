@@ -364,6 +364,21 @@ def front_proxy_uri(sip: Any) -> str:
     return f"sip:{host}:{sip.port};lr"
 
 
+def tls_trunks_unavailable(front_tls: bool | None) -> str:
+    """Why TLS trunks cannot be dialled ("" = they can); ``front_tls`` is None without a front."""
+    if front_tls is None:
+        return (
+            "TLS trunks need the SIP front: the bridge workers have no TLS transport "
+            "(set sip.workers to a count or auto)"
+        )
+    if not front_tls:
+        return (
+            "TLS trunks need TLS on the SIP front: set sip.tls_cert_file and sip.tls_key_file "
+            "(the front opens the TLS connection to the carrier)"
+        )
+    return ""
+
+
 def install(
     server: SFUServer, local_socket: str, agent_starter: AgentStarter | None = None
 ) -> SIPPart:
@@ -389,6 +404,14 @@ def install(
         # INVITEs leave through it too (one SIP address for carriers).
         proxy = front_proxy_uri(cfg.sip) if bridge.front is not None else ""
         service.outbound = OutboundCalls(
-            store, bridge.supervisor, server.node, cfg.keys, local_socket, outbound_proxy=proxy
+            store,
+            bridge.supervisor,
+            server.node,
+            cfg.keys,
+            local_socket,
+            outbound_proxy=proxy,
+            tls_unavailable=tls_trunks_unavailable(
+                bridge.front.front.options.tls_enabled if bridge.front is not None else None
+            ),
         )
     return SIPPart(store, bridge, service)

@@ -6,7 +6,8 @@
 Dials (or, with ``--answer``, waits for one INVITE and answers it: 180, then 200 after
 ``--ring-ms``), plays a tone (from a generated WAV, looped), records what it hears to a WAV (16 kHz),
 sends DTMF (RFC 4733 or SIP INFO), holds/resumes, hangs up after ``--duration`` seconds (unless the
-far end hangs up first). ``--tls`` dials over SIP/TLS (no server certificate check); ``--srtp
+far end hangs up first). ``--tls`` dials over SIP/TLS (no server certificate check), or with ``--answer --tls-cert
+--tls-key`` listens for TLS with that certificate; ``--srtp
 optional|mandatory`` offers SDES SRTP (pjmedia: ``RTP/AVP`` + ``a=crypto``, resp. ``RTP/SAVP``).
 Reports on stdout as JSON lines prefixed ``PHONE `` (pjsua's own log goes elsewhere or is
 silenced): ``state``, ``media``, ``dtmf`` (received digits), ``disconnected`` (status code,
@@ -182,6 +183,9 @@ class Phone:
         if a.tls:
             tcfg.tlsConfig.method = pj.PJSIP_TLSV1_2_METHOD
             tcfg.tlsConfig.verifyServer = False
+            if a.tls_cert:  # callee over TLS: the certificate the caller (the front) checks
+                tcfg.tlsConfig.certFile = a.tls_cert
+                tcfg.tlsConfig.privKeyFile = a.tls_key
             kind = pj.PJSIP_TRANSPORT_TLS
         else:
             kind = pj.PJSIP_TRANSPORT_TCP if a.tcp else pj.PJSIP_TRANSPORT_UDP
@@ -325,6 +329,8 @@ def main() -> None:
     ap.add_argument("--resume-at", type=float)
     ap.add_argument("--tcp", action="store_true")
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--tls-cert", default="", help="with --tls: PEM certificate to listen with")
+    ap.add_argument("--tls-key", default="", help="with --tls: its PEM private key")
     ap.add_argument("--srtp", choices=("off", "optional", "mandatory"), default="off")
     ap.add_argument("--workdir", default="/tmp")
     ap.add_argument("--log-level", type=int, default=0)

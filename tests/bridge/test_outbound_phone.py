@@ -181,6 +181,42 @@ async def test_phone_callee_over_tcp(stack: Stack, short_dir: Path) -> None:
         _assert_wire(sizes, stack, PLAIN_SIZES)
 
 
+async def test_tls_trunk_refused_in_direct_mode(stack: Stack, short_dir: Path) -> None:
+    """Direct mode (no front): the workers have no TLS transport, so a TLS trunk call fails at
+    once with failed_precondition, and the TLS-listening callee gets nothing (no UDP fallback)."""
+    port = free_port()
+    phone = await PhoneProcess.start(
+        ["--answer", "--tls", "--port", str(port), "--max-wait", "4", "--workdir", str(short_dir)]
+    )
+    lk = api.LiveKitAPI(stack.server.http_url, API_KEY, API_SECRET)
+    try:
+        created = await lk.sip.create_outbound_trunk(
+            api.CreateSIPOutboundTrunkRequest(
+                trunk=api.SIPOutboundTrunkInfo(
+                    address=f"127.0.0.1:{port}",
+                    numbers=["+15550002009"],
+                    transport=api.SIPTransport.SIP_TRANSPORT_TLS,
+                )
+            )
+        )
+        with pytest.raises(api.TwirpError) as err:
+            await lk.sip.create_sip_participant(
+                api.CreateSIPParticipantRequest(
+                    sip_trunk_id=created.sip_trunk_id,
+                    sip_call_to="+15557771009",
+                    room_name="out_tls_direct",
+                    wait_until_answered=True,
+                )
+            )
+        assert err.value.code == "failed_precondition", err.value.message
+        assert "TLS trunks need the SIP front" in err.value.message, err.value.message
+        events = await phone.wait(15)
+    finally:
+        phone.kill()
+        await lk.aclose()
+    assert not any(e["event"] == "offer" for e in events), events
+
+
 async def test_phone_callee_srtp_required(stack: Stack, short_dir: Path) -> None:
     port = free_port()
     trunk = api.SIPOutboundTrunkInfo(

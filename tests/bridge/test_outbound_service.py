@@ -17,6 +17,7 @@ from livekit import api
 
 from bridge.service.outbound import (
     disconnect_reason_for,
+    plan_call,
     sip_status_error,
     twirp_code_for,
 )
@@ -359,6 +360,63 @@ def test_plan_media_encryption_trunk_and_request(tmp_path: Path) -> None:
         assert plan(plain.sip_trunk_id, media_encryption=sip_pb.SIP_MEDIA_ENCRYPT_ALLOW) == "allow"
         allow = sip_pb.SIPMediaConfig(encryption=sip_pb.SIP_MEDIA_ENCRYPT_ALLOW)
         assert plan(trunk.sip_trunk_id, media=allow) == "allow"
+    finally:
+        store.close()
+
+
+async def test_tls_trunk_refused_without_a_tls_front(tmp_path: Path) -> None:
+    """A TLS trunk where no TLS can be opened (direct mode, or a front without its TLS files):
+    failed_precondition naming why, before any worker is asked (never dialled over UDP)."""
+    from livekit.protocol import sip as sip_pb
+
+    from bridge.service.outbound import FailedPrecondition, OutboundCalls
+    from bridge.service.sip_bridge import tls_trunks_unavailable
+
+    class NoWorkers:
+        on_outbound: object = None
+        picked = 0
+
+        def pick_worker(self) -> None:
+            self.picked += 1
+
+    store = SIPStore.open(tmp_path)
+    try:
+        store.put_outbound_trunk(
+            sip_pb.SIPOutboundTrunkInfo(
+                sip_trunk_id="ST_tls",
+                address="carrier.example",
+                numbers=["+15550001000"],
+                transport=sip_pb.SIP_TRANSPORT_TLS,
+            )
+        )
+        req = sip_pb.CreateSIPParticipantRequest(
+            sip_trunk_id="ST_tls", sip_call_to="+15557770001", room_name="r"
+        )
+        assert "sip.tls_cert_file" in tls_trunks_unavailable(False)
+        assert "SIP front" in tls_trunks_unavailable(None)
+        assert tls_trunks_unavailable(True) == ""
+        for front_tls in (None, False):
+            sup = NoWorkers()
+            calls = OutboundCalls(
+                store,
+                sup,  # type: ignore[arg-type]
+                object(),  # type: ignore[arg-type]
+                {},
+                "/nonexistent.sock",
+                tls_unavailable=tls_trunks_unavailable(front_tls),
+            )
+            with pytest.raises(FailedPrecondition, match="TLS trunks need") as err:
+                await calls.create(req)
+            assert err.value.twirp_code == "failed_precondition"
+            assert sup.picked == 0
+        # With a TLS front the same request gets past the check (to the worker pick).
+        sup = NoWorkers()
+        calls = OutboundCalls(store, sup, object(), {}, "/x.sock")  # type: ignore[arg-type]
+        with pytest.raises(Exception, match="no bridge worker"):
+            await calls.create(req)
+        assert sup.picked == 1
+        plan = plan_call(req, store)
+        assert plan.to_uri == "sip:+15557770001@carrier.example;transport=tls"
     finally:
         store.close()
 

@@ -95,6 +95,7 @@ def test_configerror_is_a_roomline_error() -> None:
         ("server: {port: true}\n", "server.port: expected int, got bool"),
         ("server: {port: 7880.0}\n", "server.port: expected int, got float"),
         ("room: {auto_create: 1}\n", "room.auto_create: expected bool, got int"),
+        ("sip: {outbound_tls_verify: 'no'}\n", "sip.outbound_tls_verify: expected bool, got str"),
         ("rtc: {interfaces: 10.0.0.1}\n", "rtc.interfaces: expected list of str"),
         ("keys: [a, b]\n", "keys: expected mapping"),
         ("keys: {k1: 1234567}\n", "keys.k1: expected str, got int"),

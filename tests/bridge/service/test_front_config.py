@@ -28,11 +28,12 @@ from bridge.service.front import (
     front_options_from_sip,
 )
 from bridge.service.kamailio_cfg import (
+    SYSTEM_CA_DIR,
     render_dispatcher_list,
     render_kamailio_cfg,
     render_tls_cfg,
 )
-from roomline_harness.front_sip import free_ports, header, start_worker, status_of
+from roomline_harness.front_sip import UAC, free_ports, header, request, start_worker, status_of
 
 HAVE_KAMAILIO = shutil.which("kamailio") is not None or os.path.exists("/usr/sbin/kamailio")
 needs_kamailio = pytest.mark.skipif(not HAVE_KAMAILIO, reason="kamailio not installed")
@@ -156,6 +157,41 @@ def test_tls_needs_its_config_path() -> None:
     assert "certificate = /tmp/c.pem" in tls and "private_key = /tmp/k.pem" in tls
 
 
+def _client_section(tls: str) -> str:
+    return tls[tls.index("[client:default]") :]
+
+
+def test_tls_client_verifies_carriers() -> None:
+    """Outbound TLS: by default the carrier's certificate must verify against the system CA
+    store; a CA file replaces the store; verification can be turned off."""
+    base = {"tls_cert_file": "/tmp/c.pem", "tls_key_file": "/tmp/k.pem", "tls_port": 28503}
+    default = _client_section(render_tls_cfg(_opts(**base)))
+    assert "verify_certificate = yes" in default and "require_certificate = yes" in default
+    assert f"ca_path = {SYSTEM_CA_DIR}" in default
+    own = _client_section(render_tls_cfg(_opts(**base, tls_client_ca_file="/etc/rl/ca.pem")))
+    assert "ca_list = /etc/rl/ca.pem" in own and "verify_certificate = yes" in own
+    off = _client_section(render_tls_cfg(_opts(**base, tls_client_verify=False)))
+    assert "verify_certificate = no" in off and "ca_list" not in off
+    with pytest.raises(FrontConfigError, match="tls_client_ca_file"):
+        render_tls_cfg(_opts(**base, tls_client_ca_file='/tmp/"x'))
+
+
+def test_tls_client_options_from_sip_config() -> None:
+    from roomline.config import SIPConfig
+
+    sip = SIPConfig(
+        workers=2,
+        bind_address="127.0.0.1",
+        tls_cert_file="/tmp/c.pem",
+        tls_key_file="/tmp/k.pem",
+        outbound_tls_verify=False,
+        outbound_tls_ca_file="/tmp/ca.pem",
+    )
+    opts = front_options_from_sip(sip)
+    assert opts.tls_client_verify is False and opts.tls_client_ca_file == "/tmp/ca.pem"
+    assert front_options_from_sip(SIPConfig(workers=2)).tls_client_verify is True
+
+
 def test_options_from_sip_config() -> None:
     from roomline.config import SIPConfig, SIPWorkerConfig
 
@@ -265,6 +301,90 @@ async def test_kamailio_accepts_tls_config_and_tls_call_gets_true_source(run_dir
     finally:
         await front.stop()
         worker.close()
+
+
+@needs_kamailio
+async def test_worker_invite_to_tls_trunk_verified_with_sni(run_dir: Path) -> None:
+    """A worker's INVITE to a ``;transport=tls`` R-URI named by host: the front opens TLS to it,
+    sends the host name as SNI, verifies the carrier's certificate against the CA file, and the
+    INVITE arrives over TLS with the front's TLS Via."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    if not any(os.path.exists(f"{d}/tls.so") for d in DEBIAN_MODULE_DIRS):
+        pytest.skip("kamailio-tls-modules not installed")
+    cert, key = _self_signed(run_dir)
+    carrier = run_dir / "carrier"
+    carrier.mkdir()
+    carrier_cert, carrier_key = _self_signed(carrier)
+    worker_port, port, tls_port, carrier_port = free_ports(4)
+    sni: list[str | None] = []
+    got: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_sni(sock: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+        sni.append(name)
+
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(carrier_cert, carrier_key)
+    sctx.sni_callback = on_sni  # type: ignore[assignment]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await reader.read(4096)
+            if not chunk:
+                return
+            data += chunk
+        got.put_nowait(data.decode(errors="replace"))
+        writer.close()
+
+    carrier_srv = await asyncio.start_server(serve, "127.0.0.1", carrier_port, ssl=sctx)
+    opts = FrontOptions(
+        workers=(FrontWorker(worker_port),),
+        bind_address="127.0.0.1",
+        port=port,
+        tls_port=tls_port,
+        tls_cert_file=str(cert),
+        tls_key_file=str(key),
+        tls_client_ca_file=str(carrier_cert),
+        ping_interval=1,
+    )
+    front = KamailioFront(opts, run_dir, on_line=lambda _line: None, stop_timeout=3.0)
+    loop = asyncio.get_running_loop()
+    uac = UAC()  # plays the worker: the front knows it by its UDP source
+    await loop.create_datagram_endpoint(lambda: uac, local_addr=("127.0.0.1", worker_port))
+    try:
+        await front.start()
+        await front.wait_ready()
+        inv = request("INVITE", ("localhost", carrier_port), uac.addr).replace(
+            f"sip:+15550100@localhost:{carrier_port} SIP/2.0",
+            f"sip:+15550100@localhost:{carrier_port};transport=tls SIP/2.0",
+        )
+        inv = inv.replace(
+            "Max-Forwards: 70", f"Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:{port};lr>"
+        )
+        uac.send(inv, ("127.0.0.1", port))
+        seen = await asyncio.wait_for(got.get(), 10)
+    finally:
+        await front.stop()
+        uac.close()
+        carrier_srv.close()
+    assert seen.startswith("INVITE sip:+15550100@localhost:"), seen[:200]
+    assert f"Via: SIP/2.0/TLS 127.0.0.1:{tls_port}" in seen, seen
+    assert sni == ["localhost"], sni
+
+
+async def test_unreadable_tls_trunk_ca_file_is_named(run_dir: Path) -> None:
+    """kamailio -c does not read tls.cfg: the front's own check names a missing CA file."""
+    if not any(os.path.exists(f"{d}/tls.so") for d in DEBIAN_MODULE_DIRS):
+        pytest.skip("kamailio-tls-modules not installed")
+    opts = _opts(
+        tls_cert_file="/tmp/c.pem",
+        tls_key_file="/tmp/k.pem",
+        tls_port=28503,
+        tls_client_ca_file=str(run_dir / "missing-ca.pem"),
+    )
+    with pytest.raises(FrontError, match="sip.outbound_tls_ca_file: cannot read"):
+        await KamailioFront(opts, run_dir).check()
 
 
 @needs_kamailio
