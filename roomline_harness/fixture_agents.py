@@ -88,6 +88,11 @@ async def die(ctx: JobContext) -> None:
     os._exit(3)  # a native crash, as far as the supervisor can tell
 
 
+async def until_stopped(ctx: JobContext) -> None:
+    """Never joins a room; runs until the supervisor stops the job (process-pool tests)."""
+    await ctx.wait_for_shutdown()
+
+
 REGISTRY = {
     "probe": "roomline_harness.fixture_agents:probe",
     "crash": "roomline_harness.fixture_agents:crash",

@@ -60,6 +60,7 @@ class Session(Protocol):
 
 RoomListener = Callable[[RoomState, bool], None]
 ParticipantListener = Callable[[RoomState, Participant, bool], None]
+PublisherListener = Callable[[RoomState, Participant], None]
 
 
 class Node:
@@ -81,6 +82,10 @@ class Node:
         #: Called with (room, participant, joined) when a participant joins (True) or leaves
         #: (False; not for the participants of a room that closes: see ``room_listeners``).
         self.participant_listeners: list[ParticipantListener] = []
+        #: Called with (room, participant) once per participant, when the first of its tracks is
+        #: published (bound: media arrived, or a local channel track announced), as LiveKit
+        #: starts JT_PUBLISHER agent jobs.
+        self.publisher_listeners: list[PublisherListener] = []
         #: Serializes recipient-independent events once (set by the signalling layer).
         #: Serializes an event once for many recipients (``sfu.signal.encode_broadcast``); passed in
         #: because ``signal`` imports this module.
@@ -187,6 +192,19 @@ class Node:
             except Exception:
                 log.exception("participant listener failed", room=room.name)
 
+    def _check_first_track(self, room: RoomState, participant: Participant) -> None:
+        """A track getting media is announced with a ParticipantUpdated (``Room.bind_track``)."""
+        if participant.state == ParticipantState.DISCONNECTED or not any(
+            t.bound for t in participant.tracks.values()
+        ):
+            return
+        participant.has_published = True
+        for listener in list(self.publisher_listeners):
+            try:
+                listener(room, participant)
+            except Exception:
+                log.exception("publisher listener failed", room=room.name)
+
     def attach(self, session: Session) -> None:
         self.sessions[session.participant.sid] = session
 
@@ -235,6 +253,8 @@ class Node:
             ):
                 # The room model announces a departure exactly once (``Room._remove``).
                 self._participant_changed(event.room, event.participant, False)
+            elif isinstance(event, ParticipantUpdated) and not event.participant.has_published:
+                self._check_first_track(event.room, event.participant)
             targets = recipients(event)
             wire = self.encode_broadcast(event) if len(targets) > 1 else None
             for sid in targets:

@@ -139,6 +139,8 @@ class Participant:
     #: Explicit subscribe (True) / unsubscribe (False) requests; override auto-subscribe.
     subscription_requests: dict[str, bool] = field(default_factory=dict)
     subscription_permission: SubscriptionPermission = field(default_factory=SubscriptionPermission)
+    #: Set by the node when the first of its tracks got media (``Node.publisher_listeners``).
+    has_published: bool = False
 
     @property
     def hidden(self) -> bool:

@@ -16,10 +16,10 @@ registering with that name picks up (LiveKit drops it: livekit/agents#518).
 
 External jobs (:class:`~roomline_agents.service.agent_ws.AgentWorkerService`):
 
-* JT_ROOM workers get one job per dispatch; JT_PUBLISHER and JT_PARTICIPANT workers one job per
-  participant who is not an agent or recorder, when it joins (ended when it leaves). LiveKit starts
-  a JT_PUBLISHER job at the participant's first track instead; starting at the join is earlier and
-  the job still gets the participant.
+* JT_ROOM workers get one job per dispatch; JT_PARTICIPANT workers one job per participant who is
+  not an agent or recorder, when it joins; JT_PUBLISHER workers one per such participant when the
+  first of its tracks is published (as LiveKit: a participant that only listens gets none; a SIP
+  caller's track is published as it joins). Per-participant jobs end when the participant leaves.
 * When a worker disconnects, its running jobs go to another worker of the same name after a short
   grace, and the lost worker's agent participant is removed from the room first (LiveKit OSS
   leaves both the job and the participant stranded: livekit/agents#1472).
@@ -126,6 +126,7 @@ class Agents(Service):
             self.node.room_listeners.remove(manager.on_room)
         self.node.room_listeners.append(self.on_room)
         self.node.participant_listeners.append(self.on_participant)
+        self.node.publisher_listeners.append(self.on_publisher)
 
     def install(self, app: web.Application) -> None:
         app.router.add_routes(self.workers.routes())
@@ -263,7 +264,8 @@ class Agents(Service):
             if self.workers.has_workers(d.agent_name, job_type):
                 room = self.node.rooms.rooms.get(d.room)
                 for p in list(room.participants.values()) if room is not None else []:
-                    self._launch_for(d, p, job_type)
+                    if job_type == agent_pb.JT_PARTICIPANT or p.has_published:
+                        self._launch_for(d, p, job_type)
 
     def _launch_for(self, d: ExternalDispatch, participant: Participant, job_type: int) -> None:
         """One per-participant job (``job_type`` in :data:`PER_PARTICIPANT`) per participant and
@@ -348,10 +350,7 @@ class Agents(Service):
                 self._agent_left(room, participant)
             return
         if joined:
-            for d in [d for d in self.dispatches.values() if d.room == room.name]:
-                for job_type in PER_PARTICIPANT:
-                    if self.workers.has_workers(d.agent_name, job_type):
-                        self._launch_for(d, participant, job_type)
+            self._launch_per_participant(room, participant, agent_pb.JT_PARTICIPANT)
             return
         for job in list(self.workers.jobs.values()):
             if (
@@ -361,6 +360,18 @@ class Agents(Service):
                 and job.participant.sid == participant.sid
             ):
                 self.workers.terminate(job.id, "participant left")
+
+    def on_publisher(self, room: RoomState, participant: Participant) -> None:
+        """The participant's first track is published: its JT_PUBLISHER jobs start."""
+        if not participant.dependent:
+            self._launch_per_participant(room, participant, agent_pb.JT_PUBLISHER)
+
+    def _launch_per_participant(
+        self, room: RoomState, participant: Participant, job_type: int
+    ) -> None:
+        for d in [d for d in self.dispatches.values() if d.room == room.name]:
+            if self.workers.has_workers(d.agent_name, job_type):
+                self._launch_for(d, participant, job_type)
 
     def _agent_left(self, room: RoomState, participant: Participant) -> None:
         if participant.disconnect_reason == DisconnectReason.DUPLICATE_IDENTITY:

@@ -199,7 +199,9 @@ class AgentManager(Service):
 
     async def _launch(self, job: Job, spec: JobSpec) -> None:
         try:
-            await self.supervisor.launch(spec)
+            if not await self.supervisor.launch(spec):
+                # Stopped (dispatch deleted, room closed) while it waited for a process.
+                log.info("agent job stopped before it started", job=job.id)
         except Exception as exc:
             log.error("agent job could not start", job=job.id, error=str(exc))
             self._job_failed(job, f"could not start: {exc}")
@@ -424,6 +426,13 @@ class AgentManager(Service):
             "Warm agent job processes waiting for a job.",
             "gauge",
             [({}, m["idle"])],
+        )
+        yield (
+            "roomline_agent_jobs_waited_total",
+            "Agent jobs that found no warm job process and waited for one to start "
+            "(if it grows, raise agents.workers).",
+            "counter",
+            [({}, m["waited"])],
         )
 
 

@@ -2,7 +2,13 @@
 
 ``agents.workers`` idle processes are kept ready (Python, PyAV and the agent API already imported),
 so a dispatched job starts without paying the interpreter start-up. A job takes an idle process and
-a new idle one is started behind it. Each process has a JSON-lines control socketpair
+a new idle one is started behind it at once.
+
+When no process is idle (jobs coming faster than processes start), the job queues for one and a
+start is added for it, so there is always one start in flight per waiting job plus the pool's own
+refill. Processes are handed out in the order they become ready, first to the longest-waiting job:
+a job never waits for "its" cold start while another process is already ready, and one slow or
+failing start cannot hold up any job (each waiting job fails only after :data:`ACQUIRE_TIMEOUT`). Each process has a JSON-lines control socketpair
 (:mod:`roomline_agents.control`) and a second socketpair on which the supervisor hands over the job's
 local-channel connection (SCM_RIGHTS) when the entrypoint calls ``ctx.connect()``.
 
@@ -44,6 +50,10 @@ STOP_GRACE = 5.0
 #: Idle processes that fail to start are retried with this backoff (seconds), doubling to 30 s.
 SPAWN_BACKOFF = 0.5
 SPAWN_BACKOFF_MAX = 30.0
+#: Seconds a new process may take to import and report Ready before it is killed as failed.
+READY_TIMEOUT = 30.0
+#: Seconds a job waits for a ready process (the pool's or one started for it) before it fails.
+ACQUIRE_TIMEOUT = 30.0
 
 #: (job id, state, error): "running", "success", "failed" as the job reports them, then always
 #: "exited" when its process is gone (error set if it ended without reporting, crashed or hung).
@@ -79,6 +89,7 @@ class JobProc:
     final: str = ""  # "success" | "failed" once the job reported its end
     stop_deadline: float | None = None
     killed_reason: str = ""
+    acquired: float = 0.0  # monotonic time the job was handed this process
 
     @property
     def pid(self) -> int:
@@ -121,9 +132,17 @@ class JobSupervisor:
         self.log_config = log_config or LoggingConfig()
         self.idle: list[JobProc] = []
         self.busy: dict[str, JobProc] = {}
+        #: Starts in flight (counted before their process exists) and those processes once it does.
         self.starting = 0
+        self.starting_procs: list[JobProc] = []
+        #: Jobs waiting for a process, oldest first (job id → the future the process is handed to).
+        self._waiters: dict[str, asyncio.Future[JobProc]] = {}
         self.spawn_failures = 0
+        self._retry_at = 0.0
         self.killed_hung = 0
+        #: Processes started in all; jobs that found no idle process and waited for one.
+        self.spawned = 0
+        self.waited = 0
         self._stopping = False
         self._tasks = TaskSet("agent job supervisor")
         self._watchdog: asyncio.Task[None] | None = None
@@ -136,11 +155,15 @@ class JobSupervisor:
 
     async def stop(self) -> None:
         self._stopping = self._procs.stopping = True
+        for fut in self._waiters.values():
+            fut.cancel()
+        self._waiters.clear()
         for jp in list(self.busy.values()):
             jp.send(control.StopJob(reason="appliance stopping"))
-        for jp in list(self.idle):
+        idle = [*self.idle, *self.starting_procs]  # a starting one reads this once it is up
+        for jp in idle:
             jp.send(control.Shutdown())
-        procs = [jp.proc for jp in [*self.idle, *self.busy.values()]]
+        procs = [jp.proc for jp in [*idle, *self.busy.values()]]
         # Asked above; SIGTERM after STOP_GRACE, SIGKILL after another second.
         await asyncio.gather(*(self._procs.stop(p, 1.0, polite_wait=STOP_GRACE) for p in procs))
         if self._watchdog is not None:
@@ -151,29 +174,83 @@ class JobSupervisor:
     def _spawn_task(self, coro: Coroutine[Any, Any, None]) -> None:
         self._tasks.spawn(coro)
 
-    def _refill(self) -> None:
-        while not self._stopping and len(self.idle) + self.starting < self.idle_target:
-            self.starting += 1
-            self._spawn_task(self._start_idle())
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting for a process."""
+        return len(self._waiters)
 
-    async def _start_idle(self) -> None:
+    def _refill(self) -> None:
+        """Start processes until idle + starting covers the pool target plus every waiting job.
+
+        Not while a failed start's backoff runs (that start's task calls this again after it)."""
+        if self._stopping or time.monotonic() < self._retry_at:
+            return
+        while len(self.idle) + self.starting < self.idle_target + len(self._waiters):
+            self.starting += 1
+            self._spawn_task(self._start_one())
+
+    async def _start_one(self) -> None:
+        jp: JobProc | None = None
+        error = ""
         try:
             jp = await self._spawn()
-            await asyncio.wait_for(jp.ready.wait(), 30.0)
-        except (OSError, TimeoutError) as exc:
+            self.starting_procs.append(jp)
+            error = await self._until_ready(jp)
+        except OSError as exc:
+            error = str(exc) or type(exc).__name__
+        finally:
             self.starting -= 1
+            if jp is not None and jp in self.starting_procs:
+                self.starting_procs.remove(jp)
+        if error or jp is None:
+            if jp is not None and jp.proc.returncode is None:
+                jp.proc.kill()
             self.spawn_failures += 1
             delay = self._procs.backoff.after_failures(self.spawn_failures)
-            log.error("cannot start an agent job process", error=str(exc), retry_in=delay)
+            self._retry_at = time.monotonic() + delay
+            log.error("cannot start an agent job process", error=error, retry_in=delay)
             await asyncio.sleep(delay)
             self._refill()
             return
-        self.starting -= 1
         self.spawn_failures = 0
+        self._offer(jp)
+
+    async def _until_ready(self, jp: JobProc) -> str:
+        """Wait for ``jp``'s Ready; "" or why it will never come (exited, or too slow)."""
+        ready = asyncio.ensure_future(jp.ready.wait())
+        exited = asyncio.ensure_future(jp.proc.wait())
+        try:
+            await asyncio.wait(
+                {ready, exited}, timeout=READY_TIMEOUT, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            ready.cancel()
+            exited.cancel()
+        if jp.proc.returncode is not None:
+            return f"exited before it was ready ({describe_exit(jp.proc.returncode)})"
+        if not jp.ready.is_set():
+            return f"not ready after {READY_TIMEOUT:.0f} s"
+        return ""
+
+    def _offer(self, jp: JobProc) -> None:
+        """A ready process: to the longest-waiting job, else into the idle pool."""
         if self._stopping:
             jp.send(control.Shutdown())
             return
+        while self._waiters:
+            job_id = next(iter(self._waiters))
+            fut = self._waiters.pop(job_id)
+            if not fut.done():
+                fut.set_result(jp)
+                return
         self.idle.append(jp)
+
+    def _take_idle(self) -> JobProc | None:
+        while self.idle:
+            jp = self.idle.pop(0)
+            if jp.proc.returncode is None:
+                return jp
+        return None
 
     async def _spawn(self) -> JobProc:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -199,27 +276,79 @@ class JobSupervisor:
         fd_parent.setblocking(False)
         reader, writer = await asyncio.open_unix_connection(sock=parent)
         jp = JobProc(proc=proc, writer=writer, fd_sock=fd_parent)
+        self.spawned += 1
         self._spawn_task(self._run(jp, reader))
         return jp
 
     # ------------------------------------------------------------------ jobs
 
-    async def launch(self, spec: JobSpec) -> None:
-        """Hand ``spec`` to an idle process (starting one if none is ready)."""
+    async def launch(self, spec: JobSpec) -> bool:
+        """Hand ``spec`` to an idle process, or else to the first process that becomes ready.
+
+        Returns False if the job was stopped (:meth:`stop_job`) before it got a process; raises
+        TimeoutError if none was ready within :data:`ACQUIRE_TIMEOUT`.
+        """
         if self._stopping:
             raise RuntimeError("agent supervisor is stopping")
-        jp = self.idle.pop(0) if self.idle else None
-        if jp is None or jp.proc.returncode is not None:
-            jp = await self._spawn()
-            await asyncio.wait_for(jp.ready.wait(), 30.0)
+        if spec.job_id in self.busy or spec.job_id in self._waiters:
+            raise RuntimeError(f"agent job {spec.job_id} is already launched")
+        t0 = time.monotonic()
+        jp = self._take_idle()
+        warm = jp is not None
+        if not warm:
+            self.waited += 1
+        while jp is None:
+            got = await self._wait_for_process(spec.job_id)
+            if got is None:
+                return False
+            # It may have died in the moment since it was handed over: wait for another.
+            if got.proc.returncode is None:
+                jp = got
         jp.job = spec
-        jp.last_beat = time.monotonic()
+        jp.last_beat = jp.acquired = time.monotonic()
         self.busy[spec.job_id] = jp
         jp.send(spec.start)
         self._refill()
+        log.info(
+            "agent job process acquired",
+            job=spec.job_id,
+            pid=jp.pid,
+            warm=warm,
+            waited_ms=round((time.monotonic() - t0) * 1000),
+            idle=len(self.idle),
+            starting=self.starting,
+        )
+        return True
+
+    async def _wait_for_process(self, job_id: str) -> JobProc | None:
+        """Queue ``job_id`` for the next ready process; None if the job was stopped meanwhile."""
+        fut: asyncio.Future[JobProc] = asyncio.get_running_loop().create_future()
+        self._waiters[job_id] = fut
+        self._refill()
+        try:
+            await asyncio.wait({fut}, timeout=ACQUIRE_TIMEOUT)
+        except asyncio.CancelledError:
+            self._waiters.pop(job_id, None)
+            if fut.done() and not fut.cancelled():
+                self._offer(fut.result())  # handed over as we were cancelled: not lost
+            fut.cancel()
+            raise
+        self._waiters.pop(job_id, None)
+        if fut.cancelled():
+            return None
+        if not fut.done():
+            fut.cancel()
+            raise TimeoutError(f"no agent job process was ready within {ACQUIRE_TIMEOUT:.0f} s")
+        return fut.result()
 
     def stop_job(self, job_id: str, reason: str) -> bool:
-        """Ask a job to leave; it is killed if it has not exited after :data:`STOP_GRACE`."""
+        """Ask a job to leave; it is killed if it has not exited after :data:`STOP_GRACE`.
+
+        A job still waiting for a process is dropped from the queue (its launch returns False)."""
+        waiter = self._waiters.pop(job_id, None)
+        if waiter is not None:
+            waiter.cancel()
+            return True
         jp = self.busy.get(job_id)
         if jp is None:
             return False
@@ -309,6 +438,12 @@ class JobSupervisor:
             jp.send(control.ConnectFailed(error=f"cannot reach the local channel: {exc}"))
             return
         jp.channel = sock
+        log.info(
+            "agent job connected",
+            job=jp.job.job_id if jp.job else "",
+            pid=jp.pid,
+            since_acquired_ms=round((time.monotonic() - jp.acquired) * 1000),
+        )
 
     async def _remove(self, jp: JobProc, msg: control.RemoveParticipant) -> None:
         assert jp.job is not None
@@ -341,5 +476,9 @@ class JobSupervisor:
         return {
             "idle": len(self.idle),
             "busy": len(self.busy),
+            "starting": self.starting,
+            "waiting": len(self._waiters),
+            "spawned": self.spawned,
+            "waited": self.waited,
             "killed_hung": self.killed_hung,
         }

@@ -4,7 +4,7 @@
   observer sees an AGENT participant, its ``lk.agent.state`` attribute update, and hears its tone;
   when the observer leaves, the room (only the agent left) closes and the job ends;
 * by name: ``CreateRoom.agents`` and ``CreateDispatch``; DeleteDispatch ends the job and removes
-  the agent; a JT_PUBLISHER worker gets one job per participant;
+  the agent; a JT_PUBLISHER worker gets one job per participant, at its first published track;
 * two workers of one name share jobs; SIGKILL of one moves its running job to the other.
 
 Workers run from another venv (``worker_helpers.agents_python``); skipped when none is found.
@@ -184,12 +184,15 @@ async def test_named_dispatch(appliance: Server, workers: Workers) -> None:
         )
         observer = await lk.connect(appliance.ws_url, lk.token("bob", "cr-room"))
         try:
-            await workers.wait(lambda: len(agents_in(observer)) == 2, 60, "two agents")
+            await workers.wait(lambda: len(agents_in(observer)) == 1, 60, "the room's agent")
+            # The JT_PUBLISHER job starts when bob publishes (as LiveKit), and is about bob.
+            assert workers.note("pub", "joined") is None
+            async with lk.tone_publisher(observer, 330.0):
+                await workers.wait(lambda: len(agents_in(observer)) == 2, 60, "two agents")
             by_name = {p.attributes.get("lk.agent_name"): p for p in agents_in(observer)}
             assert set(by_name) == {"tone-agent", "pub-agent"}
             assert by_name["tone-agent"].attributes["lk.agent.name"] == "tone-agent"
             await hear(observer, by_name["tone-agent"].identity, 660.0, workers)
-            # The JT_PUBLISHER job is about bob.
             pub = workers.note("pub", "joined")
             assert pub is not None and pub[5] == "bob"
         finally:

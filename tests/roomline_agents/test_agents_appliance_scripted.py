@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -362,8 +363,9 @@ async def test_lost_worker_agent_removed_then_redispatched(
 async def test_job_per_participant(
     appliance: Server, http: aiohttp.ClientSession, job_type: int
 ) -> None:
-    """A JT_PUBLISHER or JT_PARTICIPANT worker gets one job per joining participant (not for
-    agents), also when the join creates the room; the participant leaving ends its job."""
+    """A JT_PARTICIPANT worker gets one job per joining participant (not for agents), also when
+    the join creates the room; a JT_PUBLISHER worker one per participant at its first published
+    track (as LiveKit), none for one that only listens. The participant leaving ends its job."""
     name = f"per-{job_type}"
     room = f"per-room-{job_type}"
     worker = await connect_worker(http, appliance, name, job_type=job_type)
@@ -376,17 +378,28 @@ async def test_job_per_participant(
     )
     alice = await lk.connect(appliance.ws_url, tok)
     bob = await lk.connect(appliance.ws_url, lk.token("bob", room))
+    carol = await lk.connect(appliance.ws_url, lk.token("carol", room))  # never publishes
     bot = await lk.connect(appliance.ws_url, lk.token("bot", room, kind="agent", agent=True))
+    publishers = ["alice", "bob"]
+    expected = publishers if job_type == agent_pb.JT_PUBLISHER else [*publishers, "carol"]
     try:
-        await wait_for(lambda: len(worker.assigned) == 2, 20, "two per-participant jobs")
-        await asyncio.sleep(0.5)
-        jobs = {a.job.participant.identity: a.job for a in worker.assigned}
-        assert sorted(jobs) == ["alice", "bob"] and len(worker.offers) == 2
-        assert all(j.type == job_type for j in jobs.values())
-        await bob.disconnect()
-        await wait_for(lambda: jobs["bob"].id in worker.terminated, 20, "bob's job ends")
-        assert jobs["alice"].id not in worker.terminated
+        if job_type == agent_pb.JT_PUBLISHER:
+            await asyncio.sleep(1.0)
+            assert worker.offers == []  # joined, nothing published yet
+        async with contextlib.AsyncExitStack() as tones:
+            for peer in (alice, bob, bot):
+                await tones.enter_async_context(lk.tone_publisher(peer))
+            await wait_for(
+                lambda: len(worker.assigned) == len(expected), 20, "per-participant jobs"
+            )
+            await asyncio.sleep(0.5)
+            jobs = {a.job.participant.identity: a.job for a in worker.assigned}
+            assert sorted(jobs) == expected and len(worker.offers) == len(expected)
+            assert all(j.type == job_type for j in jobs.values())
+            await bob.disconnect()
+            await wait_for(lambda: jobs["bob"].id in worker.terminated, 20, "bob's job ends")
+            assert jobs["alice"].id not in worker.terminated
     finally:
-        for peer in (alice, bob, bot):
+        for peer in (alice, bob, carol, bot):
             await peer.disconnect()
     await worker.close()

@@ -16,8 +16,10 @@ from sfu.participant import (
     ParticipantKind,
     Permission,
 )
+from sfu.room import TrackRequest
 from sfu.roommanager import RoomManager, room_options_from_config
 from sfu.roomstate import RoomState
+from sfu.track import TrackType
 
 T0 = 1_700_000_000.0
 
@@ -106,6 +108,31 @@ def test_node_participant_listeners() -> None:
         ("r", "alice", False),
     ]
     assert bot.disconnect_reason == DisconnectReason.PARTICIPANT_REMOVED
+
+
+def test_node_publisher_listeners_once_per_participant_at_first_bound_track() -> None:
+    """JT_PUBLISHER jobs start at a participant's first published track (as LiveKit)."""
+    node = Node(RoomManager(), clock=lambda: T0)
+    seen: list[str] = []
+    node.publisher_listeners.append(lambda room, p: seen.append(p.identity))
+    room, alice, events = node.join("r", human("alice"))
+    node.dispatch(events)
+    _, bob, events = node.join("r", human("bob"))  # only listens
+    node.dispatch(events)
+    mic, events = room.publish_track(alice.sid, TrackRequest(cid="mic", type=TrackType.AUDIO))
+    node.dispatch(events)
+    node.dispatch(room.update_participant(alice.sid, metadata="m"))  # an update, no media yet
+    assert seen == [] and not alice.has_published
+    node.dispatch(room.bind_track(alice.sid, mic.sid))
+    assert seen == ["alice"] and alice.has_published and not bob.has_published
+    cam, events = room.publish_track(alice.sid, TrackRequest(cid="cam", type=TrackType.VIDEO))
+    node.dispatch(events)
+    node.dispatch(room.bind_track(alice.sid, cam.sid))
+    node.dispatch(room.unpublish_track(alice.sid, mic.sid))
+    mic2, events = room.publish_track(alice.sid, TrackRequest(cid="mic2", type=TrackType.AUDIO))
+    node.dispatch(room.bind_track(alice.sid, mic2.sid))
+    node.dispatch(room.leave(bob.sid, DisconnectReason.CLIENT_INITIATED, T0))
+    assert seen == ["alice"]  # once, whatever it publishes later
 
 
 def test_room_options_from_token_room_config() -> None:
