@@ -140,6 +140,12 @@ class FrontOptions:
     inactive_threshold: int = 1
     #: No provisional reply from a worker within ``fr_timer_ms`` → next worker.
     fr_timer_ms: int = 2000
+    #: Missed ``fr_timer_ms`` in a row (no reply of any kind from the worker in between) before a
+    #: worker is marked down. One miss is a live worker briefly starved of CPU more often than a
+    #: hung one; marking it down at once took its slots away from every other call for a probe
+    #: interval (486 "all workers full" in a loaded soak). A worker that died is marked down at
+    #: once by the supervisor anyway.
+    missed_replies_before_down: int = 3
     #: After a provisional reply, how long a worker may ring before the call is given up.
     fr_inv_timer_ms: int = 60000
     #: How long an in-dialog request (BYE, re-INVITE, INFO...) may wait for its answer. Longer
@@ -245,6 +251,7 @@ class FrontOptions:
             "inactive_threshold",
             "fr_timer_ms",
             "fr_inv_timer_ms",
+            "missed_replies_before_down",
             "dialog_fr_timer_ms",
             "dialog_ttl",
             "children",
@@ -554,6 +561,7 @@ modparam("pike", "remove_latency", {opts.pike_remove_latency})
 # htable: bans, and Call-ID -> worker for in-dialog requests without Route headers.
 modparam("htable", "htable", "ipban=>size=8;autoexpire={opts.ban_seconds};")
 modparam("htable", "htable", "dlg=>size=10;autoexpire={opts.dialog_ttl};")
+modparam("htable", "htable", "dsmiss=>size=4;autoexpire=60;")
 
 # dialog: every call through the front is a dialog, so the front can end the calls of a worker
 # that died (dlg.end_dlg: BYE to the caller, and towards the dead worker). In-dialog requests
@@ -760,6 +768,8 @@ branch_route[DS_BRANCH] {{
 }}
 
 onreply_route[DS_REPLY] {{
+	# Any reply from a worker: it is alive, forget its missed timers.
+	$sht(dsmiss=>sip:$si:$sp) = $null;
 {contact_reply}	if (is_method("INVITE") && status=~"^2[0-9][0-9]$") {{
 		ds_load_update();
 	}}
@@ -782,8 +792,16 @@ failure_route[DS_NEXT] {{
 	}}
 	if (t_check_status("486|503|408") || (t_branch_timeout() && !t_branch_replied())) {{
 		if (t_branch_timeout() && !t_branch_replied()) {{
-			xlog("L_WARN", "front: worker $du did not answer, marked down\\n");
-			ds_mark_dst("ip");
+			if ($sht(dsmiss=>$du) == $null) {{
+				$sht(dsmiss=>$du) = 0;
+			}}
+			if ($shtinc(dsmiss=>$du) >= {opts.missed_replies_before_down}) {{
+				xlog("L_WARN", "front: worker $du did not answer, marked down\\n");
+				ds_mark_dst("ip");
+				$sht(dsmiss=>$du) = $null;
+			}} else {{
+				xlog("L_WARN", "front: worker $du did not answer in time\\n");
+			}}
 		}}
 		# ds_next_dst() moves the call's load to the next worker. With no next worker left it
 		# would drop the current record, and ds_load_unset() could no longer find the load.

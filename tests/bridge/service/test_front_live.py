@@ -392,7 +392,9 @@ async def test_failover_to_next_worker(status: int) -> None:
     bad = await start_worker(ports[0], invite_status=status)
     good = await start_worker(ports[1])
     lines = Lines()
-    front, port, run_dir = await _start_front([FrontWorker(ports[0]), FrontWorker(ports[1])], lines)
+    # Room for every call the test keeps up (the answered calls are never hung up).
+    workers = [FrontWorker(ports[0], maxload=16), FrontWorker(ports[1], maxload=16)]
+    front, port, run_dir = await _start_front(workers, lines)
     dest = (FRONT_HOST, port)
     try:
         await asyncio.sleep(1.5)  # both answer the OPTIONS probes: both up
@@ -404,7 +406,20 @@ async def test_failover_to_next_worker(status: int) -> None:
         assert bad.requests("INVITE"), "the bad worker was never tried"
         assert len(good.requests("INVITE")) == 2
         if status == 0:
+            # One missed timer is not enough to take the worker out (a live worker briefly
+            # starved of CPU looks the same): the call failed over, both are still up.
+            assert lines.has("did not answer in time")
+            assert not lines.has("did not answer, marked down")
+            assert (await _ds_list(front)).count("FLAGS: AP") == 2
+            # A worker that keeps missing it is marked down (3 misses in a row, no reply between).
+            for _ in range(8):
+                if lines.has("did not answer, marked down"):
+                    break
+                _, final, uac = await _call(dest)
+                assert status_of(final) == 200, final
+                calls.append(uac)
             assert lines.has("did not answer, marked down")
+            assert len(bad.requests("INVITE")) >= 3
             # It still answers OPTIONS, so probing brings it back.
             await asyncio.sleep(2.5)
             ds = await _ds_list(front)
