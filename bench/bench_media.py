@@ -280,6 +280,11 @@ async def main() -> None:
     ap.add_argument(
         "--server-tree", default="", help="PYTHONPATH of the appliance (e.g. another worktree)"
     )
+    ap.add_argument(
+        "--narrowband",
+        action="store_true",
+        help="sip.wideband: false (8 kHz bridge clock, G.711 only)",
+    )
     a = ap.parse_args()
     calls = a.calls + a.calls % 2
     pairs = calls // 2
@@ -293,7 +298,9 @@ async def main() -> None:
         os.environ["PYTHONPATH"] = a.server_tree
         roomline_harness.server.ROOT = Path(a.server_tree)
     with tempfile.TemporaryDirectory(prefix="rlbm") as tmp:
-        stack = start_stack(Path(tmp), numbers, workers)
+        stack = start_stack(
+            Path(tmp), numbers, workers, **({"wideband": False} if a.narrowband else {})
+        )
         try:
             await wait_workers(stack)
             if a.pesq:

@@ -36,6 +36,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -354,9 +355,11 @@ class Stack:
     ports: list[int]
 
 
-def start_stack(tmp: Path, numbers: list[str], workers: int) -> Stack:
+def start_stack(tmp: Path, numbers: list[str], workers: int, **sip: Any) -> Stack:
+    """``roomline serve`` with ``workers`` direct-mode workers; ``sip`` adds ``sip.*`` keys."""
     for attempt in range(3):  # free ports are picked independently and may collide
         section, ws = sip_section(numbers, workers=workers)
+        section.update(sip)
         try:
             server = start_server(tmp, sip=section, logging={"level": "warning", "format": "json"})
         except RuntimeError:

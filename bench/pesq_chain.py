@@ -13,6 +13,7 @@ zero-phase FIR. Opus variants are scored by the same chain with other encoder se
 from __future__ import annotations
 
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,13 @@ def with_encoder(ref: np.ndarray, phone_rate: int, **opts: Any) -> tuple[float, 
     """(before phone B's G.711, after it) with OpusEncoder built with ``opts``."""
     base = codec.OpusEncoder.__init__
 
-    def patched(self: codec.OpusEncoder, bitrate: int = 32000, rate: int = RATE) -> None:
-        base(self, opts.get("bitrate", bitrate), rate)
+    def patched(
+        self: codec.OpusEncoder,
+        bitrate: int = 32000,
+        rate: int = RATE,
+        complexity: int | None = None,
+    ) -> None:
+        base(self, opts.get("bitrate", bitrate), rate, opts.get("complexity", complexity))
         app = opts.get("application")
         if app:  # reopen with the other application (PyAV options apply at open)
             import av
@@ -52,8 +58,8 @@ def with_encoder(ref: np.ndarray, phone_rate: int, **opts: Any) -> tuple[float, 
             assert isinstance(ctx, av.AudioCodecContext)
             ctx.sample_rate, ctx.layout, ctx.format = rate, "mono", "s16"
             ctx.bit_rate = opts.get("bitrate", bitrate)
-            ctx.time_base = self._ctx.time_base
-            ctx.options = {"application": app, "compression_level": str(codec.OPUS_COMPLEXITY)}
+            ctx.time_base = Fraction(1, rate)
+            ctx.options = {"application": app, "compression_level": str(self.complexity)}
             ctx.open()
             self._ctx = ctx
 
@@ -90,10 +96,15 @@ def main() -> None:
         ("Opus 16 kHz, audio 32 kb/s", 0, {"application": "audio"}),
         ("Opus 8 kHz, voip 24 kb/s", 8000, {"bitrate": 24000}),
         ("Opus 8 kHz, voip 48 kb/s", 8000, {"bitrate": 48000}),
+        ("Opus 8 kHz, voip 32 kb/s, complexity 5 (before the NB setting)", 8000, {"complexity": 5}),
     ]
     for label, rate, opts in variants:
         pre, post = with_encoder(ref, rate, **opts)
         print(f"{pre:5.2f} / {post:5.2f}  {label}")
+    # sip.wideband: false: an 8 kHz bridge, so neither the bridge nor the leg resamples.
+    y8 = room_path(ulaw_roundtrip(ref), 8000, bridge_rate=8000)
+    pre, post = score(ref, align(y8, ref)), score(ref, align(ulaw_roundtrip(y8), ref))
+    print(f"{pre:5.2f} / {post:5.2f}  narrowband bridge (8 kHz clock, sip.wideband: false)")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ INVITE_STATUSES = frozenset({200, 400, 401, 403, 404, 407, 480, 486, 488, 500, 5
 MEDIA_ENCRYPTIONS = frozenset({"disable", "allow", "require"})
 
 #: Call states reported in :class:`CallState`.
+#: Conference-bridge clocks a worker runs (``--bridge-rate``): 16 kHz keeps G.722 wideband and
+#: resamples G.711; 8 kHz carries G.711 only, without resampling (``sip.wideband: false``).
+BRIDGE_RATE_WIDEBAND = 16000
+BRIDGE_RATE_NARROWBAND = 8000
 CALL_STATES = frozenset({"ringing", "active", "hangup", "rejected"})
 
 #: Why a worker rejected an INVITE itself (:attr:`CallState.cause`, a metrics label): the trunk's

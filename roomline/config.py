@@ -194,6 +194,10 @@ class SIPConfig:
     pike_sampling_time: int = 2
     pike_reqs_density: int = 30
     ban_seconds: int = 300
+    #: True: bridge workers run a 16 kHz conference clock and offer G.722 (wideband) before
+    #: G.711. False: an 8 kHz clock and G.711 only, for trunks that carry nothing else (most
+    #: PSTN carriers): no 8 ↔ 16 kHz resampling per call, about a fifth less CPU per call.
+    wideband: bool = True
     answer: str = "immediate"
     ringing_timeout: float = 30.0
     media_timeout: float = 15.0

@@ -98,20 +98,21 @@ def _events() -> RoomLegEvents:
     return RoomLegEvents(lambda: None, lambda: None, lambda r: None, lambda k: None)
 
 
-def room_path(x16: np.ndarray, phone_rate: int) -> np.ndarray:
-    """16 kHz bridge audio of phone A → RoomLeg A → RoomLeg B → 16 kHz audio for phone B.
+def room_path(x16: np.ndarray, phone_rate: int, bridge_rate: int = BRIDGE_RATE) -> np.ndarray:
+    """Bridge audio of phone A → RoomLeg A → RoomLeg B → bridge audio for phone B.
 
     ``phone_rate`` is phone A's codec clock rate as the worker reports it to the leg
-    (``RoomLeg.set_phone_rate``); 0 leaves it unset.
+    (``RoomLeg.set_phone_rate``); 0 leaves it unset. ``bridge_rate`` is the conference clock
+    (16 kHz; 8 kHz with ``sip.wideband: false``): input and output are at that rate.
     """
-    a, b = RoomLeg(_events(), rate=BRIDGE_RATE), RoomLeg(_events(), rate=BRIDGE_RATE)
+    a, b = RoomLeg(_events(), rate=bridge_rate), RoomLeg(_events(), rate=bridge_rate)
     if phone_rate:
         a.set_phone_rate(phone_rate)
     ch = _Channel()
     a.channel = ch  # type: ignore[assignment]
     a.track_sid = "TR_phone_a"
-    port = _Port()
-    n = BRIDGE_RATE // 50
+    port = _Port(rate=bridge_rate)
+    n = bridge_rate // 50
     pcm = np.clip(np.rint(x16), -32768, 32767).astype(np.int16)
     pcm = np.pad(pcm, (0, (-len(pcm)) % n + 4 * n))
     out: list[bytes] = []

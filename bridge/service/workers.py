@@ -20,6 +20,7 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
+from bridge import control
 from bridge.service.supervisor import WorkerSpec
 from roomline.config import SIPConfig
 
@@ -136,6 +137,7 @@ def _media_address(sip: SIPConfig) -> str:
 
 def plan_workers(sip: SIPConfig) -> list[WorkerSpec]:
     """One :class:`WorkerSpec` per worker process for ``sip`` (see the module docstring)."""
+    rate = [] if sip.wideband else ["--bridge-rate", str(control.BRIDGE_RATE_NARROWBAND)]
     if isinstance(sip.workers, list):  # direct mode
         return [
             WorkerSpec(
@@ -144,6 +146,7 @@ def plan_workers(sip: SIPConfig) -> list[WorkerSpec]:
                 rtp_end=w.rtp_port_end,
                 sip_host=sip.bind_address,
                 public_ip=sip.public_ip,
+                extra_args=tuple(rate),
             )
             for w in sip.workers
         ]
@@ -155,7 +158,7 @@ def plan_workers(sip: SIPConfig) -> list[WorkerSpec]:
         trust += ["--front-source", src]
     specs = []
     for i, sl in enumerate(slices):
-        extra = ["--rtp-host", sip.bind_address, *trust]
+        extra = ["--rtp-host", sip.bind_address, *trust, *rate]
         if media_ip:
             extra += ["--rtp-public-ip", media_ip]
         specs.append(

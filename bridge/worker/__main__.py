@@ -12,7 +12,7 @@ import faulthandler
 import os
 import sys
 
-from bridge.worker.endpoint import WorkerOptions
+from bridge.worker.endpoint import BRIDGE_CLOCK_RATE, BRIDGE_CLOCK_RATES, WorkerOptions
 from bridge.worker.worker import Worker
 from roomline.log import configure_worker_logging
 
@@ -33,6 +33,13 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
     ap.add_argument("--log-level", type=int, default=1, help="pjsua log level 0-6")
     ap.add_argument("--rtp-host", default=None, help="address RTP binds to (default: --sip-host)")
     ap.add_argument("--rtp-public-ip", default=None, help="SDP c= address (default: --public-ip)")
+    ap.add_argument(
+        "--bridge-rate",
+        type=int,
+        choices=BRIDGE_CLOCK_RATES,
+        default=BRIDGE_CLOCK_RATE,
+        help="conference-bridge clock in Hz (8000: G.711 only, no resampling; sip.wideband)",
+    )
     ap.add_argument(
         "--front-source",
         action="append",
@@ -55,6 +62,7 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
         rtp_host=a.rtp_host,
         rtp_public_ip=a.rtp_public_ip,
         front_sources=tuple(a.front_source),
+        bridge_rate=a.bridge_rate,
     )
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pjsua2 as pj
 
+from bridge import control
 from roomline.wire import FRAME_MS
 
 #: pjlib's own log lines go through stdlib logging under this name, so the worker's JSON-lines
@@ -54,9 +55,14 @@ GRAVEYARD_S = 2.0
 _SOLE_OWNER_REFS = 3
 #: Phone-leg codecs by preference: G.722 keeps wideband audio, then G.711 µ-law and A-law.
 CODEC_PRIORITIES = (("G722/16000", 250), ("PCMU/8000", 240), ("PCMA/8000", 230))
-#: Conference-bridge clock (Hz). 16 kHz keeps G.722 wideband; the BridgePort runs at this rate too,
-#: so neither pjmedia nor Python resamples between the bridge and the port.
-BRIDGE_CLOCK_RATE = 16000
+#: Conference-bridge clock (Hz) by default. 16 kHz keeps G.722 wideband; the BridgePort runs at
+#: the bridge's rate, so neither pjmedia nor Python resamples between the bridge and the port.
+BRIDGE_CLOCK_RATE = control.BRIDGE_RATE_WIDEBAND
+#: The narrowband bridge clock (``sip.wideband: false``): G.711 streams are at the bridge's rate,
+#: so pjmedia does not resample them 8 ↔ 16 kHz every tick (the largest native cost of a G.711
+#: call, see docs/bridge-media.md), and G.722 is not offered.
+NARROWBAND_CLOCK_RATE = control.BRIDGE_RATE_NARROWBAND
+BRIDGE_CLOCK_RATES = (NARROWBAND_CLOCK_RATE, BRIDGE_CLOCK_RATE)
 #: pjsua media quality: 8 = large-filter resampler in the conference bridge (see ``start``).
 RESAMPLE_QUALITY = 8
 
@@ -79,6 +85,8 @@ class WorkerOptions:
     rtp_host: str | None = None  # None = sip_host
     rtp_public_ip: str | None = None  # None = public_ip
     front_sources: tuple[str, ...] = ()
+    #: Conference-bridge clock: 16000 (G.722 offered, G.711 resampled) or 8000 (G.711 only).
+    bridge_rate: int = BRIDGE_CLOCK_RATE
 
     @property
     def bind_address(self) -> str:
@@ -119,8 +127,10 @@ class SipEndpoint:
         cfg.logConfig.decor = 0
         self.log_writer = PjLogWriter()
         cfg.logConfig.writer = self.log_writer
-        cfg.medConfig.clockRate = BRIDGE_CLOCK_RATE
-        cfg.medConfig.sndClockRate = BRIDGE_CLOCK_RATE
+        if o.bridge_rate not in BRIDGE_CLOCK_RATES:
+            raise ValueError(f"bridge clock rate must be one of {BRIDGE_CLOCK_RATES}")
+        cfg.medConfig.clockRate = o.bridge_rate
+        cfg.medConfig.sndClockRate = o.bridge_rate
         cfg.medConfig.audioFramePtime = FRAME_MS
         cfg.medConfig.ptime = FRAME_MS
         cfg.medConfig.ecTailLen = 0
@@ -155,6 +165,8 @@ class SipEndpoint:
         for ci in ep.codecEnum2():
             ep.codecSetPriority(ci.codecId, 0)
         for codec_id, prio in CODEC_PRIORITIES:
+            if int(codec_id.rsplit("/", 1)[1]) > o.bridge_rate:
+                continue  # narrowband bridge: a wideband codec would only be resampled down
             ep.codecSetPriority(codec_id, prio)
         ep.libStart()
         self.ep = ep

@@ -55,6 +55,10 @@ class Mixer:
     samples: int = FRAME_SAMPLES
     inputs: dict[str, _Input] = field(default_factory=dict)
     frames_out: int = 0
+    #: Jitter-buffer counters of inputs already dropped (unpublished, or idle for
+    #: :data:`IDLE_TICKS`), summed per track sid: the end-of-call log line still reports them
+    #: (an agent that spoke a prompt and went quiet is pruned long before the phone hangs up).
+    ended: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def push(self, sid: str, seq: int, payload: bytes) -> None:
         """Queue one Opus payload of track ``sid`` (a new track gets a decoder, up to the cap)."""
@@ -68,7 +72,23 @@ class Mixer:
 
     def remove(self, sid: str) -> None:
         """Forget track ``sid`` and its decoder (it was unpublished or its owner left)."""
-        self.inputs.pop(sid, None)
+        inp = self.inputs.pop(sid, None)
+        if inp is not None:
+            self._retire(sid, inp)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Jitter-buffer counters per track sid: dropped inputs plus live ones, summed."""
+        out = {sid: dict(c) for sid, c in self.ended.items()}
+        for sid, inp in self.inputs.items():
+            acc = out.setdefault(sid, {})
+            for k, v in vars(inp.jitter.stats).items():
+                acc[k] = acc.get(k, 0) + v
+        return out
+
+    def _retire(self, sid: str, inp: _Input) -> None:
+        acc = self.ended.setdefault(sid, {})
+        for k, v in vars(inp.jitter.stats).items():
+            acc[k] = acc.get(k, 0) + v
 
     def next_frame(self) -> bytes:
         """One 20 ms s16 frame: the sum of every input's current frame."""
@@ -85,6 +105,7 @@ class Mixer:
                 inp.idle += 1
                 if inp.idle > IDLE_TICKS:
                     del self.inputs[sid]
+                    self._retire(sid, inp)
         self.frames_out += 1
         if not frames:
             return bytes(2 * self.samples)

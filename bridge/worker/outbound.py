@@ -207,8 +207,10 @@ class InboundTransfer:
 class OutboundLeg(RoomLeg):
     """The callee's room leg: remembers its participant sid, leaves with a reason."""
 
-    def __init__(self, events: RoomLegEvents, identity: str, request_id: int) -> None:
-        super().__init__(events, identity=identity, request_id=request_id, rate=BRIDGE_CLOCK_RATE)
+    def __init__(
+        self, events: RoomLegEvents, identity: str, request_id: int, rate: int = BRIDGE_CLOCK_RATE
+    ) -> None:
+        super().__init__(events, identity=identity, request_id=request_id, rate=rate)
         self.participant_sid = ""
 
     def _on_signal(self, ch: Any, msg: rtc.SignalResponse) -> None:
@@ -293,7 +295,7 @@ class OutboundCall:
         self.in_room = False
         self.end_reason = ""
         self.tone_n = 0
-        self.tone_port = _FakePort()
+        self.tone_port = _FakePort(rate=dialer.opts.bridge_rate)
         self.leg = OutboundLeg(
             RoomLegEvents(
                 joined=self._joined,
@@ -303,6 +305,7 @@ class OutboundCall:
             ),
             identity=dial.identity,
             request_id=dial.id,
+            rate=dialer.opts.bridge_rate,
         )
         self.transfer: control.Transfer | None = None
         #: Repeated requests for the running transfer's target: answered with its outcome.
@@ -710,7 +713,7 @@ class OutboundDialer:
 
     def open_port(self, name: str) -> BridgePort:
         """A call's bridge port at the bridge's clock rate, registered with the worker's clock."""
-        port = BridgePort(name, BRIDGE_CLOCK_RATE, self.on_rx)
+        port = BridgePort(name, self.opts.bridge_rate, self.on_rx)
         if self.ports_changed is not None:
             self.ports_changed(1)
         return port

@@ -89,9 +89,6 @@ class RoomLeg:
         self.room_audio_seen = False
         #: Remote participant sid → its track sids, to drop a track's decoder when it goes away.
         self._tracks: dict[str, set[str]] = {}
-        #: Jitter-buffer counters of tracks already dropped (the end-of-call line reports them too:
-        #: an agent usually unpublishes before the phone hangs up).
-        self._ended_inputs: dict[str, dict[str, int]] = {}
 
     # --- joining and leaving ----------------------------------------------------------------
     async def join(self, socket: str, token: str, room: str) -> bool:
@@ -122,11 +119,18 @@ class RoomLeg:
         )
         self.channel.send_signal(rtc.SignalRequest(leave=leave))
         self.channel.close()
+        self._close_encoder()
 
     def close(self) -> None:
         """Drop the connection without a leave (worker shutdown)."""
         if self.channel is not None:
             self.channel.close()
+        self._close_encoder()
+
+    def _close_encoder(self) -> None:
+        enc, self.encoder = self.encoder, None
+        if enc is not None:
+            enc.close()
 
     def set_call_status(self, status: str) -> None:
         """Publish the call's state as the participant's ``sip.callStatus`` attribute."""
@@ -215,8 +219,7 @@ class RoomLeg:
     def input_stats(self) -> dict[str, dict[str, int]]:
         """Jitter-buffer counters per mixed room track (for the end-of-call log line)."""
         with self._mix_lock:
-            live = {sid: dict(vars(i.jitter.stats)) for sid, i in self.mixer.inputs.items()}
-        return {**self._ended_inputs, **live}
+            return self.mixer.stats()
 
     # --- room → call ------------------------------------------------------------------------
     def _on_signal(self, ch: ChannelClient, msg: rtc.SignalResponse) -> None:
@@ -253,9 +256,6 @@ class RoomLeg:
             now = set() if gone else {t.sid for t in p.tracks}
             for sid in self._tracks.get(p.sid, set()) - now:
                 with self._mix_lock:
-                    gone_input = self.mixer.inputs.get(sid)
-                    if gone_input is not None:
-                        self._ended_inputs[sid] = dict(vars(gone_input.jitter.stats))
                     self.mixer.remove(sid)
             if now:
                 self._tracks[p.sid] = now

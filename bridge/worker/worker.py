@@ -47,7 +47,6 @@ from bridge.worker.call import (
 )
 from bridge.worker.control_client import ControlClient
 from bridge.worker.endpoint import (
-    BRIDGE_CLOCK_RATE,
     SipEndpoint,
     WorkerOptions,
     add_headers,
@@ -229,7 +228,7 @@ class Worker:
             invite,
             call_key=id(call),
         )
-        rec.leg = RoomLeg(self._leg_events(rec), request_id=invite.id, rate=BRIDGE_CLOCK_RATE)
+        rec.leg = RoomLeg(self._leg_events(rec), request_id=invite.id, rate=self.opts.bridge_rate)
         self.calls[prm.callId] = rec
         asyncio.get_running_loop().create_task(self._decide(rec))
 
@@ -305,7 +304,7 @@ class Worker:
             if mi.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 am = call.getAudioMedia(mi.index)
                 if rec.port is None:
-                    rec.port = BridgePort(f"br{ci.id}", BRIDGE_CLOCK_RATE, self._clock_wake)
+                    rec.port = BridgePort(f"br{ci.id}", self.opts.bridge_rate, self._clock_wake)
                     self._ports_open += 1
                 # (Re)connect both ways: after a re-INVITE (hold/resume, session refresh) the
                 # stream may be recreated; startTransmit is idempotent for an existing link.
@@ -359,7 +358,7 @@ class Worker:
         elif isinstance(act, LeaveRoom):
             rec.leg.leave()
         elif isinstance(act, PlayPrompt):
-            rec.prompt.extend(pin_prompt(BRIDGE_CLOCK_RATE))
+            rec.prompt.extend(pin_prompt(self.opts.bridge_rate))
         elif isinstance(act, SendPin):
             rec.prompt.clear()
             asyncio.get_running_loop().create_task(self._check_pin(rec, act.digits))

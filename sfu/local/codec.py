@@ -24,6 +24,7 @@ __all__ = [
     "FRAME_BYTES",
     "FRAME_SAMPLES",
     "OPUS_COMPLEXITY",
+    "OPUS_COMPLEXITY_NB",
     "OPUS_PT",
     "RATE",
     "OpusDecoder",
@@ -35,6 +36,12 @@ __all__ = [
 #: libopus complexity 5 encoded a 20 ms frame in about 190 µs against about 270 µs at 10 on the
 #: development machine, with no audible difference for telephone-band input.
 OPUS_COMPLEXITY = 5
+#: Complexity for 8 kHz (narrowband) input, i.e. a G.711 caller's audio. Measured with
+#: ``bench/media_budget.py``/``bench/pesq_chain.py``: about 45–60 µs per frame against 80–105 µs
+#: at 5, and the same PESQ NB on the espeak-ng sentences (3.95 vs 3.97 before phone B's G.711,
+#: 3.69 vs 3.67 after it): at 8 kHz the analysis that higher complexities buy has little to work
+#: on, while its cost is the largest single item of a call's budget.
+OPUS_COMPLEXITY_NB = 1
 #: RFC 6464 V (voice activity) flag for levels at or above -50 dBov.
 VOICE_LEVEL = 50
 
@@ -47,7 +54,13 @@ class OpusEncoder:
     the payloads stays 48 kHz whatever the input rate (RFC 7587).
     """
 
-    def __init__(self, bitrate: int = 32000, rate: int = RATE) -> None:
+    def __init__(
+        self, bitrate: int = 32000, rate: int = RATE, complexity: int | None = None
+    ) -> None:
+        if complexity is None:
+            complexity = OPUS_COMPLEXITY_NB if rate == 8000 else OPUS_COMPLEXITY
+        if not 0 <= complexity <= 10:
+            raise ValueError(f"Opus complexity must be 0..10, got {complexity}")
         ctx = av.CodecContext.create("libopus", "w")
         assert isinstance(ctx, av.AudioCodecContext)
         self.rate = rate
@@ -57,9 +70,10 @@ class OpusEncoder:
         ctx.format = "s16"
         ctx.bit_rate = bitrate
         ctx.time_base = Fraction(1, rate)
-        ctx.options = {"application": "voip", "compression_level": str(OPUS_COMPLEXITY)}
+        ctx.options = {"application": "voip", "compression_level": str(complexity)}
         ctx.open()
-        self._ctx = ctx
+        self.complexity = complexity
+        self._ctx: av.AudioCodecContext | None = ctx
         self._pts = 0
 
     def encode(self, pcm: bytes) -> list[bytes]:
@@ -67,12 +81,24 @@ class OpusEncoder:
         n = self.frame_samples
         if len(pcm) != 2 * n:
             raise ValueError(f"Opus frame must be {2 * n} bytes, got {len(pcm)}")
+        ctx = self._ctx
+        if ctx is None:
+            raise RuntimeError("Opus encoder is closed")
         arr = np.frombuffer(pcm, dtype=np.int16).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(arr, format="s16", layout="mono")
         frame.sample_rate = self.rate
         frame.pts = self._pts
         self._pts += n
-        return [bytes(p) for p in self._ctx.encode(frame)]
+        return [bytes(p) for p in ctx.encode(frame)]
+
+    def close(self) -> None:
+        """Free the codec now (idempotent); :meth:`encode` raises afterwards.
+
+        PyAV re-chunks every input frame through a libavfilter graph that starts a thread per
+        CPU; waiting for the garbage collector to find the encoder left a busy bridge worker with
+        dozens of idle threads from calls that had already ended.
+        """
+        self._ctx = None
 
 
 class Decimator:

@@ -115,6 +115,23 @@ def test_plan_binds_sip_to_loopback_and_rtp_to_bind_address() -> None:
     assert "--rtp-public-ip" not in args  # pjsua advertises the host's own address
 
 
+def test_plan_narrowband_workers() -> None:
+    """``sip.wideband: false`` puts every worker on the 8 kHz bridge clock, in both modes."""
+    assert all("--bridge-rate" not in s.extra_args for s in plan_workers(_cfg().sip))
+    for spec in plan_workers(_cfg(wideband=False).sip):
+        args = list(spec.extra_args)
+        assert args[args.index("--bridge-rate") + 1] == "8000"
+    direct = [{"sip_port": 5080, "rtp_port_start": 20000, "rtp_port_end": 20099}]
+    (spec,) = plan_workers(_cfg(wideband=False, workers=direct).sip)
+    assert list(spec.extra_args) == ["--bridge-rate", "8000"]
+    assert parse_args(list(spec.extra_args)).bridge_rate == 8000
+    assert parse_args([]).bridge_rate == 16000
+    with pytest.raises(SystemExit):  # argparse: a rate the bridge does not run
+        parse_args(["--bridge-rate", "44100"])
+    with pytest.raises(ConfigError, match="wideband"):
+        _cfg(wideband="no")
+
+
 def test_plan_advertises_public_ip_or_specific_bind_in_sdp() -> None:
     args = plan_workers(_cfg(public_ip="203.0.113.7").sip)[0].extra_args
     assert args[list(args).index("--rtp-public-ip") + 1] == "203.0.113.7"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bridge.worker.mixer import Mixer, mix
+from bridge.worker.mixer import IDLE_TICKS, Mixer, mix
 from roomline_harness.audio import tone
 
 
@@ -47,3 +47,22 @@ def test_mixer_input_cap() -> None:
     for i in range(100):
         m.push(f"TR_{i}", 0, bytes(1920))
     assert len(m.inputs) == 32
+
+
+def test_mixer_keeps_counters_of_dropped_inputs() -> None:
+    """An input pruned for idleness (or removed) still shows in :meth:`Mixer.stats`, summed
+    with a later input of the same track: the end-of-call line counts everything played."""
+    m = Mixer(RawDecoder)
+    for i in range(5):
+        m.push("TR_agent", i, bytes(1920))
+        m.next_frame()
+    for _ in range(IDLE_TICKS + 20):  # the agent went quiet: its input is dropped
+        m.next_frame()
+    assert "TR_agent" not in m.inputs
+    assert m.stats()["TR_agent"]["played"] == 5
+    for i in range(3):  # it speaks again: a new input, counters added to the old ones
+        m.push("TR_agent", 100 + i, bytes(1920))
+        m.next_frame()
+    assert m.stats()["TR_agent"]["played"] == 8
+    m.remove("TR_agent")
+    assert not m.inputs and m.stats()["TR_agent"]["played"] == 8

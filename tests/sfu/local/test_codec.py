@@ -10,6 +10,8 @@ import pytest
 from roomline_harness.audio import dominant_frequency, snr_db, tone
 from sfu.local.codec import (
     FRAME_BYTES,
+    OPUS_COMPLEXITY,
+    OPUS_COMPLEXITY_NB,
     Decimator,
     OpusDecoder,
     OpusEncoder,
@@ -84,6 +86,27 @@ def test_opus_at_16k_keeps_a_6khz_tone_and_decimates_cleanly() -> None:
     d = Decimator(3)
     z = np.concatenate([d(tone(10000.0, 0.02, 48000, 16000.0)[:960]) for _ in range(50)])
     assert np.abs(z[100:]).max() < 200
+
+
+def test_opus_encoder_complexity_by_rate_and_close() -> None:
+    """Narrowband (G.711 callers) encodes at the cheap complexity, everything else at the
+    default; a bad setting is refused; a closed encoder frees its codec and refuses frames."""
+    assert OpusEncoder(rate=8000).complexity == OPUS_COMPLEXITY_NB
+    assert OpusEncoder(rate=16000).complexity == OPUS_COMPLEXITY
+    assert OpusEncoder(rate=8000, complexity=7).complexity == 7
+    with pytest.raises(ValueError, match="complexity"):
+        OpusEncoder(complexity=11)
+    enc, dec = OpusEncoder(rate=8000), OpusDecoder(rate=8000)
+    x = tone(1000, 1.0, 8000)
+    out = [
+        dec.decode(p) for i in range(50) for p in enc.encode(x[i * 160 : (i + 1) * 160].tobytes())
+    ]
+    y = np.concatenate(out)[800:]
+    assert abs(dominant_frequency(y, 8000) - 1000) < 3 and snr_db(y, 8000, 1000) > 25
+    enc.close()
+    enc.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        enc.encode(bytes(320))
 
 
 def test_rtp_carries_rfc6464_level_that_the_sfu_reads() -> None:
