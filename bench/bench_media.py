@@ -17,8 +17,11 @@ Printed:
   the local channel (this process, no WebRTC) in one room; 1 kHz bursts each way.
   phone → room: phone sends the RTP packet that starts a burst → the Opus packet whose decoded
   frame first contains it arrives at the probe participant. room → phone: probe sends the Opus
-  packet that starts a burst → the PCMU packet with the onset arrives at the phone, minus the
-  onset's wait for the rest of its 20 ms packet.
+  packet that starts a burst → the PCMU packet with the onset arrives at the phone. The bridge
+  relays whole 20 ms frames (the mix is made when the conference clock asks for a frame), so
+  nothing waits for "the rest of the packet"; the older figure that subtracted the onset's
+  position in its packet is still printed, but Opus's decoder delay puts the onset ~7 ms into
+  the frame, so it under-reads (below zero with the 8 kHz bridge).
 * Port underruns and room jitter-buffer stalls of every call (from the workers' end-of-call logs).
 """
 
@@ -145,7 +148,7 @@ async def latency_probe(stack, data_dir: Path, number: str, seconds: float) -> d
     await asyncio.wait_for(probe.published.wait(), 10)
     ua = SipUA("+15553900001")
     await ua.open()
-    res: dict[str, list[float]] = {"up": [], "down": []}
+    res: dict[str, list[float]] = {"up": [], "down": [], "down_corr": []}
     try:
         await ua.call(stack.ports[-1], number)
         # phone -> room
@@ -185,10 +188,13 @@ async def latency_probe(stack, data_dir: Path, number: str, seconds: float) -> d
         for k in range(1, len(rx)):
             if _loud(rx[k].pcm) and not _loud(rx[k - 1].pcm):
                 on = onsets(rx[k].pcm, RATE, quiet=0.0)[0]
-                t_rx = rx[k].t - (SAMPLES - on) / RATE
-                c = [x for x in tx_down if x <= t_rx and t_rx - x < 0.4]
+                # Matched on the packet's arrival: the onset's correction below can move an
+                # early onset to before the probe's send time (Opus's 6.5 ms decoder delay
+                # puts the onset ~7 ms into the frame), which used to drop every sample.
+                c = [x for x in tx_down if x <= rx[k].t and rx[k].t - x < 0.4]
                 if c:
-                    res["down"].append((t_rx - c[-1]) * 1000)
+                    res["down"].append((rx[k].t - c[-1]) * 1000)
+                    res["down_corr"].append((rx[k].t - (SAMPLES - on) / RATE - c[-1]) * 1000)
         await ua.hangup(stack.ports[-1])
     finally:
         ua.close()
@@ -398,7 +404,11 @@ async def main() -> None:
         f"total {sum(und)}; room jitter stalls per call max {max(stalls, default=0)} total {sum(stalls)}"
     )
     if lat:
-        for k, name in (("up", "phone -> room"), ("down", "room -> phone")):
+        for k, name in (
+            ("up", "phone -> room"),
+            ("down", "room -> phone"),
+            ("down_corr", "room -> phone minus the onset's place in its packet (old figure)"),
+        ):
             xs = lat[k]
             print(
                 f"  latency {name} at load: n={len(xs)} median {statistics.median(xs) if xs else float('nan'):.1f} ms "
