@@ -605,12 +605,17 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--invites", type=int, default=30)
     ap.add_argument("--only", choices=("invite", "latency", "capacity", "pesq"))
+    ap.add_argument(
+        "--narrowband", action="store_true", help="sip.wideband: false (8 kHz bridge, G.711 only)"
+    )
     a = ap.parse_args()
     numbers = ["+15550601", "+15550602", "+15550603", "+15550604"]
     numbers += [f"+155507{i:05d}" for i in range(a.calls)]
     workers = max(1, -(-a.calls // 4))
     with tempfile.TemporaryDirectory(prefix="rlbench") as tmp:
-        stack = start_stack(Path(tmp), numbers, workers)
+        stack = start_stack(
+            Path(tmp), numbers, workers, **({"wideband": False} if a.narrowband else {})
+        )
         try:
             await wait_workers(stack)
             if a.only in (None, "invite"):
