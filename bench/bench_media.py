@@ -52,6 +52,7 @@ from bench.bench_sip import (  # noqa: E402
     start_stack,
     wait_workers,
 )
+from bench.pesq_live import pesq_table  # noqa: E402
 from roomline_harness.lk import token  # noqa: E402
 from roomline_harness.sip.fullstack import cpu_seconds, room_for, worker_pid  # noqa: E402
 from roomline_harness.sip.pcap import linear_to_ulaw  # noqa: E402
@@ -196,68 +197,6 @@ async def latency_probe(stack, data_dir: Path, number: str, seconds: float) -> d
     return res
 
 
-SPEECH = Path(__file__).resolve().parent.parent / "tests/data/speech/harvard_8k.wav"
-PESQ_DIR = SPEECH.parent
-
-
-def read_speech() -> np.ndarray:
-    import wave
-
-    with wave.open(str(SPEECH)) as w:
-        return np.frombuffer(w.readframes(w.getnframes()), np.int16).copy()
-
-
-async def pesq_run(stack, number: str, loss: float, jitter: float, save: str) -> None:  # type: ignore[no-untyped-def]
-    """Speech phone A → room → phone B (both bridge legs); PESQ NB beside G.711 alone."""
-    import wave
-
-    from pesq import pesq
-
-    from bench.bench_sip import ulaw_to_linear
-
-    ref = read_speech()
-    a, b = SipUA("+15553910001"), SipUA("+15553910002")
-    await a.open()
-    await b.open()
-    try:
-        await b.call(stack.ports[-1], number)
-        await a.call(stack.ports[-1], number)
-        keep_b = asyncio.create_task(
-            b.stream(np.zeros(int((len(ref) / RATE + 6) * RATE), np.int16))
-        )
-        await asyncio.sleep(1.0)
-        b.received.clear()
-        lead = np.zeros(RATE // 2, np.int16)
-        await a.stream(np.concatenate([lead, ref, lead]), loss=loss, jitter=jitter, seed=11)
-        await asyncio.sleep(0.5)
-        keep_b.cancel()
-        await a.hangup(stack.ports[-1])
-        await b.hangup(stack.ports[-1])
-    finally:
-        a.close()
-        b.close()
-    deg = b.received_pcm().astype(np.float64)
-    r = ref.astype(np.float64)
-    corr = np.correlate(deg[: len(deg)], r[: RATE * 2], mode="valid")
-    off = int(np.argmax(np.abs(corr)))
-    deg = deg[off : off + len(r)]
-    if len(deg) < len(r):
-        deg = np.pad(deg, (0, len(r) - len(deg)))
-    score = float(pesq(RATE, r, deg, "nb"))
-    g711 = ulaw_to_linear(linear_to_ulaw(ref).tobytes()).astype(np.float64)
-    ceiling = float(pesq(RATE, r, g711, "nb"))
-    print(
-        f"  PESQ NB phone -> room -> phone, {loss * 100:.0f} % loss + {jitter * 1000:.0f} ms "
-        f"jitter on A's uplink: {score:.2f}  (G.711 encode+decode alone: {ceiling:.2f})"
-    )
-    if save:
-        with wave.open(str(PESQ_DIR / save), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(RATE)
-            w.writeframes(np.clip(deg, -32768, 32767).astype(np.int16).tobytes())
-
-
 def call_logs(log_text: str) -> list[tuple[int, int, str]]:
     """(port underruns, rx frames, room input stats) of each finished call, from worker logs."""
     out = []
@@ -278,6 +217,10 @@ async def main() -> None:
     ap.add_argument("--pesq", action="store_true", help="only the PESQ runs (no load)")
     ap.add_argument("--save-pesq", action="store_true", help="store the degraded recordings")
     ap.add_argument(
+        "--pesq-rounds", type=int, default=5, help="paired rounds (loss seeds) with 3 %% loss"
+    )
+    ap.add_argument("--pesq-clean-rounds", type=int, default=3, help="paired rounds at 0 %% loss")
+    ap.add_argument(
         "--server-tree", default="", help="PYTHONPATH of the appliance (e.g. another worktree)"
     )
     a = ap.parse_args()
@@ -285,6 +228,8 @@ async def main() -> None:
     pairs = calls // 2
     numbers = [f"+155508{i:05d}" for i in range(pairs)] + ["+15550899999"]
     workers = -(-calls // 4) + (0 if a.no_latency else 1)  # +1: the latency probe's own worker
+    if a.pesq:
+        workers = 1  # the PESQ rounds use one room on the last worker
     if a.server_tree:
         # The appliance is started with cwd = the repository root and workers run as
         # ``python -m bridge.worker`` (cwd first on sys.path): point both at the other tree.
@@ -297,13 +242,14 @@ async def main() -> None:
         try:
             await wait_workers(stack)
             if a.pesq:
-                sv = a.save_pesq
-                await pesq_run(stack, numbers[-1], 0.0, 0.0, "deg_clean.wav" if sv else "")
-                await pesq_run(stack, numbers[-1], 0.03, 0.03, "deg_loss3_jit30.wav" if sv else "")
-                await asyncio.sleep(1.0)
-                for line in stack.server.log_text().splitlines():
-                    if "ended: port" in line:
-                        print("  " + line[line.index("call ") :][:400])
+                t0 = time.monotonic()
+                await pesq_table(
+                    stack, numbers[-1], Path(tmp), a.pesq_rounds, a.pesq_clean_rounds, a.save_pesq
+                )
+                print(
+                    f"  PESQ rounds took {time.monotonic() - t0:.0f} s; "
+                    f"load average {os.getloadavg()}"
+                )
                 return
             pids = [worker_pid(stack.server, p) for p in stack.ports]
             main_pid = stack.server.process.pid

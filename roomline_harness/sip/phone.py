@@ -6,7 +6,9 @@
 Dials (or, with ``--answer``, waits for one INVITE and answers it: 180, then 200 after
 ``--ring-ms``), plays a tone (from a generated WAV, looped), records what it hears to a WAV (16 kHz),
 sends DTMF (RFC 4733 or SIP INFO), holds/resumes, hangs up after ``--duration`` seconds (unless the
-far end hangs up first). ``--tls`` dials over SIP/TLS (no server certificate check), or with ``--answer --tls-cert
+far end hangs up first). ``--worker-media`` configures pjmedia like the bridge worker (jitter
+buffer, frame time, resampler quality), for the "G.711 through pjmedia alone" PESQ reference.
+``--tls`` dials over SIP/TLS (no server certificate check), or with ``--answer --tls-cert
 --tls-key`` listens for TLS with that certificate; ``--srtp
 optional|mandatory`` offers SDES SRTP (pjmedia: ``RTP/AVP`` + ``a=crypto``, resp. ``RTP/SAVP``).
 Reports on stdout as JSON lines prefixed ``PHONE `` (pjsua's own log goes elsewhere or is
@@ -176,6 +178,26 @@ class Phone:
         cfg.medConfig.sndClockRate = RATE
         cfg.medConfig.ecTailLen = 0
         cfg.medConfig.noVad = True
+        if a.worker_media:
+            # The bridge worker's media settings (bridge/worker/endpoint.py): the phone then
+            # hears an incoming stream through the same jitter buffer, PLC and resampler.
+            from bridge.worker.endpoint import (
+                BRIDGE_CLOCK_RATE,
+                JB_INIT,
+                JB_MAX_PRE,
+                JB_MIN_PRE,
+                RESAMPLE_QUALITY,
+            )
+            from roomline.wire import FRAME_MS
+
+            if BRIDGE_CLOCK_RATE != RATE:
+                raise SystemExit(f"--worker-media: bridge clock {BRIDGE_CLOCK_RATE} != {RATE}")
+            cfg.medConfig.audioFramePtime = FRAME_MS
+            cfg.medConfig.ptime = FRAME_MS
+            cfg.medConfig.quality = RESAMPLE_QUALITY
+            cfg.medConfig.jbInit = JB_INIT
+            cfg.medConfig.jbMinPre = JB_MIN_PRE
+            cfg.medConfig.jbMaxPre = JB_MAX_PRE
         ep.libInit(cfg)
         tcfg = pj.TransportConfig()
         tcfg.port = a.port
@@ -334,6 +356,11 @@ def main() -> None:
     ap.add_argument("--srtp", choices=("off", "optional", "mandatory"), default="off")
     ap.add_argument("--workdir", default="/tmp")
     ap.add_argument("--log-level", type=int, default=0)
+    ap.add_argument(
+        "--worker-media",
+        action="store_true",
+        help="the bridge worker's jitter buffer, frame time and resampler quality",
+    )
     args = ap.parse_args()
     if bool(args.dest) == args.answer:
         ap.error("give either --dest (caller) or --answer (callee)")
