@@ -20,6 +20,10 @@ Printed:
   packet that starts a burst → the PCMU packet with the onset arrives at the phone, minus the
   onset's wait for the rest of its 20 ms packet.
 * Port underruns and room jitter-buffer stalls of every call (from the workers' end-of-call logs).
+
+``--pesq`` runs only the speech-quality table (bench/pesq_live.py): PESQ NB phone → room → phone
+beside G.711 through pjmedia alone, clean and with 3 % loss + 0..30 ms jitter, paired rounds
+(``--pesq-rounds``, ``--pesq-clean-rounds``), medians per condition; one bridge worker.
 """
 
 from __future__ import annotations
@@ -217,9 +221,14 @@ async def main() -> None:
     ap.add_argument("--pesq", action="store_true", help="only the PESQ runs (no load)")
     ap.add_argument("--save-pesq", action="store_true", help="store the degraded recordings")
     ap.add_argument(
-        "--pesq-rounds", type=int, default=5, help="paired rounds (loss seeds) with 3 %% loss"
+        "--pesq-rounds", type=int, default=4, help="paired rounds (loss seeds) with 3 %% loss"
     )
-    ap.add_argument("--pesq-clean-rounds", type=int, default=3, help="paired rounds at 0 %% loss")
+    ap.add_argument("--pesq-clean-rounds", type=int, default=2, help="paired rounds at 0 %% loss")
+    ap.add_argument(
+        "--pesq-concurrent",
+        action="store_true",
+        help="run each room round and its pjmedia-alone pair at the same time (faster, noisier)",
+    )
     ap.add_argument(
         "--server-tree", default="", help="PYTHONPATH of the appliance (e.g. another worktree)"
     )
@@ -238,13 +247,20 @@ async def main() -> None:
         os.environ["PYTHONPATH"] = a.server_tree
         roomline_harness.server.ROOT = Path(a.server_tree)
     with tempfile.TemporaryDirectory(prefix="rlbm") as tmp:
-        stack = start_stack(Path(tmp), numbers, workers)
+        # info: the PESQ table reads each call's end-of-call line (room jitter-buffer counters)
+        stack = start_stack(Path(tmp), numbers, workers, "info" if a.pesq else "warning")
         try:
             await wait_workers(stack)
             if a.pesq:
                 t0 = time.monotonic()
                 await pesq_table(
-                    stack, numbers[-1], Path(tmp), a.pesq_rounds, a.pesq_clean_rounds, a.save_pesq
+                    stack,
+                    numbers[-1],
+                    Path(tmp),
+                    a.pesq_rounds,
+                    a.pesq_clean_rounds,
+                    a.save_pesq,
+                    not a.pesq_concurrent,
                 )
                 print(
                     f"  PESQ rounds took {time.monotonic() - t0:.0f} s; "

@@ -354,11 +354,11 @@ class Stack:
     ports: list[int]
 
 
-def start_stack(tmp: Path, numbers: list[str], workers: int) -> Stack:
+def start_stack(tmp: Path, numbers: list[str], workers: int, log_level: str = "warning") -> Stack:
     for attempt in range(3):  # free ports are picked independently and may collide
         section, ws = sip_section(numbers, workers=workers)
         try:
-            server = start_server(tmp, sip=section, logging={"level": "warning", "format": "json"})
+            server = start_server(tmp, sip=section, logging={"level": log_level, "format": "json"})
         except RuntimeError:
             if attempt == 2:
                 raise

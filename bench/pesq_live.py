@@ -24,7 +24,10 @@ per condition are compared against the goal "room ≥ reference − 0.1".
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import json
+import re
 import statistics
 import wave
 from dataclasses import dataclass, field
@@ -96,8 +99,8 @@ async def _until(proc: PhoneProcess, event: str, timeout: float) -> None:
 
 async def room_round(
     stack: Stack, number: str, signal: np.ndarray, loss: float, jitter: float, seed: int
-) -> np.ndarray:
-    """Phone A → room → phone B; what B received (8 kHz, by RTP timestamp)."""
+) -> tuple[np.ndarray, str]:
+    """Phone A → room → phone B; what B received (8 kHz, by RTP timestamp), B's Call-ID."""
     a, b = SipUA("+15553910001"), SipUA("+15553910002")
     await a.open()
     await b.open()
@@ -115,7 +118,7 @@ async def room_round(
     finally:
         a.close()
         b.close()
-    return b.received_pcm()
+    return b.received_pcm(), b.dialog["call_id"]
 
 
 async def pjmedia_round(
@@ -142,7 +145,7 @@ async def pjmedia_round(
         await _until(phone, "listening", 15)
         await r.open()
         await r.call(port, "+15553919999")
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)  # no room to join: the leading silence settles the buffer
         await r.stream(signal, loss=loss, jitter=jitter, seed=seed)
         await asyncio.sleep(0.5)
         await r.hangup(port)
@@ -171,6 +174,8 @@ class Condition:
     room: list[float] = field(default_factory=list)
     pjmedia: list[float] = field(default_factory=list)
     pjmedia_g711: list[float] = field(default_factory=list)
+    #: Call-ID of phone B's call in each round (its end-of-call log line has the room counters).
+    call_ids: list[str] = field(default_factory=list)
 
     def line(self, label: str, xs: list[float]) -> str:
         runs = " ".join(f"{x:.2f}" for x in xs)
@@ -184,17 +189,23 @@ async def run_condition(
     cond: Condition,
     rounds: int,
     save: str,
+    sequential: bool = True,
 ) -> None:
-    """``rounds`` paired rounds (room and pjmedia alone at the same time, same seed)."""
+    """``rounds`` paired rounds (room, then pjmedia alone; or both at once), same seed."""
     ref = read_speech()
     lead = np.zeros(int(LEAD_S * RATE), np.int16)
     signal = np.concatenate([lead, ref, lead])
     for k in range(rounds):
         seed = SEED0 + k
-        room, alone = await asyncio.gather(
-            room_round(stack, number, signal, cond.loss, cond.jitter, seed),
-            pjmedia_round(wd, signal, cond.loss, cond.jitter, seed),
-        )
+        if sequential:
+            room, call_id = await room_round(stack, number, signal, cond.loss, cond.jitter, seed)
+            alone = await pjmedia_round(wd, signal, cond.loss, cond.jitter, seed)
+        else:
+            (room, call_id), alone = await asyncio.gather(
+                room_round(stack, number, signal, cond.loss, cond.jitter, seed),
+                pjmedia_round(wd, signal, cond.loss, cond.jitter, seed),
+            )
+        cond.call_ids.append(call_id)
         cond.room.append(score(ref, room))
         cond.pjmedia.append(score(ref, alone))
         cond.pjmedia_g711.append(score(ref, ulaw_roundtrip(alone)))
@@ -205,6 +216,37 @@ async def run_condition(
                 w.setframerate(RATE)
                 deg = np.clip(np.rint(aligned(room, ref)), -32768, 32767).astype(np.int16)
                 w.writeframes(deg.tobytes())
+
+
+def room_counters(log_text: str) -> dict[str, dict[str, int]]:
+    """Call-ID → room jitter-buffer counters summed over the call's room tracks, from the
+    worker's end-of-call log lines (the server must log at ``info``)."""
+    out: dict[str, dict[str, int]] = {}
+    for line in log_text.splitlines():
+        if "ended: port" not in line:
+            continue
+        try:  # a JSON line: the text is one of its string fields
+            fields = json.loads(line)
+            msg = next(v for v in fields.values() if isinstance(v, str) and "ended: port" in v)
+        except (ValueError, AttributeError, StopIteration):
+            msg = line
+        m = re.search(r"call (\S+) ended: port .*?; room inputs (\{.*\})", msg)
+        if not m:
+            continue
+        tracks = ast.literal_eval(m.group(2))
+        total: dict[str, int] = {}
+        for stats in tracks.values():
+            for k, v in stats.items():
+                total[k] = total.get(k, 0) + int(v)
+        out[m.group(1)] = total
+    return out
+
+
+def _counters(c: dict[str, int] | None) -> str:
+    if c is None:
+        return "(no end-of-call line)"
+    keys = ("played", "stalls", "concealed", "late", "shrunk", "overflow_dropped")
+    return " ".join(f"{k}={c.get(k, 0)}" for k in keys)
 
 
 def report(cond: Condition, g711: float) -> bool:
@@ -233,6 +275,7 @@ async def pesq_table(
     rounds: int,
     clean_rounds: int,
     save: bool,
+    sequential: bool = True,
 ) -> None:
     """Clean and 3 % loss + 30 ms jitter conditions, printed with their references."""
     ref = read_speech()
@@ -245,5 +288,10 @@ async def pesq_table(
          "deg_loss3_jit30.wav"),
     ]  # fmt: skip
     for cond, n, name in conds:
-        await run_condition(stack, number, wd, cond, n, name if save else "")
+        await run_condition(stack, number, wd, cond, n, name if save else "", sequential)
+    await asyncio.sleep(1.0)  # the worker logs each call's end after its BYE
+    ended = room_counters(stack.server.log_text())
+    for cond, _, _ in conds:
         report(cond, g711)
+        print(f"    room jitter buffer of phone B's leg per round: "
+              f"{'; '.join(_counters(ended.get(c)) for c in cond.call_ids)}")  # fmt: skip
