@@ -205,7 +205,8 @@ def call_logs(log_text: str) -> list[tuple[int, int, str]]:
     """(port underruns, rx frames, room input stats) of each finished call, from worker logs."""
     out = []
     for m in re.finditer(
-        r"ended: port rx=(\d+) tx=\d+ underruns=(\d+)(?: produced=\d+)?; room inputs (\{[^\n]*\})",
+        r"ended: port rx=(\d+) tx=\d+ underruns=(\d+)(?: produced=\d+)?"
+        r"(?:; phone jitter buffer \{[^}]*\})?; room inputs (\{[^\n]*\})",
         log_text,
     ):
         out.append((int(m.group(2)), int(m.group(1)), m.group(3)))

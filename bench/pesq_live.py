@@ -99,8 +99,8 @@ async def _until(proc: PhoneProcess, event: str, timeout: float) -> None:
 
 async def room_round(
     stack: Stack, number: str, signal: np.ndarray, loss: float, jitter: float, seed: int
-) -> tuple[np.ndarray, str]:
-    """Phone A → room → phone B; what B received (8 kHz, by RTP timestamp), B's Call-ID."""
+) -> tuple[np.ndarray, str, str]:
+    """Phone A → room → phone B; what B received (8 kHz, by RTP timestamp), A's and B's Call-IDs."""
     a, b = SipUA("+15553910001"), SipUA("+15553910002")
     await a.open()
     await b.open()
@@ -118,13 +118,14 @@ async def room_round(
     finally:
         a.close()
         b.close()
-    return b.received_pcm(), b.dialog["call_id"]
+    return b.received_pcm(), a.dialog["call_id"], b.dialog["call_id"]
 
 
 async def pjmedia_round(
     wd: Path, signal: np.ndarray, loss: float, jitter: float, seed: int
-) -> np.ndarray:
-    """Phone R → pjsua2 callee with the worker's media settings; what it played out (8 kHz)."""
+) -> tuple[np.ndarray, dict[str, int]]:
+    """Phone R → pjsua2 callee with the worker's media settings; what it played out (8 kHz) and
+    its jitter-buffer counters."""
     port = free_port()
     rtp_start, _ = free_udp_range(40)
     rec = wd / f"pjmedia_{port}.wav"
@@ -155,13 +156,12 @@ async def pjmedia_round(
         phone.kill()
     if not any(e["event"] == "disconnected" for e in events):
         raise RuntimeError(f"pjmedia reference call did not end cleanly: {events[-3:]}")
+    jbuf = next((e for e in events if e["event"] == "jbuf"), {})
     pcm, rate = _read_wav(rec)
     rec.unlink()
-    if rate == 2 * RATE:
-        return down2(pcm)
-    if rate != RATE:
+    if rate not in (RATE, 2 * RATE):
         raise RuntimeError(f"pjmedia reference recorded at {rate} Hz")
-    return pcm
+    return (down2(pcm) if rate == 2 * RATE else pcm), jbuf
 
 
 @dataclass
@@ -174,8 +174,11 @@ class Condition:
     room: list[float] = field(default_factory=list)
     pjmedia: list[float] = field(default_factory=list)
     pjmedia_g711: list[float] = field(default_factory=list)
-    #: Call-ID of phone B's call in each round (its end-of-call log line has the room counters).
-    call_ids: list[str] = field(default_factory=list)
+    #: Call-IDs of phone A's and phone B's calls in each round (their end-of-call log lines have
+    #: the worker's phone jitter-buffer counters, resp. the room jitter buffer's).
+    call_ids: list[tuple[str, str]] = field(default_factory=list)
+    #: The pjmedia-alone callee's jitter-buffer counters in each round.
+    ref_jbuf: list[dict[str, int]] = field(default_factory=list)
 
     def line(self, label: str, xs: list[float]) -> str:
         runs = " ".join(f"{x:.2f}" for x in xs)
@@ -198,14 +201,15 @@ async def run_condition(
     for k in range(rounds):
         seed = SEED0 + k
         if sequential:
-            room, call_id = await room_round(stack, number, signal, cond.loss, cond.jitter, seed)
-            alone = await pjmedia_round(wd, signal, cond.loss, cond.jitter, seed)
+            room, id_a, id_b = await room_round(stack, number, signal, cond.loss, cond.jitter, seed)
+            alone, jbuf = await pjmedia_round(wd, signal, cond.loss, cond.jitter, seed)
         else:
-            (room, call_id), alone = await asyncio.gather(
+            (room, id_a, id_b), (alone, jbuf) = await asyncio.gather(
                 room_round(stack, number, signal, cond.loss, cond.jitter, seed),
                 pjmedia_round(wd, signal, cond.loss, cond.jitter, seed),
             )
-        cond.call_ids.append(call_id)
+        cond.call_ids.append((id_a, id_b))
+        cond.ref_jbuf.append(jbuf)
         cond.room.append(score(ref, room))
         cond.pjmedia.append(score(ref, alone))
         cond.pjmedia_g711.append(score(ref, ulaw_roundtrip(alone)))
@@ -218,10 +222,11 @@ async def run_condition(
                 w.writeframes(deg.tobytes())
 
 
-def room_counters(log_text: str) -> dict[str, dict[str, int]]:
-    """Call-ID → room jitter-buffer counters summed over the call's room tracks, from the
-    worker's end-of-call log lines (the server must log at ``info``)."""
-    out: dict[str, dict[str, int]] = {}
+def call_counters(log_text: str) -> dict[str, tuple[dict[str, int], dict[str, int]]]:
+    """Call-ID → (the phone stream's pjmedia jitter-buffer counters, the room jitter-buffer
+    counters summed over the call's room tracks), from the worker's end-of-call log lines (the
+    server must log at ``info``)."""
+    out: dict[str, tuple[dict[str, int], dict[str, int]]] = {}
     for line in log_text.splitlines():
         if "ended: port" not in line:
             continue
@@ -230,22 +235,28 @@ def room_counters(log_text: str) -> dict[str, dict[str, int]]:
             msg = next(v for v in fields.values() if isinstance(v, str) and "ended: port" in v)
         except (ValueError, AttributeError, StopIteration):
             msg = line
-        m = re.search(r"call (\S+) ended: port .*?; room inputs (\{.*\})", msg)
+        m = re.search(
+            r"call (\S+) ended: port .*?(?:; phone jitter buffer (\{[^}]*\}))?; room inputs (\{.*\})",
+            msg,
+        )
         if not m:
             continue
-        tracks = ast.literal_eval(m.group(2))
+        tracks = ast.literal_eval(m.group(3))
         total: dict[str, int] = {}
         for stats in tracks.values():
             for k, v in stats.items():
                 total[k] = total.get(k, 0) + int(v)
-        out[m.group(1)] = total
+        out[m.group(1)] = (ast.literal_eval(m.group(2)) if m.group(2) else {}), total
     return out
 
 
-def _counters(c: dict[str, int] | None) -> str:
-    if c is None:
-        return "(no end-of-call line)"
-    keys = ("played", "stalls", "concealed", "late", "shrunk", "overflow_dropped")
+ROOM_KEYS = ("played", "stalls", "concealed", "late", "shrunk")
+JBUF_KEYS = ("lost", "discard", "empty", "prefetch", "avg_delay_ms", "max_delay_ms")
+
+
+def _counters(c: dict[str, int] | None, keys: tuple[str, ...]) -> str:
+    if not c:
+        return "(none)"
     return " ".join(f"{k}={c.get(k, 0)}" for k in keys)
 
 
@@ -290,8 +301,13 @@ async def pesq_table(
     for cond, n, name in conds:
         await run_condition(stack, number, wd, cond, n, name if save else "", sequential)
     await asyncio.sleep(1.0)  # the worker logs each call's end after its BYE
-    ended = room_counters(stack.server.log_text())
+    ended = call_counters(stack.server.log_text())
     for cond, _, _ in conds:
         report(cond, g711)
-        print(f"    room jitter buffer of phone B's leg per round: "
-              f"{'; '.join(_counters(ended.get(c)) for c in cond.call_ids)}")  # fmt: skip
+        print("    jitter buffers per round: worker's pjmedia (phone A's uplink) | pjmedia alone "
+              "| room (phone B's leg, hearing A)")  # fmt: skip
+        for k, ((id_a, id_b), ref_jb) in enumerate(zip(cond.call_ids, cond.ref_jbuf, strict=True)):
+            worker_jb = ended.get(id_a, ({}, {}))[0]
+            room_jb = ended.get(id_b, ({}, {}))[1]
+            print(f"      {SEED0 + k}: {_counters(worker_jb, JBUF_KEYS)} | "
+                  f"{_counters(ref_jb, JBUF_KEYS)} | {_counters(room_jb, ROOM_KEYS)}")  # fmt: skip

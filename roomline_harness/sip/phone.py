@@ -16,7 +16,8 @@ silenced): ``state``, ``media``, ``dtmf`` (received digits), ``disconnected`` (s
 reason, whether we hung up), ``answer_sdp`` (status line and body of the final response to each
 INVITE and re-INVITE, as received), ``rx`` (each SIP message of the call as received: first line,
 CSeq, source ``ip:port``, Contact), ``hold`` / ``resume`` (with ``at``, the wall-clock time the
-re-INVITE was sent), ``dtmf_sent``, ``offer`` (callee mode: the INVITE's request line, top
+re-INVITE was sent), ``dtmf_sent``, ``jbuf`` (the stream's jitter-buffer counters as last polled,
+before ``disconnected``), ``offer`` (callee mode: the INVITE's request line, top
 Via and SDP body), ``done``.
 """
 
@@ -37,6 +38,8 @@ from roomline_harness.audio import tone, write_wav
 RATE = 16000
 #: Seconds between SIP INFO key presses (one INFO per digit, each after the last one was sent).
 INFO_KEY_INTERVAL = 0.25
+#: Seconds between polls of the call's jitter-buffer counters (the bridge worker's tick does the same).
+JBUF_POLL_S = 0.25
 
 
 def report(event: str, **kw: Any) -> None:
@@ -59,6 +62,8 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.phone.answered_at is None:
             self.phone.answered_at = time.monotonic()
         if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            if self.phone.jbuf:
+                report("jbuf", **self.phone.jbuf)
             report(
                 "disconnected",
                 code=ci.lastStatusCode,
@@ -73,6 +78,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
             if mi.type == pj.PJMEDIA_TYPE_AUDIO:
                 report("media", status=int(mi.status))
                 if mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                    self.phone.media_index = mi.index
                     am = self.getAudioMedia(mi.index)
                     if self.phone.player is not None:
                         self.phone.player.startTransmit(am)
@@ -164,6 +170,10 @@ class Phone:
         #: Calls besides the one under test (refused INVITEs, calls placed for a REFER).
         self.others: list[pj.Call] = []
         self.account: pj.Account | None = None
+        #: The call's audio stream index, and its jitter-buffer counters as last polled (reported
+        #: as a ``jbuf`` event when the call ends).
+        self.media_index = -1
+        self.jbuf: dict[str, int] = {}
 
     def run(self) -> None:
         a = self.args
@@ -258,6 +268,7 @@ class Phone:
 
         dtmf_sent = hold_done = resume_done = False
         info_sent = 0  # SIP INFO digits sent so far
+        jbuf_at = 0.0
         deadline = time.monotonic() + a.max_wait
         while not self.finished and time.monotonic() < deadline:
             ep.libHandleEvents(10)
@@ -280,6 +291,20 @@ class Phone:
                     report("error", info=exc.info())
             if self.answered_at is None:
                 continue
+            if self.media_index >= 0 and time.monotonic() - jbuf_at >= JBUF_POLL_S:
+                jbuf_at = time.monotonic()
+                try:
+                    j = call.getStreamStat(self.media_index).jbuf
+                    self.jbuf = {
+                        "lost": int(j.lost),
+                        "discard": int(j.discard),
+                        "empty": int(j.empty),
+                        "prefetch": int(j.prefetch),
+                        "avg_delay_ms": int(j.avgDelayMsec),
+                        "max_delay_ms": int(j.maxDelayMsec),
+                    }
+                except pj.Error:
+                    pass
             t = time.monotonic() - self.answered_at
             try:
                 if a.dtmf and not dtmf_sent and t >= a.dtmf_at:
