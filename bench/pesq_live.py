@@ -122,7 +122,7 @@ async def room_round(
 
 
 async def pjmedia_round(
-    wd: Path, signal: np.ndarray, loss: float, jitter: float, seed: int
+    wd: Path, signal: np.ndarray, loss: float, jitter: float, seed: int, jb: str = ""
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Phone R → pjsua2 callee with the worker's media settings; what it played out (8 kHz) and
     its jitter-buffer counters."""
@@ -139,6 +139,7 @@ async def pjmedia_round(
             "--duration", "120",
             "--max-wait", "120",
             "--workdir", str(wd),
+            *(["--jb", jb] if jb else []),
         ]
     )  # fmt: skip
     r = SipUA("+15553910003")

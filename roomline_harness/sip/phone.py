@@ -208,6 +208,13 @@ class Phone:
             cfg.medConfig.jbInit = JB_INIT
             cfg.medConfig.jbMinPre = JB_MIN_PRE
             cfg.medConfig.jbMaxPre = JB_MAX_PRE
+        if a.jb:  # what-if runs of the reference: another jitter-buffer setting
+            init, min_pre, max_pre = (int(x) for x in a.jb.split(","))
+            cfg.medConfig.jbInit, cfg.medConfig.jbMinPre, cfg.medConfig.jbMaxPre = (
+                init,
+                min_pre,
+                max_pre,
+            )
         ep.libInit(cfg)
         tcfg = pj.TransportConfig()
         tcfg.port = a.port
@@ -381,6 +388,11 @@ def main() -> None:
     ap.add_argument("--srtp", choices=("off", "optional", "mandatory"), default="off")
     ap.add_argument("--workdir", default="/tmp")
     ap.add_argument("--log-level", type=int, default=0)
+    ap.add_argument(
+        "--jb",
+        default="",
+        help="jitter buffer INIT,MIN_PRE,MAX_PRE in frames (after --worker-media)",
+    )
     ap.add_argument(
         "--worker-media",
         action="store_true",
