@@ -23,6 +23,10 @@ Printed:
   position in its packet is still printed, but Opus's decoder delay puts the onset ~7 ms into
   the frame, so it under-reads (below zero with the 8 kHz bridge).
 * Port underruns and room jitter-buffer stalls of every call (from the workers' end-of-call logs).
+
+``--pesq`` runs only the speech-quality table (bench/pesq_live.py): PESQ NB phone → room → phone
+beside G.711 through pjmedia alone, clean and with 3 % loss + 0..30 ms jitter, paired rounds
+(``--pesq-rounds``, ``--pesq-clean-rounds``), medians per condition; one bridge worker.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +60,7 @@ from bench.bench_sip import (  # noqa: E402
     start_stack,
     wait_workers,
 )
+from bench.pesq_live import pesq_table  # noqa: E402
 from roomline_harness.lk import token  # noqa: E402
 from roomline_harness.sip.fullstack import cpu_seconds, room_for, worker_pid  # noqa: E402
 from roomline_harness.sip.pcap import linear_to_ulaw  # noqa: E402
@@ -202,73 +208,12 @@ async def latency_probe(stack, data_dir: Path, number: str, seconds: float) -> d
     return res
 
 
-SPEECH = Path(__file__).resolve().parent.parent / "tests/data/speech/harvard_8k.wav"
-PESQ_DIR = SPEECH.parent
-
-
-def read_speech() -> np.ndarray:
-    import wave
-
-    with wave.open(str(SPEECH)) as w:
-        return np.frombuffer(w.readframes(w.getnframes()), np.int16).copy()
-
-
-async def pesq_run(stack, number: str, loss: float, jitter: float, save: str) -> None:  # type: ignore[no-untyped-def]
-    """Speech phone A → room → phone B (both bridge legs); PESQ NB beside G.711 alone."""
-    import wave
-
-    from pesq import pesq
-
-    from bench.bench_sip import ulaw_to_linear
-
-    ref = read_speech()
-    a, b = SipUA("+15553910001"), SipUA("+15553910002")
-    await a.open()
-    await b.open()
-    try:
-        await b.call(stack.ports[-1], number)
-        await a.call(stack.ports[-1], number)
-        keep_b = asyncio.create_task(
-            b.stream(np.zeros(int((len(ref) / RATE + 6) * RATE), np.int16))
-        )
-        await asyncio.sleep(1.0)
-        b.received.clear()
-        lead = np.zeros(RATE // 2, np.int16)
-        await a.stream(np.concatenate([lead, ref, lead]), loss=loss, jitter=jitter, seed=11)
-        await asyncio.sleep(0.5)
-        keep_b.cancel()
-        await a.hangup(stack.ports[-1])
-        await b.hangup(stack.ports[-1])
-    finally:
-        a.close()
-        b.close()
-    deg = b.received_pcm().astype(np.float64)
-    r = ref.astype(np.float64)
-    corr = np.correlate(deg[: len(deg)], r[: RATE * 2], mode="valid")
-    off = int(np.argmax(np.abs(corr)))
-    deg = deg[off : off + len(r)]
-    if len(deg) < len(r):
-        deg = np.pad(deg, (0, len(r) - len(deg)))
-    score = float(pesq(RATE, r, deg, "nb"))
-    g711 = ulaw_to_linear(linear_to_ulaw(ref).tobytes()).astype(np.float64)
-    ceiling = float(pesq(RATE, r, g711, "nb"))
-    print(
-        f"  PESQ NB phone -> room -> phone, {loss * 100:.0f} % loss + {jitter * 1000:.0f} ms "
-        f"jitter on A's uplink: {score:.2f}  (G.711 encode+decode alone: {ceiling:.2f})"
-    )
-    if save:
-        with wave.open(str(PESQ_DIR / save), "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(RATE)
-            w.writeframes(np.clip(deg, -32768, 32767).astype(np.int16).tobytes())
-
-
 def call_logs(log_text: str) -> list[tuple[int, int, str]]:
     """(port underruns, rx frames, room input stats) of each finished call, from worker logs."""
     out = []
     for m in re.finditer(
-        r"ended: port rx=(\d+) tx=\d+ underruns=(\d+)(?: produced=\d+)?; room inputs (\{[^\n]*\})",
+        r"ended: port rx=(\d+) tx=\d+ underruns=(\d+)(?: produced=\d+)?"
+        r"(?:; phone jitter buffer \{[^}]*\})?; room inputs (\{[^\n]*\})",
         log_text,
     ):
         out.append((int(m.group(2)), int(m.group(1)), m.group(3)))
@@ -284,6 +229,15 @@ async def main() -> None:
     ap.add_argument("--pesq", action="store_true", help="only the PESQ runs (no load)")
     ap.add_argument("--save-pesq", action="store_true", help="store the degraded recordings")
     ap.add_argument(
+        "--pesq-rounds", type=int, default=4, help="paired rounds (loss seeds) with 3 %% loss"
+    )
+    ap.add_argument("--pesq-clean-rounds", type=int, default=2, help="paired rounds at 0 %% loss")
+    ap.add_argument(
+        "--pesq-concurrent",
+        action="store_true",
+        help="run each room round and its pjmedia-alone pair at the same time (faster, noisier)",
+    )
+    ap.add_argument(
         "--server-tree", default="", help="PYTHONPATH of the appliance (e.g. another worktree)"
     )
     ap.add_argument(
@@ -296,6 +250,8 @@ async def main() -> None:
     pairs = calls // 2
     numbers = [f"+155508{i:05d}" for i in range(pairs)] + ["+15550899999"]
     workers = -(-calls // 4) + (0 if a.no_latency else 1)  # +1: the latency probe's own worker
+    if a.pesq:
+        workers = 1  # the PESQ rounds use one room on the last worker
     if a.server_tree:
         # The appliance is started with cwd = the repository root and workers run as
         # ``python -m bridge.worker`` (cwd first on sys.path): point both at the other tree.
@@ -304,19 +260,32 @@ async def main() -> None:
         os.environ["PYTHONPATH"] = a.server_tree
         roomline_harness.server.ROOT = Path(a.server_tree)
     with tempfile.TemporaryDirectory(prefix="rlbm") as tmp:
+        # info: the PESQ table reads each call's end-of-call line (room jitter-buffer counters)
+        sip: dict[str, Any] = {"wideband": False} if a.narrowband else {}
         stack = start_stack(
-            Path(tmp), numbers, workers, **({"wideband": False} if a.narrowband else {})
+            Path(tmp),
+            numbers,
+            workers,
+            "info" if a.pesq else "warning",
+            **sip,
         )
         try:
             await wait_workers(stack)
             if a.pesq:
-                sv = a.save_pesq
-                await pesq_run(stack, numbers[-1], 0.0, 0.0, "deg_clean.wav" if sv else "")
-                await pesq_run(stack, numbers[-1], 0.03, 0.03, "deg_loss3_jit30.wav" if sv else "")
-                await asyncio.sleep(1.0)
-                for line in stack.server.log_text().splitlines():
-                    if "ended: port" in line:
-                        print("  " + line[line.index("call ") :][:400])
+                t0 = time.monotonic()
+                await pesq_table(
+                    stack,
+                    numbers[-1],
+                    Path(tmp),
+                    a.pesq_rounds,
+                    a.pesq_clean_rounds,
+                    a.save_pesq,
+                    not a.pesq_concurrent,
+                )
+                print(
+                    f"  PESQ rounds took {time.monotonic() - t0:.0f} s; "
+                    f"load average {os.getloadavg()}"
+                )
                 return
             pids = [worker_pid(stack.server, p) for p in stack.ports]
             main_pid = stack.server.process.pid

@@ -355,13 +355,15 @@ class Stack:
     ports: list[int]
 
 
-def start_stack(tmp: Path, numbers: list[str], workers: int, **sip: Any) -> Stack:
+def start_stack(
+    tmp: Path, numbers: list[str], workers: int, log_level: str = "warning", **sip: Any
+) -> Stack:
     """``roomline serve`` with ``workers`` direct-mode workers; ``sip`` adds ``sip.*`` keys."""
     for attempt in range(3):  # free ports are picked independently and may collide
         section, ws = sip_section(numbers, workers=workers)
         section.update(sip)
         try:
-            server = start_server(tmp, sip=section, logging={"level": "warning", "format": "json"})
+            server = start_server(tmp, sip=section, logging={"level": log_level, "format": "json"})
         except RuntimeError:
             if attempt == 2:
                 raise
@@ -613,9 +615,8 @@ async def main() -> None:
     numbers += [f"+155507{i:05d}" for i in range(a.calls)]
     workers = max(1, -(-a.calls // 4))
     with tempfile.TemporaryDirectory(prefix="rlbench") as tmp:
-        stack = start_stack(
-            Path(tmp), numbers, workers, **({"wideband": False} if a.narrowband else {})
-        )
+        sip: dict[str, Any] = {"wideband": False} if a.narrowband else {}
+        stack = start_stack(Path(tmp), numbers, workers, **sip)
         try:
             await wait_workers(stack)
             if a.only in (None, "invite"):

@@ -65,6 +65,12 @@ NARROWBAND_CLOCK_RATE = control.BRIDGE_RATE_NARROWBAND
 BRIDGE_CLOCK_RATES = (NARROWBAND_CLOCK_RATE, BRIDGE_CLOCK_RATE)
 #: pjsua media quality: 8 = large-filter resampler in the conference bridge (see ``start``).
 RESAMPLE_QUALITY = 8
+#: Phone-leg jitter buffer (frames): start at 1 and let pjmedia's adaptive prefetch grow to 8
+#: (160 ms) on a jittery trunk; the defaults held more on clean links (~10 ms p50). The
+#: "pjmedia alone" PESQ reference (bench/pesq_live.py) runs a pjsua2 callee with these values.
+JB_INIT = 1
+JB_MIN_PRE = 1
+JB_MAX_PRE = 8
 
 
 @dataclass
@@ -140,11 +146,9 @@ class SipEndpoint:
         # (3.17 vs 3.56, bench/bench_media.py --pesq): quality wins.
         cfg.medConfig.quality = RESAMPLE_QUALITY
         cfg.medConfig.noVad = True
-        # Phone-leg jitter buffer: start at 1 frame and let pjmedia's adaptive prefetch grow to
-        # 8 (160 ms) on a jittery trunk; the defaults held more on clean links (~10 ms p50).
-        cfg.medConfig.jbInit = 1
-        cfg.medConfig.jbMinPre = 1
-        cfg.medConfig.jbMaxPre = 8
+        cfg.medConfig.jbInit = JB_INIT
+        cfg.medConfig.jbMinPre = JB_MIN_PRE
+        cfg.medConfig.jbMaxPre = JB_MAX_PRE
         ep.libInit(cfg)
         self.max_calls = detect_max_calls()
 

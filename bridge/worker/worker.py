@@ -83,6 +83,19 @@ def _prompt_frame(prompt: deque[bytes], silence: bytes) -> bytes:
     return prompt.popleft() if prompt else silence
 
 
+def jbuf_counters(state: Any) -> dict[str, int]:
+    """A pjmedia ``JbufState``'s counters for the end-of-call line: frames lost (never arrived),
+    discarded (late or surplus), gets while empty, the current prefetch (frames) and the delay."""
+    return {
+        "lost": int(state.lost),
+        "discard": int(state.discard),
+        "empty": int(state.empty),
+        "prefetch": int(state.prefetch),
+        "avg_delay_ms": int(state.avgDelayMsec),
+        "max_delay_ms": int(state.maxDelayMsec),
+    }
+
+
 @dataclass
 class CallRecord:
     """Everything the worker holds for one call (pj objects are released only from the loop).
@@ -103,6 +116,8 @@ class CallRecord:
     call_key: int = 0
     #: Prompt frames (PCM at the bridge clock rate) still to play to the phone during PIN entry.
     prompt: deque[bytes] = field(default_factory=deque)
+    #: The phone stream's pjmedia jitter-buffer counters as last polled (end-of-call line).
+    jbuf: dict[str, int] = field(default_factory=dict)
 
 
 class WorkerCall(pj.Call):  # type: ignore[misc]
@@ -415,6 +430,7 @@ class Worker:
                 try:
                     st = rec.pj_call.getStreamStat(rec.media_index)
                     rec.machine.on_rx_packets(st.rtcp.rxStat.pkt, now)
+                    rec.jbuf = jbuf_counters(st.jbuf)
                 except pj.Error:
                     pass
             self._run(rec, rec.machine.tick(now))
@@ -431,12 +447,14 @@ class Worker:
             rec.port.close()
             self._ports_open -= 1
             log.info(
-                "call %s ended: port rx=%d tx=%d underruns=%d produced=%d; room inputs %s",
+                "call %s ended: port rx=%d tx=%d underruns=%d produced=%d; phone jitter buffer %s;"
+                " room inputs %s",
                 rec.invite.call_id,
                 rec.port.rx_frames,
                 rec.port.tx_frames,
                 rec.port.underruns,
                 rec.port.produced,
+                rec.jbuf,
                 rec.leg.input_stats(),
             )
         # pjsua may report DISCONNECTED synchronously inside our own hangup(), before the

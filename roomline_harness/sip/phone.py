@@ -6,7 +6,9 @@
 Dials (or, with ``--answer``, waits for one INVITE and answers it: 180, then 200 after
 ``--ring-ms``), plays a tone (from a generated WAV, looped), records what it hears to a WAV (16 kHz),
 sends DTMF (RFC 4733 or SIP INFO), holds/resumes, hangs up after ``--duration`` seconds (unless the
-far end hangs up first). ``--tls`` dials over SIP/TLS (no server certificate check), or with ``--answer --tls-cert
+far end hangs up first). ``--worker-media`` configures pjmedia like the bridge worker (jitter
+buffer, frame time, resampler quality), for the "G.711 through pjmedia alone" PESQ reference.
+``--tls`` dials over SIP/TLS (no server certificate check), or with ``--answer --tls-cert
 --tls-key`` listens for TLS with that certificate; ``--srtp
 optional|mandatory`` offers SDES SRTP (pjmedia: ``RTP/AVP`` + ``a=crypto``, resp. ``RTP/SAVP``).
 Reports on stdout as JSON lines prefixed ``PHONE `` (pjsua's own log goes elsewhere or is
@@ -14,7 +16,8 @@ silenced): ``state``, ``media``, ``dtmf`` (received digits), ``disconnected`` (s
 reason, whether we hung up), ``answer_sdp`` (status line and body of the final response to each
 INVITE and re-INVITE, as received), ``rx`` (each SIP message of the call as received: first line,
 CSeq, source ``ip:port``, Contact), ``hold`` / ``resume`` (with ``at``, the wall-clock time the
-re-INVITE was sent), ``dtmf_sent``, ``offer`` (callee mode: the INVITE's request line, top
+re-INVITE was sent), ``dtmf_sent``, ``jbuf`` (the stream's jitter-buffer counters as last polled,
+before ``disconnected``), ``offer`` (callee mode: the INVITE's request line, top
 Via and SDP body), ``done``.
 """
 
@@ -35,6 +38,8 @@ from roomline_harness.audio import tone, write_wav
 RATE = 16000
 #: Seconds between SIP INFO key presses (one INFO per digit, each after the last one was sent).
 INFO_KEY_INTERVAL = 0.25
+#: Seconds between polls of the call's jitter-buffer counters (the bridge worker's tick does the same).
+JBUF_POLL_S = 0.25
 
 
 def report(event: str, **kw: Any) -> None:
@@ -57,6 +62,8 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.phone.answered_at is None:
             self.phone.answered_at = time.monotonic()
         if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            if self.phone.jbuf:
+                report("jbuf", **self.phone.jbuf)
             report(
                 "disconnected",
                 code=ci.lastStatusCode,
@@ -71,6 +78,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
             if mi.type == pj.PJMEDIA_TYPE_AUDIO:
                 report("media", status=int(mi.status))
                 if mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                    self.phone.media_index = mi.index
                     am = self.getAudioMedia(mi.index)
                     if self.phone.player is not None:
                         self.phone.player.startTransmit(am)
@@ -162,6 +170,10 @@ class Phone:
         #: Calls besides the one under test (refused INVITEs, calls placed for a REFER).
         self.others: list[pj.Call] = []
         self.account: pj.Account | None = None
+        #: The call's audio stream index, and its jitter-buffer counters as last polled (reported
+        #: as a ``jbuf`` event when the call ends).
+        self.media_index = -1
+        self.jbuf: dict[str, int] = {}
 
     def run(self) -> None:
         a = self.args
@@ -176,6 +188,33 @@ class Phone:
         cfg.medConfig.sndClockRate = RATE
         cfg.medConfig.ecTailLen = 0
         cfg.medConfig.noVad = True
+        if a.worker_media:
+            # The bridge worker's media settings (bridge/worker/endpoint.py): the phone then
+            # hears an incoming stream through the same jitter buffer, PLC and resampler.
+            from bridge.worker.endpoint import (
+                BRIDGE_CLOCK_RATE,
+                JB_INIT,
+                JB_MAX_PRE,
+                JB_MIN_PRE,
+                RESAMPLE_QUALITY,
+            )
+            from roomline.wire import FRAME_MS
+
+            if BRIDGE_CLOCK_RATE != RATE:
+                raise SystemExit(f"--worker-media: bridge clock {BRIDGE_CLOCK_RATE} != {RATE}")
+            cfg.medConfig.audioFramePtime = FRAME_MS
+            cfg.medConfig.ptime = FRAME_MS
+            cfg.medConfig.quality = RESAMPLE_QUALITY
+            cfg.medConfig.jbInit = JB_INIT
+            cfg.medConfig.jbMinPre = JB_MIN_PRE
+            cfg.medConfig.jbMaxPre = JB_MAX_PRE
+        if a.jb:  # what-if runs of the reference: another jitter-buffer setting
+            init, min_pre, max_pre = (int(x) for x in a.jb.split(","))
+            cfg.medConfig.jbInit, cfg.medConfig.jbMinPre, cfg.medConfig.jbMaxPre = (
+                init,
+                min_pre,
+                max_pre,
+            )
         ep.libInit(cfg)
         tcfg = pj.TransportConfig()
         tcfg.port = a.port
@@ -236,6 +275,7 @@ class Phone:
 
         dtmf_sent = hold_done = resume_done = False
         info_sent = 0  # SIP INFO digits sent so far
+        jbuf_at = 0.0
         deadline = time.monotonic() + a.max_wait
         while not self.finished and time.monotonic() < deadline:
             ep.libHandleEvents(10)
@@ -258,6 +298,20 @@ class Phone:
                     report("error", info=exc.info())
             if self.answered_at is None:
                 continue
+            if self.media_index >= 0 and time.monotonic() - jbuf_at >= JBUF_POLL_S:
+                jbuf_at = time.monotonic()
+                try:
+                    j = call.getStreamStat(self.media_index).jbuf
+                    self.jbuf = {
+                        "lost": int(j.lost),
+                        "discard": int(j.discard),
+                        "empty": int(j.empty),
+                        "prefetch": int(j.prefetch),
+                        "avg_delay_ms": int(j.avgDelayMsec),
+                        "max_delay_ms": int(j.maxDelayMsec),
+                    }
+                except pj.Error:
+                    pass
             t = time.monotonic() - self.answered_at
             try:
                 if a.dtmf and not dtmf_sent and t >= a.dtmf_at:
@@ -334,6 +388,16 @@ def main() -> None:
     ap.add_argument("--srtp", choices=("off", "optional", "mandatory"), default="off")
     ap.add_argument("--workdir", default="/tmp")
     ap.add_argument("--log-level", type=int, default=0)
+    ap.add_argument(
+        "--jb",
+        default="",
+        help="jitter buffer INIT,MIN_PRE,MAX_PRE in frames (after --worker-media)",
+    )
+    ap.add_argument(
+        "--worker-media",
+        action="store_true",
+        help="the bridge worker's jitter buffer, frame time and resampler quality",
+    )
     args = ap.parse_args()
     if bool(args.dest) == args.answer:
         ap.error("give either --dest (caller) or --answer (callee)")

@@ -7,14 +7,19 @@ roomline_harness/standin_room.py (the lead's ``sfu/local`` replaces it in the fu
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import logging
 import os
+import re
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import structlog
 from livekit.protocol import models
 
 from roomline_harness.aio import wait_for
@@ -346,3 +351,53 @@ async def test_killed_worker_restarts_and_takes_a_call(
     rc, out = await run_sipp(sipp(bridge, sc), short_dir)
     assert rc == 0, out[-2000:]
     assert_tone(window(room.conns[-1].published_pcm(), RATE, 0.3, 1.8), RATE, 1000.0)
+
+
+@pytest.fixture
+def info_logging() -> Iterator[None]:
+    """Workers log at the main process's level when started (``child_env``): info, so the
+    end-of-call line is written. Requested before ``bridge`` so it applies to its worker."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(logging.INFO)
+    yield
+    root.setLevel(old)
+
+
+async def test_both_ends_report_their_jitter_buffer_counters(
+    info_logging: None, bridge: Bridge, room: StandinRoom, short_dir: Path
+) -> None:
+    """The worker's end-of-call line carries the phone stream's pjmedia jitter-buffer counters,
+    and the test phone reports its own (``jbuf``): bench/pesq_live.py compares the two."""
+    room.tone_freq = 440.0
+    with structlog.testing.capture_logs() as logs:
+        # Recording: the phone's conference bridge pulls its stream (unpulled, pjmedia's
+        # buffer only fills and discards). --worker-media: the worker's buffer settings.
+        events = await run_phone(
+            phone_args(
+                bridge,
+                short_dir,
+                "--worker-media",
+                "--record",
+                str(short_dir / "heard.wav"),
+                "--tone",
+                "1000",
+                "--duration",
+                "3",
+            )  # fmt: skip
+        )
+        await wait_for(lambda: any("ended: port" in str(e.get("event")) for e in logs), 15)
+    end = disconnected(events)
+    assert end is not None and end["local_hangup"], events
+    keys = {"lost", "discard", "empty", "prefetch", "avg_delay_ms", "max_delay_ms"}
+    phone_jb = next(e for e in events if e["event"] == "jbuf")
+    assert keys <= set(phone_jb)
+    # A live stream's buffer holds at least part of a frame (a default JbufState is all 0).
+    assert phone_jb["avg_delay_ms"] > 0 and phone_jb["max_delay_ms"] >= phone_jb["avg_delay_ms"]
+    line = next(str(e["event"]) for e in logs if "ended: port" in str(e.get("event")))
+    m = re.search(r"phone jitter buffer (\{[^}]*\}); room inputs", line)
+    assert m, line
+    worker_jb = ast.literal_eval(m.group(1))
+    assert set(worker_jb) == keys, line
+    assert worker_jb["avg_delay_ms"] > 0, line
+    print(f"phone: {phone_jb}\nworker: {worker_jb}")
