@@ -110,7 +110,15 @@ class Decimator:
     ``cutoff`` is the passband edge as a fraction of the *output* Nyquist rate.
     """
 
-    def __init__(self, factor: int, taps: int = 48, cutoff: float = 0.9, beta: float = 8.0) -> None:
+    def __init__(
+        self, factor: int, taps: int | None = None, cutoff: float = 0.9, beta: float = 8.0
+    ) -> None:
+        if taps is None:
+            # The transition band of a fixed-length filter is fixed in *input* Hz, so it must
+            # grow with the factor to end below the output's Nyquist rate: 48 taps decimating
+            # 48 → 8 kHz let a 5 kHz tone through as a 3 kHz alias at -25 dB (a WebRTC speaker
+            # heard by a phone on the 8 kHz bridge); 96 take it below -80 dB.
+            taps = max(48, 16 * factor)
         self.factor = factor
         self.taps = taps
         n = np.arange(taps) - (taps - 1) / 2

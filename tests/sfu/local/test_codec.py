@@ -88,6 +88,17 @@ def test_opus_at_16k_keeps_a_6khz_tone_and_decimates_cleanly() -> None:
     assert np.abs(z[100:]).max() < 200
 
 
+def test_decimating_48k_to_8k_keeps_the_alias_band_out() -> None:
+    """÷6 (the 8 kHz bridge): 5–7 kHz at 48 kHz would fold onto 1–3 kHz; the filter stops them."""
+    for freq in (5000.0, 6000.0, 7000.0):
+        d = Decimator(6)
+        z = np.concatenate([d(tone(freq, 0.02, 48000, 16000.0)[:960]) for _ in range(50)])
+        assert np.abs(z[200:]).max() < 50, freq
+    d = Decimator(6)  # and the passband: 1 kHz comes through at its level
+    y = np.concatenate([d(tone(1000.0, 0.02, 48000, 16000.0)[:960]) for _ in range(50)])
+    assert abs(dominant_frequency(y[200:], 8000) - 1000.0) < 5 and np.abs(y[200:]).max() > 15000
+
+
 def test_opus_encoder_complexity_by_rate_and_close() -> None:
     """Narrowband (G.711 callers) encodes at the cheap complexity, everything else at the
     default; a bad setting is refused; a closed encoder frees its codec and refuses frames."""
