@@ -606,6 +606,14 @@ async def test_kill9_worker_ends_only_its_calls(
     restarts = worker_metric(stack.server, "roomline_sip_worker_restarts_total", stack.b)
     async with sdk(stack, "listener", number) as web, sdk(stack, "talker", number) as talker:
         async with tone_publisher(talker, 440.0):
+            # The talker's audio reaches the listener before the phone joins: what is checked
+            # after the kill is then that it keeps flowing, not a subscription still being set
+            # up while the caller's track is added (in 2 of 2 full CI runs the listener heard
+            # nothing from the talker at all when both happened at once; left open in the note).
+            before = await record(
+                await caller_track(web, "talker"), 0.5, skip=0.0, sound_within=5.0
+            )
+            assert abs(check_tone(before, RATE, 440.0).freq - 440.0) < 5
             phone = await PhoneProcess.start(
                 phone_args(
                     stack.b,
@@ -628,12 +636,7 @@ async def test_kill9_worker_ends_only_its_calls(
                 assert stack.server.alive()
                 # 3 s, judged by the median 0.5 s window: the kill and the worker's restart load
                 # the 2-core machine, and a transient stall must not count as a broken room.
-                # The recording starts at the first non-silent frame (within 4 s): in 1 of ~3
-                # module runs the listener's first 3.5 s after the kill were all digital silence
-                # (also on a434835); what is checked is that the room's audio carries on.
-                pcm = await record(
-                    await caller_track(web, "talker"), 3.0, skip=0.5, sound_within=4.0
-                )
+                pcm = await record(await caller_track(web, "talker"), 3.0, skip=0.5)
             finally:
                 phone.kill()
                 await phone.wait(5)
