@@ -44,6 +44,11 @@ class _Input:
     idle: int = 0
 
 
+def _add_counters(acc: dict[str, int], inp: _Input) -> None:
+    for k, v in vars(inp.jitter.stats).items():
+        acc[k] = acc.get(k, 0) + v
+
+
 @dataclass
 class Mixer:
     """Per-call mixer of room tracks; ``decoder_factory`` makes one decoder per track."""
@@ -80,15 +85,11 @@ class Mixer:
         """Jitter-buffer counters per track sid: dropped inputs plus live ones, summed."""
         out = {sid: dict(c) for sid, c in self.ended.items()}
         for sid, inp in self.inputs.items():
-            acc = out.setdefault(sid, {})
-            for k, v in vars(inp.jitter.stats).items():
-                acc[k] = acc.get(k, 0) + v
+            _add_counters(out.setdefault(sid, {}), inp)
         return out
 
     def _retire(self, sid: str, inp: _Input) -> None:
-        acc = self.ended.setdefault(sid, {})
-        for k, v in vars(inp.jitter.stats).items():
-            acc[k] = acc.get(k, 0) + v
+        _add_counters(self.ended.setdefault(sid, {}), inp)
 
     def next_frame(self) -> bytes:
         """One 20 ms s16 frame: the sum of every input's current frame."""
