@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+from collections.abc import Callable, Iterable
 from fractions import Fraction
 
 import av
@@ -75,30 +76,45 @@ class OpusEncoder:
         self.complexity = complexity
         self._ctx: av.AudioCodecContext | None = ctx
         self._pts = 0
+        # PyAV's public ``encode`` passes every frame through an ``AudioResampler`` whose
+        # libavfilter graph re-chunks it to the codec's frame size (Python objects, a graph pull
+        # and push, one thread per CPU): about 40 % of the encode in a busy bridge worker. Our
+        # frames already have the encoder's format, layout, rate and exactly ``frame_size``
+        # samples, so they go to ``avcodec_send_frame`` directly. This is PyAV's own private
+        # step after the re-chunking; if a PyAV release drops it, the public path is used.
+        send = getattr(ctx, "_send_frame_and_recv", None)
+        self._send: Callable[[av.AudioFrame], Iterable[av.Packet]] = (
+            send if send is not None and ctx.frame_size == self.frame_samples else ctx.encode
+        )
 
     def encode(self, pcm: bytes) -> list[bytes]:
         """Encode one 20 ms frame of s16 PCM; returns 0..n payloads (normally exactly one)."""
         n = self.frame_samples
         if len(pcm) != 2 * n:
             raise ValueError(f"Opus frame must be {2 * n} bytes, got {len(pcm)}")
-        ctx = self._ctx
-        if ctx is None:
+        if self._ctx is None:
             raise RuntimeError("Opus encoder is closed")
-        arr = np.frombuffer(pcm, dtype=np.int16).reshape(1, -1)
-        frame = av.AudioFrame.from_ndarray(arr, format="s16", layout="mono")
+        # A new frame per call (the codec may hold a reference to the last one's buffer).
+        frame = av.AudioFrame(format="s16", layout="mono", samples=n)
         frame.sample_rate = self.rate
+        frame.planes[0].update(pcm)
         frame.pts = self._pts
         self._pts += n
-        return [bytes(p) for p in ctx.encode(frame)]
+        return [bytes(p) for p in self._send(frame)]
 
     def close(self) -> None:
         """Free the codec now (idempotent); :meth:`encode` raises afterwards.
 
-        PyAV re-chunks every input frame through a libavfilter graph that starts a thread per
-        CPU; waiting for the garbage collector to find the encoder left a busy bridge worker with
-        dozens of idle threads from calls that had already ended.
+        On the public ``encode`` path PyAV re-chunks every input frame through a libavfilter
+        graph that starts a thread per CPU; waiting for the garbage collector to find the encoder
+        left a busy bridge worker with dozens of idle threads from calls that had already ended.
         """
         self._ctx = None
+        self._send = _closed_encoder
+
+
+def _closed_encoder(frame: av.AudioFrame) -> list[av.Packet]:
+    raise RuntimeError("Opus encoder is closed")
 
 
 class Decimator:
@@ -127,6 +143,9 @@ class Decimator:
         self._h = (h / h.sum()).astype(np.float32)[::-1].copy()
         #: Input history (``taps - 1`` samples) followed by the current frame, reused per frame.
         self._buf = np.zeros(0, np.float32)
+        #: Strided (output sample × tap) view of ``_buf``, made once per buffer: building it
+        #: (``as_strided``) cost as much as the product itself.
+        self._windows = np.zeros((0, taps), np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         keep = self.taps - 1
@@ -135,18 +154,22 @@ class Decimator:
             old = buf[len(buf) - keep :] if len(buf) >= keep else np.zeros(keep, np.float32)
             buf = self._buf = np.empty(keep + len(x), np.float32)
             buf[:keep] = old
+            st = buf.strides[0]
+            self._windows = np.lib.stride_tricks.as_strided(
+                buf,
+                shape=(len(x) // self.factor, self.taps),
+                strides=(st * self.factor, st),
+                writeable=False,
+            )
         else:
             buf[:keep] = buf[len(x) :]
         buf[keep:] = x  # int16 → float32 in place
-        out_n = len(x) // self.factor
-        st = buf.strides[0]
-        m = np.lib.stride_tricks.as_strided(
-            buf, shape=(out_n, self.taps), strides=(st * self.factor, st), writeable=False
-        )
         # np.dot, not @: for this strided view it is about twice as fast (numpy 2, no BLAS path).
-        y = np.dot(m, self._h)
+        y = np.dot(self._windows, self._h)
+        # The ufuncs themselves, not np.clip's Python wrapper.
         np.rint(y, out=y)
-        np.clip(y, -32768, 32767, out=y)
+        np.minimum(y, 32767.0, out=y)
+        np.maximum(y, -32768.0, out=y)
         return y.astype(np.int16)
 
 

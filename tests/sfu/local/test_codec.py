@@ -120,6 +120,38 @@ def test_opus_encoder_complexity_by_rate_and_close() -> None:
         enc.encode(bytes(320))
 
 
+@pytest.mark.parametrize("rate", [8000, 16000, 48000])
+def test_opus_encoder_direct_path_matches_pyav_encode(rate: int) -> None:
+    """Frames go to the codec without PyAV's re-chunking resampler, and the payloads are
+    byte-for-byte those of PyAV's public ``encode`` (a PyAV release that changes the private
+    step it relies on fails here, not in a call)."""
+    fast, ref = OpusEncoder(rate=rate), OpusEncoder(rate=rate)
+    assert fast._ctx is not None and ref._ctx is not None
+    assert fast._send != fast._ctx.encode  # the direct path is in use on this PyAV
+    ref._send = ref._ctx.encode  # the public path
+    n = rate // 50
+    x = tone(440.0, 1.0, rate, 8000.0)
+    for i in range(50):
+        pcm = x[i * n : (i + 1) * n].tobytes()
+        assert fast.encode(pcm) == ref.encode(pcm)
+    with pytest.raises(ValueError, match="bytes"):
+        fast.encode(bytes(2 * n - 2))
+
+
+def test_decimator_reuses_its_window_view_and_keeps_history() -> None:
+    """The strided view is built once; frames of another size rebuild it and keep the filter's
+    history, so the output equals decimating the whole signal at once."""
+    x = (np.random.default_rng(3).standard_normal(960 * 6) * 3000).astype(np.int16)
+    whole = Decimator(6)(x)
+    d = Decimator(6)
+    parts = [d(x[:960])]
+    view = d._windows
+    parts.append(d(x[960:1920]))
+    assert d._windows is view
+    parts.append(d(x[1920:]))  # 3840 samples at once: a new view, same history
+    assert np.array_equal(np.concatenate(parts), whole)
+
+
 def test_rtp_carries_rfc6464_level_that_the_sfu_reads() -> None:
     assert audio_level(np.zeros(320, np.int16)) == 127
     loud = tone(1000.0, 0.02, 16000, 16384.0)  # -6 dBFS sine: RMS -9 dBov
