@@ -10,11 +10,10 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable, Iterable
+from typing import cast
 
 from livekit.protocol import models, rtc
 
-from sfu.local import stream
-from sfu.local.framing import MAX_FRAME
 from sfu.local.protocol import (
     MEDIA_KINDS,
     ClientProtocol,
@@ -35,6 +34,11 @@ class ChannelClient:
     ``on_signal(SignalResponse)``, ``on_rtp(sid, packet)``, ``on_data(DataPacket)`` and
     ``on_closed(reason)`` (exactly once, unless :meth:`close` was called first). Undecodable
     payloads are counted in ``bad_frames`` and skipped; a framing error closes the connection.
+
+    The I/O is an :class:`asyncio.Protocol`: the loop hands each chunk it reads straight to the
+    sans-I/O protocol and the events are dispatched in the same call. A bridge worker receives
+    one RTP packet per room track every 20 ms on each call's connection; a ``StreamReader`` read
+    loop paid a future, a task step and a coroutine resume on top of that for every chunk.
     """
 
     def __init__(
@@ -49,8 +53,7 @@ class ChannelClient:
         self._on_data = on_data
         self._on_closed = on_closed
         self._protocol: ClientProtocol | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
         self._closed = False
         self.bad_frames = 0
 
@@ -64,10 +67,9 @@ class ChannelClient:
         subscribe_kinds: Iterable[str] = MEDIA_KINDS,
     ) -> None:
         """Connect to the channel at ``path`` and send the JOIN; the answer comes to on_signal."""
-        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_FRAME + 8)
-        self._start(
-            reader, writer, JoinRequest(token, room, auto_subscribe, frozenset(subscribe_kinds))
-        )
+        join = JoinRequest(token, room, auto_subscribe, frozenset(subscribe_kinds))
+        loop = asyncio.get_running_loop()
+        await loop.create_unix_connection(lambda: _Reader(self, join), path)
 
     async def connect_socket(
         self,
@@ -79,30 +81,40 @@ class ChannelClient:
         subscribe_kinds: Iterable[str] = MEDIA_KINDS,
     ) -> None:
         """Like :meth:`connect`, over an already connected socket (an agent job's)."""
-        reader, writer = await asyncio.open_unix_connection(sock=sock, limit=MAX_FRAME + 8)
-        self._start(
-            reader, writer, JoinRequest(token, room, auto_subscribe, frozenset(subscribe_kinds))
-        )
+        join = JoinRequest(token, room, auto_subscribe, frozenset(subscribe_kinds))
+        loop = asyncio.get_running_loop()
+        await loop.create_unix_connection(lambda: _Reader(self, join), sock=sock)
 
-    def _start(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, join: JoinRequest
-    ) -> None:
+    # ---- called by _Reader (loop thread)
+    def _opened(self, transport: asyncio.Transport, join: JoinRequest) -> None:
         self._protocol = ClientProtocol(join)
-        self._writer = writer
+        self._transport = transport
+        if self._closed:  # closed while connecting
+            transport.close()
+            return
         self._flush()
-        self._task = asyncio.get_running_loop().create_task(self._read(reader, self._protocol))
 
-    async def _read(self, reader: asyncio.StreamReader, protocol: ClientProtocol) -> None:
-        try:
-            while protocol.state is not State.CLOSED:
-                for event in await stream.receive(reader, protocol):
-                    if self._closed:
-                        return
-                    self._dispatch(event)
-        except (ConnectionError, OSError) as exc:
-            self._finish(f"room connection lost: {exc}")
-        finally:
+    def _received(self, data: bytes | None) -> None:
+        protocol = self._protocol
+        if protocol is None or self._closed:
+            return
+        if data is None:
+            protocol.receive_eof()
+        else:
+            protocol.receive_data(data)
+        for event in protocol.events_received():
+            if self._closed:
+                return
+            self._dispatch(event)
+        if protocol.state is State.CLOSED:
             self._finish(protocol.close_reason or "room connection closed")
+
+    def _lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._finish(f"room connection lost: {exc}")
+        else:
+            self._received(None)
+            self._finish("room connection closed")
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, RtpReceived):
@@ -122,13 +134,17 @@ class ChannelClient:
         self._closed = True
         if self._protocol is not None:
             self._protocol.close()
-        if self._writer is not None:
-            self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
         self._on_closed(reason)
 
     def _flush(self) -> None:
-        if self._protocol is not None and self._writer is not None:
-            stream.flush(self._protocol, self._writer)
+        protocol, transport = self._protocol, self._transport
+        if protocol is not None and transport is not None:
+            chunks = protocol.data_to_send()
+            if not transport.is_closing():
+                for chunk in chunks:
+                    transport.write(chunk)
 
     @property
     def joined(self) -> bool:
@@ -152,7 +168,27 @@ class ChannelClient:
         self._closed = True
         if self._protocol is not None:
             self._protocol.close()
-        if self._writer is not None:
-            self._writer.close()
-        if self._task is not None and self._task is not asyncio.current_task():
-            self._task.cancel()
+        if self._transport is not None:
+            self._transport.close()
+
+
+class _Reader(asyncio.Protocol):
+    """The asyncio end of one :class:`ChannelClient` connection: bytes in, nothing else."""
+
+    def __init__(self, client: ChannelClient, join: JoinRequest) -> None:
+        self._client = client
+        self._join = join
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self._client._opened(cast(asyncio.Transport, transport), self._join)
+
+    def data_received(self, data: bytes) -> None:
+        self._client._received(data)
+
+    def eof_received(self) -> bool:
+        self._client._received(None)
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client._lost(exc)

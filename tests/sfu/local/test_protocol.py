@@ -379,7 +379,7 @@ async def test_pair_two_local_participants_hear_each_other(channel: LocalChannel
     await wait_for(lambda: bool(b.data), 5, "data at b")
     assert b.data[0].participant_identity == "sip_a" and b.data[0].user.payload == b"hello"
     # Garbage after the join: answered with request_response, the session goes on.
-    a.client._writer.write(encode_frame(Kind.SIGNAL, b"\xff\xff"))  # type: ignore[union-attr]
+    a.client._transport.write(encode_frame(Kind.SIGNAL, b"\xff\xff"))  # type: ignore[union-attr]
     await wait_for(lambda: any(s.HasField("request_response") for s in a.signals), 5, "refusal")
     assert "malformed SignalRequest" in a.first("request_response").request_response.message
     assert a.client.joined and not a.closed
