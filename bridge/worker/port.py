@@ -42,6 +42,8 @@ TX_MAX_TARGET = 3
 TX_RELAX_TICKS = 500
 
 _P = ctypes.c_void_p
+_FRAME_AUDIO = pj.PJMEDIA_FRAME_TYPE_AUDIO
+_bv_resize = pj._pjsua2.ByteVector_resize
 
 #: Native threads that already hold a Python thread state of their own (see :func:`pin_thread`).
 _pinned: set[int] = set()
@@ -80,7 +82,7 @@ def bv_to_bytes(bv: Any) -> bytes:
 
 def bytes_into_bv(bv: Any, data: bytes) -> None:
     """Resize ``bv`` to ``len(data)`` and memmove the bytes in (same layout assumption)."""
-    bv.resize(len(data))
+    _bv_resize(bv, len(data))  # ByteVector.resize minus its Python frame
     if data:
         begin = _P.from_address(int(bv.this)).value
         assert begin is not None
@@ -133,7 +135,7 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         pin_thread()
         if not getattr(self, "active", False):
             return
-        if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
+        if frame.type == _FRAME_AUDIO:
             self.rx.append(bv_to_bytes(frame.buf))
             self.rx_frames += 1
         on_rx = self.on_rx  # close() may clear it from the asyncio thread
@@ -144,9 +146,16 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
         pin_thread()
         if not getattr(self, "active", False):
             return  # frame type stays NONE: the bridge treats it as silence
-        try:
-            data = self.tx.popleft()
-        except IndexError:
+        tx = self.tx
+        if tx:
+            data = tx.popleft()
+            self._clean_ticks += 1
+            if self._clean_ticks >= TX_RELAX_TICKS and self.tx_target > 1:
+                self.tx_target -= 1
+                self._clean_ticks = 0
+        else:
+            # ``tx`` is empty on every tick of a call in its room (checked, not caught: an
+            # IndexError per call and tick was measurable).
             produce = self.produce
             if produce is not None:
                 # Mix this tick's frame now, on the clock thread: no queue, no underrun.
@@ -155,23 +164,15 @@ class BridgePort(pj.AudioMediaPort):  # type: ignore[misc]
                 except Exception:  # never let an exception unwind into pjmedia
                     data = self.silence
                 self.produced += 1
-                self.tx_frames += 1
-                frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
-                bytes_into_bv(frame.buf, data)
-                return
-            data = self.silence
-            if self.started:
-                self.underruns += 1
-                self._clean_ticks = 0
-                if self.tx_target < TX_MAX_TARGET:
-                    self.tx_target += 1
-        else:
-            self._clean_ticks += 1
-            if self._clean_ticks >= TX_RELAX_TICKS and self.tx_target > 1:
-                self.tx_target -= 1
-                self._clean_ticks = 0
+            else:
+                data = self.silence
+                if self.started:
+                    self.underruns += 1
+                    self._clean_ticks = 0
+                    if self.tx_target < TX_MAX_TARGET:
+                        self.tx_target += 1
         self.tx_frames += 1
-        frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+        frame.type = _FRAME_AUDIO
         bytes_into_bv(frame.buf, data)
 
     def fill(self, produce: Callable[[], bytes]) -> None:
