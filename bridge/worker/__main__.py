@@ -11,6 +11,8 @@ import asyncio
 import faulthandler
 import os
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from bridge.worker.endpoint import BRIDGE_CLOCK_RATE, BRIDGE_CLOCK_RATES, WorkerOptions
 from bridge.worker.worker import Worker
@@ -66,16 +68,13 @@ def parse_args(argv: list[str] | None = None) -> WorkerOptions:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run one worker until the supervisor says stop (or goes away), then exit at once."""
-    # A fatal signal (SIGSEGV, SIGBUS, SIGABRT) dumps every thread's Python stack to stderr, which
-    # the supervisor forwards into the appliance's log stream: the crashing thread and the others.
-    faulthandler.enable(file=sys.stderr, all_threads=True)
-    configure_worker_logging("bridge.worker")
-    opts = parse_args(argv)
-    # uvloop, like the main process and agent jobs: the worker's loop wakes for every conference
-    # tick and every room packet, and uvloop's C transports took about 8 % off a busy worker's
-    # CPU (bench/bench_media.py, 16 calls, two interleaved rounds).
+def run_loop(main_coro: Coroutine[Any, Any, None]) -> None:
+    """Run the worker's event loop until ``main_coro`` returns.
+
+    uvloop, like the main process and agent jobs: the worker's loop wakes for every conference
+    tick and every room packet, and uvloop's C transports took about 8 % off a busy worker's CPU
+    (bench/bench_media.py, 16 calls, two interleaved rounds).
+    """
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency; keep working without it
@@ -83,7 +82,17 @@ def main(argv: list[str] | None = None) -> None:
     else:
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(Worker(opts).run())
+        runner.run(main_coro)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run one worker until the supervisor says stop (or goes away), then exit at once."""
+    # A fatal signal (SIGSEGV, SIGBUS, SIGABRT) dumps every thread's Python stack to stderr, which
+    # the supervisor forwards into the appliance's log stream: the crashing thread and the others.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    configure_worker_logging("bridge.worker")
+    opts = parse_args(argv)
+    run_loop(Worker(opts).run())
     # A pj object that still escaped (e.g. held by a traceback) would assert in its destructor
     # during interpreter finalisation, after libDestroy; pjsua is already down, so skip it.
     sys.stdout.flush()

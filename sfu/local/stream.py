@@ -1,7 +1,10 @@
-"""asyncio plumbing shared by both ends of the local channel: feed a protocol, write its output.
+"""asyncio plumbing of the SFU's end of the local channel: feed a protocol, write its output.
 
-:mod:`sfu.local.protocol` does no I/O; these three functions are all the I/O the server and the
-client add to it.
+:mod:`sfu.local.protocol` does no I/O; these three functions are all the I/O the server adds to
+it. The server awaits the room's forwarding of each packet, hence a stream read loop. The client
+end (:mod:`sfu.local.client`) has nothing to await per packet and reads with an
+:class:`asyncio.Protocol` instead (a bridge worker gets a packet per call and room track every
+20 ms).
 """
 
 from __future__ import annotations

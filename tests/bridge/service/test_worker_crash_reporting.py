@@ -45,7 +45,7 @@ def test_worker_main_dumps_all_threads_on_sigsegv() -> None:
             threading.Thread(target=clock, name="clock").start()
             time.sleep(30)
 
-        w.asyncio.run = crash
+        w.run_loop = crash
         w.main(["--sip-port", "27990"])
         """
     )
