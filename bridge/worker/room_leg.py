@@ -99,13 +99,17 @@ class RoomLeg:
             on_data=self._on_data,
             on_closed=self.events.left,
         )
+        # Set before connecting: the SFU's answer is dispatched as soon as it is read, which can
+        # be before ``connect`` returns, and what it sets off (``sip.callStatus``, say) already
+        # sends on this channel.
+        self.channel = ch
         try:
             await ch.connect(socket, token, room)
         except OSError as exc:
+            self.channel = None
             log.warning("cannot reach room socket: %s", exc)
             self.events.left("room unavailable")
             return False
-        self.channel = ch
         return True
 
     def leave(self) -> None:

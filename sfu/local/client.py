@@ -34,6 +34,8 @@ class ChannelClient:
     ``on_signal(SignalResponse)``, ``on_rtp(sid, packet)``, ``on_data(DataPacket)`` and
     ``on_closed(reason)`` (exactly once, unless :meth:`close` was called first). Undecodable
     payloads are counted in ``bad_frames`` and skipped; a framing error closes the connection.
+    Callbacks can run before :meth:`connect` returns (the answer is dispatched as soon as it is
+    read), so keep a reference to the client from before the call if a callback sends on it.
 
     The I/O is an :class:`asyncio.Protocol`: the loop hands each chunk it reads straight to the
     sans-I/O protocol and the events are dispatched in the same call. A bridge worker receives

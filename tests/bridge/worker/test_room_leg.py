@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from livekit.protocol import models, rtc
 
 from bridge.worker.room_leg import RoomLeg, RoomLegEvents
@@ -83,3 +84,33 @@ def test_room_leave_ends_the_leg() -> None:
     leg = RoomLeg(rec.events)
     leg._on_signal(channel(), rtc.SignalResponse(leave=rtc.LeaveRequest()))
     assert rec.seen == ["left:removed from room"]
+
+
+async def test_room_answer_before_connect_returns_can_already_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The channel dispatches the SFU's answer as soon as it is read, which can be before
+    ``connect`` returns; what the answer sets off (the call going active and publishing
+    ``sip.callStatus``) must already find the leg's channel."""
+    sent: list[rtc.SignalRequest] = []
+
+    async def connect(self: ChannelClient, path: str, token: str, room: str = "") -> None:
+        answer = rtc.JoinResponse(participant=models.ParticipantInfo(identity="caller"))
+        self._on_signal(rtc.SignalResponse(join=answer))  # read before connect returned
+
+    monkeypatch.setattr(ChannelClient, "connect", connect)
+    monkeypatch.setattr(ChannelClient, "send_signal", lambda self, req: sent.append(req))
+    rec = Recorder()
+    leg = RoomLeg(
+        RoomLegEvents(
+            joined=lambda: leg.set_call_status("active"),
+            audio=rec.events.audio,
+            left=rec.events.left,
+            dtmf=rec.events.dtmf,
+        ),
+        identity="caller",
+    )
+    assert await leg.join("/nonexistent.sock", "token", "room")
+    kinds = [r.WhichOneof("message") for r in sent]
+    assert kinds == ["add_track", "update_metadata"]
+    assert sent[1].update_metadata.attributes["sip.callStatus"] == "active"
