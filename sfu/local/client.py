@@ -14,6 +14,7 @@ from typing import cast
 
 from livekit.protocol import models, rtc
 
+from sfu.local import stream
 from sfu.local.protocol import (
     MEDIA_KINDS,
     ClientProtocol,
@@ -70,8 +71,7 @@ class ChannelClient:
     ) -> None:
         """Connect to the channel at ``path`` and send the JOIN; the answer comes to on_signal."""
         join = JoinRequest(token, room, auto_subscribe, frozenset(subscribe_kinds))
-        loop = asyncio.get_running_loop()
-        await loop.create_unix_connection(lambda: _Reader(self, join), path)
+        await self._open(join, path=path)
 
     async def connect_socket(
         self,
@@ -84,8 +84,13 @@ class ChannelClient:
     ) -> None:
         """Like :meth:`connect`, over an already connected socket (an agent job's)."""
         join = JoinRequest(token, room, auto_subscribe, frozenset(subscribe_kinds))
+        await self._open(join, sock=sock)
+
+    async def _open(
+        self, join: JoinRequest, path: str | None = None, sock: socket.socket | None = None
+    ) -> None:
         loop = asyncio.get_running_loop()
-        await loop.create_unix_connection(lambda: _Reader(self, join), sock=sock)
+        await loop.create_unix_connection(lambda: _Reader(self, join), path, sock=sock)
 
     # ---- called by _Reader (loop thread)
     def _opened(self, transport: asyncio.Transport, join: JoinRequest) -> None:
@@ -141,12 +146,8 @@ class ChannelClient:
         self._on_closed(reason)
 
     def _flush(self) -> None:
-        protocol, transport = self._protocol, self._transport
-        if protocol is not None and transport is not None:
-            chunks = protocol.data_to_send()
-            if not transport.is_closing():
-                for chunk in chunks:
-                    transport.write(chunk)
+        if self._protocol is not None and self._transport is not None:
+            stream.flush(self._protocol, self._transport)
 
     @property
     def joined(self) -> bool:

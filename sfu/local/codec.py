@@ -92,8 +92,6 @@ class OpusEncoder:
         n = self.frame_samples
         if len(pcm) != 2 * n:
             raise ValueError(f"Opus frame must be {2 * n} bytes, got {len(pcm)}")
-        if self._ctx is None:
-            raise RuntimeError("Opus encoder is closed")
         # A new frame per call (the codec may hold a reference to the last one's buffer).
         frame = av.AudioFrame(format="s16", layout="mono", samples=n)
         frame.sample_rate = self.rate
@@ -110,7 +108,7 @@ class OpusEncoder:
         left a busy bridge worker with dozens of idle threads from calls that had already ended.
         """
         self._ctx = None
-        self._send = _closed_encoder
+        self._send = _closed_encoder  # also drops the bound method's reference to the codec
 
 
 def _closed_encoder(frame: av.AudioFrame) -> list[av.Packet]:

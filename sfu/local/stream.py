@@ -1,10 +1,10 @@
-"""asyncio plumbing of the SFU's end of the local channel: feed a protocol, write its output.
+"""asyncio plumbing of the local channel (the SFU end, and the client's writes): feed, write.
 
-:mod:`sfu.local.protocol` does no I/O; these three functions are all the I/O the server adds to
-it. The server awaits the room's forwarding of each packet, hence a stream read loop. The client
-end (:mod:`sfu.local.client`) has nothing to await per packet and reads with an
-:class:`asyncio.Protocol` instead (a bridge worker gets a packet per call and room track every
-20 ms).
+:mod:`sfu.local.protocol` does no I/O; these three functions are all the I/O the server adds
+to it, and :func:`flush` is also the client's. The server awaits the room's forwarding of each
+packet, hence a stream read loop. The client end (:mod:`sfu.local.client`) has nothing to await
+per packet and reads with an :class:`asyncio.Protocol` instead (a bridge worker gets a packet
+per call and room track every 20 ms).
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ async def receive(reader: asyncio.StreamReader, protocol: Protocol) -> list[Even
     return protocol.events_received()
 
 
-def flush(protocol: Protocol, writer: asyncio.StreamWriter) -> None:
-    """Write what ``protocol`` has queued (dropped if the stream is already closing)."""
+def flush(protocol: Protocol, writer: asyncio.StreamWriter | asyncio.WriteTransport) -> None:
+    """Write what ``protocol`` has queued (dropped if the stream is already closing).
+
+    ``writer`` is the server's stream writer or the client's transport (same two methods).
+    """
     chunks = protocol.data_to_send()
     if not writer.is_closing():
         for chunk in chunks:
