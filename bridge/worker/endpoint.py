@@ -100,12 +100,32 @@ class WorkerOptions:
         return "" if self.sip_host in ("", "0.0.0.0") else self.sip_host
 
 
+class _Endpoint(pj.Endpoint):  # type: ignore[misc]
+    """``pj.Endpoint`` that keeps the set of open TCP/TLS connections (pjsua's transport state
+    callback, run from ``libHandleEvents``).
+
+    A connection's socket is not watched by the worker's loop (bridge/worker/wake.py), so while
+    one is open the worker keeps polling pjsua every 20 ms.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.connections: set[int] = set()
+
+    def onTransportState(self, prm: pj.OnTransportStateParam) -> None:  # noqa: N802 - pjsua2
+        hnd = int(prm.hnd)
+        if prm.state == pj.PJSIP_TP_STATE_CONNECTED:
+            self.connections.add(hnd)
+        else:  # DISCONNECTED, SHUTDOWN, DESTROY
+            self.connections.discard(hnd)
+
+
 class SipEndpoint:
     """One ``pj.Endpoint`` with its account; owns every ``pj.Call`` and retired ``BridgePort``."""
 
     def __init__(self, opts: WorkerOptions) -> None:
         self.opts = opts
-        self.ep: pj.Endpoint | None = None
+        self.ep: _Endpoint | None = None
         self.acc: pj.Account | None = None
         #: The effective call cap (see :func:`detect_max_calls`), known after :meth:`start`.
         self.max_calls = 0
@@ -119,7 +139,7 @@ class SipEndpoint:
     def start(self, make_account: Callable[[], pj.Account]) -> None:
         """Create, configure and start the library, its transports and the one account."""
         o = self.opts
-        ep = pj.Endpoint()
+        ep = _Endpoint()
         ep.libCreate()
         cfg = pj.EpConfig()
         cfg.uaConfig.threadCnt = 0
@@ -203,6 +223,11 @@ class SipEndpoint:
         acc = make_account()
         acc.create(acfg, True)
         self.acc = acc
+
+    @property
+    def connections(self) -> int:
+        """Open TCP/TLS SIP connections (their sockets are not watched by the loop)."""
+        return len(self.ep.connections) if self.ep is not None else 0
 
     def handle_events(self) -> None:
         """Run pjsua's pending timers and network events (SIP callbacks fire from here)."""

@@ -66,12 +66,16 @@ from bridge.worker.sipmsg import (
     via_transport,
 )
 from bridge.worker.source import true_source
+from bridge.worker.wake import sip_socket_fds
 
 log = logging.getLogger("bridge.worker.worker")
 
 #: Poll period of libHandleEvents when no conference tick woke the loop for that long (no call
 #: has a bridge port yet). With calls up the clock wakes the loop every 20 ms instead.
 POLL_S = 0.020
+#: Poll period with no call at all, when SIP arriving on pjsua's sockets wakes the loop
+#: (bridge/worker/wake.py): only pjsua's timers (retransmissions, graveyard) wait for it.
+IDLE_POLL_S = 0.1
 #: Period of the housekeeping tick (call timers, RTP counters, releasing finished pj objects).
 TICK_S = 0.25
 #: How often Python hands the GIL over: short, so the bridge clock thread is never held up by
@@ -174,6 +178,10 @@ class Worker:
         self._rx_this_tick = 0
         self._last_service = 0.0
         self._last_tick = 0.0
+        #: pjsua's SIP sockets watched by the loop (empty: not found, poll every POLL_S).
+        self._wake_fds: list[int] = []
+        self._poll_timer: asyncio.TimerHandle | None = None
+        self._poll_period = POLL_S
         #: Clock-driven service runs (for tests and the end-of-run log).
         self.services = 0
 
@@ -472,7 +480,7 @@ class Worker:
 
         The wake-up is sent after the *last* port of the tick (the bridge delivers to every port
         in one pass), so the loop does not compete for the GIL with the clock thread while it is
-        still serving the other ports. Should a port miss a tick, the :meth:`_poller` timer
+        still serving the other ports. Should a port miss a tick, the :meth:`_poll` timer
         services the loop within :data:`POLL_S` anyway.
         """
         self._rx_this_tick += 1
@@ -501,12 +509,45 @@ class Worker:
         if now - self._last_tick >= TICK_S:
             self._last_tick = now
             self._tick()
+        if self._poll_period != POLL_S and not self._idle():
+            self._arm_poll(POLL_S)  # a call arrived while the slow poll was armed
 
-    async def _poller(self) -> None:
-        while not self._stop.is_set():
-            if time.monotonic() - self._last_service >= POLL_S * 0.75:
-                self._service()
-            await asyncio.sleep(POLL_S)
+    def _idle(self) -> bool:
+        """No call, outbound call, transfer or SIP connection: only a watched SIP socket can give
+        the loop work."""
+        return not (
+            self.calls
+            or self.outbound.calls
+            or self.outbound.inbound_transfers
+            or self.endpoint.connections
+        )
+
+    def _poll(self) -> None:
+        """Timer: service pjsua if nothing else did lately, then re-arm at the right period."""
+        self._poll_timer = None
+        if time.monotonic() - self._last_service >= self._poll_period * 0.75:
+            self._service()
+        if self._poll_timer is None:
+            self._arm_poll(IDLE_POLL_S if self._wake_fds and self._idle() else POLL_S)
+
+    def _arm_poll(self, period: float) -> None:
+        if self._poll_timer is not None:
+            self._poll_timer.cancel()
+        self._poll_period = period
+        assert self._loop is not None
+        self._poll_timer = self._loop.call_later(period, self._poll)
+
+    def _watch_sip_sockets(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake the loop when SIP arrives, so that an idle worker can poll slowly."""
+        self._wake_fds = sip_socket_fds(self.opts.sip_port)
+        for fd in self._wake_fds:
+            loop.add_reader(fd, self._service)
+        if not self._wake_fds:
+            log.info(
+                "SIP sockets of port %d not found: polling every %.0f ms",
+                self.opts.sip_port,
+                POLL_S * 1000,
+            )
 
     async def _shutdown(self) -> None:
         """Hang up, finish the tasks that hold call records, then tear pjsua down."""
@@ -539,7 +580,13 @@ class Worker:
                 sip_port=self.opts.sip_port, max_calls=self.endpoint.max_calls, pid=os.getpid()
             )
         )
+        self._watch_sip_sockets(loop)
+        self._arm_poll(POLL_S)
         try:
-            await self._poller()
+            await self._stop.wait()
         finally:
+            if self._poll_timer is not None:
+                self._poll_timer.cancel()
+            for fd in self._wake_fds:
+                loop.remove_reader(fd)
             await self._shutdown()
