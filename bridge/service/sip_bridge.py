@@ -49,6 +49,15 @@ def _source(call: InboundCall) -> str:
     return f"{host}:{call.src_port};{call.transport or 'udp'}"
 
 
+def pools(workers: Iterable[WorkerHandle]) -> str:
+    """``"4 at 16 kHz, 4 at 8 kHz"``: how many of ``workers`` run each bridge clock."""
+    rates: dict[int, int] = {}
+    for w in workers:
+        rates[w.bridge_rate] = rates.get(w.bridge_rate, 0) + 1
+    parts = [f"{rates[r]} at {r // 1000} kHz" for r in sorted(rates, reverse=True)]
+    return ", ".join(parts) or "none"
+
+
 class AgentStarter(Protocol):
     """What the bridge needs from the agents part: start a rule's agents in an existing room."""
 
@@ -261,7 +270,7 @@ class SIPBridge:
         ready = [w for w in workers if w.ready]
         cap = sum(w.max_calls for w in ready)
         active = sum(w.active_calls for w in workers)
-        detail = f"{len(ready)}/{len(workers)} ready, {active}/{cap} calls"
+        detail = f"{len(ready)}/{len(workers)} ready ({pools(ready)}), {active}/{cap} calls"
         return "sip-workers", bool(ready), detail
 
     def metrics(self) -> Iterable[Family]:
@@ -272,6 +281,12 @@ class SIPBridge:
             "Concurrent call cap of each bridge worker (detected from the installed pjsua2).",
             "gauge",
             [({"sip_port": str(w.spec.sip_port)}, w.max_calls) for w in workers],
+        )
+        yield (
+            "roomline_sip_worker_bridge_rate_hz",
+            "Conference clock of each bridge worker: 16000 (G.722 first) or 8000 (G.711 only).",
+            "gauge",
+            [({"sip_port": str(w.spec.sip_port)}, w.bridge_rate) for w in workers],
         )
         yield (
             "roomline_sip_active_calls",

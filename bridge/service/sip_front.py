@@ -42,6 +42,7 @@ from bridge.service.front_dialogs import (
     end_worker_dialogs_waiting,
     find_kamcmd,
 )
+from bridge.service.kamailio_cfg import dispatcher_set
 from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
 from roomline.config import CALLS_PER_WORKER, SIPConfig
 from roomline.errors import RoomlineError
@@ -300,7 +301,7 @@ class SIPFront:
             f"unix:{self.front.ctl_socket}",
             "dispatcher.set_state",
             state,
-            "1",
+            str(dispatcher_set(w.spec.wideband)),
             uri,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

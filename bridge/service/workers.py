@@ -136,8 +136,16 @@ def _media_address(sip: SIPConfig) -> str:
 
 
 def plan_workers(sip: SIPConfig) -> list[WorkerSpec]:
-    """One :class:`WorkerSpec` per worker process for ``sip`` (see the module docstring)."""
-    rate = [] if sip.wideband else ["--bridge-rate", str(control.BRIDGE_RATE_NARROWBAND)]
+    """One :class:`WorkerSpec` per worker process for ``sip`` (see the module docstring).
+
+    The first ``sip.wideband_worker_count()`` workers run the 16 kHz bridge clock, the others
+    8 kHz (:attr:`WorkerSpec.bridge_rate`); direct mode runs every worker at one rate.
+    """
+    wide = sip.wideband_worker_count()
+
+    def rate(i: int) -> int:
+        return control.BRIDGE_RATE_WIDEBAND if i < wide else control.BRIDGE_RATE_NARROWBAND
+
     if isinstance(sip.workers, list):  # direct mode
         return [
             WorkerSpec(
@@ -146,9 +154,9 @@ def plan_workers(sip: SIPConfig) -> list[WorkerSpec]:
                 rtp_end=w.rtp_port_end,
                 sip_host=sip.bind_address,
                 public_ip=sip.public_ip,
-                extra_args=tuple(rate),
+                bridge_rate=rate(i),
             )
-            for w in sip.workers
+            for i, w in enumerate(sip.workers)
         ]
     n = sip.worker_count()
     slices = rtp_slices(sip.rtp_port_start, sip.rtp_port_end, n)
@@ -158,7 +166,7 @@ def plan_workers(sip: SIPConfig) -> list[WorkerSpec]:
         trust += ["--front-source", src]
     specs = []
     for i, sl in enumerate(slices):
-        extra = ["--rtp-host", sip.bind_address, *trust, *rate]
+        extra = ["--rtp-host", sip.bind_address, *trust]
         if media_ip:
             extra += ["--rtp-public-ip", media_ip]
         specs.append(
@@ -169,6 +177,7 @@ def plan_workers(sip: SIPConfig) -> list[WorkerSpec]:
                 sip_host=LOOPBACK,
                 public_ip="",  # never in Via/Contact: those must stay reachable by the front
                 extra_args=tuple(extra),
+                bridge_rate=rate(i),
             )
         )
     return specs
