@@ -1,14 +1,16 @@
-"""Worker planning: how many bridge workers run, on which ports, with which RTP slice.
+"""Worker planning: how many bridge workers run, on which ports, with which RTP slice and clock.
 
 Front mode (``sip.workers`` is a count or ``auto``): every worker listens for SIP on
 ``127.0.0.1:<worker_base_port + i>`` only (the Kamailio front is the one public address), binds
 RTP on ``sip.bind_address`` in its own slice of ``sip.rtp_port_start..rtp_port_end``, and puts an
 address phones can reach into SDP ``c=``: ``sip.public_ip``, else the specific ``bind_address``,
 else whatever pjsua finds as the host's address. It honours ``X-Roomline-Source`` only from the
-front's socket (bridge/worker/source.py).
+front's socket (bridge/worker/source.py). The first ``sip.wideband_workers`` workers (``auto``:
+half, rounded up) run the 16 kHz bridge clock, the others 8 kHz (G.711 only); the front routes
+calls between the two pools by the codecs offered (bridge/service/kamailio_cfg.py).
 
 Direct mode (``sip.workers`` is the older list of mappings): each worker listens on its own port
-on ``sip.bind_address``, as before the front existed.
+on ``sip.bind_address``, as before the front existed, and all run the clock ``sip.wideband`` says.
 
 Pure functions, no I/O: :func:`plan_workers` turns a ``SIPConfig`` into ``WorkerSpec`` values for
 :class:`bridge.service.supervisor.WorkerSupervisor`.
