@@ -21,7 +21,7 @@ from bridge.service.outbound import OutboundCalls
 from bridge.service.sip_front import SIPFront
 from bridge.service.sip_service import SERVICE, SIPService
 from bridge.service.store import SIPStore
-from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
+from bridge.service.supervisor import WorkerHandle, WorkerSupervisor, pools
 from bridge.service.trunks import InboundCall
 from bridge.service.workers import plan_workers
 from roomline.lifecycle import Service
@@ -47,15 +47,6 @@ def _source(call: InboundCall) -> str:
     """The caller's true ``ip:port;transport`` (behind the front: from X-Roomline-Source)."""
     host = f"[{call.src_ip}]" if ":" in call.src_ip else call.src_ip
     return f"{host}:{call.src_port};{call.transport or 'udp'}"
-
-
-def pools(workers: Iterable[WorkerHandle]) -> str:
-    """``"4 at 16 kHz, 4 at 8 kHz"``: how many of ``workers`` run each bridge clock."""
-    rates: dict[int, int] = {}
-    for w in workers:
-        rates[w.bridge_rate] = rates.get(w.bridge_rate, 0) + 1
-    parts = [f"{rates[r]} at {r // 1000} kHz" for r in sorted(rates, reverse=True)]
-    return ", ".join(parts) or "none"
 
 
 class AgentStarter(Protocol):

@@ -13,7 +13,7 @@ import inspect
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -99,6 +99,15 @@ class WorkerHandle:
         """Write a control message to this worker if its channel is up."""
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(control.encode(msg))
+
+
+def pools(workers: Iterable[WorkerHandle]) -> str:
+    """``"4 at 16 kHz, 4 at 8 kHz"``: how many of ``workers`` run each bridge clock."""
+    rates: dict[int, int] = {}
+    for w in workers:
+        rates[w.bridge_rate] = rates.get(w.bridge_rate, 0) + 1
+    parts = [f"{rates[r]} at {r // 1000} kHz" for r in sorted(rates, reverse=True)]
+    return ", ".join(parts) or "none"
 
 
 class WorkerSupervisor:

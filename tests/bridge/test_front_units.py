@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from bridge.service.front import front_options_from_sip
-from bridge.service.sip_bridge import pools
 from bridge.service.sip_front import SIPFront, SIPFrontError
-from bridge.service.supervisor import WorkerSpec, WorkerSupervisor
+from bridge.service.supervisor import WorkerSpec, WorkerSupervisor, pools
 from bridge.service.workers import front_sources, plan_workers, rtp_slices
 from bridge.worker.__main__ import parse_args
 from bridge.worker.source import SOURCE_HEADER, parse_source_header, true_source

@@ -155,10 +155,11 @@ async def test_each_pool_takes_the_others_overflow_and_486_when_both_full(
     full.uac.close()
 
 
-@pytest.mark.parametrize("status", [486, 503])
+@pytest.mark.parametrize("status", [486, 503, 0], ids=["486", "503", "no-answer"])
 async def test_failover_continues_into_the_other_pool(status: int) -> None:
-    """An 8 kHz worker answering ``status``: the call goes on to the 16 kHz pool, and the load
-    leaves the 8 kHz worker (it is offered the next call again, not skipped as full)."""
+    """An 8 kHz worker answering ``status`` (0: nothing within ``fr_timer_ms``): the call goes on
+    to the 16 kHz pool, and the load leaves the 8 kHz worker (it is offered the next call again,
+    not skipped as full)."""
     wide_port, narrow_port = free_ports(2)
     wide, bad = await start_worker(wide_port), await start_worker(narrow_port, status)
     lines = Lines()
@@ -174,8 +175,9 @@ async def test_failover_continues_into_the_other_pool(status: int) -> None:
         # the caller gets its answer (nothing free in the other pool).
         second = await _call(port, G711)
         assert _took(bad, second) and not _took(wide, second)
-        # (A proxy does not pass a 503 on: RFC 3261 16.7, Kamailio's tm sends 500 instead.)
-        assert second.status == (500 if status == 503 else status)
+        # A proxy does not pass a 503 on (RFC 3261 16.7: Kamailio's tm sends 500 instead); no
+        # answer at all ends in tm's own 408.
+        assert second.status == {503: 500, 0: 408}.get(status, status)
         # The first call's BYE frees the 16 kHz slot: the overflow works again.
         await first.hang_up(port)
         third = await _call(port, G711)
