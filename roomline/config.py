@@ -198,6 +198,11 @@ class SIPConfig:
     #: G.711. False: an 8 kHz clock and G.711 only, for trunks that carry nothing else (most
     #: PSTN carriers): no 8 ↔ 16 kHz resampling per call, about a fifth less CPU per call.
     wideband: bool = True
+    #: Front mode with ``wideband: true``: how many workers run the 16 kHz clock (the rest run
+    #: 8 kHz, G.711 only). The front sends a caller whose offer carries G.722 (or no offer) to a
+    #: 16 kHz worker first and any other caller (G.711 only: most PSTN trunks) to an 8 kHz one;
+    #: each pool takes the other's overflow. ``auto`` = half the workers, rounded up; 0..count.
+    wideband_workers: Any = "auto"
     answer: str = "immediate"
     ringing_timeout: float = 30.0
     media_timeout: float = 15.0
@@ -223,6 +228,21 @@ class SIPConfig:
         if self.workers == "auto":
             return max(1, -(-self.target_calls // CALLS_PER_WORKER))
         return int(self.workers)
+
+    def wideband_worker_count(self) -> int:
+        """How many workers run the 16 kHz bridge clock (the first ones; the rest run 8 kHz).
+
+        Direct mode keeps one clock for every worker (no front routes by codec): all of them
+        with ``wideband``, none without. In front mode ``wideband_workers`` splits them.
+        """
+        n = self.worker_count()
+        if not self.wideband:
+            return 0
+        if isinstance(self.workers, list):
+            return n
+        if self.wideband_workers == "auto":
+            return -(-n // 2)
+        return int(self.wideband_workers)
 
     def inbound_trunks(self) -> list[sip_pb.SIPInboundTrunkInfo]:
         """The configured trunks as protobuf messages (already validated at load time)."""
@@ -732,6 +752,7 @@ def _validate_sip(cfg: Config, o: _Origins) -> None:
     _check_positive(sip, "sip", ("ringing_timeout", "media_timeout", "max_call_duration"), o)
     _check_non_negative(sip, "sip", ("max_calls_per_trunk",), o)
     _check_sip_workers(cfg, o)
+    _check_wideband_workers(cfg, o)
     if isinstance(sip.workers, list):
         _validate_direct_workers(cfg, o)
     else:
@@ -782,6 +803,44 @@ def _check_sip_workers(cfg: Config, o: _Origins) -> None:
         raise o.error("sip.workers", f"{_WORKERS_HELP}, {_got(w)}")
     if not 1 <= w <= MAX_SIP_WORKERS:
         raise o.error("sip.workers", f"expected 1..{MAX_SIP_WORKERS} workers, got {w}")
+
+
+def _check_wideband_workers(cfg: Config, o: _Origins) -> None:
+    """``sip.wideband_workers``: ``auto`` or a count 0..workers (front mode, wideband on)."""
+    sip = cfg.sip
+    w = sip.wideband_workers
+    if isinstance(w, str):
+        text = w.strip().lower()
+        if text == "auto":
+            sip.wideband_workers = "auto"
+            return
+        if not text.isdigit():
+            raise o.error(
+                "sip.wideband_workers",
+                f"expected 'auto' (half the workers) or a count of 16 kHz workers, got {w!r}",
+            )
+        sip.wideband_workers = w = int(text)
+    if isinstance(w, bool) or not isinstance(w, int):
+        raise o.error(
+            "sip.wideband_workers",
+            f"expected 'auto' (half the workers) or a count of 16 kHz workers, {_got(w)}",
+        )
+    if isinstance(sip.workers, list):
+        raise o.error(
+            "sip.wideband_workers",
+            "needs the front (sip.workers a count or auto): with the older list of workers no "
+            "front routes calls by codec, every worker runs the clock sip.wideband says; "
+            "leave it at auto",
+        )
+    n = sip.worker_count()
+    if not 0 <= w <= n:
+        raise o.error("sip.wideband_workers", f"expected 0..{n} (sip.workers), got {w}")
+    if w and not sip.wideband:
+        raise o.error(
+            "sip.wideband_workers",
+            f"{w} contradicts sip.wideband: false (every worker then runs 8 kHz, G.711 only); "
+            "set it to 0 or auto, or turn sip.wideband on",
+        )
 
 
 def _validate_direct_workers(cfg: Config, o: _Origins) -> None:

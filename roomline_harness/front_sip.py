@@ -1,4 +1,5 @@
-"""Tiny SIP peers for the front tests: a recording UAS "worker" and a UDP UAC, both asyncio.
+"""Tiny SIP peers for the front tests: a recording UAS "worker" and a UDP UAC, both asyncio;
+and a real Kamailio front started in front of them (:func:`start_front`).
 
 Only what the tests need: enough SIP to make Kamailio route, nothing more.
 """
@@ -10,8 +11,14 @@ import os
 import random
 import re
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.service.front import FrontOptions, FrontWorker, KamailioFront
+
+FRONT_HOST = "127.0.0.1"
 
 #: This module's tests take ports from 28000-28999 only (shared machine); each test process gets
 #: its own 100-port slice by pid so parallel runs rarely collide, and ports are probed first.
@@ -262,3 +269,38 @@ def in_dialog(
         "",
     ]
     return "\r\n".join(lines)
+
+
+class Lines:
+    """Collects the front's log lines (``on_line`` of :class:`KamailioFront`)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        self.lines.append(line)
+
+    def has(self, text: str) -> bool:
+        return any(text in ln for ln in self.lines)
+
+
+async def start_front(
+    workers: list[FrontWorker], lines: Lines, **kw: Any
+) -> tuple[KamailioFront, int, str]:
+    """A real Kamailio front on :data:`FRONT_HOST` (a free port) for ``workers``: probes every
+    second, 1 s to a worker's first reply. Returns the front, its port and its run directory."""
+    (port,) = free_ports(1)
+    run_dir = tempfile.mkdtemp(prefix="front-", dir="/tmp")
+    opts = FrontOptions(
+        workers=tuple(workers),
+        bind_address=FRONT_HOST,
+        port=port,
+        trusted_addresses=("127.0.0.9",),
+        ping_interval=1,
+        fr_timer_ms=1000,
+        **kw,
+    )
+    front = KamailioFront(opts, run_dir, on_line=lines, stop_timeout=3.0)
+    await front.start()
+    await front.wait_ready()
+    return front, port, run_dir

@@ -102,19 +102,24 @@ def front_options_from_sip(
     public ``port``/``tls_port`` and TLS files, the loopback workers of
     :func:`bridge.service.workers.plan_workers`, trusted addresses and flood limits.
     ``maxloads`` gives each worker's call cap (default 4, the wheel's ``PJSUA_MAX_CALLS``).
+    Each worker is in the dispatcher set of its bridge clock (``sip.wideband_workers``): the
+    front sends G.722 offers to the 16 kHz pool first and other offers to the 8 kHz pool.
     With the older list form the listed ``sip_port`` values are taken as loopback workers.
     ``overrides`` replace any option.
     """
     from bridge.service.workers import front_bind_address, front_internal_port, plan_workers
 
     workers_cfg = getattr(sip, "workers", ())
-    if isinstance(workers_cfg, list):
-        ports = [w.sip_port for w in workers_cfg]
-    else:
-        ports = [spec.sip_port for spec in plan_workers(sip)]  # type: ignore[arg-type]
+    # Each worker goes into the pool of its bridge clock (16 kHz or 8 kHz dispatcher set).
+    specs = plan_workers(sip)  # type: ignore[arg-type]
     workers = tuple(
-        FrontWorker(port=p, host="127.0.0.1", maxload=maxloads[i] if i < len(maxloads) else 4)
-        for i, p in enumerate(ports)
+        FrontWorker(
+            port=spec.sip_port,
+            host="127.0.0.1",
+            maxload=maxloads[i] if i < len(maxloads) else 4,
+            wideband=spec.wideband,
+        )
+        for i, spec in enumerate(specs)
     )
     values: dict[str, object] = {
         "workers": workers,

@@ -18,9 +18,12 @@ What the rendered script does with a request, in order:
    for simple UAs without Route headers the worker recorded for that Call-ID (htable ``dlg``);
 7. requests from a worker (``ds_is_from_list``) are record-routed to their R-URI (outbound);
 8. new INVITEs from outside: ``X-Roomline-Source`` replaced by the true ``ip:port;proto=``,
-   ``record_route``, dispatcher alg 10 (call load, ``maxload`` per worker); none free → 486 at
-   once (503 if no worker is up); 486/503/408/timeout from a worker → next worker; other
-   out-of-dialog methods → dropped (405 for trusted sources).
+   ``record_route``, dispatcher alg 10 (call load, ``maxload`` per worker) over two pools: the
+   16 kHz workers (set :data:`DISPATCHER_SET_WIDEBAND`) first for an offer carrying G.722 (or no
+   offer at all), the 8 kHz workers (set :data:`DISPATCHER_SET_NARROWBAND`) first for any other
+   offer; 486/503/408/timeout from a worker → next worker of that pool, then the other pool; no
+   free slot in either → 486 at once (503 if no worker is up); other out-of-dialog methods →
+   dropped (405 for trusted sources).
 
 Every call (inbound, and a worker's outbound INVITE) is also a dialog of the dialog module, with
 its worker in ``$dlg_var(rl_worker)``, so the main process can end a dead worker's calls with a
@@ -37,12 +40,14 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "DEFAULT_BLOCKED_USER_AGENTS",
-    "DISPATCHER_SET",
+    "DISPATCHER_SET_NARROWBAND",
+    "DISPATCHER_SET_WIDEBAND",
     "FrontConfigError",
     "FrontOptions",
     "FrontWorker",
     "SOURCE_HEADER",
     "SYSTEM_CA_DIR",
+    "dispatcher_set",
     "render_dispatcher_list",
     "render_kamailio_cfg",
     "render_tls_cfg",
@@ -57,8 +62,14 @@ INTERNAL_ADDRESS = "127.0.0.1"
 #: a ``ca_list`` bundle of ~150 CAs is parsed by every Kamailio process at start (seconds of
 #: startup on a small host, during which TLS is not served).
 SYSTEM_CA_DIR = "/etc/ssl/certs"
-#: Dispatcher set id of the bridge workers.
-DISPATCHER_SET = 1
+#: Dispatcher set of the 16 kHz bridge workers (G.722 offered first, G.711 resampled).
+DISPATCHER_SET_WIDEBAND = 1
+#: Dispatcher set of the 8 kHz bridge workers (G.711 only).
+DISPATCHER_SET_NARROWBAND = 2
+#: An SDP offer carrying G.722: static payload type 9 on the ``m=audio`` line, or an rtpmap for
+#: it (POSIX ERE; Kamailio's ``=~`` is case-insensitive; the string escapes are Kamailio's).
+_G722_MLINE_RE = r"m=audio [0-9]+(/[0-9]+)? [^ \r\n]+( [0-9]+)* 9[ \r\n]"
+_G722_RTPMAP_RE = r"a=rtpmap:[0-9]+ G722/8000"
 DEFAULT_BLOCKED_USER_AGENTS: tuple[str, ...] = ("friendly-scanner", "sipvicious", "sipcli")
 
 _DUID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
@@ -74,6 +85,11 @@ class FrontConfigError(ValueError):
     """An impossible front option; the message names the option."""
 
 
+def dispatcher_set(wideband: bool) -> int:
+    """The dispatcher set of a 16 kHz (``wideband``) or an 8 kHz worker."""
+    return DISPATCHER_SET_WIDEBAND if wideband else DISPATCHER_SET_NARROWBAND
+
+
 @dataclass(frozen=True, slots=True)
 class FrontWorker:
     """One bridge worker as a dispatcher destination (normally on loopback)."""
@@ -84,6 +100,13 @@ class FrontWorker:
     #: Unique id for the call-load table; defaults to ``w<port>``.
     duid: str = ""
     transport: str = "udp"
+    #: A 16 kHz worker (G.722 offered first); False for an 8 kHz (G.711-only) worker.
+    wideband: bool = True
+
+    @property
+    def set_id(self) -> int:
+        """The dispatcher set (pool) the worker is in."""
+        return dispatcher_set(self.wideband)
 
     @property
     def uid(self) -> str:
@@ -330,14 +353,19 @@ def _trusted_condition(addrs: Sequence[str]) -> str:
 
 
 def render_dispatcher_list(opts: FrontOptions) -> str:
-    """The dispatcher ``list_file``: one worker per line, set 1, call-load attributes."""
+    """The dispatcher ``list_file``: one worker per line, set 1 for the 16 kHz workers and set 2
+    for the 8 kHz ones, call-load attributes."""
     opts.validate()
-    lines = ["# roomline bridge workers (generated; set uri flags priority attrs)"]
+    lines = [
+        "# roomline bridge workers (generated; set uri flags priority attrs)",
+        f"# set {DISPATCHER_SET_WIDEBAND}: 16 kHz workers (G.722 first); "
+        f"set {DISPATCHER_SET_NARROWBAND}: 8 kHz workers (G.711 only)",
+    ]
     for w in opts.workers:
         attrs = f"duid={w.uid};maxload={w.maxload}"
         if opts.advertise:
             attrs += f";socket={_sock(w.transport, INTERNAL_ADDRESS, opts.internal_port)}"
-        lines.append(f"{DISPATCHER_SET} {w.uri} 0 0 {attrs}")
+        lines.append(f"{w.set_id} {w.uri} 0 0 {attrs}")
     return "\n".join(lines) + "\n"
 
 
@@ -370,6 +398,76 @@ def render_tls_cfg(opts: FrontOptions) -> str:
         "method = TLSv1.2+\n"
         f"{client}"
     )
+
+
+def _dispatch_blocks(opts: FrontOptions) -> tuple[str, str]:
+    """The start of ``route[DISPATCH]`` (the first worker for a new call) and the overflow into
+    the other pool for ``failure_route[DS_NEXT]`` ("" with one pool).
+
+    Call-load accounting stays within a set (``ds_next_dst`` moves a call's load only between
+    workers of one set), so the overflow frees the load in the exhausted pool and selects anew
+    in the other one, instead of one ``ds_select_routes`` list over both sets.
+    """
+    sets = sorted({w.set_id for w in opts.workers})
+    active = " || ".join(f'ds_is_active("{s}")' for s in sets)
+
+    def busy(depth: int) -> str:
+        """No free slot anywhere: 486 at once while a worker is up, else 503."""
+        t = "\t" * depth
+        return (
+            f"{t}if ({active}) {{\n"
+            f'{t}\txlog("L_INFO", "front: all workers full, 486 to $si:$sp\\n");\n'
+            f'{t}\tsl_send_reply("486", "Busy Here");\n'
+            f"{t}}} else {{\n"
+            f'{t}\txlog("L_WARN", "front: no worker up, 503 to $si:$sp\\n");\n'
+            f'{t}\tsl_send_reply("503", "Service Unavailable");\n'
+            f"{t}}}\n"
+            f"{t}exit;\n"
+        )
+
+    if len(sets) == 1:
+        return f'\tif (!ds_select_dst("{sets[0]}", "10")) {{\n{busy(2)}\t}}\n', ""
+    wide, narrow = DISPATCHER_SET_WIDEBAND, DISPATCHER_SET_NARROWBAND
+    dispatch = (
+        "\t# Which pool first: an offer carrying G.722, or none (a late offer: the worker's own\n"
+        "\t# offer then carries G.722), goes to the 16 kHz workers; any other offer (G.711 only,\n"
+        "\t# as from most PSTN trunks) to the 8 kHz workers. Each pool takes the other's overflow.\n"
+        f'\tif (!has_body() || $rb =~ "{_G722_MLINE_RE}" || $rb =~ "{_G722_RTPMAP_RE}") {{\n'
+        f"\t\t$avp(rl_ds) = {wide};\n\t\t$avp(rl_ds2) = {narrow};\n"
+        "\t} else {\n"
+        f"\t\t$avp(rl_ds) = {narrow};\n\t\t$avp(rl_ds2) = {wide};\n"
+        "\t}\n"
+        '\tif (!ds_select_dst("$avp(rl_ds)", "10")) {\n'
+        "\t\t# No free slot in that pool: the other one.\n"
+        "\t\t$avp(rl_ds) = $avp(rl_ds2);\n"
+        "\t\t$avp(rl_ds2) = $null;\n"
+        '\t\tif (!ds_select_dst("$avp(rl_ds)", "10")) {\n'
+        f"{busy(3)}"
+        "\t\t}\n"
+        "\t}\n"
+    )
+    overflow = (
+        "\t\t# This pool is exhausted: the other pool takes the call. The load leaves this pool\n"
+        "\t\t# (ds_next_dst cannot move it across sets) and is taken anew in the other one.\n"
+        "\t\tif ($avp(rl_ds2) != $null) {\n"
+        "\t\t\tds_load_unset();\n"
+        "\t\t\t$xavp(_dsdst_[*]) = $null;\n"
+        "\t\t\t$avp(rl_ds) = $avp(rl_ds2);\n"
+        "\t\t\t$avp(rl_ds2) = $null;\n"
+        '\t\t\tif (ds_select_dst("$avp(rl_ds)", "10")) {\n'
+        '\t\t\t\txlog("L_INFO", "front: $T_reply_code from a worker, trying the other pool: '
+        '$du\\n");\n'
+        '\t\t\t\tt_on_branch("DS_BRANCH");\n'
+        '\t\t\t\tt_on_reply("DS_REPLY");\n'
+        '\t\t\t\tt_on_failure("DS_NEXT");\n'
+        "\t\t\t\tif (t_relay()) exit;\n"
+        "\t\t\t\tds_load_unset();\n"
+        "\t\t\t}\n"
+        "\t\t\t$sht(dlg=>$ci) = $null;\n"
+        "\t\t\texit;\n"
+        "\t\t}\n"
+    )
+    return dispatch, overflow
 
 
 def render_kamailio_cfg(
@@ -444,7 +542,9 @@ def render_kamailio_cfg(
             'modparam("ctl", "binrpc_max_body_size", 1024)\n'
         )
     fr_inv = opts.fr_inv_timer_ms
-    ds_set = DISPATCHER_SET
+    # A worker of either pool: ds_is_from_list() without a set matches every set.
+    from_worker = "ds_is_from_list()"
+    dispatch, overflow = _dispatch_blocks(opts)
     contact_save = contact_reply = contact_route = dlg_reply = ""
     arm_dlg = arm_dlg_outside = ""
     if opts.contact_via_front:
@@ -470,7 +570,7 @@ def render_kamailio_cfg(
         # refresh (RFC 3261 12.2.1.2), so its Contact is rewritten like the first 200's, or the
         # caller would learn the worker's loopback address and send later requests there.
         arm_dlg = "\t\troute(DLG_CONTACT);\n"
-        arm_dlg_outside = f'\t\tif (!ds_is_from_list("{ds_set}")) {{\n\t{arm_dlg}\t\t}}\n'
+        arm_dlg_outside = f"\t\tif (!{from_worker}) {{\n\t{arm_dlg}\t\t}}\n"
         dlg_reply = (
             f'\nroute[DLG_CONTACT] {{\n{contact_save}\tt_on_reply("DLG_REPLY");\n}}\n'
             f"\nonreply_route[DLG_REPLY] {{\n{contact_reply}}}\n"
@@ -482,7 +582,7 @@ def render_kamailio_cfg(
         )
         contact_route = (
             "\t# Contact rewritten by the front: rlw-<port> names the worker (stateless).\n"
-            f'\tif (!ds_is_from_list("{ds_set}") && uri==myself && $rU =~ "^rlw-[0-9]{{1,5}}$") {{\n'
+            f'\tif (!{from_worker} && uri==myself && $rU =~ "^rlw-[0-9]{{1,5}}$") {{\n'
             '\t\tremove_hf("Route");\n'
             '\t\t$du = "sip:127.0.0.1:" + $(rU{s.substr,4,0});\n'
             f"{force}"
@@ -613,7 +713,7 @@ request_route {{
 
 	route(WITHINDLG);
 
-	if (ds_is_from_list("{ds_set}")) {{
+	if ({from_worker}) {{
 		route(FROM_WORKER);
 		exit;
 	}}
@@ -641,7 +741,7 @@ route[REQINIT] {{
 {ua_block}
 	force_rport();
 {trusted_block}
-	if (!isflagset(FLT_TRUSTED) && !ds_is_from_list("{ds_set}") && !(src_ip==myself)) {{
+	if (!isflagset(FLT_TRUSTED) && !{from_worker} && !(src_ip==myself)) {{
 		if ($sht(ipban=>$si) != $null) {{
 			drop;
 		}}
@@ -667,7 +767,7 @@ route[REQINIT] {{
 			sl_send_reply("200", "OK");
 			exit;
 		}}
-		if (!ds_is_from_list("{ds_set}")) {{
+		if (!{from_worker}) {{
 			drop;
 		}}
 	}}
@@ -694,7 +794,7 @@ route[WITHINDLG] {{
 	if (!has_totag()) return;
 	t_set_fr(0, {opts.dialog_fr_timer_ms});
 
-	if (!ds_is_from_list("{ds_set}")) {{
+	if (!{from_worker}) {{
 		route(SOURCE);
 	}}
 {contact_route}	if (loose_route()) {{
@@ -708,7 +808,7 @@ route[WITHINDLG] {{
 		route(RELAY);
 	}}
 	# A simple UA that ignores Record-Route: send it to the worker that owns the Call-ID.
-	if (!ds_is_from_list("{ds_set}") && $sht(dlg=>$ci) != $null) {{
+	if (!{from_worker} && $sht(dlg=>$ci) != $null) {{
 		$du = $sht(dlg=>$ci);
 		if (is_method("BYE")) {{
 			ds_load_update();
@@ -739,17 +839,7 @@ route[FROM_WORKER] {{
 }}
 
 route[DISPATCH] {{
-	if (!ds_select_dst("{ds_set}", "10")) {{
-		if (ds_is_active("{ds_set}")) {{
-			xlog("L_INFO", "front: all workers full, 486 to $si:$sp\\n");
-			sl_send_reply("486", "Busy Here");
-		}} else {{
-			xlog("L_WARN", "front: no worker up, 503 to $si:$sp\\n");
-			sl_send_reply("503", "Service Unavailable");
-		}}
-		exit;
-	}}
-{contact_save}	# A dialog per call: the front can end it with a BYE if its worker dies.
+{dispatch}{contact_save}	# A dialog per call: the front can end it with a BYE if its worker dies.
 	dlg_manage();
 	t_on_branch("DS_BRANCH");
 	t_on_reply("DS_REPLY");
@@ -812,7 +902,7 @@ failure_route[DS_NEXT] {{
 			t_on_failure("DS_NEXT");
 			if (t_relay()) exit;
 		}}
-	}}
+{overflow}	}}
 	ds_load_unset();
 	$sht(dlg=>$ci) = $null;
 }}

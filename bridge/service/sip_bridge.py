@@ -21,7 +21,7 @@ from bridge.service.outbound import OutboundCalls
 from bridge.service.sip_front import SIPFront
 from bridge.service.sip_service import SERVICE, SIPService
 from bridge.service.store import SIPStore
-from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
+from bridge.service.supervisor import WorkerHandle, WorkerSupervisor, pools
 from bridge.service.trunks import InboundCall
 from bridge.service.workers import plan_workers
 from roomline.lifecycle import Service
@@ -261,7 +261,7 @@ class SIPBridge:
         ready = [w for w in workers if w.ready]
         cap = sum(w.max_calls for w in ready)
         active = sum(w.active_calls for w in workers)
-        detail = f"{len(ready)}/{len(workers)} ready, {active}/{cap} calls"
+        detail = f"{len(ready)}/{len(workers)} ready ({pools(ready)}), {active}/{cap} calls"
         return "sip-workers", bool(ready), detail
 
     def metrics(self) -> Iterable[Family]:
@@ -272,6 +272,12 @@ class SIPBridge:
             "Concurrent call cap of each bridge worker (detected from the installed pjsua2).",
             "gauge",
             [({"sip_port": str(w.spec.sip_port)}, w.max_calls) for w in workers],
+        )
+        yield (
+            "roomline_sip_worker_bridge_rate_hz",
+            "Conference clock of each bridge worker: 16000 (G.722 first) or 8000 (G.711 only).",
+            "gauge",
+            [({"sip_port": str(w.spec.sip_port)}, w.bridge_rate) for w in workers],
         )
         yield (
             "roomline_sip_active_calls",

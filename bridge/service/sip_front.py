@@ -42,7 +42,8 @@ from bridge.service.front_dialogs import (
     end_worker_dialogs_waiting,
     find_kamcmd,
 )
-from bridge.service.supervisor import WorkerHandle, WorkerSupervisor
+from bridge.service.kamailio_cfg import dispatcher_set
+from bridge.service.supervisor import WorkerHandle, WorkerSupervisor, pools
 from roomline.config import CALLS_PER_WORKER, SIPConfig
 from roomline.errors import RoomlineError
 from sfu.service.metrics import Family
@@ -117,12 +118,13 @@ class SIPFront:
             await self.front.stop()
             raise SIPFrontError(f"SIP front: {exc}") from None
         log.info(
-            "SIP front listening on %s:%d (udp, tcp%s)%s for %d workers",
+            "SIP front listening on %s:%d (udp, tcp%s)%s for %d workers (%s)",
             self.front.options.bind_address,
             self.sip.port,
             f", tls {self.sip.tls_port}" if self.front.options.tls_enabled else "",
             f" advertising {self.front.options.advertise}" if self.front.options.advertise else "",
             len(self.supervisor.workers),
+            pools(self.supervisor.workers),
         )
         self._watch = asyncio.get_running_loop().create_task(self._watch_workers())
 
@@ -300,7 +302,7 @@ class SIPFront:
             f"unix:{self.front.ctl_socket}",
             "dispatcher.set_state",
             state,
-            "1",
+            str(dispatcher_set(w.spec.wideband)),
             uri,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

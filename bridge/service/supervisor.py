@@ -13,7 +13,7 @@ import inspect
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -37,7 +37,12 @@ OnOutbound = Callable[["WorkerHandle", control.Message], None]
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """Where one worker listens."""
+    """Where one worker listens, and its conference clock.
+
+    ``bridge_rate`` is passed to the worker as ``--bridge-rate``: 16000 (G.722 offered first,
+    G.711 resampled) or 8000 (G.711 only). The front routes by it (bridge/service/front.py) and
+    :meth:`WorkerSupervisor.pick_worker` prefers 16 kHz workers for outbound calls.
+    """
 
     sip_port: int
     rtp_start: int
@@ -45,6 +50,18 @@ class WorkerSpec:
     sip_host: str = "0.0.0.0"
     public_ip: str = ""
     extra_args: tuple[str, ...] = ()
+    bridge_rate: int = control.BRIDGE_RATE_WIDEBAND
+
+    def __post_init__(self) -> None:
+        if self.bridge_rate not in (control.BRIDGE_RATE_WIDEBAND, control.BRIDGE_RATE_NARROWBAND):
+            raise ValueError(f"bridge_rate must be 16000 or 8000, got {self.bridge_rate!r}")
+        if "--bridge-rate" in self.extra_args:
+            raise ValueError("the bridge rate goes in bridge_rate, not in extra_args")
+
+    @property
+    def wideband(self) -> bool:
+        """True for a 16 kHz worker (offers G.722)."""
+        return self.bridge_rate == control.BRIDGE_RATE_WIDEBAND
 
 
 #: A call's state in :attr:`WorkerHandle.calls` between its INVITE and the supervisor's decision.
@@ -69,6 +86,11 @@ class WorkerHandle:
     writer: asyncio.StreamWriter | None = None
 
     @property
+    def bridge_rate(self) -> int:
+        """The worker's conference clock (Hz): 16000 or 8000."""
+        return self.spec.bridge_rate
+
+    @property
     def active_calls(self) -> int:
         """Calls holding one of the worker's slots: being decided, ringing or active."""
         return sum(1 for s in self.calls.values() if s in (DECIDING, "ringing", "active"))
@@ -77,6 +99,15 @@ class WorkerHandle:
         """Write a control message to this worker if its channel is up."""
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(control.encode(msg))
+
+
+def pools(workers: Iterable[WorkerHandle]) -> str:
+    """``"4 at 16 kHz, 4 at 8 kHz"``: how many of ``workers`` run each bridge clock."""
+    rates: dict[int, int] = {}
+    for w in workers:
+        rates[w.bridge_rate] = rates.get(w.bridge_rate, 0) + 1
+    parts = [f"{rates[r]} at {r // 1000} kHz" for r in sorted(rates, reverse=True)]
+    return ", ".join(parts) or "none"
 
 
 class WorkerSupervisor:
@@ -138,14 +169,19 @@ class WorkerSupervisor:
         await self._procs.close()
 
     def pick_worker(self) -> WorkerHandle | None:
-        """The ready worker with the most free call slots (outbound calls), or None if all full."""
+        """The worker for an outbound call, or None if every ready worker is full.
+
+        A ready 16 kHz worker with a free slot first (its offer carries G.722, so a wideband
+        callee stays wideband), else an 8 kHz one; within a pool the one with the most free slots.
+        """
         free = [w for w in self.workers if w.ready and w.active_calls < w.max_calls]
-        return max(free, key=lambda w: w.max_calls - w.active_calls, default=None)
+        return max(free, key=lambda w: (w.bridge_rate, w.max_calls - w.active_calls), default=None)
 
     def metrics(self) -> dict[str, int]:
         return {
             "bridge_workers": len(self.workers),
             "bridge_workers_ready": sum(w.ready for w in self.workers),
+            "bridge_workers_wideband": sum(w.spec.wideband for w in self.workers),
             "bridge_max_calls": sum(w.max_calls for w in self.workers if w.ready),
             "bridge_active_calls": sum(w.active_calls for w in self.workers),
             "bridge_worker_restarts": sum(w.restarts for w in self.workers),
@@ -174,6 +210,8 @@ class WorkerSupervisor:
             str(s.rtp_end),
             "--control-fd",
             str(child.fileno()),
+            "--bridge-rate",
+            str(s.bridge_rate),
             *(["--public-ip", s.public_ip] if s.public_ip else []),
             *s.extra_args,
         ]

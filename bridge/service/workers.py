@@ -1,14 +1,16 @@
-"""Worker planning: how many bridge workers run, on which ports, with which RTP slice.
+"""Worker planning: how many bridge workers run, on which ports, with which RTP slice and clock.
 
 Front mode (``sip.workers`` is a count or ``auto``): every worker listens for SIP on
 ``127.0.0.1:<worker_base_port + i>`` only (the Kamailio front is the one public address), binds
 RTP on ``sip.bind_address`` in its own slice of ``sip.rtp_port_start..rtp_port_end``, and puts an
 address phones can reach into SDP ``c=``: ``sip.public_ip``, else the specific ``bind_address``,
 else whatever pjsua finds as the host's address. It honours ``X-Roomline-Source`` only from the
-front's socket (bridge/worker/source.py).
+front's socket (bridge/worker/source.py). The first ``sip.wideband_workers`` workers (``auto``:
+half, rounded up) run the 16 kHz bridge clock, the others 8 kHz (G.711 only); the front routes
+calls between the two pools by the codecs offered (bridge/service/kamailio_cfg.py).
 
 Direct mode (``sip.workers`` is the older list of mappings): each worker listens on its own port
-on ``sip.bind_address``, as before the front existed.
+on ``sip.bind_address``, as before the front existed, and all run the clock ``sip.wideband`` says.
 
 Pure functions, no I/O: :func:`plan_workers` turns a ``SIPConfig`` into ``WorkerSpec`` values for
 :class:`bridge.service.supervisor.WorkerSupervisor`.
@@ -136,8 +138,16 @@ def _media_address(sip: SIPConfig) -> str:
 
 
 def plan_workers(sip: SIPConfig) -> list[WorkerSpec]:
-    """One :class:`WorkerSpec` per worker process for ``sip`` (see the module docstring)."""
-    rate = [] if sip.wideband else ["--bridge-rate", str(control.BRIDGE_RATE_NARROWBAND)]
+    """One :class:`WorkerSpec` per worker process for ``sip`` (see the module docstring).
+
+    The first ``sip.wideband_worker_count()`` workers run the 16 kHz bridge clock, the others
+    8 kHz (:attr:`WorkerSpec.bridge_rate`); direct mode runs every worker at one rate.
+    """
+    wide = sip.wideband_worker_count()
+
+    def rate(i: int) -> int:
+        return control.BRIDGE_RATE_WIDEBAND if i < wide else control.BRIDGE_RATE_NARROWBAND
+
     if isinstance(sip.workers, list):  # direct mode
         return [
             WorkerSpec(
@@ -146,9 +156,9 @@ def plan_workers(sip: SIPConfig) -> list[WorkerSpec]:
                 rtp_end=w.rtp_port_end,
                 sip_host=sip.bind_address,
                 public_ip=sip.public_ip,
-                extra_args=tuple(rate),
+                bridge_rate=rate(i),
             )
-            for w in sip.workers
+            for i, w in enumerate(sip.workers)
         ]
     n = sip.worker_count()
     slices = rtp_slices(sip.rtp_port_start, sip.rtp_port_end, n)
@@ -158,7 +168,7 @@ def plan_workers(sip: SIPConfig) -> list[WorkerSpec]:
         trust += ["--front-source", src]
     specs = []
     for i, sl in enumerate(slices):
-        extra = ["--rtp-host", sip.bind_address, *trust, *rate]
+        extra = ["--rtp-host", sip.bind_address, *trust]
         if media_ip:
             extra += ["--rtp-public-ip", media_ip]
         specs.append(
@@ -169,6 +179,7 @@ def plan_workers(sip: SIPConfig) -> list[WorkerSpec]:
                 sip_host=LOOPBACK,
                 public_ip="",  # never in Via/Contact: those must stay reachable by the front
                 extra_args=tuple(extra),
+                bridge_rate=rate(i),
             )
         )
     return specs

@@ -209,6 +209,14 @@ class ToneCheck:
         return f"{self.freq:.1f} Hz, SNR {self.snr:.1f} dB (0.5 s windows: {ws})"
 
 
+def band_share(pcm: np.ndarray, rate: int, lo: float, hi: float) -> float:
+    """Share of the signal's energy (above 50 Hz) between ``lo`` and ``hi`` Hz (FFT). A 6 kHz
+    tone through a wideband path keeps most of it in 4-8 kHz; a narrowband path cuts it away."""
+    spec = np.abs(np.fft.rfft(pcm.astype(np.float64))) ** 2
+    freqs = np.fft.rfftfreq(len(pcm), 1.0 / rate)
+    return float(spec[(freqs > lo) & (freqs < hi)].sum()) / float(spec[freqs > 50].sum())
+
+
 def check_tone(pcm: np.ndarray, rate: int, freq: float) -> ToneCheck:
     assert len(pcm) >= rate // 2, f"only {len(pcm)} samples"
     return ToneCheck(

@@ -2,7 +2,8 @@
 
 One appliance per module, started from this tree (``python -m appliance.cli serve``) with the
 default ``sip`` settings except the ports (one free block of 1000): ``workers: auto`` = 8 workers of 4
-calls behind one SIP port. Callers are real peers (SIPp, the pjsua2 test phone), room peers the
+calls behind one SIP port, ``wideband_workers: auto`` = 4 of them at 16 kHz and 4 at 8 kHz (the
+PCMU callers fill the 8 kHz pool first and overflow into the 16 kHz one). Callers are real peers (SIPp, the pjsua2 test phone), room peers the
 LiveKit SDK, the control plane ``livekit-api``; audio is checked by FFT.
 
 * 24 concurrent PCMU calls, each from its own caller number into its own room: all answered,
@@ -557,14 +558,19 @@ async def test_healthz_reports_front_and_workers(front: Front) -> None:
     status, body = _healthz(front.server)
     lines = body.splitlines()
     assert status == 200 and lines[0] == "ok", body
-    assert any(ln.startswith(f"sip-workers: ok {WORKERS}/{WORKERS} ready") for ln in lines), body
+    # wideband_workers: auto = half the workers at 16 kHz, the rest at 8 kHz.
+    split = f"sip-workers: ok {WORKERS}/{WORKERS} ready (4 at 16 kHz, 4 at 8 kHz)"
+    assert any(ln.startswith(split) for ln in lines), body
     assert any(ln.startswith("sip-front: ok kamailio pid") for ln in lines), body
     m = metrics(front.server)
     assert m[("roomline_sip_front_up", "")] == 1
     cfg = front.server.data_dir / "sip-front" / "kamailio.cfg"
     assert cfg.exists() and (front.server.data_dir / "sip-front" / "dispatcher.list").exists()
     listed = (front.server.data_dir / "sip-front" / "dispatcher.list").read_text()
-    assert all(f"sip:127.0.0.1:{WORKER_BASE + i} " in listed for i in range(WORKERS)), listed
+    assert all(
+        f"{1 if i < WORKERS // 2 else 2} sip:127.0.0.1:{WORKER_BASE + i} " in listed
+        for i in range(WORKERS)
+    ), listed
 
 
 # --- 5. a fake X-Roomline-Source buys nothing --------------------------------------------------

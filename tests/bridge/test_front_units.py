@@ -9,7 +9,7 @@ import pytest
 
 from bridge.service.front import front_options_from_sip
 from bridge.service.sip_front import SIPFront, SIPFrontError
-from bridge.service.supervisor import WorkerSupervisor
+from bridge.service.supervisor import WorkerSpec, WorkerSupervisor, pools
 from bridge.service.workers import front_sources, plan_workers, rtp_slices
 from bridge.worker.__main__ import parse_args
 from bridge.worker.source import SOURCE_HEADER, parse_source_header, true_source
@@ -117,19 +117,99 @@ def test_plan_binds_sip_to_loopback_and_rtp_to_bind_address() -> None:
 
 def test_plan_narrowband_workers() -> None:
     """``sip.wideband: false`` puts every worker on the 8 kHz bridge clock, in both modes."""
-    assert all("--bridge-rate" not in s.extra_args for s in plan_workers(_cfg().sip))
-    for spec in plan_workers(_cfg(wideband=False).sip):
-        args = list(spec.extra_args)
-        assert args[args.index("--bridge-rate") + 1] == "8000"
+    assert all(s.bridge_rate == 8000 for s in plan_workers(_cfg(wideband=False).sip))
     direct = [{"sip_port": 5080, "rtp_port_start": 20000, "rtp_port_end": 20099}]
     (spec,) = plan_workers(_cfg(wideband=False, workers=direct).sip)
-    assert list(spec.extra_args) == ["--bridge-rate", "8000"]
-    assert parse_args(list(spec.extra_args)).bridge_rate == 8000
+    assert spec.bridge_rate == 8000 and not spec.wideband
+    (spec,) = plan_workers(_cfg(workers=direct).sip)
+    assert spec.bridge_rate == 16000 and spec.wideband
+    # The rate is a field; the supervisor turns it into the worker's --bridge-rate.
+    assert all("--bridge-rate" not in s.extra_args for s in plan_workers(_cfg().sip))
+    assert parse_args(["--bridge-rate", "8000"]).bridge_rate == 8000
     assert parse_args([]).bridge_rate == 16000
     with pytest.raises(SystemExit):  # argparse: a rate the bridge does not run
         parse_args(["--bridge-rate", "44100"])
     with pytest.raises(ConfigError, match="wideband"):
         _cfg(wideband="no")
+    with pytest.raises(ValueError, match="bridge_rate"):
+        WorkerSpec(5070, 10000, 10099, bridge_rate=44100)
+    with pytest.raises(ValueError, match="extra_args"):
+        WorkerSpec(5070, 10000, 10099, extra_args=("--bridge-rate", "8000"))
+
+
+def _rates(**sip: object) -> list[int]:
+    return [s.bridge_rate for s in plan_workers(_cfg(**sip).sip)]
+
+
+@pytest.mark.parametrize(
+    ("workers", "wide"), [(1, 1), (2, 1), (3, 2), (8, 4), ("auto", 4)]
+)  # fmt: skip
+def test_plan_auto_splits_half_wideband_rounded_up(workers: object, wide: int) -> None:
+    """``wideband_workers: auto``: the first half of the workers (rounded up) at 16 kHz."""
+    rates = _rates(workers=workers)
+    assert rates == [16000] * wide + [8000] * (len(rates) - wide)
+    assert _cfg(workers=workers).sip.wideband_worker_count() == wide
+
+
+def test_plan_explicit_wideband_workers() -> None:
+    assert _rates(workers=4, wideband_workers=3) == [16000, 16000, 16000, 8000]
+    assert _rates(workers=4, wideband_workers=0) == [8000] * 4
+    assert _rates(workers=4, wideband_workers=4) == [16000] * 4
+    assert _rates(workers=3, wideband_workers="1") == [16000, 8000, 8000]
+    assert _rates(workers=3, wideband=False) == [8000] * 3
+    assert _rates(workers=3, wideband=False, wideband_workers=0) == [8000] * 3
+    cfg = load_config(None, env={"ROOMLINE_SIP_WORKERS": "4", "ROOMLINE_SIP_WIDEBAND_WORKERS": "1"})
+    assert [s.bridge_rate for s in plan_workers(cfg.sip)] == [16000, 8000, 8000, 8000]
+    # Direct mode: one clock for all, as before (auto).
+    direct = [
+        {"sip_port": 5080 + i, "rtp_port_start": 20000 + 100 * i, "rtp_port_end": 20099 + 100 * i}
+        for i in range(3)
+    ]
+    assert _rates(workers=direct) == [16000] * 3
+    assert _rates(workers=direct, wideband=False) == [8000] * 3
+
+
+@pytest.mark.parametrize(
+    ("sip", "needle"),
+    [
+        ({"wideband_workers": "half"}, "sip.wideband_workers: expected 'auto'"),
+        ({"wideband_workers": True}, "sip.wideband_workers: expected 'auto'"),
+        ({"wideband_workers": 1.5}, "sip.wideband_workers: expected 'auto'"),
+        ({"wideband_workers": -1}, "sip.wideband_workers: expected 0..8"),
+        (
+            {"workers": 2, "wideband_workers": 3},
+            "sip.wideband_workers: expected 0..2 (sip.workers)",
+        ),
+        ({"wideband": False, "wideband_workers": 2}, "contradicts sip.wideband: false"),
+        (
+            {
+                "workers": [{"sip_port": 5080, "rtp_port_start": 20000, "rtp_port_end": 20099}],
+                "wideband_workers": 1,
+            },
+            "sip.wideband_workers: needs the front",
+        ),
+        (
+            {
+                "workers": [{"sip_port": 5080, "rtp_port_start": 20000, "rtp_port_end": 20099}],
+                "wideband_workers": 0,
+            },
+            "sip.wideband_workers: needs the front",
+        ),
+    ],
+)
+def test_wideband_workers_config_errors(sip: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        _cfg(**sip)
+    assert needle in str(exc.value), str(exc.value)
+
+
+def test_front_options_put_each_worker_in_its_pool() -> None:
+    opts = front_options_from_sip(_cfg(workers=3).sip)
+    assert [(w.port, w.wideband, w.set_id) for w in opts.workers] == [
+        (5070, True, 1),
+        (5071, True, 1),
+        (5072, False, 2),
+    ]
 
 
 def test_plan_advertises_public_ip_or_specific_bind_in_sdp() -> None:
@@ -300,6 +380,34 @@ def test_health_and_metrics_before_start(tmp_path: Path) -> None:
     fams = {f[0]: f for f in front.metrics()}
     got = dict((lbl["reason"], v) for lbl, v in fams["roomline_sip_front_rejections_total"][3])
     assert got["all_busy_486"] == 1 and got["flood_ban"] == 1 and got["malformed"] == 0
+
+
+def test_pick_worker_prefers_a_free_16k_worker_then_most_free_slots() -> None:
+    """Outbound calls: a 16 kHz worker while one has a free slot (a wideband callee stays
+    wideband), else an 8 kHz one; within a pool the worker with the most free slots."""
+    sup = WorkerSupervisor(plan_workers(_cfg(workers=4).sip), lambda req: None)  # type: ignore[arg-type,return-value]
+    w16a, w16b, w8a, w8b = sup.workers
+    assert [w.bridge_rate for w in sup.workers] == [16000, 16000, 8000, 8000]
+    for w in sup.workers:
+        w.ready, w.max_calls = True, 4
+
+    def busy(n: int) -> dict[str, str]:
+        return {f"c{i}": "active" for i in range(n)}
+
+    w16a.calls, w8a.calls = busy(1), {}
+    assert sup.pick_worker() is w16b
+    w16b.calls = busy(2)
+    assert sup.pick_worker() is w16a  # 3 free beat 2 free; the idle 8 kHz workers wait
+    w16a.calls, w16b.calls, w8a.calls = busy(4), busy(4), {"r": "ringing"}
+    assert sup.pick_worker() is w8b
+    w16a.calls, w16a.ready = {}, False  # a worker that is not ready takes nothing
+    assert sup.pick_worker() is w8b
+    w8a.calls = w8b.calls = busy(4)
+    assert sup.pick_worker() is None
+    assert pools(sup.workers) == "2 at 16 kHz, 2 at 8 kHz"
+    assert pools(w for w in sup.workers if w.ready) == "1 at 16 kHz, 2 at 8 kHz"
+    assert pools([]) == "none"
+    assert sup.metrics()["bridge_workers_wideband"] == 2
 
 
 async def test_impossible_front_options_are_a_roomline_error(tmp_path: Path) -> None:

@@ -147,6 +147,9 @@ async def test_outbound_callee_gets_bye_when_its_worker_dies(
             if n == "roomline_sip_active_calls" and lbl
         }
         (port,) = [p for p, v in active.items() if v == 1]
+        # Two workers, wideband_workers auto: the first runs 16 kHz, the second 8 kHz. An
+        # outbound call goes to a free 16 kHz worker (its offer carries G.722).
+        assert port == ports.front_workers, active
         pid = worker_pid(server, port)
         assert pid is not None
         # Kill it once the worker's ACK has passed the front (the dialog is confirmed).

@@ -71,6 +71,42 @@ def test_dispatcher_list_has_call_load_attributes() -> None:
     ]
 
 
+def test_dispatcher_list_has_a_set_per_pool() -> None:
+    """16 kHz workers in set 1, 8 kHz workers in set 2, each with its own port."""
+    opts = _opts(
+        workers=(
+            FrontWorker(28501),
+            FrontWorker(28502, wideband=False),
+            FrontWorker(28503, wideband=False, maxload=2),
+        )
+    )
+    lines = [ln for ln in render_dispatcher_list(opts).splitlines() if not ln.startswith("#")]
+    assert lines == [
+        "1 sip:127.0.0.1:28501 0 0 duid=w28501;maxload=4",
+        "2 sip:127.0.0.1:28502 0 0 duid=w28502;maxload=4",
+        "2 sip:127.0.0.1:28503 0 0 duid=w28503;maxload=2",
+    ]
+    cfg = render_kamailio_cfg(opts, "/tmp/x/d.list")
+    # Every "is this a worker" check covers both sets; none names one set.
+    assert "ds_is_from_list()" in cfg and 'ds_is_from_list("' not in cfg
+    assert 'ds_select_dst("$avp(rl_ds)", "10")' in cfg and "$avp(rl_ds2)" in cfg
+    assert 'ds_is_active("1") || ds_is_active("2")' in cfg
+    assert "a=rtpmap:[0-9]+ G722/8000" in cfg and "has_body()" in cfg
+
+
+@pytest.mark.parametrize("wideband", [True, False], ids=["all-16k", "all-8k"])
+def test_one_pool_renders_no_codec_routing(wideband: bool) -> None:
+    opts = _opts(
+        workers=(FrontWorker(28501, wideband=wideband), FrontWorker(28502, wideband=wideband))
+    )
+    cfg = render_kamailio_cfg(opts, "/tmp/x/d.list")
+    only = "1" if wideband else "2"
+    assert f'ds_select_dst("{only}", "10")' in cfg and f'ds_is_active("{only}")' in cfg
+    assert "rl_ds2" not in cfg and "G722" not in cfg
+    other = "2" if wideband else "1"
+    assert f'"{other}"' not in cfg.split("route[DISPATCH]")[1].split("branch_route")[0]
+
+
 def test_cfg_contents() -> None:
     cfg = render_kamailio_cfg(
         _opts(
@@ -99,7 +135,7 @@ def test_contact_via_front_covers_in_dialog_replies() -> None:
     withindlg = cfg.split("route[WITHINDLG] {")[1].split("\n}\n")[0]
     # the rlw-<port> path, loose routing from outside, and the Call-ID table
     assert withindlg.count("route(DLG_CONTACT);") == 3
-    assert '\t\tif (!ds_is_from_list("1")) {\n\t\t\troute(DLG_CONTACT);' in withindlg
+    assert "\t\tif (!ds_is_from_list()) {\n\t\t\troute(DLG_CONTACT);" in withindlg
     assert "onreply_route[DLG_REPLY] {" in cfg and 't_on_reply("DLG_REPLY");' in cfg
     assert "DLG_CONTACT" not in render_kamailio_cfg(_opts(), "/tmp/x/d.list")
 
@@ -208,6 +244,17 @@ def test_options_from_sip_config() -> None:
 
 
 # --- kamailio -c ------------------------------------------------------------------------------
+
+
+@needs_kamailio
+@pytest.mark.parametrize(
+    "split",
+    [(True, True), (False, False), (True, False, False)],
+    ids=["all-16k", "all-8k", "mixed"],
+)
+async def test_kamailio_accepts_every_pool_split(run_dir: Path, split: tuple[bool, ...]) -> None:
+    workers = tuple(FrontWorker(28501 + i, wideband=w) for i, w in enumerate(split))
+    await KamailioFront(_opts(workers=workers, contact_via_front=True), run_dir).check()
 
 
 @needs_kamailio

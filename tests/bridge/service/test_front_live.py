@@ -20,6 +20,8 @@ import pytest
 
 from bridge.service.front import FrontOptions, FrontWorker, KamailioFront
 from roomline_harness.front_sip import (
+    FRONT_HOST,
+    Lines,
     Worker,
     free_ports,
     header,
@@ -28,6 +30,7 @@ from roomline_harness.front_sip import (
     method_of,
     open_uac,
     request,
+    start_front,
     start_worker,
     status_of,
 )
@@ -38,46 +41,13 @@ pytestmark = [
     pytest.mark.timeout(120),
 ]
 
-FRONT_HOST = "127.0.0.1"
-
-
-class Lines:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def __call__(self, line: str) -> None:
-        self.lines.append(line)
-
-    def has(self, text: str) -> bool:
-        return any(text in ln for ln in self.lines)
-
-
-async def _start_front(
-    workers: list[FrontWorker], lines: Lines, **kw: object
-) -> tuple[KamailioFront, int, str]:
-    (port,) = free_ports(1)
-    run_dir = tempfile.mkdtemp(prefix="front-", dir="/tmp")
-    opts = FrontOptions(
-        workers=tuple(workers),
-        bind_address=FRONT_HOST,
-        port=port,
-        trusted_addresses=("127.0.0.9",),
-        ping_interval=1,
-        fr_timer_ms=1000,
-        **kw,  # type: ignore[arg-type]
-    )
-    front = KamailioFront(opts, run_dir, on_line=lines, stop_timeout=3.0)
-    await front.start()
-    await front.wait_ready()
-    return front, port, run_dir
-
 
 @pytest.fixture
 async def two_workers() -> AsyncIterator[tuple[KamailioFront, int, list[Worker], Lines]]:
     ports = free_ports(2)
     workers = [await start_worker(p) for p in ports]
     lines = Lines()
-    front, port, run_dir = await _start_front([FrontWorker(p, maxload=1) for p in ports], lines)
+    front, port, run_dir = await start_front([FrontWorker(p, maxload=1) for p in ports], lines)
     try:
         yield front, port, workers, lines
     finally:
@@ -246,7 +216,7 @@ async def test_all_full_gets_486_at_once_and_busy_worker_is_skipped() -> None:
     busy = await start_worker(ports[0], invite_status=486)
     good = await start_worker(ports[1])
     lines = Lines()
-    front, port, run_dir = await _start_front(
+    front, port, run_dir = await start_front(
         [FrontWorker(ports[0], maxload=4), FrontWorker(ports[1], maxload=2)], lines
     )
     dest = (FRONT_HOST, port)
@@ -275,7 +245,7 @@ async def test_dead_worker_is_marked_down_then_back() -> None:
     ports = free_ports(2)
     alive = await start_worker(ports[1])
     lines = Lines()
-    front, port, run_dir = await _start_front([FrontWorker(ports[0]), FrontWorker(ports[1])], lines)
+    front, port, run_dir = await start_front([FrontWorker(ports[0]), FrontWorker(ports[1])], lines)
     dest = (FRONT_HOST, port)
     try:
         # Nothing listens on ports[0]: probing marks it down, calls still connect via ports[1].
@@ -304,7 +274,7 @@ async def test_flood_is_banned_but_other_sources_still_connect() -> None:
     ports = free_ports(1)
     worker = await start_worker(ports[0], invite_status=486)
     lines = Lines()
-    front, port, run_dir = await _start_front(
+    front, port, run_dir = await start_front(
         [FrontWorker(ports[0], maxload=4)], lines, pike_sampling_time=2, pike_reqs_density=30
     )
     dest = (FRONT_HOST, port)
@@ -394,7 +364,7 @@ async def test_failover_to_next_worker(status: int) -> None:
     lines = Lines()
     # Room for every call the test keeps up (the answered calls are never hung up).
     workers = [FrontWorker(ports[0], maxload=16), FrontWorker(ports[1], maxload=16)]
-    front, port, run_dir = await _start_front(workers, lines)
+    front, port, run_dir = await start_front(workers, lines)
     dest = (FRONT_HOST, port)
     try:
         await asyncio.sleep(1.5)  # both answer the OPTIONS probes: both up
@@ -450,7 +420,7 @@ async def test_advertise_keeps_workers_on_loopback_socket() -> None:
     worker_port, internal = free_ports(2)
     worker = await start_worker(worker_port)
     lines = Lines()
-    front, port, run_dir = await _start_front(
+    front, port, run_dir = await start_front(
         [FrontWorker(worker_port)], lines, advertise="192.0.2.10", internal_port=internal
     )
     dest = (FRONT_HOST, port)
