@@ -54,7 +54,9 @@ from bench.bench_sip import (  # noqa: E402
     RATE,
     SAMPLES,
     SipUA,
+    Stack,
     bursts,
+    front_pids,
     onsets,
     speech_like,
     start_stack,
@@ -62,7 +64,12 @@ from bench.bench_sip import (  # noqa: E402
 )
 from bench.pesq_live import pesq_table  # noqa: E402
 from roomline_harness.lk import token  # noqa: E402
-from roomline_harness.sip.fullstack import cpu_seconds, room_for, worker_pid  # noqa: E402
+from roomline_harness.sip.fullstack import (  # noqa: E402
+    cpu_seconds,
+    metrics,
+    room_for,
+    worker_pid,
+)
 from roomline_harness.sip.pcap import linear_to_ulaw  # noqa: E402
 from sfu.local import socket_path  # noqa: E402
 from sfu.local.client import ChannelClient  # noqa: E402
@@ -70,6 +77,17 @@ from sfu.local.codec import OpusDecoder, OpusEncoder, RtpPacketizer  # noqa: E40
 from sfu.media.rtp import parse_rtp  # noqa: E402
 
 ROOM_RATE = 48000
+
+
+def worker_rates(stack: Stack) -> dict[int, int]:
+    """Calls up per bridge clock (Hz → calls), from ``/metrics``: where the front put them."""
+    m = metrics(stack.server)
+    out: dict[int, int] = {}
+    for p in stack.workers:
+        label = f'{{sip_port="{p}"}}'
+        rate = int(m.get(("roomline_sip_worker_bridge_rate_hz", label), 0))
+        out[rate] = out.get(rate, 0) + int(m.get(("roomline_sip_active_calls", label), 0))
+    return out
 
 
 def pctl(xs: list[float], q: float) -> float:
@@ -209,14 +227,26 @@ async def latency_probe(stack, data_dir: Path, number: str, seconds: float) -> d
 
 
 def call_logs(log_text: str) -> list[tuple[int, int, str]]:
-    """(port underruns, rx frames, room input stats) of each finished call, from worker logs."""
-    out = []
-    for m in re.finditer(
+    """(port underruns, rx frames, room input stats) of each finished call, from worker logs.
+
+    The appliance logs JSON lines: the pattern is matched inside each line's ``event`` text (the
+    room input stats end the event, not the line).
+    """
+    pattern = re.compile(
         r"ended: port rx=(\d+) tx=\d+ underruns=(\d+)(?: produced=\d+)?"
-        r"(?:; phone jitter buffer \{[^}]*\})?; room inputs (\{[^\n]*\})",
-        log_text,
-    ):
-        out.append((int(m.group(2)), int(m.group(1)), m.group(3)))
+        r"(?:; phone jitter buffer \{[^}]*\})?; room inputs (\{.*\})$"
+    )
+    out = []
+    for line in log_text.splitlines():
+        if "ended: port rx=" not in line:
+            continue
+        try:
+            event = str(json.loads(line).get("event", ""))
+        except (ValueError, AttributeError):
+            event = line
+        m = pattern.search(event)
+        if m:
+            out.append((int(m.group(2)), int(m.group(1)), m.group(3)))
     return out
 
 
@@ -245,11 +275,25 @@ async def main() -> None:
         action="store_true",
         help="sip.wideband: false (8 kHz bridge clock, G.711 only)",
     )
+    ap.add_argument(
+        "--front",
+        action="store_true",
+        help="front mode as deployed: phones call the Kamailio front, which picks the worker "
+        "(16/8 kHz pools by codec); the front's CPU counts in the all-in figure",
+    )
+    ap.add_argument("--workers", type=int, default=0, help="worker count (default: calls / 4)")
+    ap.add_argument(
+        "--wideband-workers",
+        default="",
+        help="sip.wideband_workers with --front (default: the config's, auto = half)",
+    )
     a = ap.parse_args()
     calls = a.calls + a.calls % 2
     pairs = calls // 2
     numbers = [f"+155508{i:05d}" for i in range(pairs)] + ["+15550899999"]
     workers = -(-calls // 4) + (0 if a.no_latency else 1)  # +1: the latency probe's own worker
+    if a.workers:
+        workers = a.workers
     if a.pesq:
         workers = 1  # the PESQ rounds use one room on the last worker
     if a.server_tree:
@@ -262,11 +306,16 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rlbm") as tmp:
         # info: the PESQ table reads each call's end-of-call line (room jitter-buffer counters)
         sip: dict[str, Any] = {"wideband": False} if a.narrowband else {}
+        if a.wideband_workers:
+            sip["wideband_workers"] = (
+                int(a.wideband_workers) if a.wideband_workers.isdigit() else a.wideband_workers
+            )
         stack = start_stack(
             Path(tmp),
             numbers,
             workers,
-            "info" if a.pesq else "warning",
+            "info",  # the end-of-call lines (underruns, jitter stalls) are info
+            front=a.front,
             **sip,
         )
         try:
@@ -287,11 +336,14 @@ async def main() -> None:
                     f"load average {os.getloadavg()}"
                 )
                 return
-            pids = [worker_pid(stack.server, p) for p in stack.ports]
+            pids = [worker_pid(stack.server, p) for p in stack.workers]
             main_pid = stack.server.process.pid
+            fpids = front_pids(stack.server) if stack.front else []
 
             def cpu() -> tuple[float, float]:
-                return sum(cpu_seconds(p) for p in pids if p), cpu_seconds(main_pid)
+                # the front (Kamailio) counts with the main process: signalling, no media
+                main = cpu_seconds(main_pid) + sum(cpu_seconds(p) for p in fpids)
+                return sum(cpu_seconds(p) for p in pids if p), main
 
             await asyncio.sleep(2)
             w0, m0, t0 = *cpu(), time.monotonic()
@@ -313,6 +365,7 @@ async def main() -> None:
             w1, m1, t1 = *cpu(), time.monotonic()
             dt = t1 - t0
             busy_w, busy_m = (w1 - w0) / dt, (m1 - m0) / dt
+            rates = worker_rates(stack)
             # packets each phone received inside the window: 50/s when the bridge clock kept up
             pps = statistics.median(
                 sum(1 for r in list(u.received) if t0 <= r.t < t1) / dt for u in uas
@@ -340,6 +393,11 @@ async def main() -> None:
     # all-in: busy CPU of every worker and of the main process, idle included, per call
     all_in = (busy_w + busy_m) / calls
     print(f"calls {calls} ({pairs} rooms of 2 SIP callers) on {n_w} workers, {dt:.1f} s window")
+    if a.front:
+        print(
+            f"  front mode: {len(fpids)} Kamailio processes (counted with main); calls per "
+            f"worker bridge clock: {rates}"
+        )
     print(f"  workers: idle {idle_w * 100:5.1f} %  busy {busy_w * 100:5.1f} % of a core")
     print(f"  main:    idle {idle_m * 100:5.1f} %  busy {busy_m * 100:5.1f} % of a core")
     print(
@@ -363,14 +421,16 @@ async def main() -> None:
         f"served tick: {all_in * 50 / pps * 100:.2f} % -> {pps / 50 / all_in:.1f} calls/core"
     )
     und = [u for u, rx, _ in logs if rx > 100]
-    stalls = [
-        sum(v.get("stalls", 0) for v in json.loads(s.replace("'", '"')).values())
-        for _, rx, s in logs
-        if rx > 100
-    ]
+    # A stall is a frame late at the tick it was due. The room buffer also stalls once when a
+    # stream stops (the peer hung up first): after 3 empty ticks that stall turns into a
+    # re-buffer (``underruns``), so stalls minus re-buffers are the late frames of live streams.
+    stats = [json.loads(s.replace("'", '"')) for _, rx, s in logs if rx > 100]
+    late = [sum(v.get("stalls", 0) - v.get("underruns", 0) for v in st.values()) for st in stats]
+    rebuf = [sum(v.get("underruns", 0) for v in st.values()) for st in stats]
     print(
-        f"  finished calls {len(und)}: port underruns per call max {max(und, default=0)} "
-        f"total {sum(und)}; room jitter stalls per call max {max(stalls, default=0)} total {sum(stalls)}"
+        f"  finished calls {len(und)} of {calls}: port underruns per call max "
+        f"{max(und, default=0)} total {sum(und)}; room jitter stalls of live streams per call "
+        f"max {max(late, default=0)} total {sum(late)} (re-buffers at hang-up: {sum(rebuf)})"
     )
     if lat:
         for k, name in (

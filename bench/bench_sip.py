@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import random
 import re
 import statistics
@@ -46,6 +47,7 @@ from livekit import rtc  # noqa: E402
 
 from roomline_harness.aio import wait_for  # noqa: E402
 from roomline_harness.lk import connect, subscribed_audio, token  # noqa: E402
+from roomline_harness.net import free_block, free_port, free_udp_range  # noqa: E402
 from roomline_harness.server import Server, start_server, stop_server  # noqa: E402
 from roomline_harness.sip.fullstack import cpu_seconds, room_for, sip_section, worker_pid  # noqa: E402
 from roomline_harness.sip.pcap import linear_to_ulaw  # noqa: E402
@@ -351,16 +353,43 @@ async def sdk_frames(track: rtc.Track, seconds: float) -> list[tuple[float, np.n
 
 @dataclass
 class Stack:
+    """The appliance under test. ``ports[i]`` is where phones send the calls meant for worker
+    ``i`` (its own port in direct mode, the front's port for all in front mode); ``workers`` are
+    the workers' SIP ports."""
+
     server: Server
     ports: list[int]
+    workers: list[int] = field(default_factory=list)
+    front: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.workers:
+            self.workers = list(self.ports)
 
 
 def start_stack(
-    tmp: Path, numbers: list[str], workers: int, log_level: str = "warning", **sip: Any
+    tmp: Path,
+    numbers: list[str],
+    workers: int,
+    log_level: str = "warning",
+    front: bool = False,
+    **sip: Any,
 ) -> Stack:
-    """``roomline serve`` with ``workers`` direct-mode workers; ``sip`` adds ``sip.*`` keys."""
+    """``roomline serve`` with ``workers`` direct-mode workers, or with ``front`` that many
+    loopback workers behind the Kamailio front (as deployed); ``sip`` adds ``sip.*`` keys."""
     for attempt in range(3):  # free ports are picked independently and may collide
-        section, ws = sip_section(numbers, workers=workers)
+        section, ws = sip_section(numbers, workers=0 if front else workers)
+        if front:
+            front_port = free_port()
+            base = free_block(workers)
+            rtp = free_udp_range(40 * workers)
+            section.update(
+                workers=workers,
+                port=front_port,
+                worker_base_port=base,
+                rtp_port_start=rtp[0],
+                rtp_port_end=rtp[1],
+            )
         section.update(sip)
         try:
             server = start_server(tmp, sip=section, logging={"level": log_level, "format": "json"})
@@ -368,8 +397,35 @@ def start_stack(
             if attempt == 2:
                 raise
             continue
+        if front:
+            return Stack(server, [front_port] * workers, [base + i for i in range(workers)], True)
         return Stack(server, ws.sip_ports)
     raise AssertionError("unreachable")
+
+
+def front_pids(server: Server) -> list[int]:
+    """The Kamailio processes (the SIP front) under ``server``, from /proc."""
+    parent: dict[int, int] = {}
+    comm: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+        parent[int(entry)] = int(rest.split()[1])
+        comm[int(entry)] = name
+
+    def under(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == server.process.pid:
+                return True
+        return False
+
+    return [p for p, name in comm.items() if name == "kamailio" and under(p)]
 
 
 async def wait_workers(stack: Stack) -> None:
@@ -377,10 +433,13 @@ async def wait_workers(stack: Stack) -> None:
 
     def ready() -> bool:
         return all(
-            worker_metric(stack.server, "roomline_sip_worker_max_calls", p) > 0 for p in stack.ports
+            worker_metric(stack.server, "roomline_sip_worker_max_calls", p) > 0
+            for p in stack.workers
         )
 
     await wait_for(ready, 30, "workers ready")
+    if stack.front:
+        await asyncio.sleep(3.0)  # the front marks each worker up once it answers OPTIONS
 
 
 # --- the benchmarks ------------------------------------------------------------------------------
@@ -500,7 +559,7 @@ def _match(t_rx: float, tx: list[float]) -> list[float]:
 
 
 async def bench_capacity(stack: Stack, calls: int, seconds: float) -> None:
-    pids = [worker_pid(stack.server, p) for p in stack.ports]
+    pids = [worker_pid(stack.server, p) for p in stack.workers]
     assert all(pids), pids
     main_pid = stack.server.process.pid
 
