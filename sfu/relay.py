@@ -23,8 +23,12 @@ log = structlog.get_logger(__name__)
 class Sink(Protocol):
     """One subscriber's end of a track (``sfu.media.aiortc.SubscriberSender`` is one)."""
 
-    async def send(self, pkt: SourcePacket, now_ntp: int) -> bool:
-        """Forward one packet; ``now_ntp`` (64-bit NTP) is read once per packet for all sinks."""
+    def send(self, pkt: SourcePacket, now_ntp: int) -> bool:
+        """Forward one packet; ``now_ntp`` (64-bit NTP) is read once per packet for all sinks.
+
+        Synchronous: a sink hands the packet to its socket (a datagram, or a local stream's
+        buffer) and returns; a per-packet coroutine chain cost more than the forwarding itself.
+        """
 
     @property
     def needs_keyframe(self) -> bool:
@@ -72,16 +76,16 @@ class TrackRelay:
         self.malformed = 0
         self.sink_errors = 0
 
-    async def push(self, data: bytes) -> None:
+    def push(self, data: bytes) -> None:
         """A raw packet from the publisher: parse once, hand to every sink."""
         try:
             packet = SourcePacket(self.source, data)
         except RtpError:
             self.malformed += 1  # counted, never fatal: one bad packet must not stop the track
             return
-        await self.on_rtp(packet)
+        self.on_rtp(packet)
 
-    async def on_rtp(self, packet: SourcePacket) -> None:
+    def on_rtp(self, packet: SourcePacket) -> None:
         """A parsed packet from the publisher (the WebRTC tap calls this directly)."""
         self.packets += 1
         if packet.audio_level is not None:
@@ -93,7 +97,7 @@ class TrackRelay:
         now = ntp_timestamp(time.time())
         for sink in sinks:
             try:
-                await sink.send(packet, now)
+                sink.send(packet, now)
             except Exception:  # one broken subscriber must not starve the others
                 self.sink_errors += 1
                 if self.sink_errors == 1:

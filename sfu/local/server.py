@@ -15,6 +15,7 @@ import copy
 import dataclasses
 import os
 import socket
+from typing import cast
 
 import structlog
 from livekit.protocol import rtc
@@ -23,13 +24,11 @@ from roomline.auth import verify_token
 from roomline.config import Config
 from roomline.errors import InvalidRequest, RoomlineError
 from roomline.lifecycle import Service
-from roomline.tasks import TaskSet
 from roomline.wire import AUDIO_LEVEL_EXT_ID
 from sfu.admission import CLIENT_PROTOCOL_DEFAULT, participant_init
 from sfu.events import SubscriptionChanged
 from sfu.local import stream
 from sfu.local.codec import OPUS_PT, RATE
-from sfu.local.framing import MAX_FRAME
 from sfu.local.protocol import (
     ConnectionClosed,
     DataReceived,
@@ -86,7 +85,7 @@ class LocalSink:
         self.prefix = track_sid
         self.dropped = 0
 
-    async def send(self, pkt: SourcePacket, now_ntp: int | None = None) -> bool:
+    def send(self, pkt: SourcePacket, now_ntp: int | None = None) -> bool:
         if not self.session.write_media(self.prefix, pkt.data):
             self.dropped += 1
             return False
@@ -110,12 +109,12 @@ class LocalSession(SignalSession):
         room: Room,
         participant: Participant,
         protocol: ServerProtocol,
-        writer: asyncio.StreamWriter,
+        transport: asyncio.WriteTransport,
         subscribe_kinds: frozenset[str],
     ) -> None:
         super().__init__(node, cfg, room, participant)
         self.protocol = protocol
-        self.writer = writer
+        self.transport = transport
         self.subscribe_kinds = subscribe_kinds
         self._published: set[str] = set()
         self._sinks: set[str] = set()
@@ -124,12 +123,12 @@ class LocalSession(SignalSession):
 
     def flush(self) -> None:
         """Write what the protocol has queued."""
-        stream.flush(self.protocol, self.writer)
+        stream.flush(self.protocol, self.transport)
 
     def write_media(self, track_sid: str, packet: bytes) -> bool:
-        if self.closed or self.writer.is_closing():
+        if self.closed or self.transport.is_closing():
             return False
-        if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
+        if self.transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
             return False  # a stalled client loses media, never the SFU's memory
         if not self.protocol.send_rtp(track_sid, packet):
             return False
@@ -222,7 +221,7 @@ class LocalSession(SignalSession):
         self.node.dispatch(room.set_state(participant.sid, ParticipantState.ACTIVE))
         self.log.info("participant moved", destination=destination)
 
-    async def on_rtp(self, track_sid: str, packet: bytes) -> None:
+    def on_rtp(self, track_sid: str, packet: bytes) -> None:
         track_sid = self._aliases.get(track_sid, track_sid)
         if track_sid not in self._published:
             raise InvalidRequest(
@@ -230,7 +229,7 @@ class LocalSession(SignalSession):
             )
         relay = self.node.relays.get(track_sid)
         if relay is not None:
-            await relay.push(packet)
+            relay.push(packet)
 
     def close(self, reason: DisconnectReason) -> None:
         if self.closed:
@@ -248,8 +247,8 @@ class LocalSession(SignalSession):
         self._published.clear()
         self._sinks.clear()
         self.protocol.close()
-        if not self.writer.is_closing():
-            self.writer.close()
+        if not self.transport.is_closing():
+            self.transport.close()  # after the buffered frames (a LEAVE, say) are written
 
 
 #: Why a local participant left when its connection dropped without a leave.
@@ -267,15 +266,13 @@ class LocalChannelServer(Service):
         self.cfg = cfg
         self.path = path
         self._server: asyncio.AbstractServer | None = None
-        self._pair_tasks = TaskSet("local channel")
         self.sessions: set[LocalSession] = set()
 
     async def start(self) -> None:
         if os.path.exists(self.path):
             os.unlink(self.path)  # a stale socket from a previous run
-        self._server = await asyncio.start_unix_server(
-            self._serve, path=self.path, limit=MAX_FRAME + 8
-        )
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: _Connection(self), path=self.path)
         os.chmod(
             self.path, 0o600
         )  # only this user's processes may join rooms without a network hop
@@ -286,7 +283,6 @@ class LocalChannelServer(Service):
             self._server.close()
         for session in list(self.sessions):
             session.close(DisconnectReason.SERVER_SHUTDOWN)
-        self._pair_tasks.cancel()
         if os.path.exists(self.path):
             os.unlink(self.path)
 
@@ -296,53 +292,12 @@ class LocalChannelServer(Service):
         Runs the whole channel in one process without a listening socket (tests, embedding).
         """
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        reader, writer = await asyncio.open_unix_connection(sock=mine, limit=MAX_FRAME + 8)
-        self._pair_tasks.spawn(self._serve(reader, writer), "in-process connection")
+        loop = asyncio.get_running_loop()
+        await loop.create_unix_connection(lambda: _Connection(self), sock=mine)
         return theirs
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        protocol = ServerProtocol()
-        try:
-            session = await asyncio.wait_for(
-                self._handshake(reader, writer, protocol), JOIN_TIMEOUT
-            )
-        except TimeoutError:
-            session = None
-            protocol.fail(f"no JOIN frame within {JOIN_TIMEOUT:g} s")
-        except (ConnectionError, OSError):
-            session = None
-            protocol.close()
-        if session is None:
-            log.info("local join refused", reason=protocol.close_reason)
-            await stream.close(protocol, writer)
-            return
-        # The connection ending without a LeaveRequest means the process behind it went away:
-        # for a SIP caller that is the bridge worker (the call is lost), for an agent its job.
-        reason = UNCLEAN_CLOSE_REASONS.get(session.participant.kind, DisconnectReason.SIGNAL_CLOSE)
-        try:
-            while protocol.state is State.OPEN and not session.closed:
-                for event in await stream.receive(reader, protocol):
-                    await self._on_event(session, event)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            self.sessions.discard(session)
-            if not session.closed:
-                self.node.detach(session, reason)
-                session.close(reason)
-
-    async def _handshake(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: ServerProtocol
-    ) -> LocalSession | None:
-        """Read until the JOIN; admit the participant or refuse (``protocol`` is then CLOSED)."""
-        while protocol.state is State.CONNECTING:
-            for event in await stream.receive(reader, protocol):
-                if isinstance(event, JoinReceived):
-                    return self._admit(protocol, writer, event.join)
-        return None
-
     def _admit(
-        self, protocol: ServerProtocol, writer: asyncio.StreamWriter, join: JoinRequest
+        self, protocol: ServerProtocol, transport: asyncio.WriteTransport, join: JoinRequest
     ) -> LocalSession | None:
         try:
             claims = verify_token(join.token, self.cfg.keys)
@@ -358,7 +313,7 @@ class LocalChannelServer(Service):
             return None
         protocol.accept()
         session = LocalSession(
-            self.node, self.cfg, room, participant, protocol, writer, join.subscribe_kinds
+            self.node, self.cfg, room, participant, protocol, transport, join.subscribe_kinds
         )
         self.sessions.add(session)
         session.log.info("local participant joined", kind=participant.kind.name)
@@ -369,10 +324,10 @@ class LocalChannelServer(Service):
         self.node.dispatch(room.set_state(participant.sid, ParticipantState.ACTIVE))
         return session
 
-    async def _on_event(self, session: LocalSession, event: Event) -> None:
+    def _on_event(self, session: LocalSession, event: Event) -> None:
         try:
             if isinstance(event, RtpReceived):
-                await session.on_rtp(event.track_sid, event.packet)
+                session.on_rtp(event.track_sid, event.packet)
             elif isinstance(event, SignalRequestReceived):
                 session.handle_request(event.request)
             elif isinstance(event, DataReceived):
@@ -390,3 +345,99 @@ class LocalChannelServer(Service):
                     )
                 )
             )
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to the channel: what the loop reads goes to the sans-I/O
+    :class:`ServerProtocol` and its events are handled in the same call.
+
+    Until the JOIN (at most :data:`JOIN_TIMEOUT` seconds) frames are only parsed; then the
+    participant is admitted or refused (the refusal is written, then the connection closed).
+    A bridge worker sends one RTP frame per call every 20 ms: forwarding is synchronous
+    (:meth:`sfu.relay.TrackRelay.push`), so no read loop, future or task step is paid per frame.
+    """
+
+    def __init__(self, server: LocalChannelServer) -> None:
+        self.server = server
+        self.protocol = ServerProtocol()
+        self.transport: asyncio.Transport | None = None
+        self.session: LocalSession | None = None
+        self._join_timer: asyncio.TimerHandle | None = None
+        self._ended = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        loop = asyncio.get_running_loop()
+        self._join_timer = loop.call_later(JOIN_TIMEOUT, self._join_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        self._handle_events()
+
+    def eof_received(self) -> bool:
+        self.protocol.receive_eof()
+        self._handle_events()
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.session is None and self.protocol.state is State.CONNECTING:
+            self.protocol.close()
+        self._end()
+
+    def _join_timeout(self) -> None:
+        self._join_timer = None
+        if self.session is None and not self._ended:
+            self.protocol.fail(f"no JOIN frame within {JOIN_TIMEOUT:g} s")
+            self._refuse()
+
+    def _handle_events(self) -> None:
+        for event in self.protocol.events_received():
+            session = self.session
+            if session is None:
+                if isinstance(event, JoinReceived) and not self._ended:
+                    self._joined(event.join)
+                continue  # nothing else counts before the JOIN
+            if self._ended:
+                return
+            self.server._on_event(session, event)
+        session = self.session
+        if session is not None and (self.protocol.state is not State.OPEN or session.closed):
+            self._end()
+
+    def _joined(self, join: JoinRequest) -> None:
+        if self._join_timer is not None:
+            self._join_timer.cancel()
+            self._join_timer = None
+        assert self.transport is not None
+        self.session = self.server._admit(self.protocol, self.transport, join)
+        if self.session is None:
+            self._refuse()
+
+    def _refuse(self) -> None:
+        log.info("local join refused", reason=self.protocol.close_reason)
+        self._ended = True
+        if self.transport is not None:
+            stream.flush(self.protocol, self.transport)  # the ERROR frame, then close
+            self.transport.close()
+
+    def _end(self) -> None:
+        """The connection is over: a participant that did not leave is disconnected."""
+        if self._join_timer is not None:
+            self._join_timer.cancel()
+            self._join_timer = None
+        if self._ended:
+            return
+        self._ended = True
+        session = self.session
+        if session is not None:
+            self.server.sessions.discard(session)
+            if not session.closed:
+                # The connection ending without a LeaveRequest means the process behind it
+                # went away: for a SIP caller that is the bridge worker (the call is lost), for
+                # an agent its job.
+                kind = session.participant.kind
+                reason = UNCLEAN_CLOSE_REASONS.get(kind, DisconnectReason.SIGNAL_CLOSE)
+                self.server.node.detach(session, reason)
+                session.close(reason)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()

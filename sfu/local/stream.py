@@ -1,10 +1,12 @@
-"""asyncio plumbing of the local channel (the SFU end, and the client's writes): feed, write.
+"""The local channel's asyncio helpers: the one write helper of both ends, and a read step.
 
-:mod:`sfu.local.protocol` does no I/O; these three functions are all the I/O the server adds
-to it, and :func:`flush` is also the client's. The server awaits the room's forwarding of each
-packet, hence a stream read loop. The client end (:mod:`sfu.local.client`) has nothing to await
-per packet and reads with an :class:`asyncio.Protocol` instead (a bridge worker gets a packet
-per call and room track every 20 ms).
+:mod:`sfu.local.protocol` does no I/O. Each end (:class:`sfu.local.server.LocalChannelServer`,
+:class:`sfu.local.client.ChannelClient`) reads with an :class:`asyncio.Protocol` that feeds what
+the loop reads to the sans-I/O protocol and handles the events in the same call: a bridge worker
+sends and receives an RTP frame per call and room track every 20 ms, and a ``StreamReader``
+loop paid a future, a task step and a coroutine resume on top of each. Writes go through
+:func:`flush`. :func:`receive` is the read step for code that does read with a
+``StreamReader`` (the test harness's stand-in room and test clients).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 
 from sfu.local.protocol import Event, Protocol
 
-#: Bytes read from a connection at a time.
+#: Bytes read from a connection at a time (:func:`receive`).
 READ_SIZE = 65536
 
 
@@ -27,23 +29,14 @@ async def receive(reader: asyncio.StreamReader, protocol: Protocol) -> list[Even
     return protocol.events_received()
 
 
-def flush(protocol: Protocol, writer: asyncio.StreamWriter | asyncio.WriteTransport) -> None:
-    """Write what ``protocol`` has queued (dropped if the stream is already closing).
+def flush(protocol: Protocol, transport: asyncio.WriteTransport | asyncio.StreamWriter) -> None:
+    """Write what ``protocol`` has queued (dropped if the transport is already closing).
 
-    ``writer`` is the server's stream writer or the client's transport (same two methods).
+    ``transport`` is a connection's transport, or a ``StreamWriter`` (same two methods).
+
+    Several queued frames go out in one write (one system call, one wake-up of the reader).
     """
     chunks = protocol.data_to_send()
-    if not writer.is_closing():
-        for chunk in chunks:
-            writer.write(chunk)
-
-
-async def close(protocol: Protocol, writer: asyncio.StreamWriter) -> None:
-    """Send what is queued (an ERROR frame, say), then close the stream."""
-    flush(protocol, writer)
-    try:
-        await writer.drain()
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        writer.close()
+    if not chunks or transport.is_closing():
+        return
+    transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))

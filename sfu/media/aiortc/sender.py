@@ -9,18 +9,22 @@ to the publisher instead (there is no encoder here to make a keyframe).
 Private names used: ``RTCRtpSender._handle_rtcp_packet`` (replaced per instance),
 ``_RTCRtpSender__mid``/``__rtp_history``/``__rtp_header_extensions_map``/``__ntp_timestamp``/
 ``__rtp_timestamp``/``__packet_count``/``__octet_count``, ``RTCRtpSender._ssrc``/``_stream_id``, and
-``RTCDtlsTransport._send_rtp``.
+for :func:`srtp_sender` ``RTCDtlsTransport._state``/``_tx_srtp``/``_send_rtp``/``__tx_bytes``/
+``__tx_packets``, ``RTCIceTransport._connection`` and aioice's ``Connection._nominated`` (pairs
+whose ``protocol`` is a plain ``StunProtocol``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import structlog
+from aioice.ice import StunProtocol
 from aiortc import RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
@@ -51,6 +55,50 @@ log = structlog.get_logger(__name__)
 
 # The history store below indexes by the low 7 bits of the sequence number.
 assert RTP_HISTORY_SIZE == 128, "aiortc changed RTP_HISTORY_SIZE; re-check _RawHistory"
+
+
+def srtp_sender(dtls: Any) -> Callable[[bytes], None]:
+    """A synchronous twin of ``RTCDtlsTransport._send_rtp`` for RTP packets of ``dtls``.
+
+    aiortc's send is a chain of five coroutines (DTLS → ICE transport → ICE connection →
+    candidate pair's protocol → ``sendto``) of which none ever waits on a plain UDP pair; per
+    forwarded packet and subscriber that chain cost more than the SRTP protection. The same
+    steps here: refuse unless DTLS is connected, protect, ``sendto`` the nominated pair, count
+    the bytes for aiortc's stats. A pair through a TURN relay (its protocol does wait, for a
+    channel binding) still goes through aiortc's own coroutine.
+    """
+    pending: set[asyncio.Future[None]] = set()
+
+    def send(data: bytes) -> None:
+        if dtls._state is not DtlsState.CONNECTED:
+            raise ConnectionError("Cannot send encrypted RTP, not connected")
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        protocol = pair.protocol
+        if type(protocol) is not StunProtocol:
+            fut = asyncio.ensure_future(dtls._send_rtp(data))
+            pending.add(fut)
+            fut.add_done_callback(_finished(pending))
+            return
+        transport = protocol.transport
+        if transport is None:
+            raise ConnectionError("Cannot send data, socket closed")
+        out = dtls._tx_srtp.protect(data)
+        transport.sendto(out, pair.remote_addr)
+        dtls._RTCDtlsTransport__tx_bytes += len(out)
+        dtls._RTCDtlsTransport__tx_packets += 1
+
+    return send
+
+
+def _finished(pending: set[asyncio.Future[None]]) -> Callable[[asyncio.Future[None]], None]:
+    def done(fut: asyncio.Future[None]) -> None:
+        pending.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None:
+            log.debug("relayed RTP send failed", error=str(fut.exception()))
+
+    return done
 
 
 class _IdleTrack(MediaStreamTrack):
@@ -137,7 +185,7 @@ class SubscriberSender:
         self._paused = False
         sender: Any = transceiver.sender
         self._sender = sender
-        self._send_rtp: Callable[[bytes], Awaitable[None]] | None = None
+        self._send_rtp: Callable[[bytes], None] | None = None
         self._history = _RawHistory(sender)
         sender._RTCRtpSender__rtp_history = self._history
         self._orig_rtcp = sender._handle_rtcp_packet
@@ -215,11 +263,11 @@ class SubscriberSender:
         )
         if self._paused:
             dt.pause()
-        self._send_rtp = sender.transport._send_rtp
+        self._send_rtp = srtp_sender(sender.transport)
         self.downtrack = dt
         return True
 
-    async def send(self, pkt: SourcePacket, now_ntp: int) -> bool:
+    def send(self, pkt: SourcePacket, now_ntp: int) -> bool:
         """Forward one publisher packet; returns True if it went out.
 
         ``now_ntp`` (64-bit NTP, see :func:`sfu.media.rtp.ntp_timestamp`) is read once per packet by
@@ -244,8 +292,10 @@ class SubscriberSender:
         s._RTCRtpSender__rtp_timestamp = st.last_rtp_ts
         s._RTCRtpSender__packet_count = st.packets
         s._RTCRtpSender__octet_count = st.octets
+        send_rtp = self._send_rtp
+        assert send_rtp is not None  # set with the downtrack
         try:
-            await self._send_rtp(out)  # type: ignore[misc]
+            send_rtp(out)
         except ConnectionError:
             self.send_errors += 1
             return False

@@ -206,6 +206,33 @@ async def test_local_bad_input_refused_and_server_keeps_serving(server: Server) 
     assert server.alive()
 
 
+async def test_local_join_in_pieces_admitted_and_silence_times_out(server: Server) -> None:
+    """The server's protocol sees bytes as the loop reads them: a JOIN written a few bytes at a
+    time is still one JOIN; a connection that never sends one is refused after JOIN_TIMEOUT."""
+    silent = LocalPeer()
+    silent.reader, silent.writer = await asyncio.open_unix_connection(
+        socket_path(str(server.data_dir))
+    )
+    read_silent = asyncio.get_running_loop().create_task(silent._read())
+    tok = mint_token(API_KEY, API_SECRET, identity="sip_pieces", room="local-pieces", kind="sip")
+    frame = encode_frame(Kind.JOIN, json.dumps({"token": tok}).encode())
+    peer = LocalPeer()
+    peer.reader, peer.writer = await asyncio.open_unix_connection(socket_path(str(server.data_dir)))
+    asyncio.get_running_loop().create_task(peer._read())
+    for i in range(0, len(frame), 7):
+        peer.writer.write(frame[i : i + 7])
+        await peer.writer.drain()
+        await asyncio.sleep(0.002)
+    await wait_for(lambda: any(s.HasField("join") for s in peer.signals), 5, "JoinResponse")
+    join = next(s.join for s in peer.signals if s.HasField("join"))
+    assert join.participant.identity == "sip_pieces"
+    await asyncio.wait_for(silent.closed.wait(), 10)
+    await read_silent
+    assert "no JOIN frame within 5 s" in silent.error, silent.error
+    assert not peer.closed.is_set()  # the joined one is untouched
+    assert server.alive()
+
+
 async def test_move_local_participant_keeps_its_call_going(server: Server) -> None:
     from livekit import api
 

@@ -39,6 +39,7 @@ from sfu.media.aiortc import (
     ice_settings,
     reset_ice,
 )
+from sfu.media.aiortc.sender import srtp_sender
 from sfu.relay import TrackRelay
 from sfu.rtc.tracks import relay_published_track, subscribe_to_relay
 
@@ -248,6 +249,10 @@ async def test_audio_440hz_reaches_two_subscribers(ice: tuple[int, int]) -> None
             assert ss.ssrc not in pub_ssrcs
             assert sub.pc.getReceivers()[0].getSynchronizationSources()[0].source == ss.ssrc
             assert ss.downtrack is not None and ss.downtrack.stats.packets > 100
+            # the synchronous SRTP send keeps aiortc's transport counters (its stats report)
+            stats = await ss.transceiver.sender.getStats()
+            tx = [st for st in stats.values() if st.type == "transport"][0]
+            assert tx.packetsSent >= ss.downtrack.stats.packets, (tx, ss.downtrack.stats)
         assert senders[0].ssrc != senders[1].ssrc
 
         # Pause one subscriber: nothing forwarded; resume: forwarding restarts.
@@ -282,12 +287,12 @@ async def test_video_late_joiner_gets_keyframe_and_nack_is_served(ice: tuple[int
         real_send = ss_early._send_rtp
         assert real_send is not None
 
-        async def lossy_send(data: bytes) -> None:
+        def lossy_send(data: bytes) -> None:
             seq = int.from_bytes(data[2:4], "big")
             if not dropped and ss_early.downtrack and ss_early.downtrack.stats.packets > 60:
                 dropped.append(seq)
                 return
-            await real_send(data)
+            real_send(data)
 
         ss_early._send_rtp = lossy_send
         await _until(lambda: len(early.frames) >= 10, 30, "early subscriber frames")
@@ -313,6 +318,16 @@ async def test_video_late_joiner_gets_keyframe_and_nack_is_served(ice: tuple[int
         assert ss_late.ssrc != ss_early.ssrc
 
     await _with_pcs(body, 2)
+
+
+async def test_srtp_sender_refuses_before_dtls_is_connected() -> None:
+    pc = RTCPeerConnection(_config())
+    try:
+        send = srtp_sender(pc.addTransceiver("audio").sender.transport)
+        with pytest.raises(ConnectionError, match="not connected"):
+            send(b"\x80\x6f" + bytes(30))
+    finally:
+        await pc.close()
 
 
 async def test_port_range_exhaustion_is_logged() -> None:
