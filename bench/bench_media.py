@@ -60,6 +60,7 @@ from bench.bench_sip import (  # noqa: E402
     onsets,
     speech_like,
     start_stack,
+    use_server_tree,
     wait_workers,
 )
 from bench.pesq_live import pesq_table  # noqa: E402
@@ -297,12 +298,7 @@ async def main() -> None:
     if a.pesq:
         workers = 1  # the PESQ rounds use one room on the last worker
     if a.server_tree:
-        # The appliance is started with cwd = the repository root and workers run as
-        # ``python -m bridge.worker`` (cwd first on sys.path): point both at the other tree.
-        import roomline_harness.server
-
-        os.environ["PYTHONPATH"] = a.server_tree
-        roomline_harness.server.ROOT = Path(a.server_tree)
+        use_server_tree(a.server_tree)
     with tempfile.TemporaryDirectory(prefix="rlbm") as tmp:
         # info: the PESQ table reads each call's end-of-call line (room jitter-buffer counters)
         sip: dict[str, Any] = {"wideband": False} if a.narrowband else {}

@@ -562,9 +562,12 @@ async def bench_capacity(stack: Stack, calls: int, seconds: float) -> None:
     pids = [worker_pid(stack.server, p) for p in stack.workers]
     assert all(pids), pids
     main_pid = stack.server.process.pid
+    fpids = front_pids(stack.server) if stack.front else []
 
     def cpu() -> tuple[float, float]:
-        return sum(cpu_seconds(p) for p in pids if p), cpu_seconds(main_pid)
+        # the front (Kamailio, signalling only) counts with the main process
+        main = cpu_seconds(main_pid) + sum(cpu_seconds(p) for p in fpids)
+        return sum(cpu_seconds(p) for p in pids if p), main
 
     w0, m0 = cpu()
     t0 = time.monotonic()
@@ -660,6 +663,18 @@ async def bench_pesq(stack: Stack, loss: float, seconds: float) -> float:
         b.close()
 
 
+def use_server_tree(tree: str) -> None:
+    """Run the appliance from another checkout (an A/B against an older commit).
+
+    The appliance is started with cwd = the repository root and workers run as
+    ``python -m bridge.worker`` (cwd first on sys.path): point both at the other tree.
+    """
+    import roomline_harness.server
+
+    os.environ["PYTHONPATH"] = tree
+    roomline_harness.server.ROOT = Path(tree)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--calls", type=int, default=8, help="concurrent calls for the capacity run")
@@ -669,13 +684,21 @@ async def main() -> None:
     ap.add_argument(
         "--narrowband", action="store_true", help="sip.wideband: false (8 kHz bridge, G.711 only)"
     )
+    ap.add_argument(
+        "--server-tree", default="", help="PYTHONPATH of the appliance (e.g. another worktree)"
+    )
+    ap.add_argument(
+        "--front", action="store_true", help="phones call the Kamailio front (front mode)"
+    )
     a = ap.parse_args()
+    if a.server_tree:
+        use_server_tree(a.server_tree)
     numbers = ["+15550601", "+15550602", "+15550603", "+15550604"]
     numbers += [f"+155507{i:05d}" for i in range(a.calls)]
     workers = max(1, -(-a.calls // 4))
     with tempfile.TemporaryDirectory(prefix="rlbench") as tmp:
         sip: dict[str, Any] = {"wideband": False} if a.narrowband else {}
-        stack = start_stack(Path(tmp), numbers, workers, **sip)
+        stack = start_stack(Path(tmp), numbers, workers, front=a.front, **sip)
         try:
             await wait_workers(stack)
             if a.only in (None, "invite"):
