@@ -51,6 +51,7 @@ from roomline_harness.net import free_block, free_port, free_udp_range  # noqa: 
 from roomline_harness.server import Server, start_server, stop_server  # noqa: E402
 from roomline_harness.sip.fullstack import cpu_seconds, room_for, sip_section, worker_pid  # noqa: E402
 from roomline_harness.sip.pcap import linear_to_ulaw  # noqa: E402
+from roomline_harness.soak import descendants  # noqa: E402
 
 RATE = 8000
 SAMPLES = 160  # 20 ms of PCMU
@@ -405,27 +406,14 @@ def start_stack(
 
 def front_pids(server: Server) -> list[int]:
     """The Kamailio processes (the SIP front) under ``server``, from /proc."""
-    parent: dict[int, int] = {}
-    comm: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    out = []
+    for pid in descendants(server.process.pid):
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "kamailio":
+                out.append(pid)
         except OSError:
-            continue
-        name, rest = stat.split("(", 1)[1].rsplit(")", 1)
-        parent[int(entry)] = int(rest.split()[1])
-        comm[int(entry)] = name
-
-    def under(pid: int) -> bool:
-        while pid > 1:
-            pid = parent.get(pid, 0)
-            if pid == server.process.pid:
-                return True
-        return False
-
-    return [p for p, name in comm.items() if name == "kamailio" and under(p)]
+            continue  # exited meanwhile
+    return out
 
 
 async def wait_workers(stack: Stack) -> None:

@@ -200,15 +200,20 @@ def _stat(pid: int, main: int) -> ProcStat | None:
         return None
 
 
-def process_tree(root: int) -> list[ProcStat]:
-    """``root`` and all its descendants, parents first."""
+def descendants(root: int) -> list[int]:
+    """``root`` and the pids of all its descendants, parents first (from /proc)."""
     kids = _children()
     order, todo = [], [root]
     while todo:
         pid = todo.pop(0)
         order.append(pid)
         todo.extend(sorted(kids.get(pid, [])))
-    return [s for s in (_stat(p, root) for p in order) if s is not None]
+    return order
+
+
+def process_tree(root: int) -> list[ProcStat]:
+    """``root`` and all its descendants, parents first."""
+    return [s for s in (_stat(p, root) for p in descendants(root)) if s is not None]
 
 
 def format_tree(label: str, stats: list[ProcStat]) -> str:

@@ -116,6 +116,20 @@ async def _wait_active(server: Server, want: dict[int, float], timeout: float = 
         await asyncio.sleep(0.2)
 
 
+async def _heard_in_room(
+    server: Server, web: Any, phone: PhoneProcess, caller: str, active: dict[int, float]
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Once the caller's track is in the room and the workers carry ``active`` calls: 2 s of
+    what the room hears from the phone, and the phone's events when it is done."""
+    ident = f"sip_{caller}"
+    await wait_for(lambda: subscribed_audio(web, ident) is not None, 15, ident)
+    await _wait_active(server, active)
+    track = subscribed_audio(web, ident)
+    assert track is not None
+    pcm = await record(track, 2.0, skip=0.5)
+    return pcm, await phone.wait(30)
+
+
 def _phone(ports: Ports, number: str, workdir: Path, caller: str, *extra: str) -> list[str]:
     return phone_args(ports.front, number, workdir, caller, *extra)
 
@@ -161,14 +175,9 @@ async def test_g711_caller_on_8k_worker_g722_caller_on_16k_worker(
             _phone(ports, number, tmp_path, caller, "--codec", "G722/16000", "--tone", "6000",
                    "--duration", "5")
         )  # fmt: skip
-        ident = f"sip_{caller}"
-        await wait_for(lambda: subscribed_audio(web, ident) is not None, 15, ident)
-        assert (await asyncio.to_thread(_active, server)).get(_wide(ports)) == 1
-        assert (await asyncio.to_thread(_active, server)).get(_narrow(ports)) == 0
-        track = subscribed_audio(web, ident)
-        assert track is not None
-        pcm = await record(track, 2.0, skip=0.5)
-        events = await phone.wait(30)
+        pcm, events = await _heard_in_room(
+            server, web, phone, caller, {_wide(ports): 1, _narrow(ports): 0}
+        )
     finally:
         await web.disconnect()
     answers = [e for e in events if e["event"] == "answer_sdp" and "200" in e["status"]]
@@ -212,13 +221,8 @@ async def test_overflow_into_the_other_pool_then_486(
                 phone = await PhoneProcess.start(
                     _phone(ports, number, tmp_path, caller, "--tone", "1000", "--duration", "5")
                 )
-                ident = f"sip_{caller}"
-                await wait_for(lambda: subscribed_audio(web, ident) is not None, 15, ident)
-                await _wait_active(server, {_wide(ports): 1, _narrow(ports): CALLS_PER_WORKER})
-                track = subscribed_audio(web, ident)
-                assert track is not None
-                pcm = await record(track, 2.0, skip=0.5)
-                events = await phone.wait(30)
+                want = {_wide(ports): 1, _narrow(ports): CALLS_PER_WORKER}
+                pcm, events = await _heard_in_room(server, web, phone, caller, want)
         finally:
             await web.disconnect()
         answers = [e for e in events if e["event"] == "answer_sdp" and "200" in e["status"]]
