@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,7 @@ def _active(server: Server) -> dict[int, float]:
     }
 
 
-async def _wait_active(server: Server, want: dict[int, float], timeout: float = 30) -> None:
+async def _wait_active(server: Server, want: Mapping[int, float], timeout: float = 30) -> None:
     end = time.monotonic() + timeout
     while True:
         got = await asyncio.to_thread(_active, server)
@@ -117,7 +117,7 @@ async def _wait_active(server: Server, want: dict[int, float], timeout: float = 
 
 
 async def _heard_in_room(
-    server: Server, web: Any, phone: PhoneProcess, caller: str, active: dict[int, float]
+    server: Server, web: Any, phone: PhoneProcess, caller: str, active: Mapping[int, float]
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Once the caller's track is in the room and the workers carry ``active`` calls: 2 s of
     what the room hears from the phone, and the phone's events when it is done."""
