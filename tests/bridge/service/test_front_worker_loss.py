@@ -16,7 +16,7 @@ import shutil
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from bridge.service.front_dialogs import (
 )
 from roomline_harness.front_appliance import _scenario, received_requests
 from roomline_harness.front_sip import free_ports
+from roomline_harness.net import free_port, free_udp_range
 
 SCENARIOS = Path(__file__).resolve().parent / "sipp"
 
@@ -81,14 +82,44 @@ def test_parse_dialog_list_and_worker_key() -> None:
 
 
 async def _spawn(*args: str, cwd: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *args,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    """Start SIPp in its own session; its stderr (why it exited, e.g. a port that would not bind)
+    goes to ``sipp-<pid>.err`` in ``cwd`` for :func:`_why`."""
+    err = tempfile.NamedTemporaryFile(dir=cwd, prefix="sipp-", suffix=".err", delete=False)
+    with err:
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+    os.replace(err.name, Path(cwd) / f"sipp-{proc.pid}.err")
+    return proc
+
+
+def _why(proc: asyncio.subprocess.Process, msg: Path, cwd: str) -> str:
+    """SIPp's stderr and the tail of its message trace, for an assertion message."""
+    err = Path(cwd) / f"sipp-{proc.pid}.err"
+    trace = msg.read_text(errors="replace")[-3000:] if msg.exists() else "(no message trace)"
+    return f"stderr: {err.read_text(errors='replace')[-1000:] if err.exists() else ''}\n{trace}"
+
+
+def _media_base(avoid: Iterable[int] = ()) -> int:
+    """A ``-mp`` for SIPp: it binds that port and the one two above (audio and video RTP), and
+    exits 254 if either is taken. The block of four is free now and holds none of ``avoid``
+    (ports chosen but not bound yet, such as the front's)."""
+    taken = set(avoid)
+    while True:
+        base = free_udp_range(4)[0]
+        if taken.isdisjoint(range(base, base + 4)):
+            return base
+
+
+def _caller_ports() -> tuple[int, int]:
+    """A SIP port (from the kernel's ephemeral range, so outside every media block) and a media
+    base for a SIPp caller."""
+    return free_port(), _media_base()
 
 
 def _killpg(proc: asyncio.subprocess.Process, sig: int) -> None:
@@ -133,7 +164,7 @@ class Setup:
 
     async def caller(self, calls: int, hold_ms: int) -> tuple[asyncio.subprocess.Process, Path]:
         """SIPp placing ``calls`` calls that hold ``hold_ms`` (a BYE meanwhile is answered)."""
-        uac_port, media = free_ports(2)
+        uac_port, media = _caller_ports()
         sc = _scenario(
             Path(self.run_dir) / "uac.xml",
             pcap=None,
@@ -165,7 +196,8 @@ async def _front(scenario: str, n_workers: int = 2) -> AsyncIterator[Setup]:
         msg = Path(run_dir) / f"worker-{port}.msg"
         proc = await _spawn(
             "sipp", "-sf", str(SCENARIOS / scenario), "-i", "127.0.0.1", "-p", str(port),
-            "-nostdin", "-timeout", "60", "-trace_msg", "-message_file", str(msg),
+            "-mp", str(_media_base((*ports, front_port))), "-nostdin", "-timeout", "60",
+            "-trace_msg", "-message_file", str(msg),
             cwd=run_dir,
         )  # fmt: skip
         setup.procs.append(proc)
@@ -237,7 +269,7 @@ async def test_dead_worker_callers_get_bye_others_untouched() -> None:
 
         # B's calls run to their end (the callers hang up, B answers): every SIPp call succeeds.
         rc = await asyncio.wait_for(uac.wait(), 30)
-        assert rc == 0, uac_msg.read_text(errors="replace")[-3000:]
+        assert rc == 0, _why(uac, uac_msg, st.run_dir)
         assert set(received_requests(uac_msg, "BYE")) == on_a
         assert len(received_requests(msg_b, "BYE")) == 2
 
@@ -261,7 +293,7 @@ async def test_calls_the_worker_hung_up_are_not_ended_again() -> None:
         ((port, (proc, msg)),) = st.workers.items()
         uac, uac_msg = await st.caller(2, 15000)
         rc = await asyncio.wait_for(uac.wait(), 30)  # the worker hangs up after 1 s
-        assert rc == 0, uac_msg.read_text(errors="replace")[-3000:]
+        assert rc == 0, _why(uac, uac_msg, st.run_dir)
         assert len(set(received_requests(uac_msg, "BYE"))) == 2
         assert len(received_requests(msg, "INVITE")) == 2
         ended, early = await end_worker_dialogs(st.binary, st.sock, f"sip:127.0.0.1:{port}")
@@ -343,11 +375,11 @@ async def test_dialog_answered_before_death_is_ended_once_acked() -> None:
         ((port, (proc, _)),) = st.workers.items()
         sc = Path(st.run_dir) / "late_ack.xml"
         sc.write_text(LATE_ACK_UAC)
-        (uac_port,) = free_ports(1)
+        uac_port, media = _caller_ports()
         msg = Path(st.run_dir) / "late.msg"
         uac = await _spawn(
             "sipp", "-sf", str(sc), f"127.0.0.1:{st.front_port}", "-i", "127.0.0.1",
-            "-p", str(uac_port), "-m", "1", "-nostdin", "-timeout", "30",
+            "-p", str(uac_port), "-mp", str(media), "-m", "1", "-nostdin", "-timeout", "30",
             "-trace_msg", "-message_file", str(msg), cwd=st.run_dir,
         )  # fmt: skip
         st.procs.append(uac)
@@ -366,7 +398,7 @@ async def test_dialog_answered_before_death_is_ended_once_acked() -> None:
         assert [d.call_id for d in ended] == [d.call_id for d in first[1]] and early == []
         assert batches == [ended]
         rc = await asyncio.wait_for(uac.wait(), 20)
-        assert rc == 0, msg.read_text(errors="replace")[-3000:]
+        assert rc == 0, _why(uac, msg, st.run_dir)
         assert received_requests(msg, "BYE") == [ended[0].call_id]
 
 
@@ -423,7 +455,7 @@ async def test_a_cancelled_call_frees_its_worker_slot() -> None:
         ((port, (proc, msg)),) = st.workers.items()
         sc = Path(st.run_dir) / "cancel.xml"
         sc.write_text(CANCELLING_CALLER)
-        uac_port, media = free_ports(2)
+        uac_port, media = _caller_ports()
         uac_msg = Path(st.run_dir) / "cancel.msg"
         uac = await _spawn(
             "sipp", "-sf", str(sc), f"127.0.0.1:{st.front_port}", "-i", "127.0.0.1",
@@ -433,7 +465,7 @@ async def test_a_cancelled_call_frees_its_worker_slot() -> None:
         )  # fmt: skip
         st.procs.append(uac)
         rc = await asyncio.wait_for(uac.wait(), 40)
-        assert rc == 0, uac_msg.read_text(errors="replace")[-3000:]
+        assert rc == 0, _why(uac, uac_msg, st.run_dir)
         assert len(received_requests(msg, "CANCEL")) == 3  # each reached the ringing worker
         assert (await _dispatcher_loads(st.binary, st.sock)) == {f"sip:127.0.0.1:{port}": 0}
 
@@ -447,7 +479,7 @@ async def test_a_slow_bye_answer_is_waited_for() -> None:
         ((_port, (_proc, msg)),) = st.workers.items()
         uac, uac_msg = await st.caller(1, 500)
         rc = await asyncio.wait_for(uac.wait(), 30)
-        assert rc == 0, uac_msg.read_text(errors="replace")[-3000:]
+        assert rc == 0, _why(uac, uac_msg, st.run_dir)
         assert len(set(received_requests(msg, "BYE"))) == 1  # (retransmitted while it waits)
         assert "408 Request Timeout" not in uac_msg.read_text(errors="replace")
 
