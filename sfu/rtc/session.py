@@ -79,7 +79,16 @@ class RTCSession(SignalSession):
         self.publisher = RTCPeerConnection(
             RTCConfiguration(iceServers=ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
-        self.subscriber = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers))
+        # Subscriber (server offers): MAX_BUNDLE too. With BALANCED, aiortc gives the first
+        # audio (or video) m-line its own transport and every later m-line of that kind *shares
+        # it, marked bundled*; when the answer bundles the first one onto the data channels'
+        # transport, the shared one is stopped and the later m-lines, already "bundled", are
+        # never moved: their senders never start. Two tracks of one kind reaching a subscriber
+        # before the answer for the first (a late joiner's batch, or a caller's track bound while
+        # the talker's offer is in flight) left the second one silent.
+        self.subscriber = RTCPeerConnection(
+            RTCConfiguration(iceServers=ice_servers, bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
         self._tasks = TaskSet("signal session")
         self._pending_candidates: dict[int, list[dict[str, Any]]] = {PUBLISHER: [], SUBSCRIBER: []}
         # Subscriber negotiation: one offer in flight, re-offer if something changed meanwhile.

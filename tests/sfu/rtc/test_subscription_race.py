@@ -1,0 +1,119 @@
+"""Two audio tracks reaching a WebRTC subscriber within one subscriber negotiation.
+
+The shape of the bridge full-stack flake: an SDK listener, an SDK talker publishing 440 Hz, and a
+caller on the local channel (what a bridge worker is) publishing 1 kHz at about the same moment.
+Both tracks must be heard by content. The caller here is :class:`LocalTonePublisher` (the local
+channel binds a track as soon as it is added, so its timing is under the test's control).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from livekit import rtc
+
+from roomline_harness.aio import wait_for
+from roomline_harness.audio import dominant_frequency, snr_db
+from roomline_harness.lk import RATE, connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.local_peer import LocalTonePublisher
+from roomline_harness.server import Server
+
+TALKER_HZ = 440.0
+CALLER_HZ = 1000.0
+#: Opus at these levels gives 35–48 dB; a silent or absent track gives nothing near the tone.
+MIN_SNR = 20.0
+#: Rooms per test: each one hits the window on its own (see the test docstrings).
+ITERATIONS = 3
+
+
+async def _heard(room: rtc.Room, identity: str, freq: float) -> str:
+    """'' if ``room`` hears ``freq`` from ``identity``'s audio track, else what it heard."""
+    try:
+        await wait_for(lambda: subscribed_audio(room, identity) is not None, 10, identity)
+    except AssertionError:
+        return f"{identity}: no subscribed track"
+    track = subscribed_audio(room, identity)
+    assert track is not None
+    try:
+        # A subscription whose sender never started plays digital silence: allow 3 s for the
+        # first sound, then judge 1 s of content.
+        pcm = await asyncio.wait_for(record(track, 1.0, skip=0.3, sound_within=3.0), 20)
+    except TimeoutError:
+        return f"{identity}: no audio frames"
+    if not pcm.any():
+        return f"{identity}: digital silence"
+    f, snr = dominant_frequency(pcm, RATE), snr_db(pcm, RATE, freq)
+    if abs(f - freq) >= 5 or snr < MIN_SNR:
+        return f"{identity}: {f:.0f} Hz at {snr:.1f} dB, expected {freq:.0f} Hz"
+    return ""
+
+
+async def _room_inflight(server: Server, name: str) -> list[str]:
+    listener = await connect(server.ws_url, token("listener", name))
+    talker = await connect(server.ws_url, token("talker", name))
+    caller = LocalTonePublisher(CALLER_HZ, name="caller")
+    talker_announced = asyncio.Event()
+
+    @listener.on("track_published")
+    def _on_published(pub: rtc.RemoteTrackPublication, who: rtc.RemoteParticipant) -> None:
+        if who.identity == "talker":
+            talker_announced.set()
+
+    try:
+        await caller.join(str(server.data_dir), token("caller", name), name)
+        async with tone_publisher(talker, TALKER_HZ):
+            await asyncio.wait_for(talker_announced.wait(), 15)
+            caller.add_track()
+            return [
+                await _heard(listener, "talker", TALKER_HZ),
+                await _heard(listener, "caller", CALLER_HZ),
+            ]
+    finally:
+        await caller.close()
+        await talker.disconnect()
+        await listener.disconnect()
+
+
+async def _room_late_listener(server: Server, name: str) -> list[str]:
+    caller = LocalTonePublisher(CALLER_HZ, name="caller")
+    await caller.join(str(server.data_dir), token("caller", name), name)
+    caller.add_track()
+    talker = await connect(server.ws_url, token("talker", name))
+    listener: rtc.Room | None = None
+    try:
+        async with tone_publisher(talker, TALKER_HZ):
+            await wait_for(lambda: caller.remote_tracks.get("talker"), 15, "talker's track")
+            listener = await connect(server.ws_url, token("listener", name))
+            return [
+                await _heard(listener, "talker", TALKER_HZ),
+                await _heard(listener, "caller", CALLER_HZ),
+            ]
+    finally:
+        await caller.close()
+        await talker.disconnect()
+        if listener is not None:
+            await listener.disconnect()
+
+
+async def test_track_added_while_the_subscriber_offer_is_in_flight(server: Server) -> None:
+    """The listener's first audio subscription (the talker) is being negotiated when the
+    caller's track is bound: the caller's m-line is added to the subscriber PC before the answer
+    for the talker's arrives. The caller's AddTrack is sent when the listener learns of the
+    talker's track, which the SFU announces just before its offer."""
+    failures: list[str] = []
+    for i in range(ITERATIONS):
+        results = await _room_inflight(server, f"race-inflight-{i}")
+        failures += [f"room {i}: {r}" for r in results if r]
+    assert not failures, f"{len(failures)} missing track(s) in {ITERATIONS} rooms: {failures}"
+
+
+async def test_late_listener_hears_every_audio_track(server: Server) -> None:
+    """A listener joining a room with two audio publishers subscribes to both in one batch (its
+    subscriptions wait for its transport, then go out in one offer). The caller published first,
+    so the talker's track is the second one: the CI symptom was the listener hearing digital
+    silence from the talker."""
+    failures: list[str] = []
+    for i in range(ITERATIONS):
+        results = await _room_late_listener(server, f"race-late-{i}")
+        failures += [f"room {i}: {r}" for r in results if r]
+    assert not failures, f"{len(failures)} missing track(s) in {ITERATIONS} rooms: {failures}"
