@@ -609,8 +609,9 @@ async def test_kill9_worker_ends_only_its_calls(
         async with tone_publisher(talker, 440.0):
             # The talker's audio reaches the listener before the phone joins: what is checked
             # after the kill is then that it keeps flowing, not a subscription still being set
-            # up while the caller's track is added (in 2 of 2 full CI runs the listener heard
-            # nothing from the talker at all when both happened at once; left open in the note).
+            # up while the caller's track is added. (Both at once used to leave the second of
+            # the two tracks silent for good, a subscriber-PC bundling bug fixed in
+            # sfu/rtc/session.py and covered by tests/sfu/rtc/test_subscription_race.py.)
             before = await record(
                 await caller_track(web, "talker"), 0.5, skip=0.0, sound_within=5.0
             )
