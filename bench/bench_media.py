@@ -75,6 +75,7 @@ from roomline_harness.sip.pcap import linear_to_ulaw  # noqa: E402
 from sfu.local import socket_path  # noqa: E402
 from sfu.local.client import ChannelClient  # noqa: E402
 from sfu.local.codec import OpusDecoder, OpusEncoder, RtpPacketizer  # noqa: E402
+from sfu.local.jitter import SHRINK_GUARD_S  # noqa: E402
 from sfu.media.rtp import parse_rtp  # noqa: E402
 
 ROOM_RATE = 48000
@@ -427,6 +428,13 @@ async def main() -> None:
         f"  finished calls {len(und)} of {calls}: port underruns per call max "
         f"{max(und, default=0)} total {sum(und)}; room jitter stalls of live streams per call "
         f"max {max(late, default=0)} total {sum(late)} (re-buffers at hang-up: {sum(rebuf)})"
+    )
+    kept = [sum(v.get("kept", 0) for v in st.values()) for st in stats]
+    tight = [sum(v.get("tight", 0) for v in st.values()) for st in stats]
+    print(
+        f"  room buffers that kept an extra frame (arrivals within "
+        f"{SHRINK_GUARD_S * 1000:.0f} ms of the tick): {sum(1 for k in kept if k)} of "
+        f"{len(kept)} calls; frames played that close: {sum(tight)}"
     )
     if lat:
         for k, name in (

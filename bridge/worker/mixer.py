@@ -65,15 +65,16 @@ class Mixer:
     #: (an agent that spoke a prompt and went quiet is pruned long before the phone hangs up).
     ended: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def push(self, sid: str, seq: int, payload: bytes) -> None:
-        """Queue one Opus payload of track ``sid`` (a new track gets a decoder, up to the cap)."""
+    def push(self, sid: str, seq: int, payload: bytes, now: float | None = None) -> None:
+        """Queue one Opus payload of track ``sid`` (a new track gets a decoder, up to the cap);
+        ``now`` is its arrival time, for the jitter buffer's shrink decision."""
         inp = self.inputs.get(sid)
         if inp is None:
             if len(self.inputs) >= MAX_INPUTS:
                 return
             inp = _Input(JitterBuffer(self.target_frames, self.max_frames), self.decoder_factory())
             self.inputs[sid] = inp
-        inp.jitter.push(seq, payload)
+        inp.jitter.push(seq, payload, now)
 
     def remove(self, sid: str) -> None:
         """Forget track ``sid`` and its decoder (it was unpublished or its owner left)."""
@@ -91,11 +92,12 @@ class Mixer:
     def _retire(self, sid: str, inp: _Input) -> None:
         _add_counters(self.ended.setdefault(sid, {}), inp)
 
-    def next_frame(self) -> bytes:
-        """One 20 ms s16 frame: the sum of every input's current frame."""
+    def next_frame(self, now: float | None = None) -> bytes:
+        """One 20 ms s16 frame: the sum of every input's current frame; ``now`` is the tick's
+        time (same clock as :meth:`push`)."""
         frames: list[np.ndarray] = []
         for sid, inp in list(self.inputs.items()):
-            out = inp.jitter.pop()
+            out = inp.jitter.pop(now)
             if out.kind is Kind.PLAY:
                 frames.append(inp.decoder.decode(out.payload))
                 inp.idle = 0

@@ -17,6 +17,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from time import monotonic
 
 import numpy as np
 from livekit.protocol import models, rtc
@@ -202,7 +203,7 @@ class RoomLeg:
         """
         tone = self.tone
         with self._mix_lock:
-            frame = self.mixer.next_frame()
+            frame = self.mixer.next_frame(monotonic())
         return frame if tone is None else tone()
 
     def send_dtmf(self, digit: str) -> None:
@@ -282,7 +283,7 @@ class RoomLeg:
         if pkt.payload_type != OPUS_PT or pkt.payload_end <= pkt.payload_offset:
             return
         with self._mix_lock:
-            self.mixer.push(sid, pkt.sequence_number, pkt.payload(data))
+            self.mixer.push(sid, pkt.sequence_number, pkt.payload(data), monotonic())
         if not self.room_audio_seen:
             self.room_audio_seen = True
             self.events.audio()

@@ -20,6 +20,14 @@ After ``relax_ticks`` ticks without a stall ``level`` steps back down (not below
 at the end of each window in which the buffer never held fewer than ``level + 1`` frames one frame
 is dropped, so on a clean link it settles back at ``target`` (1 frame = at most 20 ms of
 buffering). :meth:`pop_ready` never adapts: its ``level`` stays at ``target``.
+
+Arrival times (``now`` given to :meth:`push` and :meth:`pop`, in seconds) make the shrink safe:
+a frame is dropped only if, over the whole window, every frame played at least ``FRAME_S +
+SHRINK_GUARD_S`` after it arrived, i.e. each would still have been on time one frame earlier,
+with a margin for scheduling jitter. Without it a stream whose packets arrive just before the
+tick (two clocks in phase, which happens to one call in a few between two bridge workers) was
+shrunk back onto the edge after every window and stalled again a few seconds later. Such a stream
+now keeps its extra frame; a stall caused by a one-off hiccup is still taken back.
 """
 
 from __future__ import annotations
@@ -35,6 +43,11 @@ _MAX_CONCEAL = 3
 #: Ticks of a shrink window: without a stall for this long (5 s), ``level`` steps down by one and a
 #: surplus frame is dropped.
 RELAX_TICKS = 250
+#: One frame's duration (s): dropping a queued frame makes every later frame play this much sooner.
+FRAME_S = 0.020
+#: Margin (s) a frame must have left after a shrink: more than the scheduling jitter of a busy
+#: 2-core host between a packet's arrival and the bridge clock's tick.
+SHRINK_GUARD_S = 0.004
 
 
 class Kind(enum.Enum):
@@ -60,6 +73,10 @@ class JitterStats:
     underruns: int = 0
     stalls: int = 0
     shrunk: int = 0
+    #: Frames that played less than :data:`SHRINK_GUARD_S` after they arrived (close to a stall).
+    tight: int = 0
+    #: Shrink windows refused because a frame would have been too close to its tick.
+    kept: int = 0
     level: int = 0
 
 
@@ -86,19 +103,23 @@ class JitterBuffer:
         self.relax_ticks = relax_ticks
         #: Current wanted depth (frames): ``target`` on a clean link, more after stalls.
         self.level = target_frames
-        self._frames: dict[int, bytes] = {}
+        #: seq → (payload, arrival time or None)
+        self._frames: dict[int, tuple[bytes, float | None]] = {}
         self._next: int | None = None  # next sequence number to play
         self._playing = False
         self._empty_ticks = 0
         self._skipped_ahead = False  # _trim moved _next: the frames before it are not "lost"
         self._window = 0
         self._min_depth = max_frames
+        self._min_slack = float("inf")  # least arrival → play time of the window (s)
+        self._after_stall = False
         self.stats = JitterStats(level=target_frames)
 
     def __len__(self) -> int:
         return len(self._frames)
 
-    def push(self, seq: int, payload: bytes) -> None:
+    def push(self, seq: int, payload: bytes, now: float | None = None) -> None:
+        """Queue a frame; ``now`` is its arrival time (see the module docstring)."""
         seq &= 0xFFFF
         self.stats.received += 1
         if self._next is not None:
@@ -113,7 +134,7 @@ class JitterBuffer:
         if seq in self._frames:
             self.stats.duplicate += 1
             return
-        self._frames[seq] = payload
+        self._frames[seq] = (payload, now)
         if self._next is None or _diff(seq, self._next) < 0:
             self._next = seq
         self._trim()
@@ -138,8 +159,8 @@ class JitterBuffer:
         self._next = new_next
         self._skipped_ahead = True
 
-    def pop(self) -> Playout:
-        """The frame for this 20 ms tick."""
+    def pop(self, now: float | None = None) -> Playout:
+        """The frame for this 20 ms tick; ``now`` is the tick's time (see the module docstring)."""
         if self._next is None:
             return Playout(Kind.SILENCE)
         if not self._playing:
@@ -150,6 +171,8 @@ class JitterBuffer:
             self._empty_ticks = 0
             self._window = 0
             self._min_depth = self.max
+            self._min_slack = float("inf")
+            self._after_stall = False
         if not self._frames:
             self._empty_ticks += 1
             if self._empty_ticks > _MAX_CONCEAL:
@@ -173,18 +196,31 @@ class JitterBuffer:
                 self.stats.level = self.level
                 self._window = 0
                 self._min_depth = self.max
+                self._min_slack = float("inf")
+                self._after_stall = True
             self.stats.concealed += 1
             return Playout(Kind.CONCEAL)
         self._empty_ticks = 0
+        entry = self._frames.get(self._next)
+        if self._after_stall:
+            # The late frame itself: it came between two ticks, so its short wait says nothing
+            # about the frames after it, which now play one frame later than before the stall.
+            self._after_stall = entry is None
+        elif entry is not None and now is not None and entry[1] is not None:
+            slack = now - entry[1]
+            if slack < self._min_slack:
+                self._min_slack = slack
+            if slack < SHRINK_GUARD_S:
+                self.stats.tight += 1
         self._adapt(len(self._frames))
         seq = self._next
         self._next = (seq + 1) & 0xFFFF
-        payload = self._frames.pop(seq, None)
-        if payload is None:
+        entry = self._frames.pop(seq, None)
+        if entry is None:
             self.stats.concealed += 1
             return Playout(Kind.CONCEAL)
         self.stats.played += 1
-        return Playout(Kind.PLAY, payload)
+        return Playout(Kind.PLAY, entry[0])
 
     def _adapt(self, depth: int) -> None:
         """Shrink towards ``target`` after a window without stalls (see the module docstring)."""
@@ -197,12 +233,17 @@ class JitterBuffer:
             self.level -= 1
             self.stats.level = self.level
         if self._min_depth > self.level and self._next is not None:
-            # One frame more than wanted was queued the whole window: drop the oldest.
-            self._frames.pop(self._next, None)
-            self._next = (self._next + 1) & 0xFFFF
-            self.stats.shrunk += 1
+            if self._min_slack < FRAME_S + SHRINK_GUARD_S:
+                # A frame of the window would have been too close to its tick one frame sooner.
+                self.stats.kept += 1
+            else:
+                # One frame more than wanted was queued the whole window: drop the oldest.
+                self._frames.pop(self._next, None)
+                self._next = (self._next + 1) & 0xFFFF
+                self.stats.shrunk += 1
         self._window = 0
         self._min_depth = self.max
+        self._min_slack = float("inf")
 
     def pop_ready(self) -> list[Playout]:
         """For a consumer without a playout clock: every frame that can be played now, in order.
@@ -219,12 +260,12 @@ class JitterBuffer:
             self._next = min(self._frames, key=lambda s: _diff(s, nxt or 0))
         self._skipped_ahead = False
         while self._frames and self._next is not None:
-            payload = self._frames.pop(self._next, None)
-            if payload is not None:
+            entry = self._frames.pop(self._next, None)
+            if entry is not None:
                 self._playing = True
                 self._next = (self._next + 1) & 0xFFFF
                 self.stats.played += 1
-                out.append(Playout(Kind.PLAY, payload))
+                out.append(Playout(Kind.PLAY, entry[0]))
                 continue
             nxt = self._next
             oldest = min(self._frames, key=lambda s: _diff(s, nxt))

@@ -88,3 +88,59 @@ def test_jitter_pause_is_not_a_stall() -> None:
     for _ in range(10):  # the sender pauses: conceal, then re-buffer
         jb.pop()
     assert jb.stats.underruns == 1 and jb.level == 1
+
+
+def _run_clocked(
+    jb: JitterBuffer, ticks: int, offset: float, late_every: int, late_by: float, timed: bool
+) -> list[int]:
+    """Frames sent by one 20 ms clock and played by another: frame n arrives ``offset`` s after
+    tick n (negative: before it), except every ``late_every``-th frame, which arrives ``late_by``
+    s after its tick. Returns the buffer's depth before each tick's pop."""
+    arrivals = sorted(
+        (n * 0.02 + (late_by if n % late_every == late_every - 1 else offset), n)
+        for n in range(ticks)
+    )
+    depths: list[int] = []
+    i = 0
+    for tick in range(ticks):
+        now = tick * 0.02
+        while i < len(arrivals) and arrivals[i][0] <= now:
+            t, n = arrivals[i]
+            jb.push(n, b"x", t if timed else None)
+            i += 1
+        depths.append(len(jb))
+        jb.pop(now if timed else None)
+    return depths
+
+
+def test_jitter_keeps_the_extra_frame_for_a_stream_in_phase_with_the_tick() -> None:
+    # Frames come 1 ms before their tick, and one in 100 comes 2 ms after it: two clocks almost
+    # in phase. After the first stall the buffer must keep its extra frame, since one frame
+    # sooner would put every frame back on the edge.
+    jb = JitterBuffer(1, 10, relax_ticks=50)
+    _run_clocked(jb, 3000, offset=-0.001, late_every=100, late_by=0.002, timed=True)
+    assert jb.stats.stalls == 1 and jb.stats.shrunk == 0
+    assert jb.stats.kept >= 20  # the windows since the stall refused to shrink
+    # Tight frames: 0–98, the ones before the first stall (1 ms from arrival to play).
+    assert jb.stats.late == 0 and jb.stats.tight == 99
+    # The same stream without arrival times: shrunk after each window, it stalls again and again.
+    untimed = JitterBuffer(1, 10, relax_ticks=50)
+    _run_clocked(untimed, 3000, offset=-0.001, late_every=100, late_by=0.002, timed=False)
+    assert untimed.stats.stalls > 10 and untimed.stats.shrunk > 10
+
+
+def test_jitter_gives_back_the_frame_after_a_one_off_hiccup() -> None:
+    # Frames come 10 ms before their tick; one (frame 599) comes 5 ms after its tick.
+    jb = JitterBuffer(1, 10, relax_ticks=50)
+    depths = _run_clocked(jb, 1000, offset=-0.010, late_every=600, late_by=0.005, timed=True)
+    assert jb.stats.stalls == 1 and jb.stats.shrunk == 1 and jb.stats.kept == 0
+    assert jb.level == 1 and jb.stats.tight == 0
+    assert depths[599] == 0 and depths[610] == 2  # the stall, then a frame more held
+    assert set(depths[700:]) == {1}  # back to one frame of buffering
+
+
+def test_jitter_arrival_times_do_not_change_a_clean_stream() -> None:
+    jb = JitterBuffer(1, 10, relax_ticks=50)
+    depths = _run_clocked(jb, 1000, offset=-0.010, late_every=10**6, late_by=0.0, timed=True)
+    assert set(depths[1:]) == {1}
+    assert (jb.stats.stalls, jb.stats.kept, jb.stats.shrunk, jb.stats.tight) == (0, 0, 0, 0)
