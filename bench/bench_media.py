@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -166,7 +167,9 @@ def _loud(pcm: np.ndarray, thr: float = 3000) -> bool:
     return len(pcm) > 0 and bool(np.max(np.abs(pcm.astype(np.int32))) > thr)
 
 
-async def latency_probe(stack, data_dir: Path, number: str, seconds: float) -> dict:  # type: ignore[no-untyped-def]
+async def latency_probe(stack, data_dir: Path, number: str, seconds: float) -> tuple[dict, str]:  # type: ignore[no-untyped-def]
+    """Latencies in ms per direction, and the probe participant's track sid (its stream's
+    jitter-buffer counters are in the probe call's end-of-call line)."""
     probe = Probe()
     await probe.ch.connect(
         socket_path(str(data_dir)), token("probe", room_for(number)), room_for(number)
@@ -225,7 +228,7 @@ async def latency_probe(stack, data_dir: Path, number: str, seconds: float) -> d
     finally:
         ua.close()
         probe.ch.close()
-    return res
+    return res, probe.track_sid
 
 
 def call_logs(log_text: str) -> list[tuple[int, int, str]]:
@@ -357,6 +360,13 @@ async def main() -> None:
                     asyncio.create_task(ua.stream(speech_like(a.seconds + 60, RATE, seed=3 + i)))
                 )
             await asyncio.sleep(3)
+            # No cyclic GC in this process while it measures: its 16+ phones keep every packet
+            # they receive, and a full collection over that heap stalls the loop for tens of ms
+            # late in a long run. The probe participant's packets then leave late, the probe
+            # call's room buffer stalls and grows, and room -> phone read 40-63 ms in 60 s runs
+            # (3.7-8 ms with the collector off, or in short runs). The appliance is not affected.
+            gc.freeze()
+            gc.disable()
             w0, m0, t0 = *cpu(), time.monotonic()
             await asyncio.sleep(a.seconds)
             w1, m1, t1 = *cpu(), time.monotonic()
@@ -369,9 +379,12 @@ async def main() -> None:
             )
             ceiling_us = statistics.median(codec_ceiling() for _ in range(3))
             ceiling8_us = statistics.median(codec_ceiling(enc_rate=8000) for _ in range(3))
-            lat = None
+            lat, probe_sid = None, ""
             if not a.no_latency:
-                lat = await latency_probe(stack, Path(tmp) / "data", numbers[-1], a.latency_seconds)
+                lat, probe_sid = await latency_probe(
+                    stack, Path(tmp) / "data", numbers[-1], a.latency_seconds
+                )
+            gc.enable()
             heard = [len(u.received) for u in uas]
             for t in tasks:
                 t.cancel()
@@ -436,6 +449,14 @@ async def main() -> None:
         f"{SHRINK_GUARD_S * 1000:.0f} ms of the tick): {sum(1 for k in kept if k)} of "
         f"{len(kept)} calls; frames played that close: {sum(tight)}"
     )
+    for st in stats:
+        if probe_sid and probe_sid in st:
+            p = st[probe_sid]
+            print(
+                f"  probe call's room buffer (room -> phone): stalls {p.get('stalls', 0)}, level at"
+                f" the end {p.get('level', 0)}, concealed {p.get('concealed', 0)}, "
+                f"kept {p.get('kept', 0)}, tight {p.get('tight', 0)}"
+            )
     if lat:
         for k, name in (
             ("up", "phone -> room"),
