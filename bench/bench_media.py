@@ -440,7 +440,8 @@ async def main() -> None:
     print(
         f"  finished calls {len(und)} of {calls}: port underruns per call max "
         f"{max(und, default=0)} total {sum(und)}; room jitter stalls of live streams per call "
-        f"max {max(late, default=0)} total {sum(late)} (re-buffers at hang-up: {sum(rebuf)})"
+        f"max {max(late, default=0)} total {sum(late)} (re-buffers at hang-up: {sum(rebuf)}); "
+        f"per call {sorted(late, reverse=True)}"
     )
     kept = [sum(v.get("kept", 0) for v in st.values()) for st in stats]
     tight = [sum(v.get("tight", 0) for v in st.values()) for st in stats]
