@@ -27,7 +27,10 @@ SHRINK_GUARD_S`` after it arrived, i.e. each would still have been on time one f
 with a margin for scheduling jitter. Without it a stream whose packets arrive just before the
 tick (two clocks in phase, which happens to one call in a few between two bridge workers) was
 shrunk back onto the edge after every window and stalled again a few seconds later. Such a stream
-now keeps its extra frame; a stall caused by a one-off hiccup is still taken back.
+now keeps its extra frame; a stall caused by a one-off hiccup is still taken back. For the same
+reason playing starts one tick later when the first frame arrived less than ``SHRINK_GUARD_S``
+before the tick: the extra frame is then taken in the silence before the stream starts, not by
+a stall.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class JitterStats:
     tight: int = 0
     #: Shrink windows refused because a frame would have been too close to its tick.
     kept: int = 0
+    #: Starts put off by one tick because the first frame had just arrived.
+    deferred: int = 0
     level: int = 0
 
 
@@ -167,6 +172,14 @@ class JitterBuffer:
             span = _diff(self._newest(), self._next) + 1 if self._frames else 0
             if span < self.level:
                 return Playout(Kind.SILENCE)
+            first = self._frames.get(self._next)
+            if first is not None and first[1] is not None and now is not None:
+                if now - first[1] < SHRINK_GUARD_S:
+                    # The stream's frames land just before our tick: start one tick later, in
+                    # the silence before playing, rather than stall (and conceal) on the first
+                    # late one. A stream not in phase is shrunk back after a window.
+                    self.stats.deferred += 1
+                    return Playout(Kind.SILENCE)
             self._playing = True
             self._empty_ticks = 0
             self._window = 0

@@ -91,15 +91,24 @@ def test_jitter_pause_is_not_a_stall() -> None:
 
 
 def _run_clocked(
-    jb: JitterBuffer, ticks: int, offset: float, late_every: int, late_by: float, timed: bool
+    jb: JitterBuffer,
+    ticks: int,
+    offset: float,
+    late_every: int,
+    late_by: float,
+    timed: bool,
+    first_offset: float | None = None,
 ) -> list[int]:
     """Frames sent by one 20 ms clock and played by another: frame n arrives ``offset`` s after
     tick n (negative: before it), except every ``late_every``-th frame, which arrives ``late_by``
-    s after its tick. Returns the buffer's depth before each tick's pop."""
+    s after its tick, and frame 0, which arrives ``first_offset`` after tick 0 if given. Returns
+    the buffer's depth before each tick's pop."""
     arrivals = sorted(
         (n * 0.02 + (late_by if n % late_every == late_every - 1 else offset), n)
-        for n in range(ticks)
+        for n in range(1 if first_offset is not None else 0, ticks)
     )
+    if first_offset is not None:
+        arrivals.insert(0, (first_offset, 0))
     depths: list[int] = []
     i = 0
     for tick in range(ticks):
@@ -115,18 +124,34 @@ def _run_clocked(
 
 def test_jitter_keeps_the_extra_frame_for_a_stream_in_phase_with_the_tick() -> None:
     # Frames come 1 ms before their tick, and one in 100 comes 2 ms after it: two clocks almost
-    # in phase. After the first stall the buffer must keep its extra frame, since one frame
-    # sooner would put every frame back on the edge.
+    # in phase. The first frame came early (10 ms), so playing starts at once. After the first
+    # stall the buffer must keep its extra frame, since one frame sooner would put every frame
+    # back on the edge.
     jb = JitterBuffer(1, 10, relax_ticks=50)
-    _run_clocked(jb, 3000, offset=-0.001, late_every=100, late_by=0.002, timed=True)
-    assert jb.stats.stalls == 1 and jb.stats.shrunk == 0
+    _run_clocked(
+        jb, 3000, offset=-0.001, late_every=100, late_by=0.002, timed=True, first_offset=-0.010
+    )
+    assert jb.stats.stalls == 1 and jb.stats.shrunk == 0 and jb.stats.deferred == 0
     assert jb.stats.kept >= 20  # the windows since the stall refused to shrink
-    # Tight frames: 0–98, the ones before the first stall (1 ms from arrival to play).
-    assert jb.stats.late == 0 and jb.stats.tight == 99
+    # Tight frames: 1–98, the ones before the first stall (1 ms from arrival to play).
+    assert jb.stats.late == 0 and jb.stats.tight == 98
     # The same stream without arrival times: shrunk after each window, it stalls again and again.
     untimed = JitterBuffer(1, 10, relax_ticks=50)
     _run_clocked(untimed, 3000, offset=-0.001, late_every=100, late_by=0.002, timed=False)
     assert untimed.stats.stalls > 10 and untimed.stats.shrunk > 10
+
+
+def test_jitter_starts_a_tick_later_when_the_first_frame_lands_at_the_tick() -> None:
+    # The same in-phase stream from its first frame: the buffer starts one tick later (in the
+    # silence before playing) and never stalls or conceals.
+    jb = JitterBuffer(1, 10, relax_ticks=50)
+    depths = _run_clocked(jb, 3000, offset=-0.001, late_every=100, late_by=0.002, timed=True)
+    assert (jb.stats.deferred, jb.stats.stalls, jb.stats.concealed) == (1, 0, 0)
+    # kept: every window without a late frame (a late one leaves a single frame queued)
+    assert jb.stats.shrunk == 0 and jb.stats.kept >= 25 and jb.stats.tight == 0
+    # Two frames queued at each tick, one when the late frame is due: never empty.
+    assert jb.stats.played == 2999 and min(depths[2:]) == 1
+    assert depths[2:].count(2) >= 0.98 * len(depths[2:])
 
 
 def test_jitter_gives_back_the_frame_after_a_one_off_hiccup() -> None:
