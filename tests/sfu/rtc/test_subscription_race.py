@@ -48,6 +48,14 @@ async def _heard(room: rtc.Room, identity: str, freq: float) -> str:
     return ""
 
 
+async def _both_heard(listener: rtc.Room) -> list[str]:
+    """What was wrong with the talker's and the caller's track at ``listener`` ('' = heard)."""
+    return [
+        await _heard(listener, "talker", TALKER_HZ),
+        await _heard(listener, "caller", CALLER_HZ),
+    ]
+
+
 async def _room_inflight(server: Server, name: str) -> list[str]:
     listener = await connect(server.ws_url, token("listener", name))
     talker = await connect(server.ws_url, token("talker", name))
@@ -64,10 +72,7 @@ async def _room_inflight(server: Server, name: str) -> list[str]:
         async with tone_publisher(talker, TALKER_HZ):
             await asyncio.wait_for(talker_announced.wait(), 15)
             caller.add_track()
-            return [
-                await _heard(listener, "talker", TALKER_HZ),
-                await _heard(listener, "caller", CALLER_HZ),
-            ]
+            return await _both_heard(listener)
     finally:
         await caller.close()
         await talker.disconnect()
@@ -84,10 +89,7 @@ async def _room_late_listener(server: Server, name: str) -> list[str]:
         async with tone_publisher(talker, TALKER_HZ):
             await wait_for(lambda: caller.remote_tracks.get("talker"), 15, "talker's track")
             listener = await connect(server.ws_url, token("listener", name))
-            return [
-                await _heard(listener, "talker", TALKER_HZ),
-                await _heard(listener, "caller", CALLER_HZ),
-            ]
+            return await _both_heard(listener)
     finally:
         await caller.close()
         await talker.disconnect()
