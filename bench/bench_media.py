@@ -449,7 +449,9 @@ async def main() -> None:
         f"  room buffers that kept an extra frame (arrivals within "
         f"{SHRINK_GUARD_S * 1000:.0f} ms of the tick): {sum(1 for k in kept if k)} of "
         f"{len(kept)} calls; frames played that close: {sum(tight)}; starts put off a tick: "
-        f"{sum(sum(v.get('deferred', 0) for v in st.values()) for st in stats)}"
+        f"{sum(sum(v.get('deferred', 0) for v in st.values()) for st in stats)}; stalls soon "
+        f"after a shrink (window doubled): "
+        f"{sum(sum(v.get('recurred', 0) for v in st.values()) for st in stats)}"
     )
     for st in stats:
         if probe_sid and probe_sid in st:

@@ -19,7 +19,9 @@ when it comes, which adds one frame of delay, and its wanted depth ``level`` gro
 After ``relax_ticks`` ticks without a stall ``level`` steps back down (not below ``target``), and
 at the end of each window in which the buffer never held fewer than ``level + 1`` frames one frame
 is dropped, so on a clean link it settles back at ``target`` (1 frame = at most 20 ms of
-buffering). :meth:`pop_ready` never adapts: its ``level`` stays at ``target``.
+buffering). A stall within ``RECUR_WINDOWS`` windows of a shrink doubles the window (up to 40 s):
+lateness that recurs keeps its frame for longer, and the window halves again once it has settled
+for as long. :meth:`pop_ready` never adapts: its ``level`` stays at ``target``.
 
 Arrival times (``now`` given to :meth:`push` and :meth:`pop`, in seconds) make the shrink safe:
 a frame is dropped only if, over the whole window, every frame played at least ``FRAME_S +
@@ -46,6 +48,11 @@ _MAX_CONCEAL = 3
 #: Ticks of a shrink window: without a stall for this long (5 s), ``level`` steps down by one and a
 #: surplus frame is dropped.
 RELAX_TICKS = 250
+#: A stall within this many windows of a shrink means the lateness recurs: the buffer's window
+#: doubles (up to :data:`MAX_RELAX_TICKS`), so the frame it needs is kept for longer.
+RECUR_WINDOWS = 3
+#: Longest shrink window (40 s).
+MAX_RELAX_TICKS = 8 * RELAX_TICKS
 #: One frame's duration (s): dropping a queued frame makes every later frame play this much sooner.
 FRAME_S = 0.020
 #: Margin (s) a frame must have left after a shrink: more than the scheduling jitter of a busy
@@ -82,6 +89,8 @@ class JitterStats:
     kept: int = 0
     #: Starts put off by one tick because the first frame had just arrived.
     deferred: int = 0
+    #: Stalls that came soon after a shrink and doubled the shrink window.
+    recurred: int = 0
     level: int = 0
 
 
@@ -106,6 +115,9 @@ class JitterBuffer:
         self.max = max_frames
         self.max_level = max(target_frames, min(max_level, max_frames))
         self.relax_ticks = relax_ticks
+        #: Current shrink window (ticks): ``relax_ticks``, doubled while stalls recur.
+        self.relax = relax_ticks
+        self._since_shrink: int | None = None  # ticks played since the last shrink
         #: Current wanted depth (frames): ``target`` on a clean link, more after stalls.
         self.level = target_frames
         #: seq → (payload, arrival time or None)
@@ -205,6 +217,13 @@ class JitterBuffer:
                 # A stall: the frame is late. Hold the position (it still plays when it comes)
                 # and want one more frame of cushion from now on.
                 self.stats.stalls += 1
+                if self._since_shrink is not None and (
+                    self._since_shrink < RECUR_WINDOWS * self.relax
+                ):
+                    # Late again soon after the frame was given back: keep it longer next time.
+                    self.relax = min(2 * self.relax, max(MAX_RELAX_TICKS, self.relax_ticks))
+                    self.stats.recurred += 1
+                self._since_shrink = None
                 self.level = min(self.level + 1, self.max_level)
                 self.stats.level = self.level
                 self._window = 0
@@ -239,8 +258,10 @@ class JitterBuffer:
         """Shrink towards ``target`` after a window without stalls (see the module docstring)."""
         if depth < self._min_depth:
             self._min_depth = depth
+        if self._since_shrink is not None:
+            self._since_shrink += 1
         self._window += 1
-        if self._window < self.relax_ticks:
+        if self._window < self.relax:
             return
         if self.level > self.target:
             self.level -= 1
@@ -254,6 +275,15 @@ class JitterBuffer:
                 self._frames.pop(self._next, None)
                 self._next = (self._next + 1) & 0xFFFF
                 self.stats.shrunk += 1
+                self._since_shrink = 0
+        elif (
+            self.relax > self.relax_ticks
+            and self._since_shrink is not None
+            and self._since_shrink >= RECUR_WINDOWS * self.relax
+        ):
+            # The frame was given back long ago and no stall followed: remember less. (Before
+            # any shrink the buffer still holds the frame its last stall added: keep the window.)
+            self.relax = max(self.relax_ticks, self.relax // 2)
         self._window = 0
         self._min_depth = self.max
         self._min_slack = float("inf")

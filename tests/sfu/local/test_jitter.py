@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sfu.local import jitter
 from sfu.local.jitter import JitterBuffer
 from sfu.local.jitter import Kind as JKind
 
@@ -98,13 +99,18 @@ def _run_clocked(
     late_by: float,
     timed: bool,
     first_offset: float | None = None,
+    late_until: int | None = None,
 ) -> list[int]:
     """Frames sent by one 20 ms clock and played by another: frame n arrives ``offset`` s after
     tick n (negative: before it), except every ``late_every``-th frame, which arrives ``late_by``
-    s after its tick, and frame 0, which arrives ``first_offset`` after tick 0 if given. Returns
-    the buffer's depth before each tick's pop."""
+    s after its tick (only before frame ``late_until`` if given), and frame 0, which arrives
+    ``first_offset`` after tick 0 if given. Returns the buffer's depth before each tick's pop."""
+
+    def late(n: int) -> bool:
+        return n % late_every == late_every - 1 and (late_until is None or n < late_until)
+
     arrivals = sorted(
-        (n * 0.02 + (late_by if n % late_every == late_every - 1 else offset), n)
+        (n * 0.02 + (late_by if late(n) else offset), n)
         for n in range(1 if first_offset is not None else 0, ticks)
     )
     if first_offset is not None:
@@ -122,7 +128,9 @@ def _run_clocked(
     return depths
 
 
-def test_jitter_keeps_the_extra_frame_for_a_stream_in_phase_with_the_tick() -> None:
+def test_jitter_keeps_the_extra_frame_for_a_stream_in_phase_with_the_tick(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Frames come 1 ms before their tick, and one in 100 comes 2 ms after it: two clocks almost
     # in phase. The first frame came early (10 ms), so playing starts at once. After the first
     # stall the buffer must keep its extra frame, since one frame sooner would put every frame
@@ -135,7 +143,9 @@ def test_jitter_keeps_the_extra_frame_for_a_stream_in_phase_with_the_tick() -> N
     assert jb.stats.kept >= 20  # the windows since the stall refused to shrink
     # Tight frames: 1–98, the ones before the first stall (1 ms from arrival to play).
     assert jb.stats.late == 0 and jb.stats.tight == 98
-    # The same stream without arrival times: shrunk after each window, it stalls again and again.
+    # The same stream without arrival times, and without the longer window that recurring
+    # stalls bring: shrunk after each window, it stalls again and again.
+    monkeypatch.setattr(jitter, "RECUR_WINDOWS", 0)
     untimed = JitterBuffer(1, 10, relax_ticks=50)
     _run_clocked(untimed, 3000, offset=-0.001, late_every=100, late_by=0.002, timed=False)
     assert untimed.stats.stalls > 10 and untimed.stats.shrunk > 10
@@ -169,3 +179,23 @@ def test_jitter_arrival_times_do_not_change_a_clean_stream() -> None:
     depths = _run_clocked(jb, 1000, offset=-0.010, late_every=10**6, late_by=0.0, timed=True)
     assert set(depths[1:]) == {1}
     assert (jb.stats.stalls, jb.stats.kept, jb.stats.shrunk, jb.stats.tight) == (0, 0, 0, 0)
+
+
+def test_jitter_keeps_the_frame_longer_when_stalls_recur(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Frames come 10 ms early, but one in 120 comes 5 ms late, for the first 1500 frames. Each
+    # shrink 50 ticks after a stall would put the next late frame 70 ticks later on the edge.
+    def run() -> tuple[JitterBuffer, list[int]]:
+        jb = JitterBuffer(1, 10, relax_ticks=50)
+        depths = _run_clocked(
+            jb, 4000, offset=-0.010, late_every=120, late_by=0.005, timed=True, late_until=1500
+        )
+        return jb, depths
+
+    jb, depths = run()
+    assert jb.stats.stalls <= 4 and jb.stats.recurred >= 1
+    # Once the late frames stop, the frame is given back and the window settles again.
+    assert depths[-1] == 1 and jb.relax == 50 and jb.stats.shrunk >= 2
+    # Without the longer memory every late frame after a shrink stalls.
+    monkeypatch.setattr(jitter, "RECUR_WINDOWS", 0)
+    forgetful, _ = run()
+    assert forgetful.stats.recurred == 0 and forgetful.stats.stalls >= 10
