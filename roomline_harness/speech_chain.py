@@ -105,7 +105,11 @@ def room_path(x16: np.ndarray, phone_rate: int, bridge_rate: int = BRIDGE_RATE) 
     (``RoomLeg.set_phone_rate``); 0 leaves it unset. ``bridge_rate`` is the conference clock
     (16 kHz; 8 kHz with ``sip.wideband: false``): input and output are at that rate.
     """
-    a, b = RoomLeg(_events(), rate=bridge_rate), RoomLeg(_events(), rate=bridge_rate)
+    # Simulated time: tick i is at 20·i ms and phone A's frame of that tick reaches leg B 10 ms
+    # before B's tick (a clean local hop); the loop itself runs faster than real time.
+    now = [0.0]
+    a = RoomLeg(_events(), rate=bridge_rate)
+    b = RoomLeg(_events(), rate=bridge_rate, clock=lambda: now[0])
     if phone_rate:
         a.set_phone_rate(phone_rate)
     ch = _Channel()
@@ -119,9 +123,11 @@ def room_path(x16: np.ndarray, phone_rate: int, bridge_rate: int = BRIDGE_RATE) 
     for i in range(0, len(pcm), n):
         port.rx.append(pcm[i : i + n].tobytes())
         a.pump(port)  # type: ignore[arg-type]
+        now[0] = i / bridge_rate - 0.010
         for sid, pkt in ch.rtp:
             b._on_rtp(sid, pkt)
         ch.rtp.clear()
+        now[0] = i / bridge_rate
         out.append(b.produce())
     return np.frombuffer(b"".join(out), np.int16).astype(np.float64)
 

@@ -62,9 +62,17 @@ class RoomLeg:
     """The caller's participant in its room; see the module docstring."""
 
     def __init__(
-        self, events: RoomLegEvents, identity: str = "", request_id: int = 0, rate: int = RATE
+        self,
+        events: RoomLegEvents,
+        identity: str = "",
+        request_id: int = 0,
+        rate: int = RATE,
+        clock: Callable[[], float] = monotonic,
     ) -> None:
         self.events = events
+        #: Arrival and tick times for the room jitter buffers (an offline run passes its own,
+        #: since it runs faster than real time).
+        self.clock = clock
         #: PCM rate of the bridge port this leg pumps (the conference bridge's clock rate).
         self.rate = rate
         #: The caller's participant identity (the decision's, then the JoinResponse's).
@@ -203,7 +211,7 @@ class RoomLeg:
         """
         tone = self.tone
         with self._mix_lock:
-            frame = self.mixer.next_frame(monotonic())
+            frame = self.mixer.next_frame(self.clock())
         return frame if tone is None else tone()
 
     def send_dtmf(self, digit: str) -> None:
@@ -283,7 +291,7 @@ class RoomLeg:
         if pkt.payload_type != OPUS_PT or pkt.payload_end <= pkt.payload_offset:
             return
         with self._mix_lock:
-            self.mixer.push(sid, pkt.sequence_number, pkt.payload(data), monotonic())
+            self.mixer.push(sid, pkt.sequence_number, pkt.payload(data), self.clock())
         if not self.room_audio_seen:
             self.room_audio_seen = True
             self.events.audio()

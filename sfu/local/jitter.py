@@ -130,6 +130,7 @@ class JitterBuffer:
         self._min_depth = max_frames
         self._min_slack = float("inf")  # least arrival → play time of the window (s)
         self._after_stall = False
+        self._start_deferred = False
         self.stats = JitterStats(level=target_frames)
 
     def __len__(self) -> int:
@@ -186,7 +187,8 @@ class JitterBuffer:
                 return Playout(Kind.SILENCE)
             first = self._frames.get(self._next)
             if first is not None and first[1] is not None and now is not None:
-                if now - first[1] < SHRINK_GUARD_S:
+                if now - first[1] < SHRINK_GUARD_S and not self._start_deferred:
+                    self._start_deferred = True  # once per start, whatever the clock says
                     # The stream's frames land just before our tick: start one tick later, in
                     # the silence before playing, rather than stall (and conceal) on the first
                     # late one. A stream not in phase is shrunk back after a window.
@@ -198,6 +200,7 @@ class JitterBuffer:
             self._min_depth = self.max
             self._min_slack = float("inf")
             self._after_stall = False
+            self._start_deferred = False
         if not self._frames:
             self._empty_ticks += 1
             if self._empty_ticks > _MAX_CONCEAL:

@@ -199,3 +199,15 @@ def test_jitter_keeps_the_frame_longer_when_stalls_recur(monkeypatch: pytest.Mon
     monkeypatch.setattr(jitter, "RECUR_WINDOWS", 0)
     forgetful, _ = run()
     assert forgetful.stats.recurred == 0 and forgetful.stats.stalls >= 10
+
+
+def test_jitter_defers_a_start_once_whatever_the_clock_says() -> None:
+    # A clock that does not advance (an offline run faster than real time): every frame looks
+    # as if it just arrived. The start is put off one tick, never more.
+    jb = JitterBuffer(1, 10)
+    kinds = []
+    for seq in range(100):
+        jb.push(seq, b"x", 5.0)
+        kinds.append(jb.pop(5.0).kind)
+    assert kinds[0] is JKind.SILENCE and set(kinds[1:]) == {JKind.PLAY}
+    assert jb.stats.deferred == 1 and jb.stats.played == 99 and jb.stats.stalls == 0
