@@ -299,8 +299,8 @@ async def main() -> None:
     workers = -(-calls // 4) + (0 if a.no_latency else 1)  # +1: the latency probe's own worker
     if a.workers:
         workers = a.workers
-    if a.pesq:
-        workers = 1  # the PESQ rounds use one room on the last worker
+    if a.pesq and not a.workers:
+        workers = 1  # the PESQ rounds use one room on the last worker (or the front's pick)
     if a.server_tree:
         use_server_tree(a.server_tree)
     with tempfile.TemporaryDirectory(prefix="rlbm") as tmp:

@@ -52,6 +52,7 @@ from roomline_harness.server import Server, start_server, stop_server  # noqa: E
 from roomline_harness.sip.fullstack import cpu_seconds, room_for, sip_section, worker_pid  # noqa: E402
 from roomline_harness.sip.pcap import linear_to_ulaw  # noqa: E402
 from roomline_harness.soak import descendants  # noqa: E402
+from sfu.local.g711 import ulaw_decode  # noqa: E402
 
 RATE = 8000
 SAMPLES = 160  # 20 ms of PCMU
@@ -74,10 +75,7 @@ def describe(name: str, xs: list[float], unit: str = "ms") -> None:
 
 
 def ulaw_to_linear(b: bytes) -> np.ndarray:
-    u = ~np.frombuffer(b, dtype=np.uint8).astype(np.int32) & 0xFF
-    sign, exp, mant = u & 0x80, (u >> 4) & 0x07, u & 0x0F
-    mag = (((mant << 3) + 0x84) << exp) - 0x84
-    return np.where(sign, -mag, mag).astype(np.int16)
+    return ulaw_decode(b, len(b))
 
 
 def speech_like(seconds: float, rate: int, seed: int = 1) -> np.ndarray:

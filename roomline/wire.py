@@ -22,6 +22,11 @@ OPUS_PT = 111
 #: publishers on the channel (SIP callers) put their level there, the SFU's speaker detection
 #: reads it.
 AUDIO_LEVEL_EXT_ID = 1
+#: RFC 8285 header-extension ID of the narrowband sidecar on the local channel: a G.711 caller's
+#: 20 ms frame as 160 bytes of µ-law beside its Opus payload (two-byte header form, since one-byte
+#: elements hold at most 16 bytes). Local participants only: the SFU writes its own extensions
+#: towards WebRTC subscribers, so browsers never receive it (sfu/local/g711.py says why).
+ULAW_EXT_ID = 2
 
 #: DTMF keys in RFC 4733 event-code order (code 0..15): ``DTMF_DIGITS[code]`` is the key.
 DTMF_DIGITS = "0123456789*#ABCD"

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from bridge.worker.room_leg import RoomLeg, RoomLegEvents
-from roomline_harness.sip.pcap import linear_to_ulaw
+from sfu.local.g711 import ulaw_decode, ulaw_encode
 
 SPEECH = Path(__file__).resolve().parent.parent / "tests" / "data" / "speech" / "harvard_8k.wav"
 RATE = 8000
@@ -36,11 +36,8 @@ def read_speech(path: Path = SPEECH) -> np.ndarray:
 
 def ulaw_roundtrip(x: np.ndarray) -> np.ndarray:
     """G.711 µ-law encode + decode (the phone's or the bridge's G.711 stage)."""
-    u = linear_to_ulaw(np.clip(np.rint(x), -32768, 32767).astype(np.int16)).astype(np.int32)
-    u ^= 0xFF
-    t = ((u & 0x0F) << 3) + 0x84
-    t <<= (u & 0x70) >> 4
-    return np.where(u & 0x80, 0x84 - t, t - 0x84).astype(np.float64)
+    pcm = np.clip(np.rint(x), -32768, 32767).astype(np.int16)
+    return ulaw_decode(ulaw_encode(pcm), len(pcm)).astype(np.float64)
 
 
 def _lowpass(taps: int, cutoff: float) -> np.ndarray:
@@ -98,18 +95,23 @@ def _events() -> RoomLegEvents:
     return RoomLegEvents(lambda: None, lambda: None, lambda r: None, lambda k: None)
 
 
-def room_path(x16: np.ndarray, phone_rate: int, bridge_rate: int = BRIDGE_RATE) -> np.ndarray:
+def room_path(
+    x16: np.ndarray, phone_rate: int, bridge_rate: int = BRIDGE_RATE, sidecar: bool = True
+) -> np.ndarray:
     """Bridge audio of phone A → RoomLeg A → RoomLeg B → bridge audio for phone B.
 
     ``phone_rate`` is phone A's codec clock rate as the worker reports it to the leg
     (``RoomLeg.set_phone_rate``); 0 leaves it unset. ``bridge_rate`` is the conference clock
     (16 kHz; 8 kHz with ``sip.wideband: false``): input and output are at that rate.
+    ``sidecar=False`` makes leg B decode the Opus payloads even where it would play A's µ-law
+    sidecar (an 8 kHz bridge): the path as it was before the sidecar, for comparison.
     """
     # Simulated time: tick i is at 20·i ms and phone A's frame of that tick reaches leg B 10 ms
     # before B's tick (a clean local hop); the loop itself runs faster than real time.
     now = [0.0]
     a = RoomLeg(_events(), rate=bridge_rate)
     b = RoomLeg(_events(), rate=bridge_rate, clock=lambda: now[0])
+    b.ulaw_in = b.ulaw_in and sidecar
     if phone_rate:
         a.set_phone_rate(phone_rate)
     ch = _Channel()

@@ -5,6 +5,11 @@ never sends a participant its own track, so summing everything received *is* the
 input track has a :class:`~sfu.local.jitter.JitterBuffer` and a decoder; :meth:`Mixer.next_frame`
 is called once per 20 ms (paced by the pjsua bridge clock) and always returns a full frame, silence
 when nobody talks, so the phone leg never has gaps.
+
+A frame pushed with :data:`TAG_ULAW` is another G.711 caller's µ-law sidecar (sfu/local/g711.py):
+it is decoded by table instead of by Opus, sample-exact. Its concealment repeats the last such
+frame at half and then a quarter of its amplitude (the Opus decoder, not fed for that stream, has
+no state to conceal from).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from roomline.wire import FRAME_SAMPLES
+from sfu.local.g711 import ulaw_decode
 from sfu.local.jitter import JitterBuffer, Kind
 
 #: An input that produced nothing for this many ticks (10 s) is dropped; it is re-created by its
@@ -23,6 +29,9 @@ from sfu.local.jitter import JitterBuffer, Kind
 IDLE_TICKS = 500
 #: Cap on simultaneously mixed tracks per call (security limit: each costs a decoder).
 MAX_INPUTS = 32
+#: Jitter-buffer tags: what a queued payload is.
+TAG_OPUS = 0
+TAG_ULAW = 1
 
 
 class Decoder(Protocol):
@@ -42,6 +51,25 @@ class _Input:
     jitter: JitterBuffer
     decoder: Decoder
     idle: int = 0
+    #: The last µ-law frame played while the stream carries the sidecar (None: Opus), and how
+    #: many frames have been concealed from it since.
+    last_pcm: np.ndarray | None = None
+    faded: int = 0
+
+    def play(self, out_tag: int, payload: bytes) -> np.ndarray:
+        if out_tag == TAG_ULAW:
+            pcm = ulaw_decode(payload, len(payload))
+            self.last_pcm, self.faded = pcm, 0
+            return pcm
+        self.last_pcm = None
+        return self.decoder.decode(payload)
+
+    def conceal(self) -> np.ndarray:
+        last = self.last_pcm
+        if last is None:
+            return self.decoder.decode(None)
+        self.faded += 1
+        return (last >> self.faded).astype(np.int16)  # -6 dB per concealed frame
 
 
 def _add_counters(acc: dict[str, int], inp: _Input) -> None:
@@ -65,16 +93,21 @@ class Mixer:
     #: (an agent that spoke a prompt and went quiet is pruned long before the phone hangs up).
     ended: dict[str, dict[str, int]] = field(default_factory=dict)
 
-    def push(self, sid: str, seq: int, payload: bytes, now: float | None = None) -> None:
-        """Queue one Opus payload of track ``sid`` (a new track gets a decoder, up to the cap);
-        ``now`` is its arrival time, for the jitter buffer's shrink decision."""
+    def push(
+        self, sid: str, seq: int, payload: bytes, now: float | None = None, tag: int = TAG_OPUS
+    ) -> None:
+        """Queue one payload of track ``sid`` (a new track gets a decoder, up to the cap): Opus,
+        or with ``tag`` :data:`TAG_ULAW` one frame of µ-law at the mixer's rate. ``now`` is its
+        arrival time, for the jitter buffer's shrink decision."""
+        if tag == TAG_ULAW and len(payload) != self.samples:
+            return  # not one frame at the mixer's rate: nothing it could mix
         inp = self.inputs.get(sid)
         if inp is None:
             if len(self.inputs) >= MAX_INPUTS:
                 return
             inp = _Input(JitterBuffer(self.target_frames, self.max_frames), self.decoder_factory())
             self.inputs[sid] = inp
-        inp.jitter.push(seq, payload, now)
+        inp.jitter.push(seq, payload, now, tag)
 
     def remove(self, sid: str) -> None:
         """Forget track ``sid`` and its decoder (it was unpublished or its owner left)."""
@@ -99,10 +132,10 @@ class Mixer:
         for sid, inp in list(self.inputs.items()):
             out = inp.jitter.pop(now)
             if out.kind is Kind.PLAY:
-                frames.append(inp.decoder.decode(out.payload))
+                frames.append(inp.play(out.tag, out.payload))
                 inp.idle = 0
             elif out.kind is Kind.CONCEAL:
-                frames.append(inp.decoder.decode(None))
+                frames.append(inp.conceal())
                 inp.idle = 0
             else:
                 inp.idle += 1

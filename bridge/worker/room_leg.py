@@ -23,12 +23,13 @@ import numpy as np
 from livekit.protocol import models, rtc
 
 from bridge.worker.dtmf import DtmfError, code_to_digit, digit_to_code
-from bridge.worker.mixer import Mixer
+from bridge.worker.mixer import TAG_ULAW, Mixer
 from bridge.worker.port import BridgePort
-from roomline.wire import FRAME_MS, OPUS_PT
+from roomline.wire import FRAME_MS, OPUS_PT, ULAW_EXT_ID
 from roomline.wire import SAMPLE_RATE as RATE
 from sfu.local.client import ChannelClient
 from sfu.local.codec import Decimator, OpusDecoder, OpusEncoder, RtpPacketizer, audio_level
+from sfu.local.g711 import ULAW_FRAME_BYTES, ULAW_RATE, ulaw_encode
 from sfu.media.rtp import RtpError, parse_rtp
 
 log = logging.getLogger("bridge.worker.room_leg")
@@ -96,6 +97,9 @@ class RoomLeg:
         #: Sid of the phone's published track, once the room confirmed it.
         self.track_sid = ""
         self.room_audio_seen = False
+        #: Whether this leg plays other G.711 callers' µ-law sidecar instead of decoding their
+        #: Opus: only at the sidecar's own rate, where it is sample-exact (see sfu/local/g711.py).
+        self.ulaw_in = rate == ULAW_RATE
         #: Remote participant sid → its track sids, to drop a track's decoder when it goes away.
         self._tracks: dict[str, set[str]] = {}
 
@@ -197,8 +201,11 @@ class RoomLeg:
             else:
                 frame = np.frombuffer(pcm, np.int16)
             level = audio_level(frame)
-            for payload in enc.encode(pcm):
-                ch.send_rtp(sid, self.packetizer.packet(payload, audio_level=level))
+            payloads = enc.encode(pcm)
+            # A G.711 caller's frame goes out as µ-law as well, for listeners on 8 kHz workers.
+            ulaw = ulaw_encode(frame) if enc.rate == ULAW_RATE and len(payloads) == 1 else None
+            for payload in payloads:
+                ch.send_rtp(sid, self.packetizer.packet(payload, audio_level=level, ulaw=ulaw))
         port.tx.clear()
         port.produce = self.produce
 
@@ -290,8 +297,13 @@ class RoomLeg:
             return
         if pkt.payload_type != OPUS_PT or pkt.payload_end <= pkt.payload_offset:
             return
+        ulaw = pkt.extension(ULAW_EXT_ID) if self.ulaw_in and pkt.extensions else None
+        if ulaw is not None and len(ulaw) == ULAW_FRAME_BYTES:
+            payload, tag = ulaw, TAG_ULAW
+        else:
+            payload, tag = pkt.payload(data), 0
         with self._mix_lock:
-            self.mixer.push(sid, pkt.sequence_number, pkt.payload(data), self.clock())
+            self.mixer.push(sid, pkt.sequence_number, payload, self.clock(), tag)
         if not self.room_audio_seen:
             self.room_audio_seen = True
             self.events.audio()

@@ -14,19 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from roomline_harness.sip.dtmf import generate_digit
+from sfu.local.g711 import ulaw_encode
 
 SAMPLES = 160  # 20 ms at 8 kHz
 
 
 def linear_to_ulaw(x: np.ndarray) -> np.ndarray:
-    """G.711 μ-law encoder (vectorised)."""
-    s = x.astype(np.int32)
-    sign = np.where(s < 0, 0x80, 0)
-    mag = np.minimum(np.abs(s), 32635) + 0x84
-    exp = np.floor(np.log2(mag)).astype(np.int32) - 7
-    exp = np.clip(exp, 0, 7)
-    mant = (mag >> (exp + 3)) & 0x0F
-    return (~(sign | (exp << 4) | mant) & 0xFF).astype(np.uint8)
+    """G.711 μ-law codes of ``x`` (clipped to 16 bits), by the production table."""
+    pcm = np.clip(x, -32768, 32767).astype(np.int16)
+    return np.frombuffer(ulaw_encode(pcm), np.uint8)
 
 
 def linear_to_alaw(x: np.ndarray) -> np.ndarray:

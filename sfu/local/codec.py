@@ -18,7 +18,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from roomline.wire import AUDIO_LEVEL_EXT_ID, FRAME_BYTES, FRAME_SAMPLES, OPUS_PT
+from roomline.wire import AUDIO_LEVEL_EXT_ID, FRAME_BYTES, FRAME_SAMPLES, OPUS_PT, ULAW_EXT_ID
 from roomline.wire import SAMPLE_RATE as RATE
 
 __all__ = [
@@ -263,6 +263,8 @@ class RtpPacketizer:
     With ``audio_level`` given, :meth:`packet` adds the RFC 6464 ``ssrc-audio-level`` element as a
     one-byte RFC 8285 header extension with ID :data:`~roomline.wire.AUDIO_LEVEL_EXT_ID` (the ID
     the local channel's SFU side reads, so the room's speaker detection hears the publisher).
+    With ``ulaw`` (the frame as µ-law, :mod:`sfu.local.g711`) as well, both elements go into a
+    two-byte-form block, the sidecar under :data:`~roomline.wire.ULAW_EXT_ID`.
     """
 
     def __init__(self, ssrc: int | None = None, payload_type: int = OPUS_PT) -> None:
@@ -273,10 +275,27 @@ class RtpPacketizer:
         self._first = True
 
     def packet(
-        self, payload: bytes, samples: int = FRAME_SAMPLES, audio_level: int | None = None
+        self,
+        payload: bytes,
+        samples: int = FRAME_SAMPLES,
+        audio_level: int | None = None,
+        ulaw: bytes | None = None,
     ) -> bytes:
         m_pt = (0x80 if self._first else 0) | self.pt
-        if audio_level is None:
+        if ulaw is not None:
+            if not 0 < len(ulaw) <= 255:
+                raise ValueError(f"a two-byte extension element holds 1-255 bytes, not {len(ulaw)}")
+            elems = b""
+            if audio_level is not None:
+                voice = 0x80 if audio_level <= VOICE_LEVEL else 0
+                elems = bytes((AUDIO_LEVEL_EXT_ID, 1, voice | (audio_level & 0x7F)))
+            elems += bytes((ULAW_EXT_ID, len(ulaw))) + ulaw
+            elems += bytes(-len(elems) % 4)  # the block is counted in 32-bit words
+            hdr = struct.pack(
+                "!BBHIIHH", 0x90, m_pt, self.seq, self.ts, self.ssrc, 0x1000, len(elems) // 4
+            )
+            hdr += elems
+        elif audio_level is None:
             hdr = struct.pack("!BBHII", 0x80, m_pt, self.seq, self.ts, self.ssrc)
         else:
             voice = 0x80 if audio_level <= VOICE_LEVEL else 0

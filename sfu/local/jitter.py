@@ -70,6 +70,8 @@ class Kind(enum.Enum):
 class Playout:
     kind: Kind
     payload: bytes = b""
+    #: The ``tag`` the frame was pushed with (what its consumer needs to decode it).
+    tag: int = 0
 
 
 @dataclass
@@ -117,11 +119,12 @@ class JitterBuffer:
         self.relax_ticks = relax_ticks
         #: Current shrink window (ticks): ``relax_ticks``, doubled while stalls recur.
         self.relax = relax_ticks
+        self._relax_cap = max(MAX_RELAX_TICKS, relax_ticks)
         self._since_shrink: int | None = None  # ticks played since the last shrink
         #: Current wanted depth (frames): ``target`` on a clean link, more after stalls.
         self.level = target_frames
-        #: seq → (payload, arrival time or None)
-        self._frames: dict[int, tuple[bytes, float | None]] = {}
+        #: seq → (payload, arrival time or None, tag)
+        self._frames: dict[int, tuple[bytes, float | None, int]] = {}
         self._next: int | None = None  # next sequence number to play
         self._playing = False
         self._empty_ticks = 0
@@ -136,8 +139,9 @@ class JitterBuffer:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def push(self, seq: int, payload: bytes, now: float | None = None) -> None:
-        """Queue a frame; ``now`` is its arrival time (see the module docstring)."""
+    def push(self, seq: int, payload: bytes, now: float | None = None, tag: int = 0) -> None:
+        """Queue a frame; ``now`` is its arrival time (see the module docstring). ``tag`` is
+        opaque to the buffer and comes back with the frame's :class:`Playout`."""
         seq &= 0xFFFF
         self.stats.received += 1
         if self._next is not None:
@@ -152,7 +156,7 @@ class JitterBuffer:
         if seq in self._frames:
             self.stats.duplicate += 1
             return
-        self._frames[seq] = (payload, now)
+        self._frames[seq] = (payload, now, tag)
         if self._next is None or _diff(seq, self._next) < 0:
             self._next = seq
         self._trim()
@@ -224,7 +228,7 @@ class JitterBuffer:
                     self._since_shrink < RECUR_WINDOWS * self.relax
                 ):
                     # Late again soon after the frame was given back: keep it longer next time.
-                    self.relax = min(2 * self.relax, max(MAX_RELAX_TICKS, self.relax_ticks))
+                    self.relax = min(2 * self.relax, self._relax_cap)
                     self.stats.recurred += 1
                 self._since_shrink = None
                 self.level = min(self.level + 1, self.max_level)
@@ -255,7 +259,7 @@ class JitterBuffer:
             self.stats.concealed += 1
             return Playout(Kind.CONCEAL)
         self.stats.played += 1
-        return Playout(Kind.PLAY, entry[0])
+        return Playout(Kind.PLAY, entry[0], entry[2])
 
     def _adapt(self, depth: int) -> None:
         """Shrink towards ``target`` after a window without stalls (see the module docstring)."""
@@ -311,7 +315,7 @@ class JitterBuffer:
                 self._playing = True
                 self._next = (self._next + 1) & 0xFFFF
                 self.stats.played += 1
-                out.append(Playout(Kind.PLAY, entry[0]))
+                out.append(Playout(Kind.PLAY, entry[0], entry[2]))
                 continue
             nxt = self._next
             oldest = min(self._frames, key=lambda s: _diff(s, nxt))

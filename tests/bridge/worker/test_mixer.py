@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bridge.worker.mixer import IDLE_TICKS, Mixer, mix
+from bridge.worker.mixer import IDLE_TICKS, TAG_ULAW, Mixer, mix
 from roomline_harness.audio import tone
+from sfu.local.g711 import ULAW_FRAME_BYTES, ulaw_decode, ulaw_encode
 
 
 class RawDecoder:
@@ -66,3 +67,31 @@ def test_mixer_keeps_counters_of_dropped_inputs() -> None:
     assert m.stats()["TR_agent"]["played"] == 8
     m.remove("TR_agent")
     assert not m.inputs and m.stats()["TR_agent"]["played"] == 8
+
+
+def test_ulaw_frames_play_sample_exact_and_conceal_by_fading() -> None:
+    """A frame tagged µ-law is decoded by table (no Opus decoder involved), bit-exact; a late
+    frame of such a stream repeats the last one at -6 dB, then -12 dB."""
+    m = Mixer(RawDecoder, samples=ULAW_FRAME_BYTES)
+    x = tone(440.0, 0.06, 8000, 8000.0).astype(np.int16)
+    codes = [ulaw_encode(x[i * 160 : (i + 1) * 160]) for i in range(3)]
+    m.push("TR_phone", 10, codes[0], tag=TAG_ULAW)
+    m.push("TR_phone", 11, codes[1], tag=TAG_ULAW)
+    first = np.frombuffer(m.next_frame(), np.int16)
+    second = np.frombuffer(m.next_frame(), np.int16)
+    assert np.array_equal(first, ulaw_decode(codes[0]))
+    assert np.array_equal(second, ulaw_decode(codes[1]))
+    half = np.frombuffer(m.next_frame(), np.int16)  # frame 12 is late: a stall
+    assert np.array_equal(half, ulaw_decode(codes[1]) >> 1)
+    quarter = np.frombuffer(m.next_frame(), np.int16)
+    assert np.array_equal(quarter, ulaw_decode(codes[1]) >> 2)
+    m.push("TR_phone", 12, codes[2], tag=TAG_ULAW)  # it comes, and still plays
+    assert np.array_equal(np.frombuffer(m.next_frame(), np.int16), ulaw_decode(codes[2]))
+
+
+def test_ulaw_frame_of_the_wrong_size_is_dropped() -> None:
+    m = Mixer(RawDecoder, samples=ULAW_FRAME_BYTES)
+    m.push("TR_phone", 1, bytes(80), tag=TAG_ULAW)
+    assert not m.inputs
+    m.push("TR_phone", 1, bytes(320))  # an Opus-tagged payload is the decoder's business
+    assert m.inputs["TR_phone"].jitter.stats.received == 1

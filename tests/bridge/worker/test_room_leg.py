@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from livekit.protocol import models, rtc
 
+from bridge.worker.mixer import TAG_ULAW
 from bridge.worker.room_leg import RoomLeg, RoomLegEvents
+from roomline_harness.audio import tone
+from roomline_harness.speech_chain import room_path
 from sfu.local.client import ChannelClient
 from sfu.local.codec import RtpPacketizer
+from sfu.local.g711 import ULAW_RATE, ulaw_decode, ulaw_encode
 
 
 class Recorder:
@@ -114,3 +119,48 @@ async def test_room_answer_before_connect_returns_can_already_send(
     kinds = [r.WhichOneof("message") for r in sent]
     assert kinds == ["add_track", "update_metadata"]
     assert sent[1].update_metadata.attributes["sip.callStatus"] == "active"
+
+
+def _on_grid(seconds: float) -> np.ndarray:
+    """A G.711 caller's audio as an 8 kHz bridge hands it over: µ-law decoded samples."""
+    x = tone(440.0, seconds, ULAW_RATE, 6000.0) + tone(1230.0, seconds, ULAW_RATE, 3000.0)
+    return ulaw_decode(ulaw_encode(x.astype(np.int16)), len(x))
+
+
+def _aligned(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    c = np.correlate(y[: len(x)], x[: ULAW_RATE // 2], mode="valid")
+    lag = int(np.argmax(c))
+    return y[lag : lag + len(x)]
+
+
+def test_g711_caller_reaches_an_8khz_listener_sample_exact() -> None:
+    """Leg A (8 kHz bridge, G.711 phone) sends µ-law beside Opus; leg B on an 8 kHz bridge
+    plays it: B's phone gets A's samples unchanged, so its G.711 encoder reproduces A's codes."""
+    x = _on_grid(2.0)
+    y = _aligned(room_path(x.astype(np.float64), 8000, bridge_rate=8000), x)
+    body = slice(ULAW_RATE // 10, len(x) - ULAW_RATE // 10)
+    assert np.array_equal(y[body], x[body].astype(np.float64))
+    # Through Opus instead (the path before the sidecar, or a listener on a 16 kHz bridge) the
+    # same audio comes out close but off the µ-law grid.
+    z = _aligned(room_path(x.astype(np.float64), 8000, bridge_rate=8000, sidecar=False), x)
+    ref = x[body].astype(np.float64)
+    assert not np.array_equal(z[body], ref)
+    err_db = 10 * np.log10(np.sum((z[body] - ref) ** 2) / np.sum(ref**2))
+    assert -40 < err_db < -10, err_db
+
+
+def test_16khz_listener_decodes_opus_and_ignores_the_sidecar() -> None:
+    rec = Recorder()
+    leg = RoomLeg(rec.events, identity="caller", rate=16000)
+    assert not leg.ulaw_in
+    pkt = RtpPacketizer().packet(b"\xf8\xff\xfe", audio_level=40, ulaw=bytes(160))
+    leg._on_rtp("TR_a", pkt)
+    frame = leg.mixer.inputs["TR_a"].jitter._frames
+    assert [(p, tag) for p, _, tag in frame.values()] == [(b"\xf8\xff\xfe", 0)]
+    # an 8 kHz leg queues the sidecar, tagged; one of the wrong size falls back to Opus
+    nb = RoomLeg(rec.events, identity="caller2", rate=ULAW_RATE)
+    nb._on_rtp("TR_a", pkt)
+    nb._on_rtp("TR_b", RtpPacketizer().packet(b"\xf8\xff\xfe", ulaw=bytes(80)))
+    got = {sid: list(i.jitter._frames.values())[0] for sid, i in nb.mixer.inputs.items()}
+    assert got["TR_a"][0] == bytes(160) and got["TR_a"][2] == TAG_ULAW
+    assert got["TR_b"][0] == b"\xf8\xff\xfe" and got["TR_b"][2] == 0

@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 
+from roomline.wire import OPUS_PT, ULAW_EXT_ID
 from roomline_harness.audio import dominant_frequency, snr_db, tone
 from sfu.local.codec import (
     FRAME_BYTES,
@@ -19,8 +20,8 @@ from sfu.local.codec import (
     audio_level,
 )
 from sfu.local.server import LOCAL_OPUS
-from sfu.media.forwarder import SourcePacket
-from sfu.media.rtp import RtpError, parse_rtp
+from sfu.media.forwarder import DownTrack, SourcePacket
+from sfu.media.rtp import ExtensionWriter, RtpError, parse_rtp
 
 
 def test_rtp_packetizer_and_parse() -> None:
@@ -162,3 +163,36 @@ def test_rtp_carries_rfc6464_level_that_the_sfu_reads() -> None:
     assert pkt.view.payload(pkt.data) == b"opus"
     plain = SourcePacket(LOCAL_OPUS, pk.packet(b"opus"))
     assert plain.audio_level is None
+
+
+def test_ulaw_sidecar_rides_in_a_two_byte_extension_block_the_sfu_reads() -> None:
+    ulaw = bytes(range(160))
+    pk = RtpPacketizer()
+    data = pk.packet(b"opus", audio_level=30, ulaw=ulaw)
+    v = parse_rtp(data)
+    assert v.extension_profile == 0x1000  # RFC 8285 two-byte form: elements up to 255 bytes
+    assert v.extension(ULAW_EXT_ID) == ulaw and v.payload(data) == b"opus"
+    assert (len(data) - 12 - 4 - len(b"opus")) % 4 == 0
+    pkt = SourcePacket(LOCAL_OPUS, data)  # the SFU's side still hears the level
+    assert pkt.audio_level == 0x80 | 30
+    # without a level the block holds the sidecar alone
+    v2 = parse_rtp(pk.packet(b"x", ulaw=ulaw[:5]))
+    assert v2.extensions == ((ULAW_EXT_ID, ulaw[:5]),)
+
+
+def test_ulaw_sidecar_never_reaches_a_webrtc_subscriber() -> None:
+    """The DownTrack towards a browser writes its own extensions: the sidecar stays local."""
+    data = RtpPacketizer().packet(b"opus", audio_level=30, ulaw=bytes(160))
+    dt = DownTrack("audio", 9, {OPUS_PT: OPUS_PT}, ExtensionWriter("1", 5, 9), 48000)
+    out = dt.forward(SourcePacket(LOCAL_OPUS, data), 1 << 32)
+    assert out is not None
+    v = parse_rtp(out)
+    assert v.extension(9) == bytes([0x80 | 30]) and v.payload(out) == b"opus"
+    assert all(len(value) < 16 for _, value in v.extensions)
+    assert len(out) < len(data) - 150
+
+
+@pytest.mark.parametrize("size", [0, 256])
+def test_ulaw_sidecar_invalid_size(size: int) -> None:
+    with pytest.raises(ValueError, match="1-255 bytes"):
+        RtpPacketizer().packet(b"opus", ulaw=bytes(size))
