@@ -63,9 +63,12 @@ class RtpStream:
     def tone(self, freq: float, seconds: float, pt: int = 0, amplitude: float = 10000.0) -> None:
         n = int(seconds * 50)
         t = np.arange(n * SAMPLES) / 8000.0
-        pcm = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16)
+        self.audio((amplitude * np.sin(2 * np.pi * freq * t)).astype(np.int16), pt)
+
+    def audio(self, pcm: np.ndarray, pt: int = 0) -> None:
+        """8 kHz int16 samples as 20 ms G.711 packets (a partial last frame is left out)."""
         enc = linear_to_ulaw(pcm) if pt == 0 else linear_to_alaw(pcm)
-        for i in range(n):
+        for i in range(len(pcm) // SAMPLES):
             self.add(pt, enc[i * SAMPLES : (i + 1) * SAMPLES].tobytes(), marker=(i == 0))
             self.ts += SAMPLES
 

@@ -8,15 +8,21 @@ caller offering only G.722 is refused with 488 instead of being silently cut to 
 
 from __future__ import annotations
 
+import asyncio
+import shutil
+import struct
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from roomline_harness.aio import wait_for
 from roomline_harness.audio import read_wav
 from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.net import free_port, free_udp_range
 from roomline_harness.server import Server, start_server, stop_server
 from roomline_harness.sip.fullstack import (
     Workers,
@@ -27,7 +33,11 @@ from roomline_harness.sip.fullstack import (
     worker_metric,
     worker_pid,
 )
+from roomline_harness.sip.pcap import RtpStream
 from roomline_harness.sip.peers import PhoneProcess
+from roomline_harness.sip.sipp import run_sipp, sipp_cmd, uac_scenario
+from roomline_harness.sip.sniff import UdpPacket, can_sniff, sniff_udp
+from roomline_harness.speech_chain import read_speech
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -36,7 +46,7 @@ RATE = 48000
 ROOM_SNR = 25.0
 #: What the pjsua2 phone records (median of 0.5 s windows; see tests/bridge/test_fullstack.py).
 PHONE_SNR = 20.0
-NUMBERS = {"audio": "+15550151", "g722": "+15550152"}
+NUMBERS = {"audio": "+15550151", "g722": "+15550152", "pair": "+15550153"}
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +133,72 @@ async def test_g722_only_caller_gets_488(stack: tuple[Server, Workers], tmp_path
     gone = [e for e in events if e["event"] == "disconnected"]
     assert gone and gone[0]["code"] == 488, events
     assert not any(e["event"] == "answered" for e in events), events
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """SIPp wants short paths for its pcap files."""
+    d = Path(tempfile.mkdtemp(prefix="rlnb", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def _rtp_payloads(packets: list[UdpPacket], dst_port: int) -> bytes:
+    """The PCMU payloads sent to ``dst_port``, in order of sequence number, concatenated."""
+    frames: dict[int, bytes] = {}
+    for p in packets:
+        b = p.payload
+        if p.dst_port != dst_port or len(b) < 12 or b[0] >> 6 != 2 or b[1] & 0x7F != 0:
+            continue
+        frames[struct.unpack("!H", b[2:4])[0]] = b[12 + 4 * (b[0] & 0x0F) :]
+    return b"".join(frames[s] for s in sorted(frames))
+
+
+@pytest.mark.skipif(not can_sniff(), reason="reading loopback packets needs root")
+async def test_two_g711_callers_hear_each_others_codes(
+    stack: tuple[Server, Workers], short_dir: Path
+) -> None:
+    """Phone A's µ-law reaches phone B unchanged through the room (the µ-law sidecar, played by
+    B's leg on this 8 kHz worker): the frames of speech A sends are found byte for byte in what
+    the worker sends B. Through Opus alone none would be (tests/bridge/worker/test_room_leg.py)."""
+    server, workers = stack
+    number = NUMBERS["pair"]
+    speech = read_speech()[: 4 * 8000].astype(np.int16)
+    a_stream = RtpStream()
+    a_stream.audio(speech)
+    a_frames = [p[12:].replace(b"\x7f", b"\xff") for _, p in a_stream.packets]
+    a_stream.write(short_dir / "speech.pcap")
+    b_stream = RtpStream()
+    b_stream.silence(7.0)
+    b_stream.write(short_dir / "quiet.pcap")
+    target = f"127.0.0.1:{workers.sip_ports[0]}"
+    b_media, a_media = free_udp_range(8)[0], free_udp_range(8)[0]
+    sc_b = uac_scenario(short_dir / "b.xml", pcap="quiet.pcap", play_ms=7000, caller="+15551230154")
+    sc_a = uac_scenario(
+        short_dir / "a.xml", pcap="speech.pcap", play_ms=4500, caller="+15551230153"
+    )
+    sniffing = asyncio.create_task(asyncio.to_thread(sniff_udp, range(b_media, b_media + 1), 9.0))
+    call_b = asyncio.create_task(
+        run_sipp(
+            sipp_cmd(
+                sc_b, target, service=number, local_port=free_port(tcp=False), media_port=b_media
+            ),
+            short_dir,
+        )
+    )
+    await asyncio.sleep(1.5)  # B is in the room before A speaks
+    rc_a, out_a = await run_sipp(
+        sipp_cmd(sc_a, target, service=number, local_port=free_port(tcp=False), media_port=a_media),
+        short_dir,
+    )
+    rc_b, out_b = await call_b
+    # µ-law has two codes for 0 (0x7F, 0xFF): compare what the phones play, so one of them.
+    heard = _rtp_payloads(await sniffing, b_media).replace(b"\x7f", b"\xff")
+    assert rc_a == 0, out_a[-2000:]
+    assert rc_b == 0, out_b[-2000:]
+    # Frames with speech in them (µ-law silence, 0xFF/0x7F, would match by chance).
+    spoken = [f for f in a_frames if len(set(f)) > 8]
+    exact = sum(1 for f in spoken if f in heard)
+    print(f"{exact} of {len(spoken)} speech frames of A reached B byte for byte ({len(heard)} B)")
+    assert len(heard) > 3 * 8000, "B received less than 3 s of audio"
+    assert exact >= 0.8 * len(spoken), f"{exact} of {len(spoken)} frames exact"
