@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 
 async def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
@@ -14,3 +16,16 @@ async def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what:
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(job: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
+    """Run ``job()`` as a task for the duration of the block (a publisher's frame feed), then
+    cancel it and wait for it to end, so nothing is left capturing into a closed source."""
+    task = asyncio.create_task(job())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

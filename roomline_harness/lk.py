@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import numpy as np
 from livekit import api, rtc
 
-from roomline_harness.server import API_KEY, API_SECRET
+from roomline_harness.aio import running, wait_for
+from roomline_harness.audio import dominant_frequency, snr_db
+from roomline_harness.server import API_KEY, API_SECRET, Server
 
 RATE = 48000
+#: SNR a tone must reach to count as heard: Opus gives 35–48 dB at the levels tests publish; a
+#: silent, absent or wrong track gives nothing near the tone.
+MIN_TONE_SNR = 20.0
 
 
 def token(
@@ -67,13 +72,8 @@ async def tone_publisher(
             t += n
             await source.capture_frame(rtc.AudioFrame(x.astype(np.int16).tobytes(), RATE, 1, n))
 
-    task = asyncio.create_task(feed())
-    try:
+    async with running(feed):
         yield pub
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def record(
@@ -106,11 +106,74 @@ async def record(
     return np.concatenate(chunks)[int(skip * RATE) :]
 
 
-def subscribed_audio(room: rtc.Room, identity: str) -> rtc.Track | None:
+def subscribed_track(
+    room: rtc.Room, identity: str, kind: rtc.TrackKind.ValueType, name: str | None = None
+) -> rtc.Track | None:
+    """``identity``'s subscribed track of ``kind`` at ``room`` (the one named ``name``, if given);
+    None while ``room`` does not know the participant or has no such track yet."""
     participant = room.remote_participants.get(identity)
     if participant is None:
         return None
     for pub in participant.track_publications.values():
-        if pub.kind == rtc.TrackKind.KIND_AUDIO and pub.track is not None:
+        if pub.kind != kind or pub.track is None:
+            continue
+        if name is None or pub.name == name:
             return pub.track
     return None
+
+
+def subscribed_audio(room: rtc.Room, identity: str) -> rtc.Track | None:
+    """``identity``'s (first) subscribed audio track at ``room``."""
+    return subscribed_track(room, identity, rtc.TrackKind.KIND_AUDIO)
+
+
+async def heard(
+    room: rtc.Room,
+    identity: str,
+    freq: float,
+    *,
+    min_snr: float = MIN_TONE_SNR,
+    subscribe_within: float = 15.0,
+) -> str:
+    """'' if ``room`` hears a ``freq`` tone from ``identity``'s audio track, else what went wrong
+    (naming the track), so that a test can gather every track's verdict before asserting.
+
+    Heard means: subscribed within ``subscribe_within`` seconds, and 1 s of it (after the first
+    sound, allowed 3 s: a subscription whose sender has not started plays digital silence) has its
+    dominant frequency within 5 Hz of ``freq`` at ``min_snr`` dB or more.
+    """
+    label = f"{identity}/audio"
+    try:
+        await wait_for(
+            lambda: subscribed_audio(room, identity) is not None, subscribe_within, label
+        )
+    except AssertionError:
+        return f"{label}: never subscribed"
+    track = subscribed_audio(room, identity)
+    assert track is not None
+    try:
+        pcm = await asyncio.wait_for(record(track, 1.0, skip=0.3, sound_within=3.0), 20)
+    except TimeoutError:
+        return f"{label}: no audio frames"
+    if not pcm.any():
+        return f"{label}: digital silence"
+    f, snr = dominant_frequency(pcm, RATE), snr_db(pcm, RATE, freq)
+    if abs(f - freq) >= 5 or snr < min_snr:
+        return f"{label}: {f:.0f} Hz at {snr:.1f} dB, expected {freq:.0f} Hz"
+    return ""
+
+
+async def check_rooms(
+    server: Server,
+    prefix: str,
+    room: Callable[[Server, str], Awaitable[list[str]]],
+    iterations: int,
+) -> None:
+    """Run ``room(server, name)`` in ``iterations`` fresh rooms named ``prefix-i``; each run
+    returns one verdict per track ('' = fine, as from :func:`heard`). Fails naming every failed
+    track, so a race hit in any room fails the test and the message shows how often it hit."""
+    failures: list[str] = []
+    for i in range(iterations):
+        results = await room(server, f"{prefix}-{i}")
+        failures += [f"room {i}: {r}" for r in results if r]
+    assert not failures, f"{len(failures)} failed track(s) in {iterations} rooms: {failures}"

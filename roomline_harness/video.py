@@ -1,5 +1,6 @@
-"""Video helpers for tests that drive the LiveKit Python SDK: a camera publishing a solid colour
-with a moving bar, the subscribed video tracks of a room, decoded frames, and a colour check.
+"""Video helpers for tests that drive the LiveKit Python SDK: a camera publishing any picture (or a
+solid colour with a moving bar), the subscribed video tracks of a room, decoded frames
+(and how long the first took), and a colour check.
 
 Frames are judged by content: the mean colour of the central region of a decoded RGBA frame. A
 solid colour survives VP8/H264 at any bitrate with a wide margin, and the bar keeps the encoder
@@ -10,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import numpy as np
 from livekit import rtc
+
+from roomline_harness.aio import running
+from roomline_harness.lk import subscribed_track
 
 W, H = 320, 240
 
@@ -34,14 +39,15 @@ def colour_frame(i: int, rgb: tuple[int, int, int]) -> rtc.VideoFrame:
 
 
 @contextlib.asynccontextmanager
-async def colour_camera(
+async def camera(
     room: rtc.Room,
-    rgb: tuple[int, int, int],
+    frame: Callable[[int], rtc.VideoFrame],
     name: str = "cam",
     codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8,
     fps: float = 15.0,
 ) -> AsyncIterator[rtc.LocalTrackPublication]:
-    """Publish a CAMERA track named ``name`` showing :func:`colour_frame` for the block."""
+    """Publish a W x H CAMERA track named ``name`` for the block, showing ``frame(i)`` as its
+    ``i``-th frame at ``fps`` (no simulcast, so what a subscriber decodes is this picture)."""
     source = rtc.VideoSource(W, H)
     track = rtc.LocalVideoTrack.create_video_track(name, source)
     pub = await room.local_participant.publish_track(
@@ -54,45 +60,53 @@ async def colour_camera(
     async def feed() -> None:
         i = 0
         while True:
-            source.capture_frame(colour_frame(i, rgb))
+            source.capture_frame(frame(i))
             i += 1
             await asyncio.sleep(1 / fps)
 
-    task = asyncio.create_task(feed())
-    try:
+    async with running(feed):
         yield pub
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+
+
+def colour_camera(
+    room: rtc.Room,
+    rgb: tuple[int, int, int],
+    name: str = "cam",
+    codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8,
+    fps: float = 15.0,
+) -> contextlib.AbstractAsyncContextManager[rtc.LocalTrackPublication]:
+    """A :func:`camera` showing :func:`colour_frame` in ``rgb``."""
+    return camera(room, lambda i: colour_frame(i, rgb), name, codec, fps)
 
 
 def subscribed_video(room: rtc.Room, identity: str, name: str | None = None) -> rtc.Track | None:
     """``identity``'s subscribed video track at ``room`` (the one named ``name``, if given)."""
-    participant = room.remote_participants.get(identity)
-    if participant is None:
-        return None
-    for pub in participant.track_publications.values():
-        if pub.kind != rtc.TrackKind.KIND_VIDEO or pub.track is None:
-            continue
-        if name is None or pub.name == name:
-            return pub.track
-    return None
+    return subscribed_track(room, identity, rtc.TrackKind.KIND_VIDEO, name)
 
 
-async def decoded_frames(track: rtc.Track, count: int) -> list[np.ndarray]:
-    """The first ``count`` frames decoded from ``track``, as H x W x 4 RGBA arrays."""
+async def first_frames(track: rtc.Track, count: int) -> tuple[float, list[np.ndarray]]:
+    """Seconds from the call until the first frame decoded from ``track``, and the first
+    ``count`` frames as H x W x 4 RGBA arrays."""
+    started = time.monotonic()
+    first = 0.0
     frames: list[np.ndarray] = []
     stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGBA)
     try:
         async for ev in stream:
+            if not frames:
+                first = time.monotonic() - started
             f = ev.frame
             frames.append(np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 4))
             if len(frames) >= count:
                 break
     finally:
         await stream.aclose()
-    return frames
+    return first, frames
+
+
+async def decoded_frames(track: rtc.Track, count: int) -> list[np.ndarray]:
+    """The first ``count`` frames decoded from ``track``, as H x W x 4 RGBA arrays."""
+    return (await first_frames(track, count))[1]
 
 
 def mean_rgb(img: np.ndarray) -> np.ndarray:

@@ -13,46 +13,21 @@ import asyncio
 from livekit import rtc
 
 from roomline_harness.aio import wait_for
-from roomline_harness.audio import dominant_frequency, snr_db
-from roomline_harness.lk import RATE, connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.lk import check_rooms, connect, heard, token, tone_publisher
 from roomline_harness.local_peer import LocalTonePublisher
 from roomline_harness.server import Server
 
 TALKER_HZ = 440.0
 CALLER_HZ = 1000.0
-#: Opus at these levels gives 35–48 dB; a silent or absent track gives nothing near the tone.
-MIN_SNR = 20.0
 #: Rooms per test: each one hits the window on its own (see the test docstrings).
 ITERATIONS = 3
-
-
-async def _heard(room: rtc.Room, identity: str, freq: float) -> str:
-    """'' if ``room`` hears ``freq`` from ``identity``'s audio track, else what it heard."""
-    try:
-        await wait_for(lambda: subscribed_audio(room, identity) is not None, 10, identity)
-    except AssertionError:
-        return f"{identity}: no subscribed track"
-    track = subscribed_audio(room, identity)
-    assert track is not None
-    try:
-        # A subscription whose sender never started plays digital silence: allow 3 s for the
-        # first sound, then judge 1 s of content.
-        pcm = await asyncio.wait_for(record(track, 1.0, skip=0.3, sound_within=3.0), 20)
-    except TimeoutError:
-        return f"{identity}: no audio frames"
-    if not pcm.any():
-        return f"{identity}: digital silence"
-    f, snr = dominant_frequency(pcm, RATE), snr_db(pcm, RATE, freq)
-    if abs(f - freq) >= 5 or snr < MIN_SNR:
-        return f"{identity}: {f:.0f} Hz at {snr:.1f} dB, expected {freq:.0f} Hz"
-    return ""
 
 
 async def _both_heard(listener: rtc.Room) -> list[str]:
     """What was wrong with the talker's and the caller's track at ``listener`` ('' = heard)."""
     return [
-        await _heard(listener, "talker", TALKER_HZ),
-        await _heard(listener, "caller", CALLER_HZ),
+        await heard(listener, "talker", TALKER_HZ),
+        await heard(listener, "caller", CALLER_HZ),
     ]
 
 
@@ -102,11 +77,7 @@ async def test_track_added_while_the_subscriber_offer_is_in_flight(server: Serve
     caller's track is bound: the caller's m-line is added to the subscriber PC before the answer
     for the talker's arrives. The caller's AddTrack is sent when the listener learns of the
     talker's track, which the SFU announces just before its offer."""
-    failures: list[str] = []
-    for i in range(ITERATIONS):
-        results = await _room_inflight(server, f"race-inflight-{i}")
-        failures += [f"room {i}: {r}" for r in results if r]
-    assert not failures, f"{len(failures)} missing track(s) in {ITERATIONS} rooms: {failures}"
+    await check_rooms(server, "race-inflight", _room_inflight, ITERATIONS)
 
 
 async def test_late_listener_hears_every_audio_track(server: Server) -> None:
@@ -114,8 +85,4 @@ async def test_late_listener_hears_every_audio_track(server: Server) -> None:
     subscriptions wait for its transport, then go out in one offer). The caller published first,
     so the talker's track is the second one: the CI symptom was the listener hearing digital
     silence from the talker."""
-    failures: list[str] = []
-    for i in range(ITERATIONS):
-        results = await _room_late_listener(server, f"race-late-{i}")
-        failures += [f"room {i}: {r}" for r in results if r]
-    assert not failures, f"{len(failures)} missing track(s) in {ITERATIONS} rooms: {failures}"
+    await check_rooms(server, "race-late", _room_late_listener, ITERATIONS)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 
 import numpy as np
 import pytest
@@ -13,8 +11,8 @@ from livekit import rtc
 from roomline_harness.aio import wait_for
 from roomline_harness.lk import connect, token
 from roomline_harness.server import Server
-
-W, H = 320, 240
+from roomline_harness.video import H, W, camera, first_frames
+from roomline_harness.video import subscribed_video as video_track
 
 
 def frame_rgba(i: int) -> rtc.VideoFrame:
@@ -28,63 +26,8 @@ def frame_rgba(i: int) -> rtc.VideoFrame:
     return rtc.VideoFrame(W, H, rtc.VideoBufferType.RGBA, img.tobytes())
 
 
-@contextlib.asynccontextmanager
-async def video_publisher(room: rtc.Room, codec: rtc.VideoCodec.ValueType = rtc.VideoCodec.VP8):  # type: ignore[no-untyped-def]
-    source = rtc.VideoSource(W, H)
-    track = rtc.LocalVideoTrack.create_video_track("cam", source)
-    await room.local_participant.publish_track(
-        track,
-        rtc.TrackPublishOptions(
-            source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False, video_codec=codec
-        ),
-    )
-
-    async def feed() -> None:
-        i = 0
-        while True:
-            source.capture_frame(frame_rgba(i))
-            i += 1
-            await asyncio.sleep(1 / 30)
-
-    task = asyncio.create_task(feed())
-    try:
-        yield track
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def video_track(room: rtc.Room, identity: str) -> rtc.Track | None:
-    p = room.remote_participants.get(identity)
-    if p is None:
-        return None
-    for pub in p.track_publications.values():
-        if pub.kind == rtc.TrackKind.KIND_VIDEO and pub.track is not None:
-            return pub.track
-    return None
-
-
-async def first_frames(track: rtc.Track, count: int) -> tuple[float, list[np.ndarray]]:
-    """Seconds until the first decoded frame, and ``count`` frames as RGBA arrays."""
-    started = time.monotonic()
-    first = 0.0
-    frames: list[np.ndarray] = []
-    stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGBA)
-    try:
-        async for ev in stream:
-            if not frames:
-                first = time.monotonic() - started
-            f = ev.frame
-            frames.append(np.frombuffer(f.data, dtype=np.uint8).reshape(f.height, f.width, 4))
-            if len(frames) >= count:
-                break
-    finally:
-        await stream.aclose()
-    return first, frames
-
-
 def check_content(img: np.ndarray) -> None:
+    """The red left half and the blue right half of :func:`frame_rgba` survived."""
     h, w, _ = img.shape
     left = img[h // 4 : 3 * h // 4, w // 8 : w // 4].reshape(-1, 4).mean(axis=0)
     right = img[h // 4 : 3 * h // 4, 3 * w // 4 : 7 * w // 8].reshape(-1, 4).mean(axis=0)
@@ -101,7 +44,7 @@ async def test_video_forwarded_and_late_subscriber_gets_keyframe(
     early = await connect(server.ws_url, token("early", room))
     late: rtc.Room | None = None
     try:
-        async with video_publisher(pub, getattr(rtc.VideoCodec, codec)):
+        async with camera(pub, frame_rgba, codec=getattr(rtc.VideoCodec, codec), fps=30.0):
             await wait_for(lambda: video_track(early, "cam") is not None, 10, "early subscribed")
             track = video_track(early, "cam")
             assert track is not None

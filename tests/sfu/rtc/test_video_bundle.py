@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 from livekit import rtc
 
 from roomline_harness.aio import wait_for
-from roomline_harness.audio import dominant_frequency, snr_db
-from roomline_harness.lk import RATE, connect, record, subscribed_audio, token, tone_publisher
+from roomline_harness.lk import check_rooms, connect, heard, subscribed_audio, token, tone_publisher
 from roomline_harness.local_peer import LocalTonePublisher
 from roomline_harness.server import Server
 from roomline_harness.video import BLUE, RED, colour_camera, colour_mismatch, decoded_frames
@@ -36,7 +36,6 @@ FRAME_TIMEOUT = 15.0
 #: refinement on a loaded machine).
 FRAMES = 5
 TONE_HZ = 440.0
-MIN_SNR = 20.0
 
 
 async def _seen(room: rtc.Room, identity: str, rgb: tuple[int, int, int], name: str) -> str:
@@ -57,24 +56,6 @@ async def _seen(room: rtc.Room, identity: str, rgb: tuple[int, int, int], name: 
     return f"{label}: {wrong}" if wrong else ""
 
 
-async def _heard(room: rtc.Room, identity: str, freq: float) -> str:
-    """'' if ``room`` hears ``freq`` from ``identity``'s audio track, else what it heard."""
-    try:
-        await wait_for(lambda: subscribed_audio(room, identity) is not None, 15, identity)
-    except AssertionError:
-        return f"{identity}/audio: never subscribed"
-    track = subscribed_audio(room, identity)
-    assert track is not None
-    try:
-        pcm = await asyncio.wait_for(record(track, 1.0, skip=0.3, sound_within=3.0), 20)
-    except TimeoutError:
-        return f"{identity}/audio: no audio frames"
-    f, snr = dominant_frequency(pcm, RATE), snr_db(pcm, RATE, freq)
-    if abs(f - freq) >= 5 or snr < MIN_SNR:
-        return f"{identity}/audio: {f:.0f} Hz at {snr:.1f} dB, expected {freq:.0f} Hz"
-    return ""
-
-
 def _announced(room: rtc.Room, identity: str, count: int) -> bool:
     """Whether ``room`` has been told of ``count`` tracks of ``identity`` (the SFU announces a
     track once its media is bound, so this is 'published and forwardable')."""
@@ -82,22 +63,42 @@ def _announced(room: rtc.Room, identity: str, count: int) -> bool:
     return p is not None and len(p.track_publications) >= count
 
 
-async def _ready_listener(server: Server, name: str) -> tuple[rtc.Room, LocalTonePublisher]:
+@contextlib.asynccontextmanager
+async def _ready_listener(server: Server, name: str) -> AsyncIterator[rtc.Room]:
     """A listener whose subscriber transport is up (it is subscribed to a local-channel tone):
     tracks published from now on are added to its PC as they are bound, not deferred into the
     batch that follows the first connection."""
     warm = LocalTonePublisher(1000.0, name="warm")
     await warm.join(str(server.data_dir), token("warm", name), name)
     warm.add_track()
-    listener = await connect(server.ws_url, token("listener", name))
     try:
-        # Subscriptions are only added once the subscriber transport is connected.
-        await wait_for(lambda: subscribed_audio(listener, "warm") is not None, 15, "warm tone")
-    except BaseException:
-        await listener.disconnect()
+        listener = await connect(server.ws_url, token("listener", name))
+        try:
+            # Subscriptions are only added once the subscriber transport is connected.
+            await wait_for(lambda: subscribed_audio(listener, "warm") is not None, 15, "warm tone")
+            yield listener
+        finally:
+            await listener.disconnect()
+    finally:
         await warm.close()
-        raise
-    return listener, warm
+
+
+async def _cameras_seen(
+    listener: rtc.Room, cameras: list[tuple[rtc.Room, tuple[int, int, int], str]]
+) -> list[str]:
+    """Start every ``(publisher, colour, track name)`` camera at the same moment, then what
+    ``listener`` made of each ('' = decoded in its colour)."""
+    async with contextlib.AsyncExitStack() as stack:
+        # All publish at once: a later binding lands in the same subscription batch as the first
+        # or while the listener's offer carrying the first video m-line is out.
+        await asyncio.gather(
+            *(stack.enter_async_context(colour_camera(r, rgb, n)) for r, rgb, n in cameras)
+        )
+        return list(
+            await asyncio.gather(
+                *(_seen(listener, r.local_participant.identity, rgb, n) for r, rgb, n in cameras)
+            )
+        )
 
 
 async def _room_late_listener(server: Server, name: str) -> list[str]:
@@ -118,7 +119,7 @@ async def _room_late_listener(server: Server, name: str) -> list[str]:
                 await asyncio.gather(
                     _seen(listener, "red", RED, "cam-red"),
                     _seen(listener, "blue", BLUE, "cam-blue"),
-                    _heard(listener, "red", TONE_HZ),
+                    heard(listener, "red", TONE_HZ),
                 )
             )
     finally:
@@ -129,82 +130,40 @@ async def _room_late_listener(server: Server, name: str) -> list[str]:
 
 
 async def _room_two_publishers(server: Server, name: str) -> list[str]:
-    listener, warm = await _ready_listener(server, name)
-    red = await connect(server.ws_url, token("red", name), auto_subscribe=False)
-    blue = await connect(server.ws_url, token("blue", name), auto_subscribe=False)
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            # Both publish at once: the second binding lands in the same subscription batch or
-            # while the listener's offer carrying the first video m-line is out.
-            await asyncio.gather(
-                stack.enter_async_context(colour_camera(red, RED, "cam-red")),
-                stack.enter_async_context(colour_camera(blue, BLUE, "cam-blue")),
-            )
-            return list(
-                await asyncio.gather(
-                    _seen(listener, "red", RED, "cam-red"),
-                    _seen(listener, "blue", BLUE, "cam-blue"),
-                )
-            )
-    finally:
-        await red.disconnect()
-        await blue.disconnect()
-        await listener.disconnect()
-        await warm.close()
+    async with _ready_listener(server, name) as listener:
+        red = await connect(server.ws_url, token("red", name), auto_subscribe=False)
+        blue = await connect(server.ws_url, token("blue", name), auto_subscribe=False)
+        try:
+            return await _cameras_seen(listener, [(red, RED, "cam-red"), (blue, BLUE, "cam-blue")])
+        finally:
+            await red.disconnect()
+            await blue.disconnect()
 
 
 async def _room_two_cameras(server: Server, name: str) -> list[str]:
-    listener, warm = await _ready_listener(server, name)
-    cams = await connect(server.ws_url, token("cams", name), auto_subscribe=False)
-    try:
-        async with contextlib.AsyncExitStack() as stack:
-            await asyncio.gather(
-                stack.enter_async_context(colour_camera(cams, RED, "cam-red")),
-                stack.enter_async_context(colour_camera(cams, BLUE, "cam-blue")),
-            )
-            return list(
-                await asyncio.gather(
-                    _seen(listener, "cams", RED, "cam-red"),
-                    _seen(listener, "cams", BLUE, "cam-blue"),
-                )
-            )
-    finally:
-        await cams.disconnect()
-        await listener.disconnect()
-        await warm.close()
-
-
-def _verdict(failures: list[str]) -> None:
-    assert not failures, f"{len(failures)} failed track(s) in {ITERATIONS} rooms: {failures}"
+    async with _ready_listener(server, name) as listener:
+        cams = await connect(server.ws_url, token("cams", name), auto_subscribe=False)
+        try:
+            return await _cameras_seen(listener, [(cams, RED, "cam-red"), (cams, BLUE, "cam-blue")])
+        finally:
+            await cams.disconnect()
 
 
 async def test_late_listener_sees_both_video_tracks(server: Server) -> None:
     """A listener joining a room with a red and a blue camera (and a tone) gets all three in its
     first subscriber offer with media; both cameras must show their colour, the tone be heard."""
-    failures: list[str] = []
-    for i in range(ITERATIONS):
-        results = await _room_late_listener(server, f"vb-late-{i}")
-        failures += [f"room {i}: {r}" for r in results if r]
-    _verdict(failures)
+    await check_rooms(server, "vb-late", _room_late_listener, ITERATIONS)
 
 
 async def test_two_publishers_start_video_at_once(server: Server) -> None:
     """A connected listener (no video yet); two publishers start their cameras at the same moment.
     Their tracks are bound a few tens of ms apart: the second video m-line is added while the
     offer carrying the first is out, and goes out in the re-offer that follows its answer."""
-    failures: list[str] = []
-    for i in range(ITERATIONS):
-        results = await _room_two_publishers(server, f"vb-two-{i}")
-        failures += [f"room {i}: {r}" for r in results if r]
-    _verdict(failures)
+    await check_rooms(server, "vb-two", _room_two_publishers, ITERATIONS)
 
 
 async def test_one_publisher_starts_two_cameras_back_to_back(server: Server) -> None:
     """A connected listener; one participant publishes a red and a blue camera concurrently. The
     SDK negotiates both in one publisher offer, so both are bound together and both video m-lines
     go out in one subscriber offer to a listener whose transport is already up."""
-    failures: list[str] = []
-    for i in range(ITERATIONS):
-        results = await _room_two_cameras(server, f"vb-cams-{i}")
-        failures += [f"room {i}: {r}" for r in results if r]
-    _verdict(failures)
+    await check_rooms(server, "vb-cams", _room_two_cameras, ITERATIONS)
