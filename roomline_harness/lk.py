@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 from livekit import api, rtc
 
-from roomline_harness.server import API_KEY, API_SECRET
+from roomline_harness.server import API_KEY, API_SECRET, Server
 
 RATE = 48000
 
@@ -114,3 +117,59 @@ def subscribed_audio(room: rtc.Room, identity: str) -> rtc.Track | None:
         if pub.kind == rtc.TrackKind.KIND_AUDIO and pub.track is not None:
             return pub.track
     return None
+
+
+def media_stats(server: Server, room: str) -> dict[str, Any]:
+    """The SFU's forwarding counters for ``room`` (``GET /debug/media``, a roomAdmin token)."""
+    tok = (
+        api.AccessToken(API_KEY, API_SECRET)
+        .with_grants(api.VideoGrants(room_admin=True, room=room))
+        .to_jwt()
+    )
+    req = urllib.request.Request(f"{server.http_url}/debug/media?room={room}")
+    req.add_header("Authorization", f"Bearer {tok}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            result: dict[str, Any] = json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return {"status": err.code, "error": err.read().decode(errors="replace")}
+    return result
+
+
+async def inbound_audio_stats(room: rtc.Room) -> list[dict[str, Any]]:
+    """What ``room``'s subscriber PC received per audio stream (libwebrtc's inbound-rtp stats)."""
+    stats = await room.get_rtc_stats()
+    out: list[dict[str, Any]] = []
+    for s in stats.subscriber_stats:
+        if s.WhichOneof("stats") != "inbound_rtp":
+            continue
+        ib = s.inbound_rtp
+        if ib.stream.kind != "audio":
+            continue
+        out.append(
+            {
+                "track": ib.inbound.track_identifier,
+                "mid": ib.inbound.mid,
+                "ssrc": ib.stream.ssrc,
+                "packets_received": ib.received.packets_received,
+                "packets_lost": ib.received.packets_lost,
+                "bytes_received": ib.inbound.bytes_received,
+                "packets_discarded": ib.inbound.packets_discarded,
+                "concealed_samples": ib.inbound.concealed_samples,
+                "total_samples_received": ib.inbound.total_samples_received,
+            }
+        )
+    return out
+
+
+async def silent_track_report(server: Server, room: rtc.Room, room_name: str) -> str:
+    """Both ends' view of the media, for an assertion message when a track sounds wrong."""
+    try:
+        client = await inbound_audio_stats(room)
+    except Exception as exc:  # the report must never hide the original failure
+        client = [{"error": repr(exc)}]
+    server_side = await asyncio.to_thread(media_stats, server, room_name)
+    return (
+        f"\nSFU /debug/media: {json.dumps(server_side, indent=1)}"
+        f"\nclient inbound-rtp (audio): {json.dumps(client, indent=1)}"
+    )
