@@ -137,10 +137,23 @@ def media_stats(server: Server, room: str) -> dict[str, Any]:
 
 
 async def inbound_audio_stats(room: rtc.Room) -> list[dict[str, Any]]:
-    """What ``room``'s subscriber PC received per audio stream (libwebrtc's inbound-rtp stats)."""
+    """What ``room``'s subscriber PC received: per transport, and per audio stream (libwebrtc's
+    transport and inbound-rtp stats)."""
     stats = await room.get_rtc_stats()
     out: list[dict[str, Any]] = []
     for s in stats.subscriber_stats:
+        if s.WhichOneof("stats") == "transport":
+            t = s.transport.transport
+            out.append(
+                {
+                    "transport": s.transport.rtc.id,
+                    "packets_received": t.packets_received,
+                    "bytes_received": t.bytes_received,
+                    "dtls_state": _enum_name(t, "dtls_state"),
+                    "ice_state": _enum_name(t, "ice_state"),
+                    "selected_pair_changes": t.selected_candidate_pair_changes,
+                }
+            )
         if s.WhichOneof("stats") != "inbound_rtp":
             continue
         ib = s.inbound_rtp
@@ -160,6 +173,12 @@ async def inbound_audio_stats(room: rtc.Room) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _enum_name(message: Any, field: str) -> str:
+    value = getattr(message, field)
+    enum = message.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number.get(value)
+    return enum.name if enum is not None else str(value)
 
 
 async def silent_track_report(server: Server, room: rtc.Room, room_name: str) -> str:

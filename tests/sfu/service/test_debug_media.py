@@ -15,6 +15,7 @@ from roomline_harness.audio import dominant_frequency
 from roomline_harness.lk import (
     RATE,
     connect,
+    inbound_audio_stats,
     media_stats,
     record,
     subscribed_audio,
@@ -64,6 +65,7 @@ async def test_counters_of_forwarded_tracks(server: Server) -> None:
             pcm = await asyncio.wait_for(record(track, 1.0, skip=0.3, sound_within=3.0), 20)
             assert abs(dominant_frequency(pcm, RATE) - 440.0) < 5
             stats = await asyncio.to_thread(media_stats, server, room_name)
+            client = await inbound_audio_stats(listener)
     finally:
         await caller.close()
         await talker.disconnect()
@@ -88,6 +90,12 @@ async def test_counters_of_forwarded_tracks(server: Server) -> None:
     caller_track = tracks["caller"]
     assert caller_track["received"] > 0
     assert caller_track["subscribers"]["listener"]["forwarded"] > 0
+    # The client's side of the same subscription (what a failure report puts next to it).
+    [inbound] = [c for c in client if c.get("track") == track.sid]
+    assert inbound["ssrc"] == sub["ssrc"] and inbound["mid"] == sub["mid"]
+    assert inbound["packets_received"] > 0
+    [transport] = [c for c in client if "transport" in c]
+    assert transport["dtls_state"].endswith("CONNECTED") and transport["packets_received"] > 0
 
 
 async def test_requires_room_admin_for_the_room(server: Server) -> None:
