@@ -200,6 +200,9 @@ async def test_named_dispatch(appliance: Server, workers: Workers) -> None:
             by_name = {p.attributes.get("lk.agent_name"): p for p in agents_in(observer)}
             assert set(by_name) == {"tone-agent", "pub-agent"}
             assert by_name["tone-agent"].attributes["lk.agent.name"] == "tone-agent"
+            # The pub-agent's track (bob's second subscription, a re-offer) first, then the
+            # tone-agent's: the first subscription must still play after that re-offer.
+            await hear(observer, by_name["pub-agent"].identity, 880.0, workers)
             await hear(observer, by_name["tone-agent"].identity, 660.0, workers)
             pub = workers.note("pub", "joined")
             assert pub is not None and pub[5] == "bob"
