@@ -181,14 +181,28 @@ def _enum_name(message: Any, field: str) -> str:
     return enum.name if enum is not None else str(value)
 
 
-async def silent_track_report(server: Server, room: rtc.Room, room_name: str) -> str:
-    """Both ends' view of the media, for an assertion message when a track sounds wrong."""
-    try:
-        client = await inbound_audio_stats(room)
-    except Exception as exc:  # the report must never hide the original failure
-        client = [{"error": repr(exc)}]
-    server_side = await asyncio.to_thread(media_stats, server, room_name)
+async def silent_track_report(
+    server: Server, room: rtc.Room, room_name: str, interval: float = 1.0
+) -> str:
+    """Both ends' view of the media, for an assertion message when a track sounds wrong.
+
+    Each side is read twice, ``interval`` seconds apart: counters that still grow mean packets
+    are flowing (late, if the client is far behind the SFU); counters that stand still mean the
+    flow stopped at that point.
+    """
+
+    async def client() -> list[dict[str, Any]]:
+        try:
+            return await inbound_audio_stats(room)
+        except Exception as exc:  # the report must never hide the original failure
+            return [{"error": repr(exc)}]
+
+    sfu_1, client_1 = await asyncio.to_thread(media_stats, server, room_name), await client()
+    await asyncio.sleep(interval)
+    sfu_2, client_2 = await asyncio.to_thread(media_stats, server, room_name), await client()
     return (
-        f"\nSFU /debug/media: {json.dumps(server_side, indent=1)}"
-        f"\nclient inbound-rtp (audio): {json.dumps(client, indent=1)}"
+        f"\nSFU /debug/media: {json.dumps(sfu_1, indent=1)}"
+        f"\nclient inbound-rtp (audio): {json.dumps(client_1, indent=1)}"
+        f"\n{interval:g} s later, SFU: {json.dumps(sfu_2)}"
+        f"\n{interval:g} s later, client: {json.dumps(client_2)}"
     )
