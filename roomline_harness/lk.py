@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -177,3 +180,92 @@ async def check_rooms(
         results = await room(server, f"{prefix}-{i}")
         failures += [f"room {i}: {r}" for r in results if r]
     assert not failures, f"{len(failures)} failed track(s) in {iterations} rooms: {failures}"
+
+
+def media_stats(server: Server, room: str) -> dict[str, Any]:
+    """The SFU's forwarding counters for ``room`` (``GET /debug/media``, a roomAdmin token)."""
+    tok = (
+        api.AccessToken(API_KEY, API_SECRET)
+        .with_grants(api.VideoGrants(room_admin=True, room=room))
+        .to_jwt()
+    )
+    req = urllib.request.Request(f"{server.http_url}/debug/media?room={room}")
+    req.add_header("Authorization", f"Bearer {tok}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            result: dict[str, Any] = json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return {"status": err.code, "error": err.read().decode(errors="replace")}
+    return result
+
+
+async def inbound_audio_stats(room: rtc.Room) -> list[dict[str, Any]]:
+    """What ``room``'s subscriber PC received: per transport, and per audio stream (libwebrtc's
+    transport and inbound-rtp stats)."""
+    stats = await room.get_rtc_stats()
+    out: list[dict[str, Any]] = []
+    for s in stats.subscriber_stats:
+        if s.WhichOneof("stats") == "transport":
+            t = s.transport.transport
+            out.append(
+                {
+                    "transport": s.transport.rtc.id,
+                    "packets_received": t.packets_received,
+                    "bytes_received": t.bytes_received,
+                    "dtls_state": _enum_name(t, "dtls_state"),
+                    "ice_state": _enum_name(t, "ice_state"),
+                    "selected_pair_changes": t.selected_candidate_pair_changes,
+                }
+            )
+        if s.WhichOneof("stats") != "inbound_rtp":
+            continue
+        ib = s.inbound_rtp
+        if ib.stream.kind != "audio":
+            continue
+        out.append(
+            {
+                "track": ib.inbound.track_identifier,
+                "mid": ib.inbound.mid,
+                "ssrc": ib.stream.ssrc,
+                "packets_received": ib.received.packets_received,
+                "packets_lost": ib.received.packets_lost,
+                "bytes_received": ib.inbound.bytes_received,
+                "packets_discarded": ib.inbound.packets_discarded,
+                "concealed_samples": ib.inbound.concealed_samples,
+                "total_samples_received": ib.inbound.total_samples_received,
+            }
+        )
+    return out
+
+
+def _enum_name(message: Any, field: str) -> str:
+    value = getattr(message, field)
+    enum = message.DESCRIPTOR.fields_by_name[field].enum_type.values_by_number.get(value)
+    return enum.name if enum is not None else str(value)
+
+
+async def silent_track_report(
+    server: Server, room: rtc.Room, room_name: str, interval: float = 1.0
+) -> str:
+    """Both ends' view of the media, for an assertion message when a track sounds wrong.
+
+    Each side is read twice, ``interval`` seconds apart: counters that still grow mean packets
+    are flowing (late, if the client is far behind the SFU); counters that stand still mean the
+    flow stopped at that point.
+    """
+
+    async def client() -> list[dict[str, Any]]:
+        try:
+            return await inbound_audio_stats(room)
+        except Exception as exc:  # the report must never hide the original failure
+            return [{"error": repr(exc)}]
+
+    sfu_1, client_1 = await asyncio.to_thread(media_stats, server, room_name), await client()
+    await asyncio.sleep(interval)
+    sfu_2, client_2 = await asyncio.to_thread(media_stats, server, room_name), await client()
+    return (
+        f"\nSFU /debug/media: {json.dumps(sfu_1, indent=1)}"
+        f"\nclient inbound-rtp (audio): {json.dumps(client_1, indent=1)}"
+        f"\n{interval:g} s later, SFU: {json.dumps(sfu_2)}"
+        f"\n{interval:g} s later, client: {json.dumps(client_2)}"
+    )

@@ -108,6 +108,21 @@ class TrackRelay:
                     self.request_keyframe()
                     break
 
+    def stats(self) -> dict[str, object]:
+        """The track's counters and each subscriber's (sinks with a ``stats()`` method report it)."""
+        subscribers: dict[str, object] = {}
+        for sid, sink in self.sinks.items():
+            report = getattr(sink, "stats", None)
+            subscribers[sid] = report() if callable(report) else {}
+        return {
+            "kind": self.source.kind,
+            "mime": self.source.mime,
+            "received": self.packets,
+            "malformed": self.malformed,
+            "sink_errors": self.sink_errors,
+            "subscribers": subscribers,
+        }
+
     def add_sink(self, subscriber_sid: str, sink: Sink) -> None:
         self.remove_sink(subscriber_sid)
         self.sinks[subscriber_sid] = sink

@@ -16,6 +16,7 @@ from roomline.config import Config
 from sfu.node import Node
 from sfu.room import Limits
 from sfu.roommanager import RoomManager
+from sfu.service.debug import MediaDebug
 from sfu.service.metrics import Metrics
 from sfu.service.roomservice import RoomService
 from sfu.service.twirp import TwirpRouter
@@ -61,6 +62,7 @@ class SFUServer:
         self.app.router.add_routes(self.twirp.routes())
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/metrics", self.metrics.handle)
+        self.app.router.add_routes(MediaDebug(self.node, cfg.keys).routes())
         #: Components that report into /healthz (the SIP front, bridge workers ...).
         self.health_checks: list[HealthCheck] = []
         self.runner: web.AppRunner | None = None

@@ -95,6 +95,10 @@ class LocalSink:
     def needs_keyframe(self) -> bool:
         return False
 
+    def stats(self) -> dict[str, object]:
+        """Counters for diagnostics (``GET /debug/media``)."""
+        return {"local": True, "dropped": self.dropped}
+
     def close(self) -> None:
         return None
 

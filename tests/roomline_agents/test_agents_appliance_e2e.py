@@ -140,7 +140,15 @@ async def hear(room: rtc.Room, identity: str, freq: float, w: Workers) -> None:
     track = lk.subscribed_audio(room, identity)
     assert track is not None
     pcm = await asyncio.wait_for(lk.record(track, 1.0, skip=0.5, sound_within=10), 25)
-    assert abs(dominant_frequency(pcm, lk.RATE) - freq) < 15, w.debug()
+    heard = dominant_frequency(pcm, lk.RATE)
+    if abs(heard - freq) >= 15:
+        # Where the track's packets stopped: the SFU's counters and what the client received.
+        report = await lk.silent_track_report(w.server, room, room.name)
+        what = "digital silence" if not pcm.any() else f"{heard:.0f} Hz"
+        raise AssertionError(
+            f"{room.local_participant.identity} heard {what} from {identity}'s track "
+            f"{track.sid}, expected {freq:.0f} Hz{report}{w.debug()}"
+        )
 
 
 async def test_automatic_dispatch_tone_and_room_close(appliance: Server, workers: Workers) -> None:
@@ -192,6 +200,9 @@ async def test_named_dispatch(appliance: Server, workers: Workers) -> None:
             by_name = {p.attributes.get("lk.agent_name"): p for p in agents_in(observer)}
             assert set(by_name) == {"tone-agent", "pub-agent"}
             assert by_name["tone-agent"].attributes["lk.agent.name"] == "tone-agent"
+            # The pub-agent's track (bob's second subscription, a re-offer) first, then the
+            # tone-agent's: the first subscription must still play after that re-offer.
+            await hear(observer, by_name["pub-agent"].identity, 880.0, workers)
             await hear(observer, by_name["tone-agent"].identity, 660.0, workers)
             pub = workers.note("pub", "joined")
             assert pub is not None and pub[5] == "bob"

@@ -301,6 +301,34 @@ class SubscriberSender:
             return False
         return True
 
+    def stats(self) -> dict[str, object]:
+        """This subscription's state and counters, for diagnostics (``GET /debug/media``).
+
+        ``mid``/``direction``/``transport`` say whether aiortc started the sender (a mid) on a
+        connected transport in a sending direction; the counters say what became of the
+        publisher's packets: forwarded, or dropped (before the sender was ready, paused, waiting
+        for a keyframe, an unknown payload type) or failed to send.
+        """
+        dt = self.downtrack
+        st = dt.stats if dt is not None else None
+        return {
+            "mid": self._sender._RTCRtpSender__mid,
+            "direction": self.transceiver.currentDirection,
+            "transport": self._sender.transport.state,
+            "ssrc": self.ssrc,
+            "ready": dt is not None,
+            "paused": self._paused,
+            "incompatible": self.incompatible,
+            "forwarded": st.packets if st is not None else 0,
+            "dropped_not_ready": self.dropped_not_ready,
+            "send_errors": self.send_errors,
+            "dropped_paused": st.dropped_paused if st is not None else 0,
+            "dropped_waiting_keyframe": st.dropped_waiting_keyframe if st is not None else 0,
+            "dropped_unknown_pt": st.dropped_unknown_pt if st is not None else 0,
+            "nacks_received": self.nacks_received,
+            "keyframe_requests_received": self.keyframe_requests_received,
+        }
+
     async def _on_rtcp(self, packet: Any) -> None:
         if isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             self.keyframe_requests_received += 1

@@ -13,12 +13,22 @@ import asyncio
 from livekit import rtc
 
 from roomline_harness.aio import wait_for
-from roomline_harness.lk import check_rooms, connect, heard, token, tone_publisher
+from roomline_harness.lk import (
+    check_rooms,
+    connect,
+    heard,
+    silent_track_report,
+    subscribed_audio,
+    token,
+    tone_publisher,
+)
 from roomline_harness.local_peer import LocalTonePublisher
 from roomline_harness.server import Server
 
 TALKER_HZ = 440.0
 CALLER_HZ = 1000.0
+LISTENER_HZ = 330.0
+SECOND_HZ = 700.0
 #: Rooms per test: each one hits the window on its own (see the test docstrings).
 ITERATIONS = 3
 
@@ -70,6 +80,41 @@ async def _room_late_listener(server: Server, name: str) -> list[str]:
         await talker.disconnect()
         if listener is not None:
             await listener.disconnect()
+
+
+async def _room_listener_publishes(server: Server, name: str) -> list[str]:
+    listener = await connect(server.ws_url, token("listener", name))
+    talker = await connect(server.ws_url, token("talker", name))
+    second: rtc.Room | None = None
+    try:
+        async with tone_publisher(talker, TALKER_HZ):
+            await wait_for(lambda: subscribed_audio(listener, "talker") is not None, 15, "talker")
+            # The listener's publisher negotiation and the re-offer of its subscriber PC for the
+            # second track overlap.
+            async with tone_publisher(listener, LISTENER_HZ):
+                second = await connect(server.ws_url, token("second", name))
+                async with tone_publisher(second, SECOND_HZ):
+                    # The second track first: once it plays, the re-offer that added it is
+                    # done, and the first track is checked after it.
+                    second_heard = await heard(listener, "second", SECOND_HZ)
+                    results = [await heard(listener, "talker", TALKER_HZ), second_heard]
+                    if any(results):  # where the packets stopped: SFU and client counters
+                        report = await silent_track_report(server, listener, name)
+                        results = [r + report if r else r for r in results]
+                    return results
+    finally:
+        if second is not None:
+            await second.disconnect()
+        await talker.disconnect()
+        await listener.disconnect()
+
+
+async def test_first_track_heard_after_listener_publishes_and_a_second_arrives(
+    server: Server,
+) -> None:
+    """The listener hears the talker, starts publishing, and a second publisher joins: the
+    first subscription (negotiated before both) must keep playing."""
+    await check_rooms(server, "race-republish", _room_listener_publishes, ITERATIONS)
 
 
 async def test_track_added_while_the_subscriber_offer_is_in_flight(server: Server) -> None:
