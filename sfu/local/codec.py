@@ -282,23 +282,29 @@ class RtpPacketizer:
         ulaw: bytes | None = None,
     ) -> bytes:
         m_pt = (0x80 if self._first else 0) | self.pt
+        level = -1
+        if audio_level is not None:
+            level = (0x80 if audio_level <= VOICE_LEVEL else 0) | (audio_level & 0x7F)
         if ulaw is not None:
             if not 0 < len(ulaw) <= 255:
                 raise ValueError(f"a two-byte extension element holds 1-255 bytes, not {len(ulaw)}")
-            elems = b""
-            if audio_level is not None:
-                voice = 0x80 if audio_level <= VOICE_LEVEL else 0
-                elems = bytes((AUDIO_LEVEL_EXT_ID, 1, voice | (audio_level & 0x7F)))
-            elems += bytes((ULAW_EXT_ID, len(ulaw))) + ulaw
-            elems += bytes(-len(elems) % 4)  # the block is counted in 32-bit words
-            hdr = struct.pack(
-                "!BBHIIHH", 0x90, m_pt, self.seq, self.ts, self.ssrc, 0x1000, len(elems) // 4
+            lead = bytes((AUDIO_LEVEL_EXT_ID, 1, level)) if level >= 0 else b""
+            lead += bytes((ULAW_EXT_ID, len(ulaw)))
+            pad = -(len(lead) + len(ulaw)) % 4  # the block is counted in 32-bit words
+            words = (len(lead) + len(ulaw) + pad) // 4
+            hdr = b"".join(
+                (
+                    struct.pack(
+                        "!BBHIIHH", 0x90, m_pt, self.seq, self.ts, self.ssrc, 0x1000, words
+                    ),
+                    lead,
+                    ulaw,
+                    bytes(pad),
+                )
             )
-            hdr += elems
-        elif audio_level is None:
+        elif level < 0:
             hdr = struct.pack("!BBHII", 0x80, m_pt, self.seq, self.ts, self.ssrc)
         else:
-            voice = 0x80 if audio_level <= VOICE_LEVEL else 0
             hdr = struct.pack(
                 "!BBHIIHHBBH",
                 0x90,
@@ -309,7 +315,7 @@ class RtpPacketizer:
                 0xBEDE,
                 1,
                 AUDIO_LEVEL_EXT_ID << 4,
-                voice | (audio_level & 0x7F),
+                level,
                 0,
             )
         self._first = False
