@@ -255,6 +255,31 @@ def call_logs(log_text: str) -> list[tuple[int, int, str]]:
     return out
 
 
+def loop_wakes(log_text: str) -> tuple[int, int, int]:
+    """Services woken by the clock, by the timer, and ticks without a wake-up, summed over the
+    workers (each worker's last "worker loop so far" line; bridge/worker/tick.py)."""
+    pattern = re.compile(
+        r"worker loop so far: (\d+) services woken by the clock, (\d+) by the timer,"
+        r" (\d+) ticks without a wake-up"
+    )
+    last: dict[object, tuple[int, int, int]] = {}
+    for line in log_text.splitlines():
+        if "worker loop so far" not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        m = pattern.search(str(rec.get("event", "")))
+        if m:
+            last[rec.get("pid")] = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    return (
+        sum(v[0] for v in last.values()),
+        sum(v[1] for v in last.values()),
+        sum(v[2] for v in last.values()),
+    )
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--calls", type=int, default=16)
@@ -393,6 +418,7 @@ async def main() -> None:
                 ua.close()
             await asyncio.sleep(1.5)
             logs = call_logs(stack.server.log_text())
+            wakes = loop_wakes(stack.server.log_text())
         finally:
             from roomline_harness.server import stop_server
 
@@ -442,6 +468,10 @@ async def main() -> None:
         f"{max(und, default=0)} total {sum(und)}; room jitter stalls of live streams per call "
         f"max {max(late, default=0)} total {sum(late)} (re-buffers at hang-up: {sum(rebuf)}); "
         f"per call {sorted(late, reverse=True)}"
+    )
+    print(
+        f"  worker loops: {wakes[0]} services woken by the clock, {wakes[1]} by the timer, "
+        f"{wakes[2]} ticks without a wake-up (summed over the busy workers)"
     )
     kept = [sum(v.get("kept", 0) for v in st.values()) for st in stats]
     tight = [sum(v.get("tight", 0) for v in st.values()) for st in stats]

@@ -66,6 +66,7 @@ from bridge.worker.sipmsg import (
     via_transport,
 )
 from bridge.worker.source import true_source
+from bridge.worker.tick import TickGate
 from bridge.worker.wake import sip_socket_fds
 
 log = logging.getLogger("bridge.worker.worker")
@@ -173,10 +174,8 @@ class Worker:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: A wake-up from the clock thread is queued and not yet run (read/written under the GIL).
         self._wake_pending = False
-        #: Ports registered with the bridge, and how many received their frame this tick.
-        self._ports_open = 0
-        self._rx_this_tick = 0
-        self._last_service = 0.0
+        #: Ports registered with the bridge, and when the clock thread wakes the loop for them.
+        self._gate = TickGate()
         self._last_tick = 0.0
         #: pjsua's SIP sockets watched by the loop (empty: not found, poll every POLL_S).
         self._wake_fds: list[int] = []
@@ -328,7 +327,7 @@ class Worker:
                 am = call.getAudioMedia(mi.index)
                 if rec.port is None:
                     rec.port = BridgePort(f"br{ci.id}", self.opts.bridge_rate, self._clock_wake)
-                    self._ports_open += 1
+                    self._gate.ports += 1
                 # (Re)connect both ways: after a re-INVITE (hold/resume, session refresh) the
                 # stream may be recreated; startTransmit is idempotent for an existing link.
                 am.startTransmit(rec.port)
@@ -453,7 +452,7 @@ class Worker:
             # Destroy the pjmedia side while we still hold the port (see bridge/worker/port.py:
             # letting the last reference drop freed it twice when a bridge callback raced in).
             rec.port.close()
-            self._ports_open -= 1
+            self._gate.ports -= 1
             log.info(
                 "call %s ended: port rx=%d tx=%d underruns=%d produced=%d; phone jitter buffer %s;"
                 " room inputs %s",
@@ -465,6 +464,14 @@ class Worker:
                 rec.jbuf,
                 rec.leg.input_stats(),
             )
+            st = self._gate.stats
+            log.info(
+                "worker loop so far: %d services woken by the clock, %d by the timer,"
+                " %d ticks without a wake-up",
+                st.clock,
+                st.timer,
+                st.short_ticks,
+            )
         # pjsua may report DISCONNECTED synchronously inside our own hangup(), before the
         # LeaveRoom action of the same batch runs: leave here so the room always hears it.
         rec.leg.leave()
@@ -473,20 +480,18 @@ class Worker:
 
     def _ports_changed(self, delta: int) -> None:
         """An outbound call's port was registered with the bridge (+1) or closed (-1)."""
-        self._ports_open += delta
+        self._gate.ports += delta
 
     def _clock_wake(self) -> None:
         """Clock thread, after a port received its frame: run :meth:`_service` once this tick.
 
         The wake-up is sent after the *last* port of the tick (the bridge delivers to every port
         in one pass), so the loop does not compete for the GIL with the clock thread while it is
-        still serving the other ports. Should a port miss a tick, the :meth:`_poll` timer
-        services the loop within :data:`POLL_S` anyway.
+        still serving the other ports (bridge/worker/tick.py). Should a port miss a tick, the
+        :meth:`_poll` timer services the loop anyway.
         """
-        self._rx_this_tick += 1
-        if self._rx_this_tick < self._ports_open or self._wake_pending:
+        if not self._gate.delivered(time.monotonic()) or self._wake_pending:
             return
-        self._rx_this_tick = 0
         loop = self._loop
         if loop is None:
             return
@@ -499,13 +504,12 @@ class Worker:
     def _service(self) -> None:
         """Poll pjsua and pump every call's media (one batch per conference tick)."""
         self._wake_pending = False
-        self._rx_this_tick = 0
         self.services += 1
         self.endpoint.handle_events()
         self._pump_media()
         self.outbound.pump()
         now = time.monotonic()
-        self._last_service = now
+        self._gate.serviced(now)
         if now - self._last_tick >= TICK_S:
             self._last_tick = now
             self._tick()
@@ -525,7 +529,7 @@ class Worker:
     def _poll(self) -> None:
         """Timer: service pjsua if nothing else did lately, then re-arm at the right period."""
         self._poll_timer = None
-        if time.monotonic() - self._last_service >= self._poll_period * 0.75:
+        if self._gate.timer_due(time.monotonic(), self._poll_period):
             self._service()
         if self._poll_timer is None:
             self._arm_poll(IDLE_POLL_S if self._wake_fds and self._idle() else POLL_S)

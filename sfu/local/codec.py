@@ -83,22 +83,32 @@ class OpusEncoder:
         # samples, so they go to ``avcodec_send_frame`` directly. This is PyAV's own private
         # step after the re-chunking; if a PyAV release drops it, the public path is used.
         send = getattr(ctx, "_send_frame_and_recv", None)
-        self._send: Callable[[av.AudioFrame], Iterable[av.Packet]] = (
-            send if send is not None and ctx.frame_size == self.frame_samples else ctx.encode
-        )
+        self._send: Callable[[av.AudioFrame], Iterable[av.Packet]] = ctx.encode
+        direct = send is not None and ctx.frame_size == self.frame_samples
+        if send is not None and direct:
+            self._send = send
+        # On the direct path one frame serves every call: libopus consumes the samples inside
+        # ``avcodec_send_frame`` and FFmpeg drops its reference before returning (the payloads
+        # equal those of a new frame per call, a test checks it), and allocating and freeing an
+        # AudioFrame was a sixth of the encode. The public path's re-chunking graph may keep the
+        # frame it was given, so there every call gets a new one.
+        self._frame: av.AudioFrame | None = self._new_frame() if direct else None
 
     def encode(self, pcm: bytes) -> list[bytes]:
         """Encode one 20 ms frame of s16 PCM; returns 0..n payloads (normally exactly one)."""
         n = self.frame_samples
         if len(pcm) != 2 * n:
             raise ValueError(f"Opus frame must be {2 * n} bytes, got {len(pcm)}")
-        # A new frame per call (the codec may hold a reference to the last one's buffer).
-        frame = av.AudioFrame(format="s16", layout="mono", samples=n)
-        frame.sample_rate = self.rate
+        frame = self._frame or self._new_frame()
         frame.planes[0].update(pcm)
         frame.pts = self._pts
         self._pts += n
         return [bytes(p) for p in self._send(frame)]
+
+    def _new_frame(self) -> av.AudioFrame:
+        frame = av.AudioFrame(format="s16", layout="mono", samples=self.frame_samples)
+        frame.sample_rate = self.rate
+        return frame
 
     def close(self) -> None:
         """Free the codec now (idempotent); :meth:`encode` raises afterwards.
@@ -108,6 +118,7 @@ class OpusEncoder:
         left a busy bridge worker with dozens of idle threads from calls that had already ended.
         """
         self._ctx = None
+        self._frame = None
         self._send = _closed_encoder  # also drops the bound method's reference to the codec
 
 
@@ -251,7 +262,7 @@ def audio_level(pcm: np.ndarray) -> int:
     if not len(pcm):
         return 127
     x = pcm.astype(np.float32)
-    ms = float(np.dot(x, x)) / (len(x) * 32768.0 * 32768.0)
+    ms = float(x.dot(x)) / (len(x) * 1073741824.0)  # the method: no array-function dispatch
     if ms <= 1e-13:
         return 127
     return min(127, max(0, int(round(-10.0 * math.log10(ms)))))

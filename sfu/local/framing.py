@@ -16,6 +16,9 @@ from roomline.errors import InvalidRequest
 #: broken or hostile peer and the connection is closed instead of buffering without bound.
 MAX_FRAME = 1 << 20
 
+_LENGTH = struct.Struct("!I")
+_RTP_HEAD = struct.Struct("!IBB")
+
 
 class Kind(enum.IntEnum):
     JOIN = 0
@@ -39,7 +42,11 @@ def encode_rtp(sid: str, packet: bytes) -> bytes:
     raw = sid.encode("ascii")
     if len(raw) > 255:
         raise FrameError("track sid too long")
-    return encode_frame(Kind.RTP, bytes([len(raw)]) + raw + packet)
+    size = 2 + len(raw) + len(packet)  # kind, sid length, sid, packet
+    if size > MAX_FRAME:
+        raise FrameError("frame too large")
+    # One join instead of three concatenations: this runs for every packet on both ends.
+    return b"".join((_RTP_HEAD.pack(size, Kind.RTP, len(raw)), raw, packet))
 
 
 def decode_rtp(payload: bytes) -> tuple[str, bytes]:
@@ -68,17 +75,22 @@ class FrameDecoder:
         return len(self._buf) if self._buf is not None else 0
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        if self._buf is None:
-            self._buf = bytearray()
-        self._buf += data
+        # Whole frames are cut straight out of ``data`` (a local channel read almost always
+        # holds whole frames); only a frame split across reads is assembled in the buffer.
+        buf: bytes | bytearray = data
+        if self._buf:
+            self._buf += data
+            buf = self._buf
         out: list[tuple[int, bytes]] = []
-        while len(self._buf) >= 4:
-            (length,) = struct.unpack_from("!I", self._buf)
+        off, end = 0, len(buf)
+        while end - off >= 4:
+            (length,) = _LENGTH.unpack_from(buf, off)
             if length < 1 or length > MAX_FRAME:
                 raise FrameError(f"bad frame length {length}")
-            if len(self._buf) < 4 + length:
+            stop = off + 4 + length
+            if stop > end:
                 break
-            kind = self._buf[4]
-            out.append((kind, bytes(self._buf[5 : 4 + length])))
-            del self._buf[: 4 + length]
+            out.append((buf[off + 4], bytes(buf[off + 5 : stop])))
+            off = stop
+        self._buf = bytearray(buf[off:]) if off < end else None
         return out

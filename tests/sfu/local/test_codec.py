@@ -129,12 +129,16 @@ def test_opus_encoder_direct_path_matches_pyav_encode(rate: int) -> None:
     fast, ref = OpusEncoder(rate=rate), OpusEncoder(rate=rate)
     assert fast._ctx is not None and ref._ctx is not None
     assert fast._send != fast._ctx.encode  # the direct path is in use on this PyAV
-    ref._send = ref._ctx.encode  # the public path
+    ref._send = ref._ctx.encode  # the public path, with a new frame for every call
+    ref._frame = None
+    reused = fast._frame
+    assert reused is not None  # the direct path fills one frame for every call
     n = rate // 50
     x = tone(440.0, 1.0, rate, 8000.0)
     for i in range(50):
         pcm = x[i * n : (i + 1) * n].tobytes()
         assert fast.encode(pcm) == ref.encode(pcm)
+    assert fast._frame is reused
     with pytest.raises(ValueError, match="bytes"):
         fast.encode(bytes(2 * n - 2))
 
