@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -338,6 +339,30 @@ async def test_two_phones_hear_each_other_not_themselves(stack: Stack, tmp_path:
     assert abs(chk_a.freq - 600.0) < 5 and chk_a.median_window >= PHONE_SNR
     assert abs(chk_b.freq - 1000.0) < 5 and chk_b.median_window >= PHONE_SNR
     assert self_a < -30 and self_b < -30
+    # The worker's loop ran once per conference tick, woken by the clock after the last port
+    # (bridge/worker/tick.py); the timer stood in only for the odd late wake-up. Before the
+    # gate, about a fifth of a busy worker's services were extra ones run by the timer.
+    clock, timer = await _loop_wakes(stack.server)
+    print(f"worker loop: {clock} services woken by the clock, {timer} by the timer")
+    assert clock >= 150  # two calls, ~5 s with ports open: ~250 ticks
+    assert timer <= clock // 10
+
+
+async def _loop_wakes(server: Server) -> tuple[int, int]:
+    """The last "worker loop so far" counters a worker logged (at a call's end)."""
+    pattern = re.compile(r"worker loop so far: (\d+) services woken by the clock, (\d+) by the")
+    found: list[tuple[int, int]] = []
+    for _ in range(50):
+        found = [
+            (int(m.group(1)), int(m.group(2)))
+            for e in server.log_events()
+            if (m := pattern.search(str(e.get("event", ""))))
+        ]
+        if len(found) >= 2:  # both calls ended
+            break
+        await asyncio.sleep(0.1)
+    assert found, "no worker logged its loop counters"
+    return max(found)
 
 
 # --- 3. DTMF both ways -------------------------------------------------------------------------

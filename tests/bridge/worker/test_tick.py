@@ -78,6 +78,7 @@ def test_without_ports_the_timer_drives_the_loop() -> None:
     gate.serviced(0.015)
     assert not gate.timer_due(0.015 + 0.074, 0.1)
     assert gate.timer_due(0.015 + 0.076, 0.1)  # the idle period
+    assert gate.stats.timer == 0  # the timer's own job, not a missed wake-up
 
 
 def test_a_port_opened_or_closed_between_ticks_takes_effect_at_the_next_tick() -> None:
