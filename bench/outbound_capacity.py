@@ -25,6 +25,7 @@ import numpy as np
 from livekit import api, rtc
 
 from bench.bench_outbound import Uas
+from bench.bench_sip import ulaw_to_linear
 from roomline_harness.audio import dominant_frequency
 from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
 from roomline_harness.outbound import Ports
@@ -37,13 +38,6 @@ RATE_8K = 8000
 _TONE = linear_to_ulaw(
     (8000 * np.sin(2 * np.pi * 1000 * np.arange(RATE_8K) / RATE_8K)).astype(np.int16)
 ).tobytes()
-
-
-def ulaw_to_linear(b: bytes) -> np.ndarray:
-    u = ~np.frombuffer(b, dtype=np.uint8).astype(np.int32) & 0xFF
-    sign, exp, mant = u & 0x80, (u >> 4) & 0x07, u & 0x0F
-    mag = (((mant << 3) + 0x84) << exp) - 0x84
-    return np.where(sign, -mag, mag).astype(np.int16)
 
 
 class RtpLeg(asyncio.DatagramProtocol):

@@ -34,6 +34,9 @@ class Sink(Protocol):
     def needs_keyframe(self) -> bool:
         """True while the sink drops video waiting for a keyframe."""
 
+    def stats(self) -> dict[str, object]:
+        """Counters for diagnostics (``GET /debug/media``)."""
+
     def close(self) -> None:
         """The subscription ended."""
 
@@ -109,11 +112,8 @@ class TrackRelay:
                     break
 
     def stats(self) -> dict[str, object]:
-        """The track's counters and each subscriber's (sinks with a ``stats()`` method report it)."""
-        subscribers: dict[str, object] = {}
-        for sid, sink in self.sinks.items():
-            report = getattr(sink, "stats", None)
-            subscribers[sid] = report() if callable(report) else {}
+        """The track's counters and each subscriber's."""
+        subscribers: dict[str, object] = {sid: sink.stats() for sid, sink in self.sinks.items()}
         return {
             "kind": self.source.kind,
             "mime": self.source.mime,
