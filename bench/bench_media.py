@@ -255,9 +255,10 @@ def call_logs(log_text: str) -> list[tuple[int, int, str]]:
     return out
 
 
-def loop_wakes(log_text: str) -> tuple[int, int, int]:
+def loop_wakes(log_text: str) -> tuple[int, int, int] | None:
     """Services woken by the clock, by the timer, and ticks without a wake-up, summed over the
-    workers (each worker's last "worker loop so far" line; bridge/worker/tick.py)."""
+    workers (each worker's last "worker loop so far" line; bridge/worker/tick.py); None if no
+    worker logged them (an appliance tree older than the counters)."""
     pattern = re.compile(
         r"worker loop so far: (\d+) services woken by the clock, (\d+) by the timer,"
         r" (\d+) ticks without a wake-up"
@@ -273,6 +274,8 @@ def loop_wakes(log_text: str) -> tuple[int, int, int]:
         m = pattern.search(str(rec.get("event", "")))
         if m:
             last[rec.get("pid")] = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+    if not last:
+        return None
     return (
         sum(v[0] for v in last.values()),
         sum(v[1] for v in last.values()),
@@ -469,10 +472,13 @@ async def main() -> None:
         f"max {max(late, default=0)} total {sum(late)} (re-buffers at hang-up: {sum(rebuf)}); "
         f"per call {sorted(late, reverse=True)}"
     )
-    print(
-        f"  worker loops: {wakes[0]} services woken by the clock, {wakes[1]} by the timer, "
-        f"{wakes[2]} ticks without a wake-up (summed over the busy workers)"
-    )
+    if wakes is None:
+        print("  worker loops: not logged by this appliance")
+    else:
+        print(
+            f"  worker loops: {wakes[0]} services woken by the clock, {wakes[1]} by the timer, "
+            f"{wakes[2]} ticks without a wake-up (summed over the busy workers)"
+        )
     kept = [sum(v.get("kept", 0) for v in st.values()) for st in stats]
     tight = [sum(v.get("tight", 0) for v in st.values()) for st in stats]
     print(
