@@ -420,8 +420,9 @@ async def main() -> None:
                 await ua.hangup(stack.ports[i // 4])
                 ua.close()
             await asyncio.sleep(1.5)
-            logs = call_logs(stack.server.log_text())
-            wakes = loop_wakes(stack.server.log_text())
+            log_text = stack.server.log_text()
+            logs = call_logs(log_text)
+            wakes = loop_wakes(log_text)
         finally:
             from roomline_harness.server import stop_server
 

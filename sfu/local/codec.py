@@ -84,22 +84,22 @@ class OpusEncoder:
         # step after the re-chunking; if a PyAV release drops it, the public path is used.
         send = getattr(ctx, "_send_frame_and_recv", None)
         self._send: Callable[[av.AudioFrame], Iterable[av.Packet]] = ctx.encode
-        direct = send is not None and ctx.frame_size == self.frame_samples
-        if send is not None and direct:
+        # On the direct path one frame serves every encode: libopus consumes the samples inside
+        # ``avcodec_send_frame`` (the payloads equal those of a new frame per encode, a test
+        # checks it), and allocating and freeing an AudioFrame was a sixth of the encode. The
+        # public path's re-chunking graph may keep the frame it was given, so there every
+        # encode gets a new one.
+        self._frame: av.AudioFrame | None = None
+        if send is not None and ctx.frame_size == self.frame_samples:
             self._send = send
-        # On the direct path one frame serves every call: libopus consumes the samples inside
-        # ``avcodec_send_frame`` and FFmpeg drops its reference before returning (the payloads
-        # equal those of a new frame per call, a test checks it), and allocating and freeing an
-        # AudioFrame was a sixth of the encode. The public path's re-chunking graph may keep the
-        # frame it was given, so there every call gets a new one.
-        self._frame: av.AudioFrame | None = self._new_frame() if direct else None
+            self._frame = self._new_frame()
 
     def encode(self, pcm: bytes) -> list[bytes]:
         """Encode one 20 ms frame of s16 PCM; returns 0..n payloads (normally exactly one)."""
         n = self.frame_samples
         if len(pcm) != 2 * n:
             raise ValueError(f"Opus frame must be {2 * n} bytes, got {len(pcm)}")
-        frame = self._frame or self._new_frame()
+        frame = self._frame if self._frame is not None else self._new_frame()
         frame.planes[0].update(pcm)
         frame.pts = self._pts
         self._pts += n
