@@ -3,9 +3,15 @@
     PYTHONPATH=. .venv/bin/python bench/bench_media.py --calls 16 --seconds 20
 
 A real ``roomline serve`` with ``ceil(calls / 4)`` bridge workers (the wheel caps a worker at 4
-calls). Calls come in pairs: both phones of a pair dial the same number, so each call sits in a room
-with a peer and both G.711 → Opus and Opus → G.711 (with the N−1 mix) run for every call; the
-phones (this process, PCMU over UDP, absolute 20 ms pacing) stream speech-like audio all the time.
+calls). Every call sits in a room with a peer; the phones (this process, PCMU over UDP, absolute
+20 ms pacing) stream speech-like audio all the time. Who the peer is (``--peer``):
+
+* ``sip`` (default): calls come in pairs, both phones of a pair dial the same number. Every call
+  encodes G.711 → Opus. Towards the phone, a caller on an 8 kHz worker plays its peer's µ-law
+  sidecar (sfu/local/g711.py) and decodes no Opus; on a 16 kHz worker it decodes the peer's Opus.
+* ``opus``: one phone per room, and a participant on the local channel (this process, not
+  counted) publishes pre-encoded Opus speech into each room, as a browser or an agent would. So
+  G.711 → Opus and Opus → G.711 (with the N−1 mix) both run for every call.
 
 Printed:
 
@@ -65,6 +71,7 @@ from bench.bench_sip import (  # noqa: E402
     wait_workers,
 )
 from bench.pesq_live import pesq_table  # noqa: E402
+from bridge.worker.tick import TickStats  # noqa: E402
 from roomline_harness.lk import token  # noqa: E402
 from roomline_harness.sip.fullstack import (  # noqa: E402
     cpu_seconds,
@@ -122,11 +129,43 @@ def codec_ceiling(frames: int = 500, enc_rate: int = 16000) -> float:
     return (time.process_time() - t0) / frames * 1e6
 
 
+async def opus_peer(sock: str, identity: str, room: str, packets: list[bytes]) -> None:
+    """A participant that publishes ``packets`` (Opus, 20 ms each) in a loop with absolute 20 ms
+    pacing until cancelled; what it receives is only counted by the room, not kept."""
+    peer = Probe(keep=False)
+    await peer.ch.connect(sock, token(identity, room), room)
+    try:
+        await asyncio.wait_for(peer.published.wait(), 10)
+        pk = RtpPacketizer()
+        loop = asyncio.get_running_loop()
+        start, i = loop.time(), 0
+        while True:
+            delay = start + i * 0.02 - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            peer.ch.send_rtp(peer.track_sid, pk.packet(packets[i % len(packets)]))
+            i += 1
+    finally:
+        peer.ch.close()
+
+
+def opus_speech(seconds: float = 10.0) -> list[bytes]:
+    """Speech-like audio encoded once as 48 kHz Opus packets (what a browser publishes)."""
+    pcm = speech_like(seconds, ROOM_RATE, seed=77)
+    enc = OpusEncoder()
+    return [
+        p
+        for i in range(len(pcm) // 960)
+        for p in enc.encode(pcm[i * 960 : (i + 1) * 960].tobytes())
+    ]
+
+
 class Probe:
     """A participant on the local channel: publishes Opus bursts, records what it receives."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
         self.rx: list[tuple[float, str, bytes]] = []
+        self.keep = keep
         self.track_sid = ""
         self.joined = asyncio.Event()
         self.published = asyncio.Event()
@@ -146,7 +185,8 @@ class Probe:
             self.published.set()
 
     def _rtp(self, sid: str, data: bytes) -> None:
-        self.rx.append((time.monotonic(), sid, data))
+        if self.keep:
+            self.rx.append((time.monotonic(), sid, data))
 
     async def publish(self, pcm48: np.ndarray, stamps: dict[int, float]) -> None:
         enc, pk = OpusEncoder(), RtpPacketizer()
@@ -259,11 +299,7 @@ def loop_wakes(log_text: str) -> tuple[int, int, int] | None:
     """Services woken by the clock, by the timer, and ticks without a wake-up, summed over the
     workers (each worker's last "worker loop so far" line; bridge/worker/tick.py); None if no
     worker logged them (an appliance tree older than the counters)."""
-    pattern = re.compile(
-        r"worker loop so far: (\d+) services woken by the clock, (\d+) by the timer,"
-        r" (\d+) ticks without a wake-up"
-    )
-    last: dict[object, tuple[int, int, int]] = {}
+    last: dict[object, TickStats] = {}
     for line in log_text.splitlines():
         if "worker loop so far" not in line:
             continue
@@ -271,15 +307,15 @@ def loop_wakes(log_text: str) -> tuple[int, int, int] | None:
             rec = json.loads(line)
         except ValueError:
             continue
-        m = pattern.search(str(rec.get("event", "")))
-        if m:
-            last[rec.get("pid")] = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
+        st = TickStats.parse(str(rec.get("event", "")))
+        if st is not None:
+            last[rec.get("pid")] = st
     if not last:
         return None
     return (
-        sum(v[0] for v in last.values()),
-        sum(v[1] for v in last.values()),
-        sum(v[2] for v in last.values()),
+        sum(v.clock for v in last.values()),
+        sum(v.timer for v in last.values()),
+        sum(v.short_ticks for v in last.values()),
     )
 
 
@@ -320,10 +356,17 @@ async def main() -> None:
         default="",
         help="sip.wideband_workers with --front (default: the config's, auto = half)",
     )
+    ap.add_argument(
+        "--peer",
+        choices=("sip", "opus"),
+        default="sip",
+        help="each call's room peer: another SIP caller (default) or an Opus participant",
+    )
     a = ap.parse_args()
-    calls = a.calls + a.calls % 2
-    pairs = calls // 2
-    numbers = [f"+155508{i:05d}" for i in range(pairs)] + ["+15550899999"]
+    opus = a.peer == "opus"
+    calls = a.calls if opus else a.calls + a.calls % 2
+    rooms = calls if opus else calls // 2
+    numbers = [f"+155508{i:05d}" for i in range(rooms)] + ["+15550899999"]
     workers = -(-calls // 4) + (0 if a.no_latency else 1)  # +1: the latency probe's own worker
     if a.workers:
         workers = a.workers
@@ -379,11 +422,21 @@ async def main() -> None:
             w1, m1, t1 = *cpu(), time.monotonic()
             idle_w, idle_m = (w1 - w0) / (t1 - t0), (m1 - m0) / (t1 - t0)
             uas, tasks = [], []
+            if opus:
+                packets = opus_speech()
+                sock = socket_path(str(Path(tmp) / "data"))
+                for i in range(rooms):
+                    tasks.append(
+                        asyncio.create_task(
+                            opus_peer(sock, f"peer{i}", room_for(numbers[i]), packets)
+                        )
+                    )
+                await asyncio.sleep(1)
             for i in range(calls):
                 ua = SipUA(f"+155538{i:05d}")
                 await ua.open()
                 uas.append(ua)
-                await ua.call(stack.ports[i // 4], numbers[i // 2])
+                await ua.call(stack.ports[i // 4], numbers[i if opus else i // 2])
                 tasks.append(
                     asyncio.create_task(ua.stream(speech_like(a.seconds + 60, RATE, seed=3 + i)))
                 )
@@ -432,7 +485,8 @@ async def main() -> None:
     per_call_m = (busy_m - idle_m) / calls
     # all-in: busy CPU of every worker and of the main process, idle included, per call
     all_in = (busy_w + busy_m) / calls
-    print(f"calls {calls} ({pairs} rooms of 2 SIP callers) on {n_w} workers, {dt:.1f} s window")
+    peers = "1 SIP caller + 1 Opus participant" if opus else "2 SIP callers"
+    print(f"calls {calls} ({rooms} rooms of {peers}) on {n_w} workers, {dt:.1f} s window")
     if a.front:
         print(
             f"  front mode: {len(fpids)} Kamailio processes (counted with main); calls per "

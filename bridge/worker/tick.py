@@ -24,6 +24,7 @@ owns the loop, the timer and the clock thread's callback. The rules:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 #: A gap between two deliveries longer than this starts a new tick. The deliveries of one tick
@@ -46,6 +47,27 @@ class TickStats:
     timer: int = 0
     #: Ticks that ended without a wake-up (a port missed its frame, or the count changed).
     short_ticks: int = 0
+
+    def log_line(self) -> str:
+        """The counters as the worker logs them at each call's end (see :meth:`parse`)."""
+        return (
+            f"worker loop so far: {self.clock} services woken by the clock, {self.timer} by the"
+            f" timer, {self.short_ticks} ticks without a wake-up"
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> TickStats | None:
+        """The counters of a :meth:`log_line` found in ``text`` (a log event), or None."""
+        m = _LOG_LINE.search(text)
+        if m is None:
+            return None
+        return cls(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+
+
+_LOG_LINE = re.compile(
+    r"worker loop so far: (\d+) services woken by the clock, (\d+) by the timer,"
+    r" (\d+) ticks without a wake-up"
+)
 
 
 class TickGate:

@@ -464,14 +464,7 @@ class Worker:
                 rec.jbuf,
                 rec.leg.input_stats(),
             )
-            st = self._gate.stats
-            log.info(
-                "worker loop so far: %d services woken by the clock, %d by the timer,"
-                " %d ticks without a wake-up",
-                st.clock,
-                st.timer,
-                st.short_ticks,
-            )
+            log.info("%s", self._gate.stats.log_line())
         # pjsua may report DISCONNECTED synchronously inside our own hangup(), before the
         # LeaveRoom action of the same batch runs: leave here so the room always hears it.
         rec.leg.leave()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import re
 import signal
 import socket
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 from livekit import api, rtc
 
+from bridge.worker.tick import TickStats
 from roomline_harness.aio import wait_for
 from roomline_harness.audio import read_wav
 from roomline_harness.lk import connect, record, subscribed_audio, token, tone_publisher
@@ -350,13 +350,12 @@ async def test_two_phones_hear_each_other_not_themselves(stack: Stack, tmp_path:
 
 async def _loop_wakes(server: Server) -> tuple[int, int]:
     """The last "worker loop so far" counters a worker logged (at a call's end)."""
-    pattern = re.compile(r"worker loop so far: (\d+) services woken by the clock, (\d+) by the")
     found: list[tuple[int, int]] = []
     for _ in range(50):
         found = [
-            (int(m.group(1)), int(m.group(2)))
+            (st.clock, st.timer)
             for e in server.log_events()
-            if (m := pattern.search(str(e.get("event", ""))))
+            if (st := TickStats.parse(str(e.get("event", "")))) is not None
         ]
         if len(found) >= 2:  # both calls ended
             break

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.worker.tick import MISSED_TICKS, TICK_GAP_S, TickGate
+from bridge.worker.tick import MISSED_TICKS, TICK_GAP_S, TickGate, TickStats
 
 PERIOD = 0.020
 POLL = 0.020
@@ -99,3 +99,12 @@ def test_deliveries_closer_than_the_gap_are_one_tick() -> None:
     assert gate.delivered(1.0) is False
     assert gate.delivered(1.0 + TICK_GAP_S * 0.9) is False
     assert gate.delivered(1.0 + TICK_GAP_S * 1.8) is True
+
+
+def test_log_line_parses_back() -> None:
+    st = TickStats(clock=350, timer=2, short_ticks=1)
+    line = st.log_line()
+    assert TickStats.parse(f"call abc ended; {line}") == st
+    assert TickStats.parse(line.replace("350", "x")) is None  # invalid: not a count
+    assert TickStats.parse(line[: line.index(" by the timer")]) is None  # truncated
+    assert TickStats.parse("") is None
