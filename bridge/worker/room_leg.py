@@ -117,7 +117,9 @@ class RoomLeg:
         # sends on this channel.
         self.channel = ch
         try:
-            await ch.connect(socket, token, room)
+            # Only audio: a browser's camera in the room would otherwise send every call of
+            # the worker its video packets, each read and parsed in Python to be dropped.
+            await ch.connect(socket, token, room, subscribe_kinds=("audio",))
         except OSError as exc:
             self.channel = None
             log.warning("cannot reach room socket: %s", exc)

@@ -99,7 +99,9 @@ async def test_room_answer_before_connect_returns_can_already_send(
     ``sip.callStatus``) must already find the leg's channel."""
     sent: list[rtc.SignalRequest] = []
 
-    async def connect(self: ChannelClient, path: str, token: str, room: str = "") -> None:
+    async def connect(
+        self: ChannelClient, path: str, token: str, room: str = "", **_: object
+    ) -> None:
         answer = rtc.JoinResponse(participant=models.ParticipantInfo(identity="caller"))
         self._on_signal(rtc.SignalResponse(join=answer))  # read before connect returned
 
