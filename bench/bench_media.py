@@ -72,6 +72,7 @@ from bench.bench_sip import (  # noqa: E402
 )
 from bench.pesq_live import pesq_table  # noqa: E402
 from bridge.worker.tick import TickStats  # noqa: E402
+from roomline_harness.aio import paced  # noqa: E402
 from roomline_harness.lk import token  # noqa: E402
 from roomline_harness.sip.fullstack import (  # noqa: E402
     cpu_seconds,
@@ -146,16 +147,10 @@ async def opus_peer(
     try:
         await asyncio.wait_for(peer.published.wait(), 10)
         pk = RtpPacketizer()
-        loop = asyncio.get_running_loop()
-        start, i = loop.time(), 0
-        while True:
-            delay = start + i * 0.02 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            elif -delay > PEER_LATE_S:
-                late.append((time.monotonic(), -delay))
+        async for i, lateness in paced():
+            if lateness > PEER_LATE_S:
+                late.append((time.monotonic(), lateness))
             peer.ch.send_rtp(peer.track_sid, pk.packet(packets[i % len(packets)]))
-            i += 1
     finally:
         peer.ch.close()
 
@@ -200,18 +195,12 @@ class Probe:
             self.rx.append((time.monotonic(), sid, data))
 
     async def publish(self, pcm48: np.ndarray, stamps: dict[int, float]) -> None:
-        enc, pk = OpusEncoder(), RtpPacketizer()
-        loop = asyncio.get_running_loop()
-        start, n, i = loop.time(), 960, 0
-        while True:
+        enc, pk, n = OpusEncoder(), RtpPacketizer(), 960
+        async for i, _ in paced():
             off = (i * n) % len(pcm48)
-            delay = start + i * 0.02 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
             stamps[off + (i * n // len(pcm48)) * len(pcm48)] = time.monotonic()
             for p in enc.encode(pcm48[off : off + n].tobytes()):
                 self.ch.send_rtp(self.track_sid, pk.packet(p))
-            i += 1
 
 
 def _loud(pcm: np.ndarray, thr: float = 3000) -> bool:

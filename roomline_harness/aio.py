@@ -29,3 +29,17 @@ async def running(job: Callable[[], Coroutine[Any, Any, None]]) -> AsyncIterator
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def paced(period: float = 0.02) -> AsyncIterator[tuple[int, float]]:
+    """Ticks 0, 1, 2, … on an absolute schedule, ``period`` seconds apart from the first, each
+    with how late it came (seconds; 0 when on time). A sender paced by it, as a phone or a
+    browser sends a frame every 20 ms, never drifts: a late tick is followed by early ones."""
+    loop = asyncio.get_running_loop()
+    start, i = loop.time(), 0
+    while True:
+        delay = start + i * period - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield i, max(0.0, -delay)
+        i += 1

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from livekit.protocol import models
 from livekit.protocol import rtc as lkrtc
 
+from roomline_harness.aio import paced
 from roomline_harness.audio import tone
 from sfu.local import socket_path
 from sfu.local.client import ChannelClient
@@ -80,16 +81,10 @@ class LocalTonePublisher:
         await self._published.wait()
         encoder, packetizer = OpusEncoder(), RtpPacketizer()
         pcm = tone(self.freq, 1.0, RATE, self.amplitude)  # a whole number of periods per second
-        loop = asyncio.get_running_loop()
-        start, i = loop.time(), 0
-        while True:
-            delay = start + i * 0.02 - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        async for i, _ in paced(FRAME_SAMPLES / RATE):
             off = (i * FRAME_SAMPLES) % len(pcm)
             for payload in encoder.encode(pcm[off : off + FRAME_SAMPLES].tobytes()):
                 self.channel.send_rtp(self.track_sid, packetizer.packet(payload))
-            i += 1
 
     async def close(self) -> None:
         if self._pump is not None:
