@@ -525,10 +525,13 @@ async def main() -> None:
     stats = [json.loads(s.replace("'", '"')) for _, rx, s in logs if rx > 100]
     late = [sum(v.get("stalls", 0) - v.get("underruns", 0) for v in st.values()) for st in stats]
     rebuf = [sum(v.get("underruns", 0) for v in st.values()) for st in stats]
+    # Streams that stop (a peer hanging up first; Opus peers held up while this process
+    # measures the ceiling) re-buffer outside the window, not while the calls are measured.
+    rebuf_when = "when the peers stopped or paused outside the window" if opus else "at hang-up"
     print(
         f"  finished calls {len(und)} of {calls}: port underruns per call max "
         f"{max(und, default=0)} total {sum(und)}; room jitter stalls of live streams per call "
-        f"max {max(late, default=0)} total {sum(late)} (re-buffers at hang-up: {sum(rebuf)}); "
+        f"max {max(late, default=0)} total {sum(late)} (re-buffers: {sum(rebuf)}, {rebuf_when}); "
         f"per call {sorted(late, reverse=True)}"
     )
     if opus:
