@@ -25,7 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from roomline_harness.soak import keep_or_remove, parse_range, run_soak
+from roomline_harness.net import parse_range
+from roomline_harness.soak import keep_or_remove, run_soak
 
 
 def main(argv: list[str] | None = None) -> int:

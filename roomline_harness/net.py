@@ -7,12 +7,27 @@ the peer binds it, so callers that can retry should.
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 
+#: Names a narrower space for this process's UDP ranges ("LOW-HIGH"): ``.ci/test`` gives the test
+#: session that runs beside the soak one part of the space and the soak another, so that a range
+#: one of them probed cannot be one the other's appliance binds later.
+RANGE_ENV = "ROOMLINE_TEST_UDP_RANGE"
+
+
+def parse_range(text: str) -> tuple[int, int]:
+    """``"LOW-HIGH"`` as a pair of ports, ``LOW < HIGH``."""
+    low, sep, high = text.partition("-")
+    if not sep or not low.isdigit() or not high.isdigit() or not 0 < int(low) < int(high) < 65536:
+        raise ValueError(f"expected LOW-HIGH ports, got {text!r}")
+    return int(low), int(high)
+
+
 #: UDP ranges are searched here, below the kernel's ephemeral range (32768+, where the ports of
 #: :func:`free_port` and of every outgoing socket come from), so they do not collide with those.
-_RANGE_LOW, _RANGE_HIGH = 20000, 32000
+_RANGE_LOW, _RANGE_HIGH = parse_range(os.environ.get(RANGE_ENV) or "20000-32000")
 
 #: Where the next range search starts. Ranges are handed out round-robin through the space from a
 #: random start, so two ranges asked for by one process (a server's WebRTC range and its SIP

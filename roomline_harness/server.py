@@ -26,7 +26,12 @@ API_SECRET = "secret"
 #: Seconds a server may take from exec to answering /healthz.
 START_TIMEOUT = 40.0
 #: Environment variables meant for the harness, never for ``roomline serve``.
-HARNESS_ENV = ("ROOMLINE_AGENTS_PYTHON", "ROOMLINE_TEST_PORTS", "ROOMLINE_CHROMIUM")
+HARNESS_ENV = (
+    "ROOMLINE_AGENTS_PYTHON",
+    "ROOMLINE_TEST_PORTS",
+    "ROOMLINE_TEST_UDP_RANGE",
+    "ROOMLINE_CHROMIUM",
+)
 
 
 def roomline_command() -> list[str]:

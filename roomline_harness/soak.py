@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from roomline_harness.net import free_block
+from roomline_harness.net import free_block, parse_range
 from roomline_harness.paths import ROOT
 from roomline_harness.server import Server, start_server, stop_server
 from roomline_harness.sip.fullstack import metrics, worker_pid
@@ -106,13 +106,6 @@ class SoakPorts:
     @property
     def rtp(self) -> tuple[int, int]:
         return self.first + 100, self.first + BLOCK - 1
-
-
-def parse_range(text: str) -> tuple[int, int]:
-    low, sep, high = text.partition("-")
-    if not sep or not 0 < int(low) < int(high) < 65536:
-        raise ValueError(f"expected LOW-HIGH ports, got {text!r}")
-    return int(low), int(high)
 
 
 def pick_ports(port_range: tuple[int, int] | None = None, workers: int = 1) -> SoakPorts:
