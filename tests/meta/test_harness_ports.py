@@ -28,7 +28,7 @@ def test_parse_range_invalid(text: str) -> None:
 def test_udp_ranges_stay_in_the_space_the_environment_names() -> None:
     code = (
         "import json; from roomline_harness.net import free_udp_range, free_block; "
-        "print(json.dumps([free_udp_range(40) for _ in range(30)] + [[free_block(50)] * 2]))"
+        "b = free_block(50); print(json.dumps([free_udp_range(40) for _ in range(30)] + [[b, b + 49]]))"
     )
     env = dict(os.environ, **{RANGE_ENV: "24000-24499"})
     out = subprocess.run(
