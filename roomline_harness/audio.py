@@ -3,7 +3,7 @@
 API kept small on purpose: ``dominant_frequency(samples, rate)`` and ``snr_db(samples, rate, freq)``
 for tones; ``frame_levels_db``, ``band_fraction`` and ``envelope_match`` for speech.
 ``samples`` is any 1-D array-like of PCM (int16 or float); a Hann window limits leakage.
-Helpers ``tone`` and ``read_wav`` / ``write_wav`` are conveniences for tests.
+Helpers ``tone``, ``read_wav`` / ``write_wav`` and ``last_seconds`` are conveniences for tests.
 """
 
 from __future__ import annotations
@@ -65,6 +65,17 @@ def write_wav(path: str | Path, samples: np.ndarray, rate: int) -> None:
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(np.asarray(samples, dtype=np.int16).tobytes())
+
+
+def last_seconds(pcm: np.ndarray, rate: int, seconds: float, before_end: float = 0.0) -> np.ndarray:
+    """The ``seconds`` of ``pcm`` that end ``before_end`` seconds before its end.
+
+    For a phone's recording after a hold: pjmedia's recorder writes only the frames its source
+    gives it and a held stream gives none, so the file leaves the hold out and offsets from its
+    start are not times since the answer; its end is the hang-up either way.
+    """
+    end = len(pcm) - int(before_end * rate)
+    return pcm[end - int(seconds * rate) : end]
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:

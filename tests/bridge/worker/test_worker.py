@@ -23,7 +23,7 @@ import structlog
 from livekit.protocol import models
 
 from roomline_harness.aio import wait_for
-from roomline_harness.audio import dominant_frequency, read_wav, snr_db
+from roomline_harness.audio import dominant_frequency, last_seconds, read_wav, snr_db
 from roomline_harness.bridge import Bridge
 from roomline_harness.net import free_port, free_udp_range
 from roomline_harness.sip.pcap import RtpStream
@@ -161,10 +161,9 @@ async def test_phone_hears_room_tone_gets_dtmf_and_survives_hold(
     pcm, rate = read_wav(heard)
     snr = assert_tone(window(pcm, rate, 0.5, 4.0), rate, 440.0, PHONE_SNR)
     print(f"room Opus 440 Hz -> phone PCMA: SNR {snr:.1f} dB")
-    # The recorder gets no frames while the stream is held, so the file leaves out the hold: its
-    # last seconds before the hang-up (at 9 s; resume at 6 s) are after the resume.
-    last = len(pcm) / rate - 0.3
-    snr2 = assert_tone(window(pcm, rate, last - 2.0, last), rate, 440.0, PHONE_SNR)
+    # The recording leaves out the hold (last_seconds): its last seconds before the hang-up (at
+    # 9 s; resume at 6 s) are after the resume.
+    snr2 = assert_tone(last_seconds(pcm, rate, 2.0, before_end=0.3), rate, 440.0, PHONE_SNR)
     print(f"after hold/resume: SNR {snr2:.1f} dB")
     assert [e["status"] for e in events if e["event"] == "media"][-1] == 1  # active again
 
