@@ -113,7 +113,13 @@ async def test_bye_reaches_owning_worker(two_workers, routes: bool) -> None:
         ]
         assert len(owners) == 1
         assert any(header(m, "Call-ID") == call_id for m in owners[0].requests("BYE"))
-        assert any(header(m, "Call-ID") == call_id for m in owners[0].requests("ACK"))
+        # What each worker got, in order, for the message if the ACK is missing (seen once in
+        # CI, not reproduced since: did the ACK go elsewhere, or come after the BYE?).
+        seen = [[(method_of(m), header(m, "Call-ID")) for m in w.received] for w in workers]
+        assert any(header(m, "Call-ID") == call_id for m in owners[0].requests("ACK")), (
+            call_id,
+            seen,
+        )
         uac.close()  # type: ignore[attr-defined]
     # BYE released the load: two more concurrent calls fit again (maxload=1 per worker).
     for _ in range(2):
