@@ -15,6 +15,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from bridge.worker.endpoint import BRIDGE_CLOCK_RATE, BRIDGE_CLOCK_RATES, WorkerOptions
+from bridge.worker.sched import batch_worker
 from bridge.worker.worker import Worker
 from roomline.log import configure_worker_logging
 
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     faulthandler.enable(file=sys.stderr, all_threads=True)
     configure_worker_logging("bridge.worker")
     opts = parse_args(argv)
+    # Before pjsua starts its threads, which inherit the class (bridge/worker/sched.py).
+    batch_worker()
     run_loop(Worker(opts).run())
     # A pj object that still escaped (e.g. held by a traceback) would assert in its destructor
     # during interpreter finalisation, after libDestroy; pjsua is already down, so skip it.

@@ -30,6 +30,7 @@ from typing import Any
 
 import pjsua2 as pj
 
+from bridge.worker.sched import clock_thread_started
 from roomline.wire import FRAME_MS, SAMPLE_RATE
 
 #: rx holds up to 2 s (the asyncio side drains every tick; a stall beyond that drops old audio).
@@ -57,12 +58,17 @@ def pin_thread() -> None:
     a fresh ``PyThreadState`` for every callback and destroys it afterwards: two callbacks per
     call per 20 ms tick, each paying the allocation, initialisation and teardown (and losing
     per-thread state such as a profiler). One extra ``PyGILState_Ensure`` that is never released
-    keeps the state's counter above zero, so later callbacks only take and drop the GIL. Must be
-    called with the GIL held (inside a callback); cheap to call again (a set look-up).
+    keeps the state's counter above zero, so later callbacks only take and drop the GIL. The
+    first call on a native thread also gives it the clock thread's scheduling class
+    (:mod:`bridge.worker.sched`). Must be called with the GIL held (inside a callback); cheap
+    to call again (a set look-up).
     """
     tid = threading.get_ident()
     if tid not in _pinned:
         _pinned.add(tid)
+        # The conference clock is the worker's one thread whose wake-ups must preempt
+        # (bridge/worker/sched.py).
+        clock_thread_started()
         ctypes.pythonapi.PyGILState_Ensure()
 
 

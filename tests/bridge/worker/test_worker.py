@@ -22,6 +22,7 @@ import pytest
 import structlog
 from livekit.protocol import models
 
+from bridge.worker.sched import thread_policies
 from roomline_harness.aio import wait_for
 from roomline_harness.audio import dominant_frequency, last_seconds, read_wav, snr_db
 from roomline_harness.bridge import Bridge
@@ -188,6 +189,36 @@ async def test_fifth_concurrent_call_is_busy_and_four_keep_audio(
     for conn in room.conns:
         assert_tone(window(conn.published_pcm(), RATE, 1.0, 6.0), RATE, 1000.0)
     assert bridge.sup.workers[0].max_calls == 4
+
+
+async def test_only_the_clock_thread_preempts_in_a_call(
+    bridge: Bridge, room: StandinRoom, short_dir: Path
+) -> None:
+    """bridge/worker/sched.py on a live worker: during a call every thread of the worker is
+    SCHED_BATCH except pjmedia's conference clock, which the first port callback put back in
+    SCHED_OTHER; the call's audio still reaches the room."""
+    stream = RtpStream()
+    stream.tone(1000, 3.0, pt=0)
+    stream.write(short_dir / "tone.pcap")
+    sc = uac_scenario(short_dir / "uac.xml", pcap=short_dir / "tone.pcap", play_ms=3000)
+    call = asyncio.create_task(run_sipp(sipp(bridge, sc), short_dir))
+    await wait_for(lambda: bool(room.conns) and bool(room.conns[0].published_sid), 20)
+    pid = bridge.sup.workers[0].pid
+    assert pid is not None
+
+    def clock_is_other() -> bool:
+        return any(n == "clock" and p == os.SCHED_OTHER for n, p in thread_policies(pid).values())
+
+    await wait_for(clock_is_other, 10)
+    threads = thread_policies(pid)
+    print("worker threads (name, class):", sorted(threads.values()))
+    assert threads[pid][1] == os.SCHED_BATCH  # the asyncio thread
+    assert {"clock", "media"} <= {name for name, _ in threads.values()}
+    for name, policy in threads.values():
+        assert policy == (os.SCHED_OTHER if name == "clock" else os.SCHED_BATCH), (name, policy)
+    rc, out = await call
+    assert rc == 0, out[-2000:]
+    assert_tone(window(room.conns[0].published_pcm(), RATE, 0.5, 2.5), RATE, 1000.0)
 
 
 async def test_room_leave_hangs_up_answered_call(
