@@ -19,7 +19,6 @@ import pytest
 from bridge.worker.sched import (
     CLOCK_POLICY,
     WORKER_POLICY,
-    batch_worker,
     clock_thread_started,
     set_thread_policy,
     thread_policies,
