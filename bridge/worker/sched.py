@@ -59,6 +59,7 @@ def batch_worker() -> bool:
         tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
         return set_thread_policy(WORKER_POLICY)
+    # A list, not a generator: every thread is tried even when one is refused.
     return all([set_thread_policy(WORKER_POLICY, tid) for tid in tids])
 
 
